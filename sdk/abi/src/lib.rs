@@ -1,0 +1,270 @@
+//! The host–guest interface of roam, defined once.
+//!
+//! The host (`roam-host`) registers its functions under these names and the SDK (`roam-sdk`)
+//! imports them from here, so the two cannot drift apart. Concepts:
+//!
+//! - [`IMPORT_MODULE`]: the Wasm import-module name every host function lives under.
+//! - [`names`]: the name of each host function; [`raw`] (wasm32 only): the guest's `extern` block.
+//! - [`QUERY_EXPORT`]: the function a query module exports; the host calls it once per evaluation.
+//! - [`ErrorCode`]: why a host call failed, returned as a negative number.
+//! - [`Value`]: a SQL value, as it crosses the boundary in CBOR (parameters and rows).
+//!
+//! All pointers and lengths are offsets and sizes in the guest's exported `memory`. Buffers are
+//! always owned by the guest: the host writes only into memory the guest handed it, so the guest
+//! needs no exported allocator.
+#![deny(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+
+/// Declares the host functions once: their names for the host, their `extern` block for the guest.
+macro_rules! interface {
+    (
+        module $module:literal;
+        $( $(#[$doc:meta])* fn $name:ident( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)?; )*
+    ) => {
+        /// The Wasm import-module name under which the host offers every function of [`names`].
+        pub const IMPORT_MODULE: &str = $module;
+
+        /// The import name of each host function, for the host's linker.
+        #[allow(non_upper_case_globals)]
+        pub mod names {
+            $(
+                #[doc = concat!("Import name of `", stringify!($name), "`.")]
+                pub const $name: &str = stringify!($name);
+            )*
+            /// Every host function name, in declaration order.
+            pub const ALL: &[&str] = &[$($name),*];
+        }
+
+        /// The raw imports, for the SDK only. Each function is documented with its contract:
+        /// what it returns, and when it traps (a trap ends the evaluation with an error).
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)]
+        pub mod raw {
+            #[link(wasm_import_module = $module)]
+            unsafe extern "C" {
+                $( $(#[$doc])* pub fn $name($($arg: $ty),*) $(-> $ret)?; )*
+            }
+        }
+    };
+}
+
+interface! {
+    module "roam";
+
+    /// Length in bytes of the evaluation's input (a CBOR value).
+    fn input_len() -> u32;
+    /// Copies the input to `ptr`, which must have room for `input_len()` bytes (traps if not).
+    fn input_read(ptr: u32);
+    /// Sets the evaluation's outcome. `status` 0: `ptr..ptr+len` is the CBOR result; status 1:
+    /// it is a UTF-8 error message from the module. Traps when called twice, when the range is
+    /// out of bounds, or when `len` is over the host's result limit.
+    fn finish(status: u32, ptr: u32, len: u32);
+    /// Writes a UTF-8 message to the host's diagnostic log at `level` (see [`LogLevel`]).
+    /// Needs no capability; messages are truncated and rate-limited by the host.
+    fn log(level: u32, ptr: u32, len: u32);
+    /// Opens the resource named by the UTF-8 string at `ptr..ptr+len`. Returns a handle (>= 0),
+    /// or a negative [`ErrorCode`]: `NotFound` (the host offers no such resource) or `Denied`
+    /// (the module's signed capabilities do not include it).
+    fn resource_open(ptr: u32, len: u32) -> i64;
+    /// Runs a read-only SQL statement on the table behind `handle`, with parameters given as a
+    /// CBOR array of [`Value`]s at `params_ptr..params_ptr+params_len`. Returns a cursor (>= 0)
+    /// or a negative [`ErrorCode`] (`WrongType`, `InvalidArgument`, `Sql`, `Denied`).
+    fn table_query(handle: u32, sql_ptr: u32, sql_len: u32, params_ptr: u32, params_len: u32) -> i64;
+    /// Stages the next batch of rows of `cursor` and returns its length in bytes (> 0), 0 when
+    /// the cursor is exhausted, or a negative [`ErrorCode`]. A batch is a CBOR array of rows,
+    /// each row a CBOR array of [`Value`]s.
+    fn cursor_next(cursor: u32) -> i64;
+    /// Copies the batch staged by the last `cursor_next` to `ptr` (traps if none is staged).
+    fn cursor_read(cursor: u32, ptr: u32);
+    /// Releases a cursor. Closing an unknown cursor does nothing.
+    fn cursor_close(cursor: u32);
+    /// Appends the UTF-8 line at `ptr..ptr+len` to the log resource behind `handle`. Returns 0
+    /// or a negative [`ErrorCode`] (`WrongType`, `TooLarge`).
+    fn log_append(handle: u32, ptr: u32, len: u32) -> i64;
+    /// Length of the message that explains the last failed call (0 if none).
+    fn last_error_len() -> u32;
+    /// Copies that message to `ptr`, which must have room for `last_error_len()` bytes.
+    fn last_error_read(ptr: u32);
+}
+
+/// The function a query module exports (no parameters, no results). It reads its input with
+/// `input_read` and reports its outcome with `finish`.
+pub const QUERY_EXPORT: &str = "roam_query";
+
+/// The name of the linear memory every module exports.
+pub const MEMORY_EXPORT: &str = "memory";
+
+/// Status passed to `finish` for a successful result.
+pub const FINISH_OK: u32 = 0;
+/// Status passed to `finish` for an error raised by the module itself.
+pub const FINISH_ERR: u32 = 1;
+
+/// The most rows the host puts in one batch.
+pub const BATCH_MAX_ROWS: usize = 1024;
+
+/// Why a host call failed; host functions return it negated (`-(code as i64)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ErrorCode {
+    /// No such resource, cursor or handle.
+    NotFound = 1,
+    /// The module's signed capabilities or the host's policy do not allow it.
+    Denied = 2,
+    /// The handle is not of the type the call needs (a query on a log, say).
+    WrongType = 3,
+    /// An argument did not decode (bad UTF-8, bad CBOR parameters).
+    InvalidArgument = 4,
+    /// SQLite refused or failed the statement (a write, a syntax error, a timeout).
+    Sql = 5,
+    /// A size limit was reached.
+    TooLarge = 6,
+    /// The resource exists but cannot be used now.
+    Unavailable = 7,
+}
+
+impl ErrorCode {
+    /// The code as a host function returns it.
+    pub fn to_return(self) -> i64 {
+        -(self as i64)
+    }
+
+    /// Reads a negative return value back into a code; `None` for values >= 0 or unknown codes.
+    pub fn from_return(value: i64) -> Option<Self> {
+        Some(match value.checked_neg()? {
+            1 => Self::NotFound,
+            2 => Self::Denied,
+            3 => Self::WrongType,
+            4 => Self::InvalidArgument,
+            5 => Self::Sql,
+            6 => Self::TooLarge,
+            7 => Self::Unavailable,
+            _ => return None,
+        })
+    }
+
+    /// A short description, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::NotFound => "not found",
+            Self::Denied => "denied",
+            Self::WrongType => "wrong resource type",
+            Self::InvalidArgument => "invalid argument",
+            Self::Sql => "SQL error",
+            Self::TooLarge => "too large",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Severity of a `log` message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum LogLevel {
+    /// Something failed.
+    Error = 0,
+    /// Something looks wrong.
+    Warn = 1,
+    /// Normal progress.
+    Info = 2,
+    /// Detail for debugging.
+    Debug = 3,
+}
+
+impl LogLevel {
+    /// Reads a level passed by a guest; unknown levels count as `Debug`.
+    pub fn from_u32(level: u32) -> Self {
+        match level {
+            0 => Self::Error,
+            1 => Self::Warn,
+            2 => Self::Info,
+            _ => Self::Debug,
+        }
+    }
+}
+
+/// A SQL value as it crosses the boundary: query parameters, and the cells of result rows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    /// SQL NULL (CBOR null).
+    Null,
+    /// A 64-bit integer.
+    Integer(i64),
+    /// A 64-bit float.
+    Real(f64),
+    /// UTF-8 text.
+    Text(String),
+    /// Raw bytes (a CBOR byte string).
+    Blob(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Self::Integer(v)
+    }
+}
+impl From<i32> for Value {
+    fn from(v: i32) -> Self {
+        Self::Integer(v.into())
+    }
+}
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Self::Real(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Self::Text(v.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Self::Text(v)
+    }
+}
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Self {
+        Self::Blob(v)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Self::Null, Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_round_trip_through_return_values() {
+        for code in [
+            ErrorCode::NotFound,
+            ErrorCode::Denied,
+            ErrorCode::WrongType,
+            ErrorCode::InvalidArgument,
+            ErrorCode::Sql,
+            ErrorCode::TooLarge,
+            ErrorCode::Unavailable,
+        ] {
+            assert!(code.to_return() < 0);
+            assert_eq!(ErrorCode::from_return(code.to_return()), Some(code));
+        }
+        assert_eq!(ErrorCode::from_return(0), None);
+        assert_eq!(ErrorCode::from_return(5), None);
+        assert_eq!(ErrorCode::from_return(i64::MIN), None);
+        assert_eq!(ErrorCode::from_return(-99), None);
+    }
+
+    #[test]
+    fn names_are_unique_and_match_their_identifiers() {
+        let mut all = names::ALL.to_vec();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), names::ALL.len());
+        assert_eq!(names::table_query, "table_query");
+    }
+}

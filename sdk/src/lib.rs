@@ -1,0 +1,62 @@
+//! Write roam query modules in ordinary Rust.
+//!
+//! A query module is a small, signed WebAssembly module that a data host runs next to its data
+//! (remote evaluation): it receives an input, reads the host's resources, and returns a result.
+//! The concepts, one line each:
+//!
+//! - [`query!`]: makes a plain `fn(I) -> Result<O, E>` the module's entry point; the input is
+//!   decoded into `I` and the output encoded from `O` (both CBOR, JSON-like on the command line).
+//! - [`input`]: decodes the evaluation's input by hand, for modules that do not use [`query!`].
+//! - [`Table`]: a SQL table the host offers; [`Table::query`] runs a read-only statement.
+//! - [`Rows`]: the rows of a query, fetched from the host in batches and decoded one at a time.
+//! - [`Log`]: an append-only log resource the host offers.
+//! - [`log`]: the host's diagnostic log, which needs no capability.
+//! - [`Error`] and [`Result`]: what a host call or a query returns when it fails.
+//! - [`Value`], [`ErrorCode`], [`LogLevel`]: the interface's own types, from `roam-abi`.
+//!
+//! Opening a resource needs the matching capability (`table:sales` for the table `sales`) in the
+//! module's signed manifest; without it [`Table::open`] fails with [`ErrorCode::Denied`].
+//!
+//! # Example
+//!
+//! ```no_run
+//! use roam_sdk::{Table, Value};
+//!
+//! /// Counts, per region, the orders of at least `min_quantity` items.
+//! fn orders_per_region(min_quantity: i64) -> roam_sdk::Result<Vec<(String, i64)>> {
+//!     let sales = Table::open("sales")?;
+//!     let sql = "SELECT region, count(*) FROM sales WHERE quantity >= ?1 GROUP BY region";
+//!     sales.query(sql, &[Value::Integer(min_quantity)])?.collect()
+//! }
+//!
+//! roam_sdk::query!(orders_per_region);
+//! ```
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+// The host functions exist only inside a roam host; native builds would fail later with a less
+// helpful message. Unit tests build natively against a stand-in (`sys_test.rs`): from agents/,
+// `cargo test -p roam-sdk --lib --target x86_64-unknown-linux-gnu`.
+#[cfg(not(any(target_arch = "wasm32", test)))]
+compile_error!(
+    "roam-sdk builds for wasm32-unknown-unknown only: build guest code from the agents/ workspace"
+);
+
+mod cbor;
+mod entry;
+mod error;
+pub mod log;
+mod resources;
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+mod sys;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+#[path = "sys_test.rs"]
+mod sys;
+
+#[doc(hidden)]
+pub use entry::__private;
+pub use entry::input;
+pub use error::{Error, Result};
+pub use resources::{Log, Rows, Table};
+pub use roam_abi::{ErrorCode, LogLevel, Value};
