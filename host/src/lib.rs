@@ -1,1 +1,23 @@
-//! x
+//! The roam host daemon and client.
+//!
+//! A host loads signed Wasm modules and runs them next to its data. Core concepts:
+//!
+//! - [`config::HostConfig`]: what a host offers and the limits it enforces (`host.toml`).
+//! - [`host::Host`]: a host's key, trust store, state, resources and engine, and its handlers.
+//! - [`server::RunningHost`]: the TCP listener and connections in front of a `Host`.
+//! - [`protocol`]: length-prefixed CBOR frames, the handshake, requests and responses.
+//! - [`client::Client`]: connects to a host and sends requests (`roam eval`).
+//! - [`engine::Engine`]: the only wrapper around wasmtime; limits and code caches live there.
+//! - [`guest`]: the host functions a module imports, defined against `roam_abi`.
+//! - [`resources`]: read-only SQL tables and append-only logs that modules open by name.
+//! - [`state::State`]: the host's SQLite state and content-addressed module store.
+
+pub mod client;
+pub mod config;
+pub mod engine;
+pub mod guest;
+pub mod host;
+pub mod protocol;
+pub mod resources;
+pub mod server;
+pub mod state;

@@ -1,1 +1,264 @@
-fn main(){}
+//! `roam`: keys, signing, the host daemon and remote evaluation, from the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use roam_host::client::{Client, cbor_to_json, json_to_cbor};
+use roam_host::config::HostConfig;
+use roam_host::host::Host;
+use roam_host::server::RunningHost;
+use roam_keys::{Kind, SecretKey, SignRequest, TrustStore, VerifyContext};
+
+#[derive(Parser)]
+#[command(name = "roam", version, about = "Move code to data: signed Wasm modules, run where the data lives")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Sign a Wasm module: embed a signature section over its hash and claims.
+    Sign {
+        /// The module to sign.
+        input: PathBuf,
+        /// The signer's secret key (NAME.key from `roam keys new`).
+        #[arg(long)]
+        key: PathBuf,
+        /// What the module is for: query (remote evaluation), code (code on demand) or agent.
+        #[arg(long)]
+        kind: Kind,
+        /// The module's name; versions of one name are protected against rollback.
+        #[arg(long)]
+        name: String,
+        /// The module's version (semver, e.g. 1.2.0).
+        #[arg(long)]
+        version: semver::Version,
+        /// How long the signature stays valid (e.g. 90d, 12h).
+        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+        expires: Duration,
+        /// A capability the module asks for, e.g. table:sales or log:audit (repeatable).
+        #[arg(long = "cap", value_name = "CAPABILITY")]
+        caps: Vec<String>,
+        /// Where to write the signed module.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Verify a signed module against a trust store and print what it claims.
+    Verify {
+        /// The signed module.
+        file: PathBuf,
+        /// Trust store: a directory of *.pub files, with an optional policy.toml.
+        #[arg(long)]
+        trust: PathBuf,
+        /// Require this kind of module.
+        #[arg(long)]
+        kind: Option<Kind>,
+    },
+    /// Run a host daemon: serve remote evaluation next to this host's data.
+    Host(HostArgs),
+    /// Evaluate a signed query module on a remote host and print its result as JSON.
+    Eval {
+        /// The signed query module.
+        module: PathBuf,
+        /// The host's address, e.g. 127.0.0.1:7700.
+        #[arg(long)]
+        host: String,
+        /// The query's input as JSON (default {}).
+        #[arg(long, conflicts_with = "input_file")]
+        input: Option<String>,
+        /// Read the query's input (JSON) from a file.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key pair: NAME.key (secret, mode 0600) and NAME.pub.
+    New {
+        /// The key's name.
+        name: String,
+        /// Where to write the files.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct HostArgs {
+    /// Configuration file (see the README); flags below override its fields.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The host's name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// The host's secret key (default DATA_DIR/host.key, created if missing).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Trust store: a directory of *.pub files, with an optional policy.toml.
+    #[arg(long)]
+    trust: Option<PathBuf>,
+    /// Where the host keeps its state, module store and code cache.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Offer a table: NAME=FILE, a CSV file or a SQLite database with a table NAME (repeatable).
+    #[arg(long = "table", value_name = "NAME=FILE")]
+    tables: Vec<String>,
+    /// Offer an append-only log named NAME (repeatable).
+    #[arg(long = "log", value_name = "NAME")]
+    logs: Vec<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROAM_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keys { command: KeysCommand::New { name, dir } } => {
+            let (key, public_path, public) = roam_keys::write_keypair(&dir, &name)?;
+            println!("secret key: {}", key.display());
+            println!("public key: {} ({public})", public_path.display());
+            Ok(())
+        }
+        Command::Sign { input, key, kind, name, version, expires, caps, output } => {
+            let wasm = std::fs::read(&input).with_context(|| format!("cannot read {}", input.display()))?;
+            let key = SecretKey::load(&key)?;
+            let now = roam_host::state::now_secs();
+            let request = SignRequest {
+                kind,
+                name,
+                version,
+                issued_at: now,
+                not_before: now,
+                expires: now.saturating_add(expires.as_secs()),
+                capabilities: caps,
+            };
+            let signed = roam_keys::sign_module(&wasm, &key, request)?;
+            std::fs::write(&output, &signed).with_context(|| format!("cannot write {}", output.display()))?;
+            println!("signed {} -> {} ({})", input.display(), output.display(), roam_keys::hash_module(&signed));
+            Ok(())
+        }
+        Command::Verify { file, trust, kind } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let trust = TrustStore::load(&trust)?;
+            let hash = roam_keys::hash_module(&bytes);
+            let mut ctx = VerifyContext::new(&trust, roam_host::state::now_secs());
+            ctx.expected_kind = kind;
+            let verified = roam_keys::verify(bytes, &ctx).with_context(|| format!("{} refused", file.display()))?;
+            let c = verified.claims();
+            println!("signer: {} ({})", verified.signer_name(), c.signer);
+            println!("kind: {}", c.kind);
+            println!("name: {}", c.name);
+            println!("version: {}", c.version);
+            println!("hash: {hash}");
+            println!("code hash: {}", c.module_hash);
+            println!("capabilities: {}", c.capabilities.join(", "));
+            println!("valid: {} .. {} (unix seconds)", c.not_before, c.expires);
+            Ok(())
+        }
+        Command::Host(args) => host(args),
+        Command::Eval { module, host, input, input_file } => {
+            let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
+            let text = match (input, input_file) {
+                (Some(t), _) => t,
+                (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
+                (None, None) => "{}".to_owned(),
+            };
+            let json: serde_json::Value = serde_json::from_str(&text).context("--input is not valid JSON")?;
+            let rt = runtime()?;
+            let output = rt.block_on(async {
+                let mut client = Client::connect(&host).await?;
+                client.eval(&bytes, json_to_cbor(&json)).await
+            })?;
+            let result = cbor_to_json(&output).map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(())
+        }
+    }
+}
+
+fn host(args: HostArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => HostConfig::load(path)?,
+        None => {
+            let Some(trust) = args.trust.clone() else {
+                bail!("give --trust DIR (a directory of trusted *.pub files) or --config FILE");
+            };
+            HostConfig::new(trust, args.data_dir.clone().unwrap_or_else(|| "roam-data".into()))
+        }
+    };
+    if let Some(n) = args.name {
+        config.name = n;
+    }
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(k) = args.key {
+        config.key = Some(k);
+    }
+    if let Some(t) = args.trust {
+        config.trust = t;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    for t in &args.tables {
+        config.add_table(t)?;
+    }
+    for l in &args.logs {
+        config.add_log(l);
+    }
+    let host = Host::open(&config)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let running = RunningHost::start(host.clone(), config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        println!("listening on {}", running.addr());
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        tracing::info!(name = host.name(), key = %host.public_key(), addr = %running.addr(), "host ready");
+        shutdown_signal().await?;
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}

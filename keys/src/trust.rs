@@ -142,8 +142,10 @@ impl Policy {
         })
     }
 
-    /// Whether `pattern` grants `capability`.
-    fn pattern_allows(pattern: &str, capability: &str) -> bool {
+    /// Whether `pattern` grants `capability`: an exact match, or a pattern ending in `*` that
+    /// is a prefix of it (`"*"` grants everything). Hosts use the same rule to match a module's
+    /// requested capabilities against what it asks for at run time.
+    pub fn pattern_allows(pattern: &str, capability: &str) -> bool {
         match pattern.strip_suffix('*') {
             Some(prefix) => capability.starts_with(prefix),
             None => pattern == capability,

@@ -1,0 +1,159 @@
+//! A client of roam hosts: connect with the handshake, then send requests.
+
+use std::time::Duration;
+
+use roam_keys::PublicKey;
+use tokio::net::TcpStream;
+
+use crate::protocol::{self, FrameError, Hello, ModuleRef, RemoteError, Request, Response, Welcome};
+
+/// How long connecting and the handshake may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a request to a host failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The host could not be reached.
+    #[error("cannot connect to {addr}: {source}; is a roam host listening there?")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The connection or a frame failed.
+    #[error("talking to the host failed: {0}")]
+    Frame(#[from] FrameError),
+    /// The host refused the connection.
+    #[error("the host refused the connection: {0}")]
+    Refused(RemoteError),
+    /// The host answered the request with an error.
+    #[error("{0}")]
+    Remote(RemoteError),
+    /// The host answered with something that does not fit the request.
+    #[error("unexpected answer from the host: {0}")]
+    Unexpected(String),
+}
+
+/// An open connection to a host.
+#[derive(Debug)]
+pub struct Client {
+    stream: TcpStream,
+    host: String,
+    host_key: PublicKey,
+    max_frame: usize,
+}
+
+impl Client {
+    /// Connects to `addr` and performs the handshake.
+    pub async fn connect(addr: &str) -> Result<Self, ClientError> {
+        let connect_err = |source| ClientError::Connect { addr: addr.to_owned(), source };
+        let timeout = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_err(timeout()))?
+            .map_err(connect_err)?;
+        stream.set_nodelay(true).map_err(connect_err)?;
+        protocol::write_message(&mut stream, &Hello::new(concat!("roam/", env!("CARGO_PKG_VERSION")))).await?;
+        let welcome: Welcome = tokio::time::timeout(CONNECT_TIMEOUT, protocol::read_message(&mut stream, 64 << 10))
+            .await
+            .map_err(|_| FrameError::Timeout)??;
+        match welcome {
+            Welcome::Accepted { host, host_key, .. } => {
+                Ok(Self { stream, host, host_key, max_frame: protocol::DEFAULT_MAX_FRAME })
+            }
+            Welcome::Refused(e) => Err(ClientError::Refused(e)),
+        }
+    }
+
+    /// The host's name, from the handshake.
+    pub fn host_name(&self) -> &str {
+        &self.host
+    }
+
+    /// The host's public key, from the handshake.
+    pub fn host_key(&self) -> PublicKey {
+        self.host_key
+    }
+
+    /// Sends one request and reads its response.
+    pub async fn request(&mut self, request: &Request) -> Result<Response, ClientError> {
+        protocol::write_message(&mut self.stream, request).await?;
+        Ok(protocol::read_message(&mut self.stream, self.max_frame).await?)
+    }
+
+    /// Evaluates a signed query module with a CBOR input and returns its CBOR result. The module
+    /// is named by hash first; its bytes cross the network only if the host lacks it.
+    pub async fn eval(&mut self, module: &[u8], input: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let hash = roam_keys::hash_module(module);
+        let by_hash = Request::Eval { module: ModuleRef::Hash(hash), input };
+        let input = match self.request(&by_hash).await? {
+            Response::NeedModule(h) if h == hash => match by_hash {
+                Request::Eval { input, .. } => input,
+                Request::Ping => return Err(ClientError::Unexpected("request changed".into())),
+            },
+            other => return result(other),
+        };
+        let with_bytes = Request::Eval { module: ModuleRef::Bytes(module.to_vec()), input };
+        let response = self.request(&with_bytes).await?;
+        result(response)
+    }
+}
+
+fn result(response: Response) -> Result<Vec<u8>, ClientError> {
+    match response {
+        Response::Result(bytes) => Ok(bytes),
+        Response::Error(e) => Err(ClientError::Remote(e)),
+        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Encodes a JSON value as CBOR (a module's input).
+pub fn json_to_cbor(value: &serde_json::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Serializing a JSON value into a Vec cannot fail: every JSON value has a CBOR form.
+    if ciborium::into_writer(value, &mut out).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// Decodes a CBOR value (a module's result) as JSON. Byte strings become arrays of numbers,
+/// and map keys that are not text are written as text.
+pub fn cbor_to_json(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    let value: ciborium::Value = ciborium::from_reader(bytes).map_err(|e| format!("the result is not valid CBOR: {e}"))?;
+    Ok(to_json(value))
+}
+
+fn to_json(v: ciborium::Value) -> serde_json::Value {
+    use ciborium::Value as C;
+    use serde_json::Value as J;
+    match v {
+        C::Null => J::Null,
+        C::Bool(b) => J::Bool(b),
+        C::Integer(i) => {
+            let i = i128::from(i);
+            i64::try_from(i)
+                .map(J::from)
+                .or_else(|_| u64::try_from(i).map(J::from))
+                .unwrap_or_else(|_| J::String(i.to_string()))
+        }
+        C::Float(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+        C::Text(s) => J::String(s),
+        C::Bytes(b) => J::Array(b.into_iter().map(J::from).collect()),
+        C::Array(a) => J::Array(a.into_iter().map(to_json).collect()),
+        C::Map(m) => J::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        C::Text(s) => s,
+                        other => to_json(other).to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        C::Tag(_, inner) => to_json(*inner),
+        _ => J::Null,
+    }
+}

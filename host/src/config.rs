@@ -1,0 +1,321 @@
+//! A host's configuration: `host.toml`, with command-line flags for the common fields.
+//!
+//! ```toml
+//! name = "data-1"
+//! listen = "127.0.0.1:7700"
+//! key = "host.key"            # default: DATA_DIR/host.key, created on first start
+//! trust = "trust"             # directory of *.pub files (+ optional policy.toml)
+//! data_dir = "data"
+//!
+//! [limits]
+//! memory_mib = 256
+//! time_ms = 10000
+//! workers = 2                 # default: number of cores
+//! max_connections = 256
+//!
+//! [[resources]]
+//! name = "sales"
+//! type = "table"
+//! attachment = "fastened"     # unattached | fastened | fixed
+//! source = "sales.csv"        # .csv, or a SQLite file holding a table of this name
+//!
+//! [[resources]]
+//! name = "audit"
+//! type = "log"
+//! ```
+//! Relative paths are relative to the configuration file's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::Limits;
+use crate::resources::{Attachment, ResourceType};
+
+/// Why a configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A host's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The host's name, shown to clients and in logs.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Where to listen.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The host's secret key file; default `DATA_DIR/host.key`, created if missing.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The trust store: a directory of `*.pub` files and an optional `policy.toml`.
+    pub trust: PathBuf,
+    /// Where the host keeps its state, module store and code cache.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Limits on modules and connections.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The resources offered to modules.
+    #[serde(default)]
+    pub resources: Vec<ResourceConfig>,
+}
+
+fn default_name() -> String {
+    "roam-host".into()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7700))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("roam-data")
+}
+
+/// Limits, as written in the configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest memory of one module, MiB.
+    pub memory_mib: usize,
+    /// Wall-clock time of one call, milliseconds.
+    pub time_ms: u64,
+    /// Largest Wasm stack, KiB.
+    pub stack_kib: usize,
+    /// Largest result, KiB.
+    pub result_kib: usize,
+    /// Largest signed module, KiB.
+    pub module_kib: usize,
+    /// Largest frame on the wire, KiB.
+    pub frame_kib: usize,
+    /// Modules running at once; default: the number of cores.
+    pub workers: Option<usize>,
+    /// Open connections at once.
+    pub max_connections: usize,
+    /// How long a request may wait for a free worker, milliseconds.
+    pub queue_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            memory_mib: l.memory_bytes >> 20,
+            time_ms: l.time.as_millis() as u64,
+            stack_kib: l.stack_bytes >> 10,
+            result_kib: l.result_bytes >> 10,
+            module_kib: roam_keys::DEFAULT_MAX_MODULE_SIZE >> 10,
+            frame_kib: crate::protocol::DEFAULT_MAX_FRAME >> 10,
+            workers: None,
+            max_connections: 256,
+            queue_ms: 5_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// How many modules run at once.
+    pub fn workers(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1)
+    }
+
+    /// The engine limits these settings give.
+    pub fn engine(&self) -> Limits {
+        Limits {
+            memory_bytes: self.memory_mib << 20,
+            time: Duration::from_millis(self.time_ms),
+            stack_bytes: self.stack_kib << 10,
+            result_bytes: self.result_kib << 10,
+            // Spare slots let a finished call's instance be torn down while the next starts.
+            instances: (self.workers() * 2 + 2) as u32,
+            ..Limits::default()
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.memory_mib == 0 || self.memory_mib > 4096 {
+            return bad("limits.memory_mib must be between 1 and 4096");
+        }
+        if self.time_ms == 0 {
+            return bad("limits.time_ms must be at least 1");
+        }
+        if self.stack_kib < 64 {
+            return bad("limits.stack_kib must be at least 64");
+        }
+        if self.max_connections == 0 {
+            return bad("limits.max_connections must be at least 1");
+        }
+        if self.frame_kib < self.module_kib + 64 {
+            return bad("limits.frame_kib must exceed limits.module_kib by 64 KiB, so a module fits in a frame");
+        }
+        Ok(())
+    }
+}
+
+/// One resource, as written in the configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    /// The name modules open it by.
+    pub name: String,
+    /// `table` or `log`.
+    #[serde(rename = "type")]
+    pub kind: ResourceType,
+    /// How it is tied to this host.
+    #[serde(default)]
+    pub attachment: Attachment,
+    /// For a table: a CSV or SQLite file.
+    #[serde(default)]
+    pub source: Option<PathBuf>,
+}
+
+impl HostConfig {
+    /// A configuration with defaults and the given trust directory.
+    pub fn new(trust: PathBuf, data_dir: PathBuf) -> Self {
+        Self {
+            name: default_name(),
+            listen: default_listen(),
+            key: None,
+            trust,
+            data_dir,
+            limits: LimitsConfig::default(),
+            resources: Vec::new(),
+        }
+    }
+
+    /// Reads a configuration file; relative paths in it are taken from its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rebase(&mut cfg.trust);
+        rebase(&mut cfg.data_dir);
+        if let Some(k) = &mut cfg.key {
+            rebase(k);
+        }
+        for r in &mut cfg.resources {
+            if let Some(s) = &mut r.source {
+                rebase(s);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Adds a table resource (from a `--table NAME=PATH` flag).
+    pub fn add_table(&mut self, spec: &str) -> Result<(), ConfigError> {
+        let (name, path) = spec
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Invalid(format!("--table {spec:?}: expected NAME=PATH")))?;
+        self.resources.push(ResourceConfig {
+            name: name.into(),
+            kind: ResourceType::Table,
+            attachment: Attachment::Fastened,
+            source: Some(path.into()),
+        });
+        Ok(())
+    }
+
+    /// Adds a log resource.
+    pub fn add_log(&mut self, name: &str) {
+        self.resources.push(ResourceConfig {
+            name: name.into(),
+            kind: ResourceType::Log,
+            attachment: Attachment::Fixed,
+            source: None,
+        });
+    }
+
+    /// Checks the values that a type cannot.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.limits.check()?;
+        let mut names = std::collections::BTreeSet::new();
+        for r in &self.resources {
+            if r.name.is_empty() || r.name.contains(|c: char| c.is_whitespace() || c == ':' || c == '/') {
+                return Err(ConfigError::Invalid(format!(
+                    "resource name {:?} must be non-empty, without spaces, ':' or '/'",
+                    r.name
+                )));
+            }
+            if !names.insert(&r.name) {
+                return Err(ConfigError::Invalid(format!("resource {:?} is defined twice", r.name)));
+            }
+            match (r.kind, &r.source) {
+                (ResourceType::Table, None) => {
+                    return Err(ConfigError::Invalid(format!("table {:?} needs a source file", r.name)));
+                }
+                (ResourceType::Log, Some(_)) => {
+                    return Err(ConfigError::Invalid(format!("log {:?} takes no source", r.name)));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_taken_from_the_config_files_directory() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("host.toml");
+        std::fs::write(
+            &path,
+            "name = \"h\"\ntrust = \"trust\"\n[[resources]]\nname = \"sales\"\ntype = \"table\"\nsource = \"s.csv\"\n",
+        )?;
+        let cfg = HostConfig::load(&path)?;
+        assert_eq!(cfg.trust, dir.path().join("trust"));
+        assert_eq!(cfg.resources[0].source.as_deref(), Some(dir.path().join("s.csv").as_path()));
+        assert_eq!(cfg.resources[0].attachment, Attachment::Fastened);
+        cfg.check()?;
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_fields_and_duplicate_resources_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("host.toml");
+        std::fs::write(&path, "trust = \"t\"\nlisten_on = \"x\"\n")?;
+        assert!(matches!(HostConfig::load(&path), Err(ConfigError::Parse { .. })));
+        let mut cfg = HostConfig::new("t".into(), "d".into());
+        cfg.add_log("audit");
+        cfg.add_log("audit");
+        assert!(matches!(cfg.check(), Err(ConfigError::Invalid(_))));
+        Ok(())
+    }
+}

@@ -1,0 +1,350 @@
+//! The one place roam touches wasmtime.
+//!
+//! It narrows wasmtime to what roam needs and sets every limit once: one [`Engine`] per
+//! process with the pooling allocator, epoch interruption with a wall-clock deadline per call,
+//! a memory and table cap per store, and a maximum Wasm stack. Compiled code is cached in memory
+//! (an `InstancePre` per module hash) and on disk (keyed by module hash and engine), so a module
+//! is compiled once per host. Only a [`VerifiedModule`] can be compiled.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use roam_keys::{ModuleHash, VerifiedModule};
+use wasmtime::{InstancePre, Linker, Module, Store, Trap};
+
+use crate::guest::{self, Guest, HostTrap};
+
+/// How often the epoch ticks; deadlines are rounded up to whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The limits every call runs under.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest linear memory a module may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Largest table a module may grow to, in elements.
+    pub table_elements: usize,
+    /// Wall-clock time one call may take, host calls (SQL) included.
+    pub time: Duration,
+    /// Largest Wasm stack, in bytes: deep recursion traps here, not in the host.
+    pub stack_bytes: usize,
+    /// Largest result a module may return, in bytes.
+    pub result_bytes: usize,
+    /// How many instances may be alive at once (the pooling allocator's slots).
+    pub instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            table_elements: 10_000,
+            time: Duration::from_secs(10),
+            stack_bytes: 512 << 10,
+            result_bytes: 8 << 20,
+            instances: 64,
+        }
+    }
+}
+
+/// Why a module could not be prepared to run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Cranelift refused the module (it is not valid Wasm, or uses an unsupported feature).
+    #[error("the module does not compile: {0}")]
+    Compile(String),
+    /// The module imports something the host does not offer, or lacks a required export.
+    #[error("the module cannot be linked: {0}")]
+    Link(String),
+    /// The on-disk code cache could not be written.
+    #[error("cannot write the code cache at {path}: {source}")]
+    Cache {
+        /// The file that failed.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Why a call did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The call ran past its wall-clock deadline.
+    #[error("the module ran out of time (limit {0:?}) and was stopped")]
+    OutOfTime(Duration),
+    /// The module tried to grow its memory or table past the limit.
+    #[error("the module ran out of memory: {0}")]
+    OutOfMemory(String),
+    /// The module recursed past the Wasm stack limit.
+    #[error("the module overflowed its stack (limit {0} bytes)")]
+    StackOverflow(usize),
+    /// The module trapped; `message` is what the module reported before (a panic message).
+    #[error("the module trapped: {reason}{}", message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    Trap {
+        /// The trap, as wasmtime describes it.
+        reason: String,
+        /// The module's own last words, if it said any.
+        message: Option<String>,
+    },
+    /// The module itself reported an error (its query function returned `Err`).
+    #[error("the module reported an error: {0}")]
+    Module(String),
+    /// The host stopped the module for breaking the interface's contract.
+    #[error("the module broke the host interface: {0}")]
+    Contract(String),
+    /// The module finished without reporting a result.
+    #[error("the module returned without a result (it never called `finish`)")]
+    NoResult,
+    /// Every instance slot is taken.
+    #[error("the host is at its limit of concurrent instances; retry shortly")]
+    Busy,
+    /// Instantiation failed for another reason.
+    #[error("the module could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+/// A module compiled and linked, ready to instantiate cheaply.
+pub struct Prepared {
+    pre: InstancePre<Guest>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").finish_non_exhaustive()
+    }
+}
+
+/// The host's wasmtime engine, with its linker and code caches.
+pub struct Engine {
+    engine: wasmtime::Engine,
+    linker: Linker<Guest>,
+    limits: Limits,
+    /// Where compiled code is cached across restarts; `None` keeps it in memory only.
+    code_dir: Option<PathBuf>,
+    /// Identifies this engine's code format in cache file names.
+    fingerprint: String,
+    /// `InstancePre` per module hash: instantiation skips compilation and import resolution.
+    prepared: Mutex<HashMap<ModuleHash, Arc<Prepared>>>,
+    /// Stops the epoch ticker when the engine is dropped.
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("limits", &self.limits)
+            .field("code_dir", &self.code_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Engine {
+    /// Builds the engine. `code_dir` caches compiled code on disk (created if missing).
+    pub fn new(limits: Limits, code_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.max_wasm_stack(limits.stack_bytes);
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_core_instances(limits.instances);
+        pool.total_memories(limits.instances);
+        pool.total_tables(limits.instances);
+        pool.max_memory_size(limits.memory_bytes);
+        pool.table_elements(limits.table_elements);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        let engine = wasmtime::Engine::new(&config)
+            .map_err(|e| anyhow::anyhow!("cannot configure the Wasm engine: {e}"))?;
+
+        let mut linker = Linker::new(&engine);
+        guest::register(&mut linker).map_err(|e| anyhow::anyhow!("cannot link host functions: {e}"))?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let fingerprint = format!("{:016x}", hasher.finish());
+
+        if let Some(dir) = &code_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create code cache {}: {e}", dir.display()))?;
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), stop.clone())?;
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            code_dir,
+            fingerprint,
+            prepared: Mutex::new(HashMap::new()),
+            stop,
+        })
+    }
+
+    /// The limits calls run under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The prepared module for `hash`, if this engine has it in memory.
+    pub fn cached(&self, hash: &ModuleHash) -> Option<Arc<Prepared>> {
+        lock(&self.prepared).get(hash).cloned()
+    }
+
+    /// Compiles (or loads from the disk cache) and links a verified module. `hash` is the
+    /// address the module is known by (the SHA-256 of its signed bytes).
+    pub fn prepare(&self, hash: ModuleHash, module: &VerifiedModule) -> Result<Arc<Prepared>, LoadError> {
+        if let Some(p) = self.cached(&hash) {
+            return Ok(p);
+        }
+        let compiled = self.compile(hash, module)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&compiled)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let prepared = Arc::new(Prepared { pre });
+        lock(&self.prepared).insert(hash, prepared.clone());
+        Ok(prepared)
+    }
+
+    fn compile(&self, hash: ModuleHash, module: &VerifiedModule) -> Result<Module, LoadError> {
+        let Some(dir) = &self.code_dir else {
+            return Module::new(&self.engine, module.bytes().as_ref())
+                .map_err(|e| LoadError::Compile(format!("{e:#}")));
+        };
+        let path = dir.join(format!("{hash}.{}.cwasm", self.fingerprint));
+        if let Some(m) = self.load_cached(&path, hash) {
+            return Ok(m);
+        }
+        let compiled = Module::new(&self.engine, module.bytes().as_ref())
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let artifact = compiled
+            .serialize()
+            .map_err(|e| LoadError::Compile(format!("cannot serialize compiled code: {e:#}")))?;
+        write_artifact(&path, &artifact).map_err(|source| LoadError::Cache { path, source })?;
+        Ok(compiled)
+    }
+
+    /// Loads compiled code this host wrote earlier. The artifact ends with the SHA-256 of what
+    /// precedes it, so a torn or corrupted file is recompiled, never deserialized.
+    fn load_cached(&self, path: &Path, hash: ModuleHash) -> Option<Module> {
+        let bytes = std::fs::read(path).ok()?;
+        let (artifact, digest) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+        if roam_keys::hash_module(artifact).as_bytes().as_slice() != digest {
+            tracing::warn!(%hash, path = %path.display(), "compiled code cache is corrupt; recompiling");
+            return None;
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: the artifact was produced by `Module::serialize` of this engine configuration
+        // (the file name carries the engine fingerprint) from a verified module, written by this
+        // host into its own data directory, and its digest matches: it never came from the
+        // network. wasmtime also checks the engine compatibility header itself.
+        let module = unsafe { Module::deserialize(&self.engine, artifact) };
+        module
+            .inspect_err(|e| tracing::warn!(%hash, "cannot load cached code ({e}); recompiling"))
+            .ok()
+    }
+
+    /// Instantiates `prepared` with `guest` as its state and calls its query export once,
+    /// within the limits. Returns the CBOR result the module reported.
+    pub fn call_query(&self, prepared: &Prepared, guest: Guest) -> Result<Vec<u8>, RunError> {
+        let mut store = Store::new(&self.engine, guest);
+        store.limiter(|g| g);
+        let ticks = self.limits.time.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
+        // One tick more: the current tick may be about to end.
+        store.set_epoch_deadline(ticks + 1);
+        store.epoch_deadline_trap();
+
+        let instance = prepared.pre.instantiate(&mut store).map_err(|e| {
+            let text = format!("{e:#}");
+            if text.contains("concurrent") || text.contains("maximum") {
+                RunError::Busy
+            } else if let Some(denied) = store.data().denied() {
+                RunError::OutOfMemory(denied.to_owned())
+            } else {
+                RunError::Instantiate(text)
+            }
+        })?;
+        let entry = instance
+            .get_typed_func::<(), ()>(&mut store, roam_abi::QUERY_EXPORT)
+            .map_err(|_| {
+                RunError::Instantiate(format!(
+                    "the module does not export `{}: func()`; build queries with roam_sdk::query!",
+                    roam_abi::QUERY_EXPORT
+                ))
+            })?;
+        let called = entry.call(&mut store, ());
+        let guest = store.into_data();
+        match called {
+            Ok(()) => guest.into_result(),
+            Err(e) => Err(self.classify(e, guest)),
+        }
+    }
+
+    fn classify(&self, e: wasmtime::Error, guest: Guest) -> RunError {
+        if let Some(denied) = guest.denied() {
+            return RunError::OutOfMemory(denied.to_owned());
+        }
+        if let Some(trap) = e.downcast_ref::<HostTrap>() {
+            return match trap {
+                HostTrap::Deadline => RunError::OutOfTime(self.limits.time),
+                other => RunError::Contract(other.to_string()),
+            };
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => RunError::OutOfTime(self.limits.time),
+            Some(Trap::StackOverflow) => RunError::StackOverflow(self.limits.stack_bytes),
+            Some(trap) => RunError::Trap {
+                reason: trap.to_string(),
+                message: guest.module_error(),
+            },
+            None => RunError::Trap {
+                reason: format!("{e:#}"),
+                message: guest.module_error(),
+            },
+        }
+    }
+
+    /// When a call that starts now must end.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.limits.time
+    }
+}
+
+fn spawn_ticker(engine: wasmtime::Engine, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("roam-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
+    Ok(())
+}
+
+/// Writes `artifact` followed by its SHA-256, through a temporary file and a rename, so a crash
+/// leaves either the old file or the whole new one.
+fn write_artifact(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut bytes = Vec::with_capacity(artifact.len() + 32);
+    bytes.extend_from_slice(artifact);
+    bytes.extend_from_slice(roam_keys::hash_module(artifact).as_bytes());
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Locks a mutex, recovering the data if a thread panicked while holding it: every map guarded
+/// this way stays consistent after each single insert.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

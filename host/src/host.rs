@@ -1,0 +1,273 @@
+//! A host: its key, trust store, state, resources and engine, and the handlers that serve
+//! requests with them.
+//!
+//! Request path: `server` (listener → connection → frame → [`Request`]) → [`Host::handle`] →
+//! a worker from the bounded pool → module admission (verify, store, compile) → the engine.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use roam_keys::{Kind, ModuleHash, PublicKey, SecretKey, TrustStore, VerifiedModule, VerifyContext, VerifyError};
+use tokio::sync::Semaphore;
+
+use crate::config::HostConfig;
+use crate::engine::{Engine, LoadError, Prepared, RunError, lock};
+use crate::guest::Guest;
+use crate::protocol::{ErrorKind, ModuleRef, RemoteError, Request, Response};
+use crate::resources::{ResourceType, Resources};
+use crate::state::{State, now_secs};
+
+/// A module admitted by this host: verified, stored and compiled.
+#[derive(Debug)]
+struct Admitted {
+    verified: VerifiedModule,
+    prepared: Arc<Prepared>,
+    label: Arc<str>,
+    capabilities: Arc<[String]>,
+}
+
+/// A running host's shared parts. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Host {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    key: SecretKey,
+    trust: TrustStore,
+    state: Arc<State>,
+    resources: Arc<Resources>,
+    engine: Engine,
+    /// Modules admitted since start, by the hash of their signed bytes.
+    admitted: Mutex<HashMap<ModuleHash, Arc<Admitted>>>,
+    /// Bounds how many modules run at once, so slow modules never starve the accept loop.
+    workers: Arc<Semaphore>,
+    queue_timeout: Duration,
+    max_module: usize,
+    max_frame: usize,
+    max_connections: usize,
+}
+
+impl Host {
+    /// Opens a host from its configuration: loads the key (creating it if missing), the trust
+    /// store, the state database and the resources, and builds the engine.
+    pub fn open(config: &HostConfig) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        config.check()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+        let key = load_or_create_key(config)?;
+        let trust = TrustStore::load(&config.trust)?;
+        let state = Arc::new(State::open(&config.data_dir)?);
+        let mut resources = Resources::default();
+        for r in &config.resources {
+            match (r.kind, &r.source) {
+                (ResourceType::Table, Some(source)) => {
+                    resources.add_table(&r.name, r.attachment, source, &config.data_dir)?;
+                }
+                _ => resources.add_log(&r.name, r.attachment, state.clone()),
+            }
+        }
+        let limits = config.limits.engine();
+        let engine = Engine::new(limits, Some(config.data_dir.join("code")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                name: config.name.clone(),
+                key,
+                trust,
+                state,
+                resources: Arc::new(resources),
+                engine,
+                admitted: Mutex::new(HashMap::new()),
+                workers: Arc::new(Semaphore::new(config.limits.workers())),
+                queue_timeout: Duration::from_millis(config.limits.queue_ms),
+                max_module: config.limits.module_kib << 10,
+                max_frame: config.limits.frame_kib << 10,
+                max_connections: config.limits.max_connections,
+            }),
+        })
+    }
+
+    /// The host's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The host's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.inner.key.public()
+    }
+
+    /// The largest frame the host reads.
+    pub fn max_frame(&self) -> usize {
+        self.inner.max_frame
+    }
+
+    /// How many connections the host serves at once.
+    pub fn max_connections(&self) -> usize {
+        self.inner.max_connections
+    }
+
+    /// The host's state database.
+    pub fn state(&self) -> &State {
+        &self.inner.state
+    }
+
+    /// Serves one request.
+    pub async fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Ping => Response::Pong,
+            Request::Eval { module, input } => match self.eval(module, input).await {
+                Ok(r) => r,
+                Err(e) => Response::Error(e),
+            },
+        }
+    }
+
+    async fn eval(&self, module: ModuleRef, input: Vec<u8>) -> Result<Response, RemoteError> {
+        let permit = tokio::time::timeout(self.inner.queue_timeout, self.inner.workers.clone().acquire_owned())
+            .await
+            .map_err(|_| RemoteError::new(ErrorKind::Busy, "every worker stayed busy; retry shortly"))?
+            .map_err(|_| RemoteError::new(ErrorKind::ShuttingDown, "the host is shutting down"))?;
+        let inner = self.inner.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            inner.eval_blocking(module, input)
+        });
+        job.await
+            .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("the evaluation failed inside the host: {e}")))?
+    }
+}
+
+impl Inner {
+    fn eval_blocking(&self, module: ModuleRef, input: Vec<u8>) -> Result<Response, RemoteError> {
+        let admitted = match module {
+            ModuleRef::Hash(hash) => match self.find(hash)? {
+                Some(a) => a,
+                None => return Ok(Response::NeedModule(hash)),
+            },
+            ModuleRef::Bytes(bytes) => {
+                let hash = roam_keys::hash_module(&bytes);
+                match self.cached(hash)? {
+                    Some(a) => a,
+                    None => self.admit(hash, bytes)?,
+                }
+            }
+        };
+        let guest = Guest::new(
+            input,
+            admitted.label.clone(),
+            admitted.capabilities.clone(),
+            self.resources.clone(),
+            self.engine.limits(),
+            self.engine.deadline(),
+        );
+        let output = self.engine.call_query(&admitted.prepared, guest).map_err(run_error)?;
+        Ok(Response::Result(output))
+    }
+
+    /// A module admitted earlier, still within its validity window.
+    fn cached(&self, hash: ModuleHash) -> Result<Option<Arc<Admitted>>, RemoteError> {
+        let Some(a) = lock(&self.admitted).get(&hash).cloned() else {
+            return Ok(None);
+        };
+        let claims = a.verified.claims();
+        let now = now_secs();
+        if now >= claims.expires {
+            let e = VerifyError::Expired { expires: claims.expires, now };
+            return Err(verify_error(&e));
+        }
+        if now < claims.not_before {
+            let e = VerifyError::NotYetValid { not_before: claims.not_before, now };
+            return Err(verify_error(&e));
+        }
+        Ok(Some(a))
+    }
+
+    /// A module by hash: admitted already, or in the store from an earlier run.
+    fn find(&self, hash: ModuleHash) -> Result<Option<Arc<Admitted>>, RemoteError> {
+        if let Some(a) = self.cached(hash)? {
+            return Ok(Some(a));
+        }
+        let stored = self
+            .state
+            .load_module(&hash)
+            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
+        match stored {
+            // A stored file whose hash no longer matches is treated as missing: the client
+            // sends the module again and the good copy replaces it.
+            Some(bytes) if roam_keys::hash_module(&bytes) == hash => self.admit(hash, bytes).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Verifies a module (every check, before anything is compiled), stores it, and compiles it.
+    fn admit(&self, hash: ModuleHash, bytes: Vec<u8>) -> Result<Arc<Admitted>, RemoteError> {
+        let ctx = VerifyContext {
+            trust: &self.trust,
+            now: now_secs(),
+            max_size: self.max_module,
+            expected_kind: Some(Kind::Query),
+            history: &*self.state,
+        };
+        let verified = roam_keys::verify(bytes, &ctx).map_err(|e| verify_error(&e))?;
+        let claims = verified.claims();
+        let internal = |e: crate::state::StateError| RemoteError::new(ErrorKind::Internal, e.to_string());
+        self.state.store_module(hash, verified.bytes(), claims).map_err(internal)?;
+        self.state.accept_version(&claims.name, &claims.version).map_err(internal)?;
+        let prepared = self.engine.prepare(hash, &verified).map_err(load_error)?;
+        tracing::info!(%hash, name = %claims.name, version = %claims.version, signer = verified.signer_name(), "admitted module");
+        let admitted = Arc::new(Admitted {
+            label: format!("{}@{}", claims.name, claims.version).into(),
+            capabilities: claims.capabilities.clone().into(),
+            prepared,
+            verified,
+        });
+        lock(&self.admitted).insert(hash, admitted.clone());
+        Ok(admitted)
+    }
+}
+
+fn verify_error(e: &VerifyError) -> RemoteError {
+    let kind = match e {
+        VerifyError::CapabilityDenied { .. } => ErrorKind::Capability,
+        _ => ErrorKind::Verification,
+    };
+    RemoteError::new(kind, format!("module refused: {e}"))
+}
+
+fn load_error(e: LoadError) -> RemoteError {
+    let kind = match e {
+        LoadError::Cache { .. } => ErrorKind::Internal,
+        _ => ErrorKind::Load,
+    };
+    RemoteError::new(kind, e.to_string())
+}
+
+fn run_error(e: RunError) -> RemoteError {
+    let kind = match &e {
+        RunError::OutOfTime(_) => ErrorKind::OutOfTime,
+        RunError::OutOfMemory(_) => ErrorKind::OutOfMemory,
+        RunError::StackOverflow(_) => ErrorKind::StackOverflow,
+        RunError::Trap { .. } | RunError::Contract(_) | RunError::NoResult => ErrorKind::Trap,
+        RunError::Module(_) => ErrorKind::Module,
+        RunError::Busy => ErrorKind::Busy,
+        RunError::Instantiate(_) => ErrorKind::Load,
+    };
+    RemoteError::new(kind, e.to_string())
+}
+
+fn load_or_create_key(config: &HostConfig) -> anyhow::Result<SecretKey> {
+    let path = config.key.clone().unwrap_or_else(|| config.data_dir.join("host.key"));
+    if path.exists() || config.key.is_some() {
+        return Ok(SecretKey::load(&path)?);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let (key_path, _, public) = roam_keys::write_keypair(dir, "host")?;
+    tracing::info!(key = %key_path.display(), %public, "created a new host key");
+    Ok(SecretKey::load(&key_path)?)
+}

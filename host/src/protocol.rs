@@ -1,0 +1,270 @@
+//! The wire protocol between clients and hosts.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of CBOR; a frame over the
+//! agreed maximum is refused before it is read. A connection opens with a versioned handshake
+//! ([`Hello`] / [`Welcome`]) and then carries [`Request`] / [`Response`] pairs in order. Every
+//! byte string goes through `serde_bytes`, never as a sequence of integers.
+
+use std::time::Duration;
+
+use roam_keys::{ModuleHash, PublicKey};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Names the protocol in the handshake, so a stray client of another protocol is told so.
+pub const PROTOCOL: &str = "roam";
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+/// Default cap on one frame.
+pub const DEFAULT_MAX_FRAME: usize = 32 << 20;
+/// How long a peer may take to send one whole frame once it started, or to answer a handshake.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the connection between frames.
+    #[error("the peer closed the connection")]
+    Closed,
+    /// The declared length is over the cap.
+    #[error("frame of {size} bytes is over the limit of {max} bytes")]
+    TooLarge {
+        /// Declared length.
+        size: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// A frame of length zero.
+    #[error("empty frame")]
+    Empty,
+    /// The frame's body is not the expected message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The peer took too long.
+    #[error("timed out waiting for the peer")]
+    Timeout,
+    /// The connection failed.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame's body. `Closed` if the peer closed cleanly before a new frame.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let size = u32::from_be_bytes(len) as usize;
+    if size == 0 {
+        return Err(FrameError::Empty);
+    }
+    if size > max {
+        return Err(FrameError::TooLarge { size, max });
+    }
+    let mut body = vec![0u8; size];
+    tokio::time::timeout(FRAME_TIMEOUT, r.read_exact(&mut body))
+        .await
+        .map_err(|_| FrameError::Timeout)??;
+    Ok(body)
+}
+
+/// Reads and decodes one message.
+pub async fn read_message<R, T>(r: &mut R, max: usize) -> Result<T, FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: for<'de> Deserialize<'de>,
+{
+    let body = read_frame(r, max).await?;
+    decode(&body)
+}
+
+/// Decodes a message body (ciborium bounds nesting depth, so hostile input cannot overflow the
+/// stack).
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
+    ciborium::from_reader(body).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// Encodes and writes one message as a frame.
+pub async fn write_message<W, T>(w: &mut W, msg: &T) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let mut buf = vec![0u8; 4];
+    ciborium::into_writer(msg, &mut buf).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = u32::try_from(buf.len() - 4).map_err(|_| FrameError::TooLarge { size: buf.len(), max: u32::MAX as usize })?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// The client's opening message.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must be [`PROTOCOL`].
+    pub protocol: String,
+    /// The versions the client speaks.
+    pub versions: Vec<u32>,
+    /// Who the client is, for the host's logs.
+    pub client: String,
+}
+
+impl Hello {
+    /// A hello for this build.
+    pub fn new(client: &str) -> Self {
+        Self { protocol: PROTOCOL.into(), versions: vec![VERSION], client: client.into() }
+    }
+}
+
+/// The host's answer to [`Hello`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Welcome {
+    /// The connection is open.
+    Accepted {
+        /// The version chosen.
+        version: u32,
+        /// The host's name.
+        host: String,
+        /// The host's public key.
+        host_key: PublicKey,
+    },
+    /// The host will not serve this connection.
+    Refused(RemoteError),
+}
+
+/// A module named in a request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ModuleRef {
+    /// The host may already hold it: SHA-256 of the signed module file.
+    Hash(ModuleHash),
+    /// The signed module file itself.
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// A request from a client.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Run a query module next to the host's data.
+    Eval {
+        /// The query module.
+        module: ModuleRef,
+        /// Its input, CBOR.
+        #[serde(with = "serde_bytes")]
+        input: Vec<u8>,
+    },
+    /// Check that the host answers.
+    Ping,
+}
+
+/// A host's answer to one [`Request`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// The query's result, CBOR.
+    Result(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The host does not hold the module named by hash: send its bytes.
+    NeedModule(ModuleHash),
+    /// The request failed.
+    Error(RemoteError),
+    /// Answer to [`Request::Ping`].
+    Pong,
+}
+
+/// What kind of failure a [`RemoteError`] reports, so a client can act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The request did not follow the protocol.
+    Protocol,
+    /// The host is at a limit (connections, instances); retry later.
+    Busy,
+    /// The module's signature or claims were refused (see the message for which check).
+    Verification,
+    /// The module may not use a resource it asked for.
+    Capability,
+    /// The module does not fit this host (it imports what the host lacks, or does not compile).
+    Load,
+    /// The module trapped.
+    Trap,
+    /// The module ran out of time.
+    OutOfTime,
+    /// The module ran out of memory.
+    OutOfMemory,
+    /// The module overflowed its stack.
+    StackOverflow,
+    /// The module itself reported an error.
+    Module,
+    /// Something failed inside the host.
+    Internal,
+    /// The host is shutting down.
+    ShuttingDown,
+}
+
+/// An error that crosses the network: a kind to act on and a message for a person.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_over_the_cap_are_refused_before_their_body_is_read() {
+        let mut input: &[u8] = &[0, 0, 1, 0, 1, 2, 3];
+        let err = read_frame(&mut input, 255).await;
+        assert!(matches!(err, Err(FrameError::TooLarge { size: 256, max: 255 })), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn empty_truncated_and_malformed_frames_are_errors() {
+        let mut empty: &[u8] = &[0, 0, 0, 0];
+        assert!(matches!(read_frame(&mut empty, 1024).await, Err(FrameError::Empty)));
+        let mut truncated: &[u8] = &[0, 0, 0, 9, 1, 2];
+        assert!(matches!(read_frame(&mut truncated, 1024).await, Err(FrameError::Io(_))));
+        let mut closed: &[u8] = &[];
+        assert!(matches!(read_frame(&mut closed, 1024).await, Err(FrameError::Closed)));
+        let mut garbage: &[u8] = &[0, 0, 0, 5, 0x9a, 0xff, 0xff, 0xff, 0xff];
+        let decoded: Result<Request, _> = read_message(&mut garbage, 1024).await;
+        assert!(matches!(decoded, Err(FrameError::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn deeply_nested_cbor_is_refused_without_overflowing_the_stack() {
+        let body = vec![0x81u8; 10_000];
+        let decoded: Result<Request, _> = decode(&body);
+        assert!(matches!(decoded, Err(FrameError::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn messages_round_trip_and_bytes_stay_byte_strings() -> Result<(), FrameError> {
+        let req = Request::Eval { module: ModuleRef::Bytes(vec![7; 1000]), input: vec![0xa0] };
+        let mut buf = Vec::new();
+        write_message(&mut buf, &req).await?;
+        // A byte string of 1000 bytes costs 3 bytes of header; a sequence would cost 1000+.
+        assert!(buf.len() < 1100, "frame is {} bytes", buf.len());
+        let back: Request = read_message(&mut buf.as_slice(), 4096).await?;
+        match back {
+            Request::Eval { module: ModuleRef::Bytes(b), input } => {
+                assert_eq!(b, vec![7; 1000]);
+                assert_eq!(input, vec![0xa0]);
+            }
+            other => panic!("decoded {other:?}"),
+        }
+        Ok(())
+    }
+}

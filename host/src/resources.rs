@@ -1,0 +1,543 @@
+//! The resources a host offers to the modules it runs: read-only SQL tables and append-only logs.
+//!
+//! A table is a SQLite database opened read-only, with an authorizer that allows reading only
+//! that table (no writes, no ATTACH, no PRAGMA) and a progress handler that stops a statement at
+//! the call's deadline. Queries stream: a producer thread steps the statement and encodes rows
+//! into CBOR batches while the module consumes the previous batch.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use roam_abi::{BATCH_MAX_ROWS, Value};
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::lock;
+use crate::state::State;
+
+/// A batch stops growing past this many encoded bytes, so one batch never needs much memory.
+const BATCH_TARGET_BYTES: usize = 256 << 10;
+/// Longest line a module may append to a log.
+pub const MAX_LOG_LINE: usize = 4096;
+
+/// What kind of resource a host offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceType {
+    /// A read-only SQL table.
+    Table,
+    /// An append-only log of text lines.
+    Log,
+}
+
+impl ResourceType {
+    /// The name used in capabilities (`table:sales`) and configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Table => "table",
+            Self::Log => "log",
+        }
+    }
+}
+
+/// How a resource is tied to its host (see the design brief's binding table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attachment {
+    /// It can move freely.
+    Unattached,
+    /// It could move, at a high cost (a database).
+    #[default]
+    Fastened,
+    /// It cannot move.
+    Fixed,
+}
+
+/// Why a resource could not be set up or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    /// Loading the data behind a table failed.
+    #[error("resource {name}: cannot load {path}: {reason}")]
+    Load {
+        /// The resource.
+        name: String,
+        /// Its source file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// SQLite refused or failed a statement.
+    #[error("{0}")]
+    Sql(String),
+    /// The statement ran past the call's deadline.
+    #[error("the query ran past the deadline")]
+    Deadline,
+}
+
+/// One resource a host offers.
+#[derive(Debug)]
+pub struct Resource {
+    /// The name modules open it by.
+    pub name: String,
+    /// Its type.
+    pub kind: ResourceType,
+    /// How it is tied to this host.
+    pub attachment: Attachment,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Table(Arc<TablePool>),
+    Log(Arc<State>),
+}
+
+impl Resource {
+    /// The capability a module must hold to open this resource.
+    pub fn capability(&self) -> String {
+        format!("{}:{}", self.kind.as_str(), self.name)
+    }
+
+    /// Starts a read-only query. Preparation errors (bad SQL, a refused statement) are
+    /// reported here; row errors arrive with the batches.
+    pub fn query(&self, sql: &str, params: Vec<Value>, deadline: Instant) -> Result<Cursor, ResourceError> {
+        match &self.backend {
+            Backend::Table(pool) => pool.clone().query(sql.to_owned(), params, deadline),
+            Backend::Log(_) => Err(ResourceError::Sql(format!("{} is a log, not a table", self.name))),
+        }
+    }
+
+    /// Appends a line to a log resource.
+    pub fn append(&self, module: &str, line: &str) -> Result<(), ResourceError> {
+        match &self.backend {
+            Backend::Log(state) => state
+                .append_log(&self.name, module, line)
+                .map_err(|e| ResourceError::Sql(e.to_string())),
+            Backend::Table(_) => Err(ResourceError::Sql(format!("{} is a table, not a log", self.name))),
+        }
+    }
+}
+
+/// The resources of one host, by name.
+#[derive(Debug, Default)]
+pub struct Resources {
+    by_name: BTreeMap<String, Arc<Resource>>,
+}
+
+impl Resources {
+    /// Looks a resource up by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {
+        self.by_name.get(name)
+    }
+
+    /// Every resource, ordered by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.by_name.values()
+    }
+
+    /// Adds a table backed by `source`: a CSV file (loaded into a SQLite file under `data_dir`
+    /// when the CSV is newer than that copy) or a SQLite database holding a table of that name.
+    pub fn add_table(
+        &mut self,
+        name: &str,
+        attachment: Attachment,
+        source: &Path,
+        data_dir: &Path,
+    ) -> Result<(), ResourceError> {
+        let load_err = |reason: String| ResourceError::Load {
+            name: name.to_owned(),
+            path: source.to_owned(),
+            reason,
+        };
+        let is_csv = source.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        let db = if is_csv {
+            let db = data_dir.join("tables").join(format!("{name}.db"));
+            import_csv_if_stale(source, &db, name).map_err(load_err)?;
+            db
+        } else {
+            source.to_owned()
+        };
+        let pool = TablePool::open(db, name).map_err(load_err)?;
+        self.insert(name, ResourceType::Table, attachment, Backend::Table(Arc::new(pool)));
+        Ok(())
+    }
+
+    /// Adds a log whose lines are kept in the host's state database.
+    pub fn add_log(&mut self, name: &str, attachment: Attachment, state: Arc<State>) {
+        self.insert(name, ResourceType::Log, attachment, Backend::Log(state));
+    }
+
+    fn insert(&mut self, name: &str, kind: ResourceType, attachment: Attachment, backend: Backend) {
+        let resource = Resource { name: name.to_owned(), kind, attachment, backend };
+        self.by_name.insert(name.to_owned(), Arc::new(resource));
+    }
+}
+
+/// Read-only connections to one table's database, reused across queries.
+#[derive(Debug)]
+struct TablePool {
+    path: PathBuf,
+    table: String,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl TablePool {
+    fn open(path: PathBuf, table: &str) -> Result<Self, String> {
+        let pool = Self { path, table: table.to_owned(), idle: Mutex::new(Vec::new()) };
+        // Open one connection now so a missing file or table fails at start, not at first use.
+        let conn = pool.connect()?;
+        let exists: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_schema WHERE type IN ('table','view') AND name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())?;
+        if !exists {
+            return Err(format!("the database has no table named {table:?}"));
+        }
+        pool.install_authorizer(&conn);
+        lock(&pool.idle).push(conn);
+        Ok(pool)
+    }
+
+    fn connect(&self) -> Result<Connection, String> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        Connection::open_with_flags(&self.path, flags).map_err(|e| e.to_string())
+    }
+
+    /// Lets a statement read this table and nothing else: no writes, no schema changes, no
+    /// ATTACH, no PRAGMA, no other table of the same file.
+    fn install_authorizer(&self, conn: &Connection) {
+        let table = self.table.clone();
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| match ctx.action {
+            AuthAction::Select | AuthAction::Function { .. } | AuthAction::Recursive => Authorization::Allow,
+            AuthAction::Read { table_name, .. } if table_name == table => Authorization::Allow,
+            _ => Authorization::Deny,
+        }));
+    }
+
+    fn checkout(&self) -> Result<Connection, String> {
+        if let Some(conn) = lock(&self.idle).pop() {
+            return Ok(conn);
+        }
+        let conn = self.connect()?;
+        self.install_authorizer(&conn);
+        Ok(conn)
+    }
+
+    fn query(self: Arc<Self>, sql: String, params: Vec<Value>, deadline: Instant) -> Result<Cursor, ResourceError> {
+        let conn = self.checkout().map_err(ResourceError::Sql)?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let stop = cancel.clone();
+        conn.progress_handler(
+            1000,
+            Some(move || stop.load(Ordering::Relaxed) || Instant::now() >= deadline),
+        );
+        let pool = self.clone();
+        std::thread::Builder::new()
+            .name("roam-query".into())
+            .spawn(move || {
+                produce(&conn, &sql, &params, &tx);
+                conn.progress_handler(0, None::<fn() -> bool>);
+                lock(&pool.idle).push(conn);
+            })
+            .map_err(|e| ResourceError::Sql(format!("cannot start the query: {e}")))?;
+        let mut cursor = Cursor { rx, pending: None, staged: None, done: false, cancel, deadline };
+        // The first message says whether the statement was accepted.
+        match cursor.recv()? {
+            Some(batch) => cursor.pending = Some(batch),
+            None => cursor.done = true,
+        }
+        Ok(cursor)
+    }
+}
+
+enum Msg {
+    Batch(Vec<u8>),
+    End,
+    Error(String),
+}
+
+/// Steps the statement and sends CBOR batches until the end, an error, or a closed channel.
+fn produce(conn: &Connection, sql: &str, params: &[Value], tx: &SyncSender<Msg>) {
+    let fail = |e: rusqlite::Error| {
+        let text = match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::OperationInterrupted => {
+                "interrupted".to_owned()
+            }
+            _ => e.to_string(),
+        };
+        let _ = tx.send(Msg::Error(text));
+    };
+    let mut stmt = match conn.prepare(sql) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    if !stmt.readonly() {
+        let _ = tx.send(Msg::Error("only read-only statements are allowed".into()));
+        return;
+    }
+    let columns = stmt.column_count();
+    let bound = params.iter().map(to_sql);
+    let mut rows = match stmt.query(rusqlite::params_from_iter(bound)) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let mut batch: Vec<Vec<Value>> = Vec::with_capacity(64);
+    let mut size = 0usize;
+    loop {
+        match rows.next() {
+            Ok(Some(row)) => {
+                let mut cells = Vec::with_capacity(columns);
+                for i in 0..columns {
+                    let cell = match row.get_ref(i) {
+                        Ok(v) => from_sql(v),
+                        Err(e) => return fail(e),
+                    };
+                    size += cell_size(&cell);
+                    cells.push(cell);
+                }
+                batch.push(cells);
+                if batch.len() >= BATCH_MAX_ROWS || size >= BATCH_TARGET_BYTES {
+                    if !send_batch(tx, &batch) {
+                        return;
+                    }
+                    batch.clear();
+                    size = 0;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return fail(e),
+        }
+    }
+    if !batch.is_empty() && !send_batch(tx, &batch) {
+        return;
+    }
+    let _ = tx.send(Msg::End);
+}
+
+fn send_batch(tx: &SyncSender<Msg>, batch: &[Vec<Value>]) -> bool {
+    let mut bytes = Vec::with_capacity(1024);
+    if let Err(e) = ciborium::into_writer(&batch, &mut bytes) {
+        let _ = tx.send(Msg::Error(format!("cannot encode rows: {e}")));
+        return false;
+    }
+    tx.send(Msg::Batch(bytes)).is_ok()
+}
+
+fn cell_size(v: &Value) -> usize {
+    match v {
+        Value::Text(s) => s.len() + 2,
+        Value::Blob(b) => b.len() + 2,
+        _ => 9,
+    }
+}
+
+fn to_sql(v: &Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as S;
+    match v {
+        Value::Null => S::Null,
+        Value::Integer(i) => S::Integer(*i),
+        Value::Real(f) => S::Real(*f),
+        Value::Text(t) => S::Text(t.clone()),
+        Value::Blob(b) => S::Blob(b.clone()),
+    }
+}
+
+fn from_sql(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+/// An open query: batches of rows arriving from the producer thread.
+#[derive(Debug)]
+pub struct Cursor {
+    rx: Receiver<Msg>,
+    /// A batch received but not yet handed to the module.
+    pending: Option<Vec<u8>>,
+    /// The batch handed out by the last `next_batch`, waiting to be copied into the module.
+    staged: Option<Vec<u8>>,
+    done: bool,
+    /// Tells the producer to stop when the module closes the cursor early.
+    cancel: Arc<AtomicBool>,
+    deadline: Instant,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Batch(b) => write!(f, "Batch({} bytes)", b.len()),
+            Msg::End => f.write_str("End"),
+            Msg::Error(e) => write!(f, "Error({e})"),
+        }
+    }
+}
+
+impl Cursor {
+    fn recv(&mut self) -> Result<Option<Vec<u8>>, ResourceError> {
+        let wait = self.deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(wait) {
+            Ok(Msg::Batch(b)) => Ok(Some(b)),
+            Ok(Msg::End) => Ok(None),
+            Ok(Msg::Error(e)) if e == "interrupted" => Err(ResourceError::Deadline),
+            Ok(Msg::Error(e)) => Err(ResourceError::Sql(e)),
+            Err(RecvTimeoutError::Timeout) => Err(ResourceError::Deadline),
+            Err(RecvTimeoutError::Disconnected) => Err(ResourceError::Sql("the query stopped unexpectedly".into())),
+        }
+    }
+
+    /// Stages the next batch and returns its length, or `None` at the end.
+    pub fn next_batch(&mut self) -> Result<Option<usize>, ResourceError> {
+        self.staged = None;
+        let batch = match self.pending.take() {
+            Some(b) => Some(b),
+            None if self.done => None,
+            None => self.recv()?,
+        };
+        match batch {
+            Some(b) => {
+                let len = b.len();
+                self.staged = Some(b);
+                Ok(Some(len))
+            }
+            None => {
+                self.done = true;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Takes the staged batch.
+    pub fn take_staged(&mut self) -> Option<Vec<u8>> {
+        self.staged.take()
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Imports a CSV file into a SQLite table, unless an import at least as new as the CSV exists.
+/// Column types are inferred: INTEGER if every value is an integer, REAL if every value is a
+/// number, TEXT otherwise. The import is written to a temporary file and renamed into place, so
+/// a crash never leaves a half-loaded table behind.
+fn import_csv_if_stale(csv_path: &Path, db: &Path, table: &str) -> Result<(), String> {
+    let csv_time = std::fs::metadata(csv_path).and_then(|m| m.modified()).map_err(|e| e.to_string())?;
+    if let Ok(db_time) = std::fs::metadata(db).and_then(|m| m.modified()) {
+        if db_time >= csv_time {
+            return Ok(());
+        }
+    }
+    let read = || csv::Reader::from_path(csv_path).map_err(|e| e.to_string());
+    let mut reader = read()?;
+    let headers: Vec<String> = reader.headers().map_err(|e| e.to_string())?.iter().map(str::to_owned).collect();
+    if headers.is_empty() {
+        return Err("the CSV file has no header row".into());
+    }
+    let mut types = vec![ColumnType::Integer; headers.len()];
+    for record in reader.records() {
+        let record = record.map_err(|e| e.to_string())?;
+        for (t, field) in types.iter_mut().zip(record.iter()) {
+            *t = t.widen(field);
+        }
+    }
+
+    if let Some(dir) = db.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let tmp = db.with_extension("loading");
+    let _ = std::fs::remove_file(&tmp);
+    let mut conn = Connection::open(&tmp).map_err(|e| e.to_string())?;
+    conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
+        .map_err(|e| e.to_string())?;
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let cols: Vec<String> = headers
+        .iter()
+        .zip(&types)
+        .map(|(h, t)| format!("{} {}", quote(h), t.sql()))
+        .collect();
+    let create = format!("CREATE TABLE {} ({})", quote(table), cols.join(", "));
+    let marks = vec!["?"; headers.len()].join(", ");
+    let insert = format!("INSERT INTO {} VALUES ({marks})", quote(table));
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    tx.execute(&create, []).map_err(|e| e.to_string())?;
+    {
+        let mut stmt = tx.prepare(&insert).map_err(|e| e.to_string())?;
+        for record in read()?.records() {
+            let record = record.map_err(|e| e.to_string())?;
+            let values = types.iter().zip(record.iter()).map(|(t, f)| t.value(f));
+            stmt.execute(rusqlite::params_from_iter(values)).map_err(|e| e.to_string())?;
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())?;
+    drop(conn);
+    std::fs::rename(&tmp, db).map_err(|e| e.to_string())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ColumnType {
+    Integer,
+    Real,
+    Text,
+}
+
+impl ColumnType {
+    fn widen(self, field: &str) -> Self {
+        match self {
+            _ if field.is_empty() => self,
+            Self::Integer if field.parse::<i64>().is_ok() => Self::Integer,
+            Self::Integer | Self::Real if field.parse::<f64>().is_ok() => Self::Real,
+            _ => Self::Text,
+        }
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            Self::Integer => "INTEGER",
+            Self::Real => "REAL",
+            Self::Text => "TEXT",
+        }
+    }
+
+    fn value(self, field: &str) -> rusqlite::types::Value {
+        use rusqlite::types::Value as S;
+        if field.is_empty() && self != Self::Text {
+            return S::Null;
+        }
+        match self {
+            Self::Integer => field.parse().map_or(S::Null, S::Integer),
+            Self::Real => field.parse().map_or(S::Null, S::Real),
+            Self::Text => S::Text(field.to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_columns_get_the_narrowest_type_that_fits_every_value() {
+        let t = ["1", "2", ""].iter().fold(ColumnType::Integer, |t, f| t.widen(f));
+        assert_eq!(t, ColumnType::Integer);
+        let t = ["1", "2.5"].iter().fold(ColumnType::Integer, |t, f| t.widen(f));
+        assert_eq!(t, ColumnType::Real);
+        let t = ["1", "x", "2"].iter().fold(ColumnType::Integer, |t, f| t.widen(f));
+        assert_eq!(t, ColumnType::Text);
+    }
+}

@@ -1,0 +1,146 @@
+//! The TCP front of a host: listener → connection → frame → request → [`Host::handle`].
+//!
+//! The accept loop only accepts; each connection runs in its own task, and the Wasm itself runs
+//! on the host's bounded worker pool, so a slow module never stalls accepting or other
+//! connections. A connection over the cap is told so and closed. Shutdown stops accepting,
+//! lets each connection finish the request in hand, and waits for them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::host::Host;
+use crate::protocol::{
+    self, ErrorKind, FRAME_TIMEOUT, FrameError, Hello, RemoteError, Request, Response, VERSION, Welcome,
+};
+
+/// How long a connection may sit idle between requests.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long shutdown waits for connections to finish their request in hand.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A host serving on a socket, until [`RunningHost::shutdown`].
+#[derive(Debug)]
+pub struct RunningHost {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningHost {
+    /// Binds `addr` (use port 0 for any free port) and starts serving.
+    pub async fn start(host: Host, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(serve(host, listener, stopped));
+        Ok(Self { addr, stop, task })
+    }
+
+    /// The address the host listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, waits for the connections to drain, and returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn serve(host: Host, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(host.max_connections()));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let permit = slots.clone().try_acquire_owned().ok();
+                    let host = host.clone();
+                    let stopped = stopped.clone();
+                    connections.spawn(async move {
+                        let _permit = permit.as_ref();
+                        if let Err(e) = connection(host, stream, permit.is_some(), stopped).await {
+                            tracing::debug!(%peer, "connection ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("shutdown: connections still open after {DRAIN_TIMEOUT:?}; closing them");
+        connections.abort_all();
+    }
+}
+
+async fn connection(
+    host: Host,
+    mut stream: TcpStream,
+    admitted: bool,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), FrameError> {
+    stream.set_nodelay(true)?;
+    let max = host.max_frame();
+    let hello: Hello = tokio::time::timeout(FRAME_TIMEOUT, protocol::read_message(&mut stream, 64 << 10))
+        .await
+        .map_err(|_| FrameError::Timeout)??;
+    let refuse = |kind, message: String| Welcome::Refused(RemoteError::new(kind, message));
+    let welcome = if hello.protocol != protocol::PROTOCOL {
+        refuse(ErrorKind::Protocol, format!("expected protocol {:?}, got {:?}", protocol::PROTOCOL, hello.protocol))
+    } else if !hello.versions.contains(&VERSION) {
+        refuse(
+            ErrorKind::Protocol,
+            format!("this host speaks protocol version {VERSION}; the client offered {:?}", hello.versions),
+        )
+    } else if !admitted {
+        refuse(
+            ErrorKind::Busy,
+            format!("the host is at its limit of {} connections; retry shortly", host.max_connections()),
+        )
+    } else {
+        Welcome::Accepted { version: VERSION, host: host.name().to_owned(), host_key: host.public_key() }
+    };
+    let accepted = matches!(welcome, Welcome::Accepted { .. });
+    protocol::write_message(&mut stream, &welcome).await?;
+    if !accepted {
+        return Ok(());
+    }
+    loop {
+        let request: Request = tokio::select! {
+            _ = stopped.changed() => return Ok(()),
+            read = tokio::time::timeout(IDLE_TIMEOUT, protocol::read_message(&mut stream, max)) => match read {
+                Err(_) => return Err(FrameError::Timeout),
+                Ok(Err(FrameError::Closed)) => return Ok(()),
+                Ok(Err(e @ (FrameError::Malformed(_) | FrameError::TooLarge { .. } | FrameError::Empty))) => {
+                    // Say why before closing: the frame boundary may be lost, so no further
+                    // request on this connection can be trusted.
+                    let reply = Response::Error(RemoteError::new(ErrorKind::Protocol, e.to_string()));
+                    let _ = protocol::write_message(&mut stream, &reply).await;
+                    return Err(e);
+                }
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(r)) => r,
+            },
+        };
+        let response = host.handle(request).await;
+        protocol::write_message(&mut stream, &response).await?;
+    }
+}

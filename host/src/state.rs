@@ -1,0 +1,230 @@
+//! The host's durable state: one SQLite database under the data directory.
+//!
+//! It indexes the modules the host holds (their bytes live next to it, content-addressed), the
+//! highest version accepted under each module name (rollback protection survives restarts), and
+//! the lines modules append to log resources. WAL with `synchronous = FULL`: a committed write
+//! survives a crash.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use roam_keys::{Claims, ModuleHash, VersionHistory};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::engine::lock;
+
+/// A failure of the host's state database or module store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// SQLite failed.
+    #[error("host state database {path}: {source}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// A module file could not be read or written.
+    #[error("module store {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// One module the host holds, as `roam modules` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleRecord {
+    /// SHA-256 of the signed module file: the address it is fetched and named by.
+    pub hash: ModuleHash,
+    /// Its signed kind.
+    pub kind: String,
+    /// Its signed name.
+    pub name: String,
+    /// Its signed version.
+    pub version: String,
+    /// The signer's public key, hex.
+    pub signer: String,
+    /// Size of the signed file in bytes.
+    pub size: u64,
+}
+
+/// The host's state database and module store.
+#[derive(Debug)]
+pub struct State {
+    path: PathBuf,
+    modules_dir: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS modules (
+    hash      TEXT PRIMARY KEY,
+    kind      TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    version   TEXT NOT NULL,
+    signer    TEXT NOT NULL,
+    size      INTEGER NOT NULL,
+    stored_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS accepted_versions (
+    name    TEXT PRIMARY KEY,
+    version TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log_entries (
+    id       INTEGER PRIMARY KEY,
+    resource TEXT NOT NULL,
+    at       INTEGER NOT NULL,
+    module   TEXT NOT NULL,
+    line     TEXT NOT NULL
+);
+";
+
+impl State {
+    /// Opens (creating if needed) the state under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StateError> {
+        let path = data_dir.join("state.db");
+        let modules_dir = data_dir.join("modules");
+        std::fs::create_dir_all(&modules_dir).map_err(|source| StateError::Io { path: modules_dir.clone(), source })?;
+        let db = |source| StateError::Db { path: path.clone(), source };
+        let conn = Connection::open(&path).map_err(db)?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
+            .map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(Self { path, modules_dir, conn: Mutex::new(conn) })
+    }
+
+    fn db(&self, source: rusqlite::Error) -> StateError {
+        StateError::Db { path: self.path.clone(), source }
+    }
+
+    fn module_path(&self, hash: &ModuleHash) -> PathBuf {
+        self.modules_dir.join(format!("{hash}.wasm"))
+    }
+
+    /// Stores a verified module's signed bytes and indexes it. The file is written and synced
+    /// before the index row is committed, so the index never names a missing file.
+    pub fn store_module(&self, hash: ModuleHash, bytes: &[u8], claims: &Claims) -> Result<(), StateError> {
+        let path = self.module_path(&hash);
+        if !path.exists() {
+            let tmp = path.with_extension("tmp");
+            let io = |source| StateError::Io { path: path.clone(), source };
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            std::io::Write::write_all(&mut f, bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+        }
+        let conn = lock(&self.conn);
+        conn.execute(
+            "INSERT OR IGNORE INTO modules (hash, kind, name, version, signer, size, stored_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                hash.to_string(),
+                claims.kind.as_str(),
+                claims.name,
+                claims.version.to_string(),
+                claims.signer.to_hex(),
+                bytes.len() as i64,
+                now_secs() as i64
+            ],
+        )
+        .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// The signed bytes of a stored module, if the host holds it.
+    pub fn load_module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, StateError> {
+        let path = self.module_path(hash);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    /// Every module the host holds, by name then version.
+    pub fn modules(&self) -> Result<Vec<ModuleRecord>, StateError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn
+            .prepare("SELECT hash, kind, name, version, signer, size FROM modules ORDER BY name, version")
+            .map_err(|e| self.db(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get::<_, i64>(5)?))
+            })
+            .map_err(|e| self.db(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (hash, kind, name, version, signer, size) = row.map_err(|e| self.db(e))?;
+            // A row whose hash does not parse was not written by this host; skip it.
+            let Ok(hash) = hash.parse() else { continue };
+            out.push(ModuleRecord { hash, kind, name, version, signer, size: size.max(0) as u64 });
+        }
+        Ok(out)
+    }
+
+    /// Records that `version` of `name` was accepted, if it is the highest so far.
+    pub fn accept_version(&self, name: &str, version: &semver::Version) -> Result<(), StateError> {
+        let conn = lock(&self.conn);
+        let current: Option<String> = conn
+            .query_row("SELECT version FROM accepted_versions WHERE name = ?1", [name], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.db(e))?;
+        let newer = current
+            .and_then(|v| semver::Version::parse(&v).ok())
+            .is_none_or(|v| *version > v);
+        if newer {
+            conn.execute(
+                "INSERT INTO accepted_versions (name, version) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET version = excluded.version",
+                params![name, version.to_string()],
+            )
+            .map_err(|e| self.db(e))?;
+        }
+        Ok(())
+    }
+
+    /// Appends a line to a log resource.
+    pub fn append_log(&self, resource: &str, module: &str, line: &str) -> Result<(), StateError> {
+        lock(&self.conn)
+            .execute(
+                "INSERT INTO log_entries (resource, at, module, line) VALUES (?1, ?2, ?3, ?4)",
+                params![resource, now_secs() as i64, module, line],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// The lines of a log resource, oldest first.
+    pub fn log_lines(&self, resource: &str) -> Result<Vec<String>, StateError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn
+            .prepare("SELECT line FROM log_entries WHERE resource = ?1 ORDER BY id")
+            .map_err(|e| self.db(e))?;
+        let lines = stmt
+            .query_map([resource], |r| r.get(0))
+            .and_then(|rows| rows.collect::<Result<Vec<String>, _>>())
+            .map_err(|e| self.db(e))?;
+        Ok(lines)
+    }
+}
+
+impl VersionHistory for State {
+    fn highest_accepted(&self, name: &str) -> Option<semver::Version> {
+        let conn = lock(&self.conn);
+        let v: Option<String> = conn
+            .query_row("SELECT version FROM accepted_versions WHERE name = ?1", [name], |r| r.get(0))
+            .optional()
+            .ok()
+            .flatten();
+        v.and_then(|v| semver::Version::parse(&v).ok())
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
