@@ -220,6 +220,7 @@ impl RemoteError {
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)]
 mod tests {
     use super::*;
 

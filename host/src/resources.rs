@@ -438,10 +438,10 @@ impl Drop for Cursor {
 /// a crash never leaves a half-loaded table behind.
 fn import_csv_if_stale(csv_path: &Path, db: &Path, table: &str) -> Result<(), String> {
     let csv_time = std::fs::metadata(csv_path).and_then(|m| m.modified()).map_err(|e| e.to_string())?;
-    if let Ok(db_time) = std::fs::metadata(db).and_then(|m| m.modified()) {
-        if db_time >= csv_time {
-            return Ok(());
-        }
+    if let Ok(db_time) = std::fs::metadata(db).and_then(|m| m.modified())
+        && db_time >= csv_time
+    {
+        return Ok(());
     }
     let read = || csv::Reader::from_path(csv_path).map_err(|e| e.to_string());
     let mut reader = read()?;
