@@ -531,6 +531,77 @@ impl ColumnType {
 mod tests {
     use super::*;
 
+    fn sales_table(dir: &Path) -> Result<Resources, Box<dyn std::error::Error>> {
+        let csv = dir.join("sales.csv");
+        std::fs::write(&csv, "id,region,amount\n1,north,10\n2,south,2.5\n3,north,\n")?;
+        let mut resources = Resources::default();
+        resources.add_table("sales", Attachment::Fastened, &csv, dir)?;
+        Ok(resources)
+    }
+
+    fn rows(cursor: &mut Cursor) -> Result<Vec<Vec<Value>>, Box<dyn std::error::Error>> {
+        let mut out = Vec::new();
+        while cursor.next_batch()?.is_some() {
+            let batch = cursor.take_staged().ok_or("nothing staged")?;
+            let decoded: Vec<Vec<Value>> = ciborium::from_reader(batch.as_slice())?;
+            out.extend(decoded);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_csv_table_answers_parameterised_reads() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let resources = sales_table(dir.path())?;
+        let table = resources.get("sales").ok_or("no table")?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let mut cursor = table.query("SELECT id, amount FROM sales WHERE region = ?1 ORDER BY id", vec!["north".into()], deadline)?;
+        assert_eq!(
+            rows(&mut cursor)?,
+            vec![vec![Value::Integer(1), Value::Real(10.0)], vec![Value::Integer(3), Value::Null]]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn writes_schema_changes_attach_and_pragma_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let resources = sales_table(dir.path())?;
+        let table = resources.get("sales").ok_or("no table")?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        for sql in [
+            "DELETE FROM sales",
+            "INSERT INTO sales VALUES (9, 'x', 1)",
+            "UPDATE sales SET amount = 0",
+            "DROP TABLE sales",
+            "CREATE TABLE t (x)",
+            "PRAGMA table_info(sales)",
+            "ATTACH DATABASE '/tmp/x.db' AS x",
+            "SELECT * FROM sqlite_schema",
+        ] {
+            let refused = table.query(sql, Vec::new(), deadline);
+            assert!(matches!(refused, Err(ResourceError::Sql(_))), "{sql} was not refused");
+        }
+        // Still intact.
+        let mut cursor = table.query("SELECT count(*) FROM sales", Vec::new(), deadline)?;
+        assert_eq!(rows(&mut cursor)?, vec![vec![Value::Integer(3)]]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_statement_past_its_deadline_is_interrupted() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let resources = sales_table(dir.path())?;
+        let table = resources.get("sales").ok_or("no table")?;
+        let deadline = Instant::now() + std::time::Duration::from_millis(100);
+        let endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT sum(i) FROM n";
+        let started = Instant::now();
+        let result = table.query(endless, Vec::new(), deadline);
+        assert!(matches!(result, Err(ResourceError::Deadline)), "{result:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        Ok(())
+    }
+
     #[test]
     fn csv_columns_get_the_narrowest_type_that_fits_every_value() {
         let t = ["1", "2", ""].iter().fold(ColumnType::Integer, |t, f| t.widen(f));
