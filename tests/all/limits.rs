@@ -209,3 +209,35 @@ async fn resources_open_only_with_a_signed_capability() -> Result<()> {
     host.running.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn connections_over_the_cap_are_told_so_and_closed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("trust"))?;
+    let mut config = HostConfig::new(dir.path().join("trust"), dir.path().join("data"));
+    config.limits.max_connections = 1;
+    let running = RunningHost::start(Host::open(&config)?, "127.0.0.1:0".parse()?).await?;
+    let addr = running.addr().to_string();
+    let first = Client::connect(&addr).await?;
+    match Client::connect(&addr).await {
+        Err(ClientError::Refused(e)) => {
+            assert_eq!(e.kind, ErrorKind::Busy);
+            assert!(e.message.contains("limit of 1 connections"), "{}", e.message);
+        }
+        other => bail!("a second connection was not refused: {other:?}"),
+    }
+    drop(first);
+    // The slot is free again once the first client leaves.
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = Client::connect(&addr).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut again = again.context("the freed connection slot was never reused")?;
+    assert!(matches!(again.request(&roam_host::protocol::Request::Ping).await?, roam_host::protocol::Response::Pong));
+    running.shutdown().await;
+    Ok(())
+}
