@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use roam_keys::PublicKey;
+use roam_keys::{ModuleHash, PublicKey};
 use tokio::net::TcpStream;
 
-use crate::protocol::{self, FrameError, Hello, ModuleRef, RemoteError, Request, Response, Welcome};
+use crate::protocol::{self, FrameError, Hello, ModuleInfo, ModuleRef, RemoteError, Request, Response, Welcome};
 
 /// How long connecting and the handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,13 +90,54 @@ impl Client {
         let input = match self.request(&by_hash).await? {
             Response::NeedModule(h) if h == hash => match by_hash {
                 Request::Eval { input, .. } => input,
-                Request::Ping => return Err(ClientError::Unexpected("request changed".into())),
+                _ => return Err(ClientError::Unexpected("request changed".into())),
             },
             other => return result(other),
         };
         let with_bytes = Request::Eval { module: ModuleRef::Bytes(module.to_vec()), input };
         let response = self.request(&with_bytes).await?;
         result(response)
+    }
+}
+
+impl Client {
+    /// Publishes a signed code or agent module to the host's code repository.
+    pub async fn publish(&mut self, module: Vec<u8>) -> Result<ModuleInfo, ClientError> {
+        match self.request(&Request::Publish { module }).await? {
+            Response::Published(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Lists the modules the host holds.
+    pub async fn list(&mut self) -> Result<Vec<ModuleInfo>, ClientError> {
+        match self.request(&Request::List).await? {
+            Response::Modules(list) => Ok(list),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Resolves a name (and optionally an exact version) to the module the host holds.
+    pub async fn resolve(&mut self, name: &str, version: Option<semver::Version>) -> Result<ModuleInfo, ClientError> {
+        match self.request(&Request::Resolve { name: name.to_owned(), version }).await? {
+            Response::Resolved(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads part of a module's signed file: `(total size, bytes from offset)`.
+    pub async fn fetch_chunk(&mut self, hash: ModuleHash, offset: u64, max: u32) -> Result<(u64, Vec<u8>), ClientError> {
+        match self.request(&Request::Fetch { hash, offset, max }).await? {
+            Response::Chunk { total, bytes } => Ok((total, bytes)),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(response: Response) -> ClientError {
+    match response {
+        Response::Error(e) => ClientError::Remote(e),
+        other => ClientError::Unexpected(format!("{other:?}")),
     }
 }
 

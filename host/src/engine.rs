@@ -17,6 +17,7 @@ use roam_keys::{ModuleHash, VerifiedModule};
 use wasmtime::{InstancePre, Linker, Module, Store, Trap};
 
 use crate::guest::{self, Guest, HostTrap};
+use crate::resources::Resources;
 
 /// How often the epoch ticks; deadlines are rounded up to whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -118,6 +119,23 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
+/// A verified module, compiled and linked, with what its signature grants it.
+#[derive(Clone, Debug)]
+pub struct Runnable {
+    prepared: Arc<Prepared>,
+    /// `name@version`, for logs.
+    label: Arc<str>,
+    /// The capabilities its signature requests: the most it can ever open.
+    capabilities: Arc<[String]>,
+}
+
+impl Runnable {
+    /// The capabilities the module's signature requests.
+    pub fn capabilities(&self) -> &[String] {
+        &self.capabilities
+    }
+}
+
 /// The host's wasmtime engine, with its linker and code caches.
 pub struct Engine {
     engine: wasmtime::Engine,
@@ -194,16 +212,11 @@ impl Engine {
         &self.limits
     }
 
-    /// The prepared module for `hash`, if this engine has it in memory.
-    pub fn cached(&self, hash: &ModuleHash) -> Option<Arc<Prepared>> {
-        lock(&self.prepared).get(hash).cloned()
-    }
-
     /// Compiles (or loads from the disk cache) and links a verified module. `hash` is the
     /// address the module is known by (the SHA-256 of its signed bytes).
-    pub fn prepare(&self, hash: ModuleHash, module: &VerifiedModule) -> Result<Arc<Prepared>, LoadError> {
-        if let Some(p) = self.cached(&hash) {
-            return Ok(p);
+    fn prepare(&self, hash: ModuleHash, module: &VerifiedModule) -> Result<Arc<Prepared>, LoadError> {
+        if let Some(p) = lock(&self.prepared).get(&hash) {
+            return Ok(p.clone());
         }
         let compiled = self.compile(hash, module)?;
         let pre = self
@@ -253,9 +266,31 @@ impl Engine {
             .ok()
     }
 
-    /// Instantiates `prepared` with `guest` as its state and calls its query export once,
-    /// within the limits. Returns the CBOR result the module reported.
-    pub fn call_query(&self, prepared: &Prepared, guest: Guest) -> Result<Vec<u8>, RunError> {
+    /// Compiles (or finds) a verified module and pairs it with what its signature grants.
+    pub fn load(&self, hash: ModuleHash, module: &VerifiedModule) -> Result<Runnable, LoadError> {
+        let claims = module.claims();
+        Ok(Runnable {
+            prepared: self.prepare(hash, module)?,
+            label: format!("{}@{}", claims.name, claims.version).into(),
+            capabilities: claims.capabilities.clone().into(),
+        })
+    }
+
+    /// Runs a module's entry point once on `input` (CBOR), with `resources` to open, within the
+    /// limits. Hosts (remote evaluation) and clients (code on demand) both run modules here.
+    pub fn run(&self, module: &Runnable, input: Vec<u8>, resources: Arc<Resources>) -> Result<Vec<u8>, RunError> {
+        let guest = Guest::new(
+            input,
+            module.label.clone(),
+            module.capabilities.clone(),
+            resources,
+            &self.limits,
+            Instant::now() + self.limits.time,
+        );
+        self.call(&module.prepared, guest)
+    }
+
+    fn call(&self, prepared: &Prepared, guest: Guest) -> Result<Vec<u8>, RunError> {
         let mut store = Store::new(&self.engine, guest);
         store.limiter(|g| g);
         let ticks = self.limits.time.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
@@ -311,11 +346,6 @@ impl Engine {
                 message: guest.module_error(),
             },
         }
-    }
-
-    /// When a call that starts now must end.
-    pub fn deadline(&self) -> Instant {
-        Instant::now() + self.limits.time
     }
 }
 

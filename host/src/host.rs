@@ -13,9 +13,8 @@ use roam_keys::{Kind, ModuleHash, PublicKey, SecretKey, TrustStore, VerifiedModu
 use tokio::sync::Semaphore;
 
 use crate::config::HostConfig;
-use crate::engine::{Engine, LoadError, Prepared, RunError, lock};
-use crate::guest::Guest;
-use crate::protocol::{ErrorKind, ModuleRef, RemoteError, Request, Response};
+use crate::engine::{Engine, LoadError, RunError, Runnable, lock};
+use crate::protocol::{ErrorKind, ModuleInfo, ModuleRef, RemoteError, Request, Response};
 use crate::resources::{ResourceType, Resources};
 use crate::state::{State, now_secs};
 
@@ -23,9 +22,7 @@ use crate::state::{State, now_secs};
 #[derive(Debug)]
 struct Admitted {
     verified: VerifiedModule,
-    prepared: Arc<Prepared>,
-    label: Arc<str>,
-    capabilities: Arc<[String]>,
+    runnable: Runnable,
 }
 
 /// A running host's shared parts. Cheap to clone.
@@ -121,11 +118,43 @@ impl Host {
     pub async fn handle(&self, request: Request) -> Response {
         match request {
             Request::Ping => Response::Pong,
-            Request::Eval { module, input } => match self.eval(module, input).await {
-                Ok(r) => r,
-                Err(e) => Response::Error(e),
+            Request::Eval { module, input } => self.eval(module, input).await.unwrap_or_else(Response::Error),
+            Request::Publish { module } => {
+                let inner = self.inner.clone();
+                blocking(move || inner.publish(module).map(Response::Published)).await
+            }
+            Request::List => self.inner.state.modules().map_or_else(|e| Response::Error(internal(e)), Response::Modules),
+            Request::Resolve { name, version } => match self.inner.state.resolve(&name, version.as_ref()) {
+                Ok(Some(info)) => Response::Resolved(info),
+                Ok(None) => Response::Error(RemoteError::new(
+                    ErrorKind::NotFound,
+                    match version {
+                        Some(v) => format!("this host holds no module {name}@{v}"),
+                        None => format!("this host holds no module named {name}"),
+                    },
+                )),
+                Err(e) => Response::Error(internal(e)),
             },
+            Request::Fetch { hash, offset, max } => {
+                let inner = self.inner.clone();
+                blocking(move || inner.fetch(hash, offset, max)).await
+            }
         }
+    }
+
+    /// Fetches a module this host lacks from a peer by hash, verifies it against this host's
+    /// trust store, and stores it. The same download path as `roam run` uses.
+    pub async fn fetch_from(&self, peer: &str, hash: ModuleHash) -> Result<ModuleInfo, RemoteError> {
+        if let Some(info) = self.inner.state.module(&hash).map_err(internal)? {
+            return Ok(info);
+        }
+        let bytes = crate::fetch::download(peer, hash, self.inner.max_module, None)
+            .await
+            .map_err(|e| RemoteError::new(ErrorKind::NotFound, format!("cannot fetch {hash} from {peer}: {e}")))?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.publish(bytes))
+            .await
+            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?
     }
 
     async fn eval(&self, module: ModuleRef, input: Vec<u8>) -> Result<Response, RemoteError> {
@@ -143,7 +172,82 @@ impl Host {
     }
 }
 
+/// Runs a blocking handler off the async runtime.
+async fn blocking(f: impl FnOnce() -> Result<Response, RemoteError> + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.unwrap_or_else(Response::Error),
+        Err(e) => Response::Error(RemoteError::new(ErrorKind::Internal, format!("the request failed inside the host: {e}"))),
+    }
+}
+
+fn internal(e: crate::state::StateError) -> RemoteError {
+    RemoteError::new(ErrorKind::Internal, e.to_string())
+}
+
+/// The largest chunk a fetch returns, so one request never holds a whole large module.
+pub const MAX_CHUNK: u32 = 1 << 20;
+
 impl Inner {
+    /// Stores a signed code or agent module in the code repository, after verifying it.
+    fn publish(&self, bytes: Vec<u8>) -> Result<ModuleInfo, RemoteError> {
+        let hash = roam_keys::hash_module(&bytes);
+        if let Some(info) = self.state.module(&hash).map_err(internal)? {
+            return Ok(info);
+        }
+        let verified = self.verify(bytes, None)?;
+        let claims = verified.claims();
+        if claims.kind == Kind::Query {
+            return Err(RemoteError::new(
+                ErrorKind::Refused,
+                "the code repository holds code and agent modules; a query module is sent with `roam eval`",
+            ));
+        }
+        if let Some(existing) = self.state.resolve(&claims.name, Some(&claims.version)).map_err(internal)? {
+            return Err(RemoteError::new(
+                ErrorKind::Refused,
+                format!(
+                    "{}@{} is already published with other content ({}); publish a new version",
+                    claims.name, claims.version, existing.hash
+                ),
+            ));
+        }
+        self.store(hash, &verified)?;
+        tracing::info!(%hash, name = %claims.name, version = %claims.version, kind = %claims.kind, "published module");
+        self.state.module(&hash).map_err(internal)?.ok_or_else(|| {
+            RemoteError::new(ErrorKind::Internal, "the module was stored but cannot be read back")
+        })
+    }
+
+    fn fetch(&self, hash: ModuleHash, offset: u64, max: u32) -> Result<Response, RemoteError> {
+        let chunk = self.state.read_module_chunk(&hash, offset, max.min(MAX_CHUNK) as usize).map_err(internal)?;
+        let Some((total, bytes)) = chunk else {
+            return Err(RemoteError::new(ErrorKind::NotFound, format!("this host holds no module {hash}")));
+        };
+        if offset == 0 {
+            self.state.count_download(&hash).map_err(internal)?;
+        }
+        Ok(Response::Chunk { total, bytes })
+    }
+
+    /// Runs every check on a module, with one clock reading.
+    fn verify(&self, bytes: Vec<u8>, kind: Option<Kind>) -> Result<VerifiedModule, RemoteError> {
+        let ctx = VerifyContext {
+            trust: &self.trust,
+            now: now_secs(),
+            max_size: self.max_module,
+            expected_kind: kind,
+            history: &*self.state,
+        };
+        roam_keys::verify(bytes, &ctx).map_err(|e| verify_error(&e))
+    }
+
+    /// Stores a verified module and records its version as accepted.
+    fn store(&self, hash: ModuleHash, verified: &VerifiedModule) -> Result<(), RemoteError> {
+        let claims = verified.claims();
+        self.state.store_module(hash, verified.bytes(), claims).map_err(internal)?;
+        self.state.accept_version(&claims.name, &claims.version).map_err(internal)
+    }
+
     fn eval_blocking(&self, module: ModuleRef, input: Vec<u8>) -> Result<Response, RemoteError> {
         let admitted = match module {
             ModuleRef::Hash(hash) => match self.find(hash)? {
@@ -158,15 +262,10 @@ impl Inner {
                 }
             }
         };
-        let guest = Guest::new(
-            input,
-            admitted.label.clone(),
-            admitted.capabilities.clone(),
-            self.resources.clone(),
-            self.engine.limits(),
-            self.engine.deadline(),
-        );
-        let output = self.engine.call_query(&admitted.prepared, guest).map_err(run_error)?;
+        let output = self
+            .engine
+            .run(&admitted.runnable, input, self.resources.clone())
+            .map_err(run_error)?;
         Ok(Response::Result(output))
     }
 
@@ -207,26 +306,12 @@ impl Inner {
 
     /// Verifies a module (every check, before anything is compiled), stores it, and compiles it.
     fn admit(&self, hash: ModuleHash, bytes: Vec<u8>) -> Result<Arc<Admitted>, RemoteError> {
-        let ctx = VerifyContext {
-            trust: &self.trust,
-            now: now_secs(),
-            max_size: self.max_module,
-            expected_kind: Some(Kind::Query),
-            history: &*self.state,
-        };
-        let verified = roam_keys::verify(bytes, &ctx).map_err(|e| verify_error(&e))?;
+        let verified = self.verify(bytes, Some(Kind::Query))?;
+        self.store(hash, &verified)?;
         let claims = verified.claims();
-        let internal = |e: crate::state::StateError| RemoteError::new(ErrorKind::Internal, e.to_string());
-        self.state.store_module(hash, verified.bytes(), claims).map_err(internal)?;
-        self.state.accept_version(&claims.name, &claims.version).map_err(internal)?;
-        let prepared = self.engine.prepare(hash, &verified).map_err(load_error)?;
+        let runnable = self.engine.load(hash, &verified).map_err(load_error)?;
         tracing::info!(%hash, name = %claims.name, version = %claims.version, signer = verified.signer_name(), "admitted module");
-        let admitted = Arc::new(Admitted {
-            label: format!("{}@{}", claims.name, claims.version).into(),
-            capabilities: claims.capabilities.clone().into(),
-            prepared,
-            verified,
-        });
+        let admitted = Arc::new(Admitted { runnable, verified });
         lock(&self.admitted).insert(hash, admitted.clone());
         Ok(admitted)
     }
@@ -240,7 +325,8 @@ fn verify_error(e: &VerifyError) -> RemoteError {
     RemoteError::new(kind, format!("module refused: {e}"))
 }
 
-fn load_error(e: LoadError) -> RemoteError {
+/// The network form of a load failure.
+pub fn load_error(e: LoadError) -> RemoteError {
     let kind = match e {
         LoadError::Cache { .. } => ErrorKind::Internal,
         _ => ErrorKind::Load,
@@ -248,7 +334,8 @@ fn load_error(e: LoadError) -> RemoteError {
     RemoteError::new(kind, e.to_string())
 }
 
-fn run_error(e: RunError) -> RemoteError {
+/// The network form of a run failure.
+pub fn run_error(e: RunError) -> RemoteError {
     let kind = match &e {
         RunError::OutOfTime(_) => ErrorKind::OutOfTime,
         RunError::OutOfMemory(_) => ErrorKind::OutOfMemory,

@@ -6,7 +6,9 @@
 //! - [`host::Host`]: a host's key, trust store, state, resources and engine, and its handlers.
 //! - [`server::RunningHost`]: the TCP listener and connections in front of a `Host`.
 //! - [`protocol`]: length-prefixed CBOR frames, the handshake, requests and responses.
-//! - [`client::Client`]: connects to a host and sends requests (`roam eval`).
+//! - [`client::Client`]: connects to a host and sends requests (`roam eval`, `roam publish`).
+//! - [`fetch`]: code on demand: bounded, hash-checked downloads and the client's code cache.
+//! - [`local::CodeOnDemand`]: the embedding API: fetch a module once, call it many times locally.
 //! - [`engine::Engine`]: the only wrapper around wasmtime; limits and code caches live there.
 //! - [`guest`]: the host functions a module imports, defined against `roam_abi`.
 //! - [`resources`]: read-only SQL tables and append-only logs that modules open by name.
@@ -15,8 +17,10 @@
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod fetch;
 pub mod guest;
 pub mod host;
+pub mod local;
 pub mod protocol;
 pub mod resources;
 pub mod server;

@@ -78,6 +78,49 @@ enum Command {
         #[arg(long)]
         input_file: Option<PathBuf>,
     },
+    /// Publish a signed code or agent module to a host's code repository.
+    Publish {
+        /// The signed module.
+        module: PathBuf,
+        /// The host's address.
+        #[arg(long)]
+        host: String,
+    },
+    /// List the modules a host holds.
+    Modules {
+        /// The host's address.
+        #[arg(long)]
+        host: String,
+    },
+    /// Fetch a code module from a host (once; then from the cache) and run it locally.
+    Run {
+        /// NAME, NAME@VERSION, or the module's hash.
+        module: roam_host::fetch::ModuleSpec,
+        /// The host to fetch it from.
+        #[arg(long)]
+        from: String,
+        /// The input as JSON (default {}).
+        #[arg(long, conflicts_with = "input_file")]
+        input: Option<String>,
+        /// Read the input (JSON) from a file.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// Trust store to verify the module against [default: $ROAM_TRUST, else ~/.config/roam/trust].
+        #[arg(long)]
+        trust: Option<PathBuf>,
+        /// Grant the module a capability it asks for, e.g. table:orders (repeatable).
+        #[arg(long = "allow", value_name = "CAPABILITY")]
+        allow: Vec<String>,
+        /// Offer a local table: NAME=FILE, CSV or SQLite (repeatable).
+        #[arg(long = "table", value_name = "NAME=FILE")]
+        tables: Vec<String>,
+        /// The code cache [default: $ROAM_CACHE, else ~/.cache/roam].
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Ask the host again what the name resolves to.
+        #[arg(long)]
+        refresh: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,22 +226,88 @@ fn run(cli: Cli) -> Result<()> {
         Command::Host(args) => host(args),
         Command::Eval { module, host, input, input_file } => {
             let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
-            let text = match (input, input_file) {
-                (Some(t), _) => t,
-                (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
-                (None, None) => "{}".to_owned(),
-            };
-            let json: serde_json::Value = serde_json::from_str(&text).context("--input is not valid JSON")?;
-            let rt = runtime()?;
-            let output = rt.block_on(async {
+            let input = read_input(input, input_file)?;
+            let output = runtime()?.block_on(async {
                 let mut client = Client::connect(&host).await?;
-                client.eval(&bytes, json_to_cbor(&json)).await
+                client.eval(&bytes, input).await
             })?;
-            let result = cbor_to_json(&output).map_err(anyhow::Error::msg)?;
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            print_result(&output)
+        }
+        Command::Publish { module, host } => {
+            let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
+            let info = runtime()?.block_on(async { Client::connect(&host).await?.publish(bytes).await })?;
+            println!("published {}@{} ({}, {} bytes) as {}", info.name, info.version, info.kind, info.size, info.hash);
             Ok(())
         }
+        Command::Modules { host } => {
+            let list = runtime()?.block_on(async { Client::connect(&host).await?.list().await })?;
+            println!("{:<24} {:<10} {:<6} {:>9} {:>9}  {:<16} hash", "name", "version", "kind", "size", "downloads", "signer");
+            for m in list {
+                let signer = m.signer.to_hex();
+                println!(
+                    "{:<24} {:<10} {:<6} {:>9} {:>9}  {:<16} {}",
+                    m.name, m.version.to_string(), m.kind.to_string(), m.size, m.downloads, &signer[..16], m.hash
+                );
+            }
+            Ok(())
+        }
+        Command::Run { module, from, input, input_file, trust, allow, tables, cache, refresh } => {
+            let trust_dir = trust.or_else(default_trust_dir).context("give --trust DIR: no default trust store")?;
+            let trust = TrustStore::load(&trust_dir)?;
+            let cache_dir = cache.unwrap_or_else(roam_host::fetch::CodeCache::default_dir);
+            let mut resources = roam_host::resources::Resources::default();
+            for spec in &tables {
+                let (name, file) = spec.split_once('=').with_context(|| format!("--table {spec:?}: expected NAME=FILE"))?;
+                resources.add_table(name, Default::default(), file.as_ref(), &cache_dir)?;
+            }
+            let mut builder = roam_host::local::CodeOnDemand::builder(trust)
+                .cache_dir(cache_dir)
+                .resources(resources)
+                .refresh(refresh);
+            for cap in allow {
+                builder = builder.allow(cap);
+            }
+            let cod = builder.build()?;
+            let input = read_input(input, input_file)?;
+            let progress = |got: u64, total: u64| {
+                if total >= 1 << 20 {
+                    eprint!("\rdownloading {module}: {} / {} KiB", got >> 10, total >> 10);
+                    if got == total {
+                        eprintln!();
+                    }
+                }
+            };
+            let loaded = runtime()?.block_on(cod.fetch_with_progress(&from, &module, Some(&progress)))?;
+            let output = cod.call_raw(&loaded, input)?;
+            print_result(&output)
+        }
     }
+}
+
+fn read_input(input: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>> {
+    let text = match (input, file) {
+        (Some(t), _) => t,
+        (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
+        (None, None) => "{}".to_owned(),
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).context("the input is not valid JSON")?;
+    Ok(json_to_cbor(&json))
+}
+
+fn print_result(output: &[u8]) -> Result<()> {
+    let result = cbor_to_json(output).map_err(anyhow::Error::msg)?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
+
+fn default_trust_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("ROAM_TRUST") {
+        return Some(dir.into());
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(config.join("roam/trust"))
 }
 
 fn host(args: HostArgs) -> Result<()> {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use roam_keys::{ModuleHash, PublicKey};
+use roam_keys::{Kind, ModuleHash, PublicKey};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -155,8 +155,51 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         input: Vec<u8>,
     },
+    /// Store a signed code or agent module in the host's code repository.
+    Publish {
+        /// The signed module file.
+        #[serde(with = "serde_bytes")]
+        module: Vec<u8>,
+    },
+    /// List the modules the host holds.
+    List,
+    /// Find the module published under a name: that version, or the highest.
+    Resolve {
+        /// The module's name.
+        name: String,
+        /// The exact version wanted; `None` for the highest.
+        version: Option<semver::Version>,
+    },
+    /// Read part of a held module's signed file.
+    Fetch {
+        /// The module.
+        hash: ModuleHash,
+        /// Where to start.
+        offset: u64,
+        /// The most bytes to return.
+        max: u32,
+    },
     /// Check that the host answers.
     Ping,
+}
+
+/// A module a host holds, as listed and resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    /// SHA-256 of the signed file: what it is fetched by.
+    pub hash: ModuleHash,
+    /// Its signed kind.
+    pub kind: Kind,
+    /// Its signed name.
+    pub name: String,
+    /// Its signed version.
+    pub version: semver::Version,
+    /// Who signed it.
+    pub signer: PublicKey,
+    /// Size of the signed file.
+    pub size: u64,
+    /// How many times a client started downloading it.
+    pub downloads: u64,
 }
 
 /// A host's answer to one [`Request`].
@@ -168,6 +211,20 @@ pub enum Response {
     NeedModule(ModuleHash),
     /// The request failed.
     Error(RemoteError),
+    /// A module was stored (or was already held).
+    Published(ModuleInfo),
+    /// The modules the host holds.
+    Modules(Vec<ModuleInfo>),
+    /// The module a name resolves to.
+    Resolved(ModuleInfo),
+    /// Part of a module's signed file.
+    Chunk {
+        /// The file's whole size.
+        total: u64,
+        /// The bytes from the requested offset.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// Answer to [`Request::Ping`].
     Pong,
 }
@@ -200,6 +257,10 @@ pub enum ErrorKind {
     Internal,
     /// The host is shutting down.
     ShuttingDown,
+    /// No such module (name, version or hash).
+    NotFound,
+    /// A request was well-formed but not acceptable (a module of the wrong kind, say).
+    Refused,
 }
 
 /// An error that crosses the network: a kind to act on and a message for a person.

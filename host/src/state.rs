@@ -10,6 +10,8 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use roam_keys::{Claims, ModuleHash, VersionHistory};
+
+use crate::protocol::ModuleInfo;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::engine::lock;
@@ -35,23 +37,6 @@ pub enum StateError {
     },
 }
 
-/// One module the host holds, as `roam modules` lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ModuleRecord {
-    /// SHA-256 of the signed module file: the address it is fetched and named by.
-    pub hash: ModuleHash,
-    /// Its signed kind.
-    pub kind: String,
-    /// Its signed name.
-    pub name: String,
-    /// Its signed version.
-    pub version: String,
-    /// The signer's public key, hex.
-    pub signer: String,
-    /// Size of the signed file in bytes.
-    pub size: u64,
-}
-
 /// The host's state database and module store.
 #[derive(Debug)]
 pub struct State {
@@ -68,11 +53,19 @@ CREATE TABLE IF NOT EXISTS modules (
     version   TEXT NOT NULL,
     signer    TEXT NOT NULL,
     size      INTEGER NOT NULL,
-    stored_at INTEGER NOT NULL
+    stored_at INTEGER NOT NULL,
+    downloads INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS modules_by_name ON modules (name);
 CREATE TABLE IF NOT EXISTS accepted_versions (
     name    TEXT PRIMARY KEY,
     version TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS resolutions (
+    source TEXT NOT NULL,
+    spec   TEXT NOT NULL,
+    hash   TEXT NOT NULL,
+    PRIMARY KEY (source, spec)
 );
 CREATE TABLE IF NOT EXISTS log_entries (
     id       INTEGER PRIMARY KEY,
@@ -110,7 +103,10 @@ impl State {
     pub fn store_module(&self, hash: ModuleHash, bytes: &[u8], claims: &Claims) -> Result<(), StateError> {
         let path = self.module_path(&hash);
         if !path.exists() {
-            let tmp = path.with_extension("tmp");
+            // A name of its own per writer: two processes sharing a cache may store at once.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
             let io = |source| StateError::Io { path: path.clone(), source };
             let mut f = std::fs::File::create(&tmp).map_err(io)?;
             std::io::Write::write_all(&mut f, bytes).map_err(io)?;
@@ -146,24 +142,117 @@ impl State {
     }
 
     /// Every module the host holds, by name then version.
-    pub fn modules(&self) -> Result<Vec<ModuleRecord>, StateError> {
-        let conn = lock(&self.conn);
-        let mut stmt = conn
-            .prepare("SELECT hash, kind, name, version, signer, size FROM modules ORDER BY name, version")
+    pub fn modules(&self) -> Result<Vec<ModuleInfo>, StateError> {
+        let mut all = self.select("", &[])?;
+        all.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.version.cmp(&b.version)));
+        Ok(all)
+    }
+
+    /// The module stored under `hash`, if any.
+    pub fn module(&self, hash: &ModuleHash) -> Result<Option<ModuleInfo>, StateError> {
+        Ok(self.select("WHERE hash = ?1", &[&hash.to_string()])?.pop())
+    }
+
+    /// The module of `name` with `version`, or with the highest version if `None`.
+    pub fn resolve(&self, name: &str, version: Option<&semver::Version>) -> Result<Option<ModuleInfo>, StateError> {
+        let all = self.select("WHERE name = ?1", &[&name])?;
+        Ok(all
+            .into_iter()
+            .filter(|m| version.is_none_or(|v| &m.version == v))
+            .max_by(|a, b| a.version.cmp(&b.version)))
+    }
+
+    /// Forgets a stored module (its file and its index row), e.g. after it was found corrupt.
+    pub fn remove_module(&self, hash: &ModuleHash) -> Result<(), StateError> {
+        let path = self.module_path(hash);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StateError::Io { path, source }),
+        }
+        lock(&self.conn)
+            .execute("DELETE FROM modules WHERE hash = ?1", [hash.to_string()])
             .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// What `spec` (a name, or name@version) resolved to at `source` when last asked.
+    pub fn resolution(&self, source: &str, spec: &str) -> Result<Option<ModuleHash>, StateError> {
+        let hash: Option<String> = lock(&self.conn)
+            .query_row("SELECT hash FROM resolutions WHERE source = ?1 AND spec = ?2", [source, spec], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.db(e))?;
+        Ok(hash.and_then(|h| h.parse().ok()))
+    }
+
+    /// Remembers what `spec` resolved to at `source`.
+    pub fn set_resolution(&self, source: &str, spec: &str, hash: &ModuleHash) -> Result<(), StateError> {
+        lock(&self.conn)
+            .execute(
+                "INSERT INTO resolutions (source, spec, hash) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(source, spec) DO UPDATE SET hash = excluded.hash",
+                params![source, spec, hash.to_string()],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// Counts one download of `hash`.
+    pub fn count_download(&self, hash: &ModuleHash) -> Result<(), StateError> {
+        lock(&self.conn)
+            .execute("UPDATE modules SET downloads = downloads + 1 WHERE hash = ?1", [hash.to_string()])
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    fn select(&self, filter: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<ModuleInfo>, StateError> {
+        let conn = lock(&self.conn);
+        let sql = format!("SELECT hash, kind, name, version, signer, size, downloads FROM modules {filter}");
+        let mut stmt = conn.prepare(&sql).map_err(|e| self.db(e))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get::<_, i64>(5)?))
+            .query_map(args, |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                ))
             })
             .map_err(|e| self.db(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (hash, kind, name, version, signer, size) = row.map_err(|e| self.db(e))?;
-            // A row whose hash does not parse was not written by this host; skip it.
-            let Ok(hash) = hash.parse() else { continue };
-            out.push(ModuleRecord { hash, kind, name, version, signer, size: size.max(0) as u64 });
+            let (hash, kind, name, version, signer, size, downloads) = row.map_err(|e| self.db(e))?;
+            // Rows are written only from verified claims; one that does not parse back was
+            // not written by this host, and is skipped rather than trusted.
+            let (Ok(hash), Ok(kind), Ok(version), Ok(signer)) =
+                (hash.parse(), kind.parse(), semver::Version::parse(&version), roam_keys::PublicKey::from_hex(&signer))
+            else {
+                continue;
+            };
+            out.push(ModuleInfo { hash, kind, name, version, signer, size: size.max(0) as u64, downloads: downloads.max(0) as u64 });
         }
         Ok(out)
+    }
+
+    /// Reads up to `max` bytes of a stored module from `offset`, with the file's total size.
+    pub fn read_module_chunk(&self, hash: &ModuleHash, offset: u64, max: usize) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.module_path(hash);
+        let io = |source| StateError::Io { path: path.clone(), source };
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let total = file.metadata().map_err(io)?.len();
+        let start = offset.min(total);
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let mut bytes = Vec::with_capacity(max.min((total - start) as usize));
+        file.take(max as u64).read_to_end(&mut bytes).map_err(io)?;
+        Ok(Some((total, bytes)))
     }
 
     /// Records that `version` of `name` was accepted, if it is the highest so far.
