@@ -24,4 +24,5 @@ pub mod local;
 pub mod protocol;
 pub mod resources;
 pub mod server;
+pub mod snapshot;
 pub mod state;

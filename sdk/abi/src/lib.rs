@@ -92,6 +92,19 @@ interface! {
 /// `input_read` and reports its outcome with `finish`.
 pub const QUERY_EXPORT: &str = "roam_query";
 
+/// The entry an agent module exports to start, on its home host, with the launch input.
+/// Like every agent entry it takes no parameters, reads its input with `input_read` and reports
+/// a CBOR [`Next`] with `finish`.
+pub const AGENT_START: &str = "roam_agent_start";
+/// The entry called on each host the agent arrives at, after its memory is restored; its input
+/// is a CBOR [`Arrival`].
+pub const AGENT_ARRIVE: &str = "roam_agent_arrive";
+/// An optional entry called just before the agent leaves a host (no input, no result needed).
+pub const AGENT_DEPART: &str = "roam_agent_depart";
+/// The entry that reports the agent's resource declarations: `finish` with a CBOR [`Manifest`].
+/// The host calls it on a fresh instance, before the agent's state is restored.
+pub const AGENT_MANIFEST: &str = "roam_agent_manifest";
+
 /// The name of the linear memory every module exports.
 pub const MEMORY_EXPORT: &str = "memory";
 
@@ -155,6 +168,102 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
         }
     }
+}
+
+/// How an agent refers to a resource, which decides how it is bound on each host it visits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Binding {
+    /// Exactly that resource, on the host where the agent first bound it (its home).
+    Identifier,
+    /// Its content: a copy with the same value will do.
+    Value,
+    /// Any resource of that type and name the current host offers.
+    Type,
+}
+
+/// One resource an agent uses, as it declares it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceDecl {
+    /// The name the agent opens it by.
+    pub name: String,
+    /// The resource type: `"table"` or `"log"`.
+    pub kind: String,
+    /// How the agent refers to it.
+    pub binding: Binding,
+}
+
+/// What an agent declares about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The resources the agent uses.
+    pub resources: Vec<ResourceDecl>,
+}
+
+/// What an agent does after an entry point returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Next {
+    /// Move to the host at `host` (an address); if it cannot be reached, try `alternates` in order.
+    Go {
+        /// The destination's address.
+        host: String,
+        /// Where to go instead, in order, if the destination is unreachable.
+        alternates: Vec<String>,
+    },
+    /// Travel home and finish there with `result` (CBOR).
+    Home {
+        /// The agent's result, CBOR.
+        #[serde(with = "serde_bytes")]
+        result: Vec<u8>,
+    },
+    /// Finish here with `result` (CBOR), which is reported home.
+    Finish {
+        /// The agent's result, CBOR.
+        #[serde(with = "serde_bytes")]
+        result: Vec<u8>,
+    },
+}
+
+/// How the host bound one declared resource on arrival.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Moved along with the agent.
+    Mv,
+    /// A global reference: calls are forwarded to the owning host.
+    Gr,
+    /// A copy of the resource's value travels with the agent.
+    Cp,
+    /// Rebound to a resource of the same type on this host.
+    Rb,
+    /// Could not be bound; opening it fails with `Unavailable`.
+    Unbound,
+}
+
+/// One resource's binding on the current host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bound {
+    /// The resource's declared name.
+    pub name: String,
+    /// What the host did.
+    pub action: Action,
+    /// Why it could not be bound (with `Action::Unbound`).
+    pub error: Option<String>,
+}
+
+/// What an agent learns when it arrives on a host (the input of `roam_agent_arrive`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arrival {
+    /// The host's name.
+    pub host: String,
+    /// The host's address, as the agent was sent to it.
+    pub address: String,
+    /// How many hops the agent has made (1 on the first host after home).
+    pub hop: u32,
+    /// How each declared resource was bound here.
+    pub bindings: Vec<Bound>,
+    /// Destinations that could not be reached on the way here.
+    pub unreachable: Vec<String>,
 }
 
 /// Severity of a `log` message.
