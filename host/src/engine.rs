@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use roam_keys::{ModuleHash, VerifiedModule};
-use wasmtime::{InstancePre, Linker, Module, Store, Trap};
+use wasmtime::{Instance, InstancePre, Linker, Module, Store, Trap, Val};
 
 use crate::guest::{self, Guest, HostTrap};
 use crate::resources::Resources;
+use crate::snapshot::{GlobalSlots, GlobalValue, Snapshot, instrument};
 
 /// How often the epoch ticks; deadlines are rounded up to whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -136,6 +137,92 @@ impl Runnable {
     }
 }
 
+fn runnable(prepared: Arc<Prepared>, module: &VerifiedModule) -> Runnable {
+    let claims = module.claims();
+    Runnable {
+        prepared,
+        label: format!("{}@{}", claims.name, claims.version).into(),
+        capabilities: claims.capabilities.clone().into(),
+    }
+}
+
+/// An agent module, loaded: its code, the globals it carries, and its initial memory image.
+#[derive(Clone, Debug)]
+pub struct AgentRunnable {
+    runnable: Runnable,
+    slots: GlobalSlots,
+    /// Memory right after instantiation; snapshots carry only the pages that differ from it.
+    initial: Arc<[u8]>,
+}
+
+impl AgentRunnable {
+    /// The module's mutable globals, in snapshot order.
+    pub fn slots(&self) -> &GlobalSlots {
+        &self.slots
+    }
+
+    /// Size of the module's initial memory, in bytes.
+    pub fn initial_bytes(&self) -> u64 {
+        self.initial.len() as u64
+    }
+
+    /// The capabilities the module's signature requests.
+    pub fn capabilities(&self) -> &[String] {
+        self.runnable.capabilities()
+    }
+}
+
+/// Writes a checked snapshot into a fresh instance.
+fn restore(store: &mut Store<Guest>, instance: &Instance, snapshot: &Snapshot, agent: &AgentRunnable) -> Result<(), RunError> {
+    let broken = |m: String| RunError::Contract(format!("cannot restore the agent: {m}"));
+    let memory = instance
+        .get_memory(&mut *store, roam_abi::MEMORY_EXPORT)
+        .ok_or_else(|| broken("no memory".into()))?;
+    let current = memory.data_size(&*store) as u64;
+    if snapshot.memory_bytes > current {
+        let pages = (snapshot.memory_bytes - current) / crate::snapshot::WASM_PAGE;
+        memory.grow(&mut *store, pages).map_err(|e| broken(format!("cannot grow memory: {e}")))?;
+    }
+    let data = memory.data_mut(&mut *store);
+    for chunk in &snapshot.chunks {
+        let start = chunk.offset as usize;
+        let target = data
+            .get_mut(start..start + chunk.bytes.len())
+            .ok_or_else(|| broken(format!("chunk at {start} is out of bounds")))?;
+        target.copy_from_slice(&chunk.bytes);
+    }
+    for ((name, _), value) in agent.slots.slots.iter().zip(&snapshot.globals) {
+        let global = instance.get_global(&mut *store, name).ok_or_else(|| broken(format!("no global {name}")))?;
+        let v = match *value {
+            GlobalValue::I32(v) => Val::I32(v),
+            GlobalValue::I64(v) => Val::I64(v),
+            GlobalValue::F32(v) => Val::F32(v),
+            GlobalValue::F64(v) => Val::F64(v),
+        };
+        global.set(&mut *store, v).map_err(|e| broken(format!("global {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Reads an agent's memory (as pages changed since instantiation) and mutable globals.
+fn capture(store: &mut Store<Guest>, instance: &Instance, agent: &AgentRunnable) -> Snapshot {
+    let mut globals = Vec::with_capacity(agent.slots.slots.len());
+    for (name, _) in &agent.slots.slots {
+        let Some(global) = instance.get_global(&mut *store, name) else { continue };
+        globals.push(match global.get(&mut *store) {
+            Val::I64(v) => GlobalValue::I64(v),
+            Val::F32(v) => GlobalValue::F32(v),
+            Val::F64(v) => GlobalValue::F64(v),
+            Val::I32(v) => GlobalValue::I32(v),
+            // `instrument` admits only numeric mutable globals.
+            _ => GlobalValue::I32(0),
+        });
+    }
+    let memory = instance.get_memory(&mut *store, roam_abi::MEMORY_EXPORT);
+    let data = memory.map(|m| m.data(&*store)).unwrap_or(&[]);
+    Snapshot::capture(data, &agent.initial, globals)
+}
+
 /// The host's wasmtime engine, with its linker and code caches.
 pub struct Engine {
     engine: wasmtime::Engine,
@@ -146,7 +233,7 @@ pub struct Engine {
     /// Identifies this engine's code format in cache file names.
     fingerprint: String,
     /// `InstancePre` per module hash: instantiation skips compilation and import resolution.
-    prepared: Mutex<HashMap<ModuleHash, Arc<Prepared>>>,
+    prepared: Mutex<HashMap<String, Arc<Prepared>>>,
     /// Stops the epoch ticker when the engine is dropped.
     stop: Arc<AtomicBool>,
 }
@@ -212,33 +299,31 @@ impl Engine {
         &self.limits
     }
 
-    /// Compiles (or loads from the disk cache) and links a verified module. `hash` is the
-    /// address the module is known by (the SHA-256 of its signed bytes).
-    fn prepare(&self, hash: ModuleHash, module: &VerifiedModule) -> Result<Arc<Prepared>, LoadError> {
-        if let Some(p) = lock(&self.prepared).get(&hash) {
+    /// Compiles (or loads from the disk cache) and links code derived from a verified module.
+    /// `key` names it in the caches: the module's address, plus a suffix for instrumented code.
+    fn prepare(&self, key: &str, bytes: &[u8]) -> Result<Arc<Prepared>, LoadError> {
+        if let Some(p) = lock(&self.prepared).get(key) {
             return Ok(p.clone());
         }
-        let compiled = self.compile(hash, module)?;
+        let compiled = self.compile(key, bytes)?;
         let pre = self
             .linker
             .instantiate_pre(&compiled)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let prepared = Arc::new(Prepared { pre });
-        lock(&self.prepared).insert(hash, prepared.clone());
+        lock(&self.prepared).insert(key.to_owned(), prepared.clone());
         Ok(prepared)
     }
 
-    fn compile(&self, hash: ModuleHash, module: &VerifiedModule) -> Result<Module, LoadError> {
+    fn compile(&self, key: &str, bytes: &[u8]) -> Result<Module, LoadError> {
         let Some(dir) = &self.code_dir else {
-            return Module::new(&self.engine, module.bytes().as_ref())
-                .map_err(|e| LoadError::Compile(format!("{e:#}")));
+            return Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")));
         };
-        let path = dir.join(format!("{hash}.{}.cwasm", self.fingerprint));
-        if let Some(m) = self.load_cached(&path, hash) {
+        let path = dir.join(format!("{key}.{}.cwasm", self.fingerprint));
+        if let Some(m) = self.load_cached(&path) {
             return Ok(m);
         }
-        let compiled = Module::new(&self.engine, module.bytes().as_ref())
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let compiled = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let artifact = compiled
             .serialize()
             .map_err(|e| LoadError::Compile(format!("cannot serialize compiled code: {e:#}")))?;
@@ -248,11 +333,11 @@ impl Engine {
 
     /// Loads compiled code this host wrote earlier. The artifact ends with the SHA-256 of what
     /// precedes it, so a torn or corrupted file is recompiled, never deserialized.
-    fn load_cached(&self, path: &Path, hash: ModuleHash) -> Option<Module> {
+    fn load_cached(&self, path: &Path) -> Option<Module> {
         let bytes = std::fs::read(path).ok()?;
         let (artifact, digest) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
         if roam_keys::hash_module(artifact).as_bytes().as_slice() != digest {
-            tracing::warn!(%hash, path = %path.display(), "compiled code cache is corrupt; recompiling");
+            tracing::warn!(path = %path.display(), "compiled code cache is corrupt; recompiling");
             return None;
         }
         #[allow(unsafe_code)]
@@ -262,35 +347,103 @@ impl Engine {
         // network. wasmtime also checks the engine compatibility header itself.
         let module = unsafe { Module::deserialize(&self.engine, artifact) };
         module
-            .inspect_err(|e| tracing::warn!(%hash, "cannot load cached code ({e}); recompiling"))
+            .inspect_err(|e| tracing::warn!(path = %path.display(), "cannot load cached code ({e}); recompiling"))
             .ok()
     }
 
     /// Compiles (or finds) a verified module and pairs it with what its signature grants.
     pub fn load(&self, hash: ModuleHash, module: &VerifiedModule) -> Result<Runnable, LoadError> {
-        let claims = module.claims();
-        Ok(Runnable {
-            prepared: self.prepare(hash, module)?,
-            label: format!("{}@{}", claims.name, claims.version).into(),
-            capabilities: claims.capabilities.clone().into(),
-        })
+        Ok(runnable(self.prepare(&hash.to_string(), module.bytes())?, module))
     }
 
     /// Runs a module's entry point once on `input` (CBOR), with `resources` to open, within the
     /// limits. Hosts (remote evaluation) and clients (code on demand) both run modules here.
     pub fn run(&self, module: &Runnable, input: Vec<u8>, resources: Arc<Resources>) -> Result<Vec<u8>, RunError> {
-        let guest = Guest::new(
+        let guest = self.guest(module, input, resources);
+        let (output, ()) = self.call(&module.prepared, guest, roam_abi::QUERY_EXPORT, |_, _| Ok(()), |_, _, _| Ok(()))?;
+        Ok(output)
+    }
+
+    /// Loads an agent module: instruments it so every mutable global can be carried, compiles
+    /// it, and records its initial memory image (what snapshots are compared against).
+    pub fn load_agent(&self, hash: ModuleHash, module: &VerifiedModule) -> Result<AgentRunnable, LoadError> {
+        let (bytes, slots) = instrument(module.bytes()).map_err(|e| LoadError::Link(e.to_string()))?;
+        let prepared = self.prepare(&format!("{hash}-agent"), &bytes)?;
+        let runnable = runnable(prepared, module);
+        let mut store = Store::new(&self.engine, self.guest(&runnable, Vec::new(), Arc::default()));
+        store.limiter(|g| g);
+        let instance = runnable
+            .prepared
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let memory = instance
+            .get_memory(&mut store, roam_abi::MEMORY_EXPORT)
+            .ok_or_else(|| LoadError::Link("an agent module must export its memory as `memory`".into()))?;
+        let initial: Arc<[u8]> = memory.data(&store).into();
+        for (name, _) in &slots.slots {
+            if instance.get_global(&mut store, name).is_none() {
+                return Err(LoadError::Link(format!("global {name} is not exported after instrumentation")));
+            }
+        }
+        Ok(AgentRunnable { runnable, slots, initial })
+    }
+
+    /// Runs one of an agent's entries: restores `from` first (if any), calls `entry` with
+    /// `input`, then, if `leaving` says the result means the agent moves, its depart entry, and
+    /// captures the agent's state once every entry returned.
+    pub fn run_agent(
+        &self,
+        agent: &AgentRunnable,
+        entry: &str,
+        input: Vec<u8>,
+        resources: Arc<Resources>,
+        from: Option<&Snapshot>,
+        leaving: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<(Vec<u8>, Snapshot), RunError> {
+        let guest = self.guest(&agent.runnable, input, resources);
+        self.call(
+            &agent.runnable.prepared,
+            guest,
+            entry,
+            |store, instance| match from {
+                Some(s) => restore(store, instance, s, agent),
+                None => Ok(()),
+            },
+            |store, instance, output| {
+                if leaving(output)
+                    && let Ok(depart) = instance.get_typed_func::<(), ()>(&mut *store, roam_abi::AGENT_DEPART)
+                {
+                    depart.call(&mut *store, ())?;
+                    // Whatever depart reports is not the agent's decision.
+                    let _ = store.data_mut().take_result();
+                }
+                Ok(capture(store, instance, agent))
+            },
+        )
+    }
+
+    fn guest(&self, module: &Runnable, input: Vec<u8>, resources: Arc<Resources>) -> Guest {
+        Guest::new(
             input,
             module.label.clone(),
             module.capabilities.clone(),
             resources,
             &self.limits,
             Instant::now() + self.limits.time,
-        );
-        self.call(&module.prepared, guest)
+        )
     }
 
-    fn call(&self, prepared: &Prepared, guest: Guest) -> Result<Vec<u8>, RunError> {
+    /// Instantiates, runs `before` (a restore), calls `entry`, takes its result, and runs
+    /// `after` (a capture) on the live instance: all within the call's limits.
+    fn call<T>(
+        &self,
+        prepared: &Prepared,
+        guest: Guest,
+        entry: &str,
+        before: impl FnOnce(&mut Store<Guest>, &Instance) -> Result<(), RunError>,
+        after: impl FnOnce(&mut Store<Guest>, &Instance, &[u8]) -> wasmtime::Result<T>,
+    ) -> Result<(Vec<u8>, T), RunError> {
         let mut store = Store::new(&self.engine, guest);
         store.limiter(|g| g);
         let ticks = self.limits.time.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
@@ -308,23 +461,21 @@ impl Engine {
                 RunError::Instantiate(text)
             }
         })?;
-        let entry = instance
-            .get_typed_func::<(), ()>(&mut store, roam_abi::QUERY_EXPORT)
-            .map_err(|_| {
-                RunError::Instantiate(format!(
-                    "the module does not export `{}: func()`; build queries with roam_sdk::query!",
-                    roam_abi::QUERY_EXPORT
-                ))
-            })?;
-        let called = entry.call(&mut store, ());
-        let guest = store.into_data();
-        match called {
-            Ok(()) => guest.into_result(),
-            Err(e) => Err(self.classify(e, guest)),
+        before(&mut store, &instance)?;
+        let func = instance.get_typed_func::<(), ()>(&mut store, entry).map_err(|_| {
+            RunError::Instantiate(format!("the module does not export `{entry}: func()`; build it with the roam SDK"))
+        })?;
+        if let Err(e) = func.call(&mut store, ()) {
+            return Err(self.classify(e, store.data()));
+        }
+        let output = store.data_mut().take_result()?;
+        match after(&mut store, &instance, &output) {
+            Ok(t) => Ok((output, t)),
+            Err(e) => Err(self.classify(e, store.data())),
         }
     }
 
-    fn classify(&self, e: wasmtime::Error, guest: Guest) -> RunError {
+    fn classify(&self, e: wasmtime::Error, guest: &Guest) -> RunError {
         if let Some(denied) = guest.denied() {
             return RunError::OutOfMemory(denied.to_owned());
         }

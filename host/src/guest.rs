@@ -125,9 +125,9 @@ impl Guest {
         }
     }
 
-    /// The call's result, once the entry point returned.
-    pub fn into_result(self) -> Result<Vec<u8>, RunError> {
-        match self.outcome {
+    /// Takes the call's result, once the entry point returned.
+    pub fn take_result(&mut self) -> Result<Vec<u8>, RunError> {
+        match self.outcome.take() {
             Some(Outcome::Ok(bytes)) => Ok(bytes),
             Some(Outcome::Err(message)) => Err(RunError::Module(message)),
             None => Err(RunError::NoResult),
