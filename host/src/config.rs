@@ -76,6 +76,10 @@ pub struct HostConfig {
     /// Where the host keeps its state, module store and code cache.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Trusted peer hosts: a directory of their `*.pub` keys. Agents, reports and forwarded
+    /// calls are accepted only from these hosts.
+    #[serde(default)]
+    pub peers: Option<PathBuf>,
     /// Limits on modules and connections.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -116,6 +120,14 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// How long a request may wait for a free worker, milliseconds.
     pub queue_ms: u64,
+    /// Most hops of an agent launched here.
+    pub agent_hops: u32,
+    /// Largest snapshot of an agent launched here, MiB.
+    pub agent_snapshot_mib: u64,
+    /// Lifetime of an agent launched here, seconds.
+    pub agent_lifetime_s: u64,
+    /// Largest table an agent carries by copy or move, KiB.
+    pub copy_kib: usize,
 }
 
 impl Default for LimitsConfig {
@@ -131,6 +143,10 @@ impl Default for LimitsConfig {
             workers: None,
             max_connections: 256,
             queue_ms: 5_000,
+            agent_hops: 256,
+            agent_snapshot_mib: 64,
+            agent_lifetime_s: 24 * 3600,
+            copy_kib: 1024,
         }
     }
 }
@@ -153,6 +169,15 @@ impl LimitsConfig {
             // Spare slots let a finished call's instance be torn down while the next starts.
             instances: (self.workers() * 2 + 2) as u32,
             ..Limits::default()
+        }
+    }
+
+    /// The limits agents launched here carry.
+    pub fn agents(&self) -> crate::agents::wire::AgentLimits {
+        crate::agents::wire::AgentLimits {
+            max_hops: self.agent_hops,
+            max_snapshot_bytes: self.agent_snapshot_mib << 20,
+            lifetime_secs: self.agent_lifetime_s,
         }
     }
 
@@ -203,6 +228,7 @@ impl HostConfig {
             key: None,
             trust,
             data_dir,
+            peers: None,
             limits: LimitsConfig::default(),
             resources: Vec::new(),
         }
@@ -225,6 +251,9 @@ impl HostConfig {
         rebase(&mut cfg.data_dir);
         if let Some(k) = &mut cfg.key {
             rebase(k);
+        }
+        if let Some(p) = &mut cfg.peers {
+            rebase(p);
         }
         for r in &mut cfg.resources {
             if let Some(s) = &mut r.source {

@@ -170,6 +170,11 @@ impl AgentRunnable {
     pub fn capabilities(&self) -> &[String] {
         self.runnable.capabilities()
     }
+
+    /// `name@version`.
+    pub fn label(&self) -> &str {
+        &self.runnable.label
+    }
 }
 
 /// Writes a checked snapshot into a fresh instance.

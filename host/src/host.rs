@@ -5,12 +5,12 @@
 //! a worker from the bounded pool → module admission (verify, store, compile) → the engine.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use roam_keys::{Kind, ModuleHash, PublicKey, SecretKey, TrustStore, VerifiedModule, VerifyContext, VerifyError};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::config::HostConfig;
 use crate::engine::{Engine, LoadError, RunError, Runnable, lock};
@@ -32,21 +32,36 @@ pub struct Host {
 }
 
 #[derive(Debug)]
-struct Inner {
-    name: String,
-    key: SecretKey,
+pub(crate) struct Inner {
+    pub(crate) name: String,
+    pub(crate) key: Arc<SecretKey>,
     trust: TrustStore,
-    state: Arc<State>,
-    resources: Arc<Resources>,
-    engine: Engine,
+    /// Host keys this host accepts agents, reports and forwarded calls from.
+    pub(crate) peers: TrustStore,
+    pub(crate) state: Arc<State>,
+    pub(crate) resources: Arc<Resources>,
+    pub(crate) engine: Engine,
+    pub(crate) data_dir: PathBuf,
+    /// The address other hosts reach this one at; set once it listens.
+    pub(crate) address: OnceLock<String>,
     /// Modules admitted since start, by the hash of their signed bytes.
     admitted: Mutex<HashMap<ModuleHash, Arc<Admitted>>>,
+    /// Agent modules loaded since start.
+    pub(crate) agent_code: Mutex<HashMap<ModuleHash, Arc<crate::agents::AgentCode>>>,
+    /// Wakes the agent driver when there is work.
+    pub(crate) wake: Notify,
     /// Bounds how many modules run at once, so slow modules never starve the accept loop.
     workers: Arc<Semaphore>,
     queue_timeout: Duration,
-    max_module: usize,
+    pub(crate) max_module: usize,
     max_frame: usize,
     max_connections: usize,
+    /// Limits given to agents launched here.
+    pub(crate) agent_limits: crate::agents::wire::AgentLimits,
+    /// Largest table an agent carries by copy or move.
+    pub(crate) max_copy: usize,
+    /// A step to crash at, for fault-injection tests (`ROAM_FAULT_ABORT_AT`).
+    pub(crate) fault: Option<String>,
 }
 
 impl Host {
@@ -57,9 +72,14 @@ impl Host {
         config.check()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-        let key = load_or_create_key(config)?;
+        let key = Arc::new(load_or_create_key(config)?);
         let trust = TrustStore::load(&config.trust)?;
+        let peers = match &config.peers {
+            Some(dir) => TrustStore::load(dir)?,
+            None => TrustStore::empty(),
+        };
         let state = Arc::new(State::open(&config.data_dir)?);
+        state.transaction(|tx| tx.execute_batch(crate::agents::store::SCHEMA))?;
         let mut resources = Resources::default();
         for r in &config.resources {
             match (r.kind, &r.source) {
@@ -76,15 +96,23 @@ impl Host {
                 name: config.name.clone(),
                 key,
                 trust,
+                peers,
                 state,
                 resources: Arc::new(resources),
                 engine,
+                data_dir: config.data_dir.clone(),
+                address: OnceLock::new(),
                 admitted: Mutex::new(HashMap::new()),
+                agent_code: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
                 workers: Arc::new(Semaphore::new(config.limits.workers())),
                 queue_timeout: Duration::from_millis(config.limits.queue_ms),
                 max_module: config.limits.module_kib << 10,
                 max_frame: config.limits.frame_kib << 10,
                 max_connections: config.limits.max_connections,
+                agent_limits: config.limits.agents(),
+                max_copy: config.limits.copy_kib << 10,
+                fault: std::env::var("ROAM_FAULT_ABORT_AT").ok().filter(|s| !s.is_empty()),
             }),
         })
     }
@@ -114,6 +142,50 @@ impl Host {
         &self.inner.state
     }
 
+    /// Records the address other hosts reach this one at (its agents' home address). Only the
+    /// first call counts.
+    pub fn set_address(&self, address: String) {
+        let _ = self.inner.address.set(address);
+    }
+
+    /// Moves agents along until `stop` fires: runs ready agents on the worker pool, transfers
+    /// leaving ones, retries parked ones, and sends reports home.
+    pub async fn drive_agents(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            self.agent_round().await;
+            tokio::select! {
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(crate::agents::RETRY_EVERY) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn agent_round(&self) {
+        use crate::agents::store::{self, row_state};
+        let inner = &self.inner;
+        if let Ok(ready) = store::in_states(&inner.state, &[row_state::READY]) {
+            let mut running = Vec::new();
+            for row in ready {
+                let Ok(permit) = inner.workers.clone().acquire_owned().await else { return };
+                let worker = inner.clone();
+                running.push(tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    worker.run_ready(row);
+                }));
+            }
+            for r in running {
+                let _ = r.await;
+            }
+        }
+        if let Ok(moving) = store::in_states(&inner.state, &[row_state::LEAVING, row_state::PARKED]) {
+            for row in moving {
+                inner.transfer(row).await;
+            }
+        }
+        inner.flush_outbox().await;
+    }
+
     /// Serves one request.
     pub async fn handle(&self, request: Request) -> Response {
         match request {
@@ -138,6 +210,21 @@ impl Host {
             Request::Fetch { hash, offset, max } => {
                 let inner = self.inner.clone();
                 blocking(move || inner.fetch(hash, offset, max)).await
+            }
+            Request::Launch { module, input } => {
+                let inner = self.inner.clone();
+                blocking(move || inner.launch(module, input).map(|id| Response::Launched { id })).await
+            }
+            Request::Transfer { envelope, snapshot } => {
+                self.inner.receive(envelope, snapshot).await.unwrap_or_else(Response::Error)
+            }
+            Request::Report(signed) => self.inner.receive_report(&signed).unwrap_or_else(Response::Error),
+            Request::Agents { id } => self.inner.agents(id.as_deref()).map_or_else(Response::Error, Response::Agents),
+            Request::Recall { id } => self.inner.recall(&id).await.unwrap_or_else(Response::Error),
+            Request::RecallAgent(signed) => self.inner.receive_recall(&signed).unwrap_or_else(Response::Error),
+            Request::Call(signed) => {
+                let inner = self.inner.clone();
+                blocking(move || inner.receive_call(&signed)).await
             }
         }
     }
@@ -180,7 +267,8 @@ async fn blocking(f: impl FnOnce() -> Result<Response, RemoteError> + Send + 'st
     }
 }
 
-fn internal(e: crate::state::StateError) -> RemoteError {
+/// The network form of a state failure.
+pub(crate) fn internal(e: crate::state::StateError) -> RemoteError {
     RemoteError::new(ErrorKind::Internal, e.to_string())
 }
 
@@ -230,7 +318,7 @@ impl Inner {
     }
 
     /// Runs every check on a module, with one clock reading.
-    fn verify(&self, bytes: Vec<u8>, kind: Option<Kind>) -> Result<VerifiedModule, RemoteError> {
+    pub(crate) fn verify(&self, bytes: Vec<u8>, kind: Option<Kind>) -> Result<VerifiedModule, RemoteError> {
         let ctx = VerifyContext {
             trust: &self.trust,
             now: now_secs(),
@@ -242,7 +330,7 @@ impl Inner {
     }
 
     /// Stores a verified module and records its version as accepted.
-    fn store(&self, hash: ModuleHash, verified: &VerifiedModule) -> Result<(), RemoteError> {
+    pub(crate) fn store(&self, hash: ModuleHash, verified: &VerifiedModule) -> Result<(), RemoteError> {
         let claims = verified.claims();
         self.state.store_module(hash, verified.bytes(), claims).map_err(internal)?;
         self.state.accept_version(&claims.name, &claims.version).map_err(internal)

@@ -12,8 +12,11 @@
 //! - [`engine::Engine`]: the only wrapper around wasmtime; limits and code caches live there.
 //! - [`guest`]: the host functions a module imports, defined against `roam_abi`.
 //! - [`resources`]: read-only SQL tables and append-only logs that modules open by name.
+//! - [`agents`]: mobile agents: launch, snapshot, exactly-once transfer, binding, reports.
+//! - [`snapshot`]: an agent's memory and globals between hops, and the checks on arrival.
 //! - [`state::State`]: the host's SQLite state and content-addressed module store.
 
+pub mod agents;
 pub mod client;
 pub mod config;
 pub mod engine;

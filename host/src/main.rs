@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use roam_host::client::{Client, cbor_to_json, json_to_cbor};
 use roam_host::config::HostConfig;
 use roam_host::host::Host;
+use roam_host::protocol::{Request, Response};
 use roam_host::server::RunningHost;
 use roam_keys::{Kind, SecretKey, SignRequest, TrustStore, VerifyContext};
 
@@ -92,6 +93,43 @@ enum Command {
         #[arg(long)]
         host: String,
     },
+    /// Launch a mobile agent; the host becomes its home. Prints the agent's id.
+    Launch {
+        /// The signed agent module.
+        module: PathBuf,
+        /// The home host's address.
+        #[arg(long)]
+        host: String,
+        /// The agent's start input as JSON (default {}).
+        #[arg(long, conflicts_with = "input_file")]
+        input: Option<String>,
+        /// Read the start input (JSON) from a file.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// Wait for the agent to end and print its result (or why it failed).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Show the agents a host knows: where each is, its hops and state; for one agent, its
+    /// route and how each resource was bound at each hop.
+    Agents {
+        /// The host's address (an agent's home knows its whole route).
+        #[arg(long)]
+        host: String,
+        /// Only this agent, in detail.
+        id: Option<String>,
+    },
+    /// Bring an agent back to its home (receiver-initiated migration).
+    Recall {
+        /// The agent's id.
+        id: String,
+        /// The agent's home host.
+        #[arg(long)]
+        host: String,
+    },
     /// Fetch a code module from a host (once; then from the cache) and run it locally.
     Run {
         /// NAME, NAME@VERSION, or the module's hash.
@@ -161,6 +199,10 @@ struct HostArgs {
     /// Offer an append-only log named NAME (repeatable).
     #[arg(long = "log", value_name = "NAME")]
     logs: Vec<String>,
+    /// Trusted peer hosts: a directory of their *.pub keys (agents, reports and forwarded
+    /// calls are accepted only from them).
+    #[arg(long)]
+    peers: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -251,6 +293,85 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Launch { module, host, input, input_file, wait, timeout } => {
+            let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
+            let input = read_input(input, input_file)?;
+            runtime()?.block_on(async {
+                let mut client = Client::connect(&host).await?;
+                let id = match client.request(&Request::Launch { module: bytes, input }).await? {
+                    Response::Launched { id } => id,
+                    Response::Error(e) => bail!("{e}"),
+                    other => bail!("unexpected answer: {other:?}"),
+                };
+                println!("{id}");
+                if !wait {
+                    return Ok(());
+                }
+                let deadline = std::time::Instant::now() + timeout;
+                loop {
+                    let agent = one_agent(&mut client, &id).await?;
+                    match agent.state.as_str() {
+                        "finished" => {
+                            let result = cbor_to_json(&agent.result).map_err(anyhow::Error::msg)?;
+                            println!("{}", serde_json::to_string_pretty(&result)?);
+                            return Ok(());
+                        }
+                        "failed" | "recalled" => {
+                            bail!("agent {id} {}: {}", agent.state, agent.detail.unwrap_or_default())
+                        }
+                        _ if std::time::Instant::now() > deadline => {
+                            bail!("agent {id} is still {} at {} after {timeout:?}", agent.state, agent.location)
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            })
+        }
+        Command::Agents { host, id } => runtime()?.block_on(async {
+            let mut client = Client::connect(&host).await?;
+            let Some(id) = id else {
+                let list = match client.request(&Request::Agents { id: None }).await? {
+                    Response::Agents(list) => list,
+                    Response::Error(e) => bail!("{e}"),
+                    other => bail!("unexpected answer: {other:?}"),
+                };
+                println!("{:<32}  {:<24} {:<11} {:>4}  {:<20} detail", "id", "agent", "state", "hops", "host");
+                for a in list {
+                    println!(
+                        "{:<32}  {:<24} {:<11} {:>4}  {:<20} {}",
+                        a.id, a.label, a.state, a.hops, a.location, a.detail.unwrap_or_default()
+                    );
+                }
+                return Ok(());
+            };
+            let a = one_agent(&mut client, &id).await?;
+            println!("agent:    {} ({})", a.id, a.label);
+            println!("state:    {}{}", a.state, a.detail.map(|d| format!(" ({d})")).unwrap_or_default());
+            println!("location: {}", a.location);
+            println!("hops:     {}", a.hops);
+            if a.home {
+                println!("route:");
+                for v in &a.route {
+                    println!("  hop {:>3}  {} ({})  {}", v.hop, v.host, v.address, roam_host::agents::describe_bindings(&v.bindings));
+                }
+            }
+            if !a.result.is_empty() {
+                let result = cbor_to_json(&a.result).map_err(anyhow::Error::msg)?;
+                println!("result:   {}", serde_json::to_string(&result)?);
+            }
+            Ok(())
+        }),
+        Command::Recall { id, host } => runtime()?.block_on(async {
+            let mut client = Client::connect(&host).await?;
+            match client.request(&Request::Recall { id: id.clone() }).await? {
+                Response::Accepted => {
+                    println!("agent {id} is being recalled to {host}");
+                    Ok(())
+                }
+                Response::Error(e) => bail!("{e}"),
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        }),
         Command::Run { module, from, input, input_file, trust, allow, tables, cache, refresh } => {
             let trust_dir = trust.or_else(default_trust_dir).context("give --trust DIR: no default trust store")?;
             let trust = TrustStore::load(&trust_dir)?;
@@ -281,6 +402,15 @@ fn run(cli: Cli) -> Result<()> {
             let output = cod.call_raw(&loaded, input)?;
             print_result(&output)
         }
+    }
+}
+
+async fn one_agent(client: &mut Client, id: &str) -> Result<roam_host::agents::wire::AgentInfo> {
+    match client.request(&Request::Agents { id: Some(id.to_owned()) }).await? {
+        Response::Agents(mut list) if !list.is_empty() => Ok(list.remove(0)),
+        Response::Agents(_) => bail!("the host knows no agent {id}"),
+        Response::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
     }
 }
 
@@ -340,6 +470,9 @@ fn host(args: HostArgs) -> Result<()> {
     }
     for l in &args.logs {
         config.add_log(l);
+    }
+    if let Some(p) = args.peers {
+        config.peers = Some(p);
     }
     let host = Host::open(&config)?;
     let rt = runtime()?;

@@ -179,6 +179,39 @@ pub enum Request {
         /// The most bytes to return.
         max: u32,
     },
+    /// Launch an agent with this host as its home.
+    Launch {
+        /// The signed agent module.
+        #[serde(with = "serde_bytes")]
+        module: Vec<u8>,
+        /// The input of its start entry, CBOR.
+        #[serde(with = "serde_bytes")]
+        input: Vec<u8>,
+    },
+    /// An agent moving here (host to host).
+    Transfer {
+        /// The sending host's signed envelope.
+        envelope: crate::agents::wire::Signed,
+        /// The agent's snapshot, CBOR.
+        #[serde(with = "serde_bytes")]
+        snapshot: Vec<u8>,
+    },
+    /// A report about an agent whose home this is (host to host).
+    Report(crate::agents::wire::Signed),
+    /// The agents this host knows, or one of them.
+    Agents {
+        /// Only this agent.
+        id: Option<String>,
+    },
+    /// At an agent's home: bring it back.
+    Recall {
+        /// The agent.
+        id: String,
+    },
+    /// A home's signed order to send its agent back (host to host).
+    RecallAgent(crate::agents::wire::Signed),
+    /// A call on a resource this host owns, forwarded for an agent elsewhere (host to host).
+    Call(crate::agents::wire::Signed),
     /// Check that the host answers.
     Ping,
 }
@@ -225,6 +258,17 @@ pub enum Response {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// An agent was launched.
+    Launched {
+        /// Its id.
+        id: String,
+    },
+    /// The request was carried out (a transfer persisted, a report applied, a recall ordered).
+    Accepted,
+    /// Agents, as `roam agents` shows them.
+    Agents(Vec<crate::agents::wire::AgentInfo>),
+    /// Rows a forwarded query returned, as cursor batches.
+    Rows(Vec<serde_bytes::ByteBuf>),
     /// Answer to [`Request::Ping`].
     Pong,
 }

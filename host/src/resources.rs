@@ -96,6 +96,26 @@ pub struct Resource {
 enum Backend {
     Table(Arc<TablePool>),
     Log(Arc<State>),
+    /// A global reference: every call goes to the host that owns the resource.
+    Remote(Arc<dyn Forward>),
+}
+
+/// Forwards calls on a resource to the host that owns it (a global reference). The owner
+/// applies its own policy to each call.
+pub trait Forward: Send + Sync + std::fmt::Debug {
+    /// Runs a read-only statement at the owner; returns the row batches (CBOR, as in a cursor).
+    fn query(&self, sql: &str, params: Vec<Value>, deadline: Instant) -> Result<Vec<Vec<u8>>, ResourceError>;
+    /// Appends a line to a log at the owner.
+    fn append(&self, line: &str) -> Result<(), ResourceError>;
+}
+
+/// A table's whole content, as it travels with an agent (copied or moved).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableCopy {
+    /// Column names, in order.
+    pub columns: Vec<String>,
+    /// Every row.
+    pub rows: Vec<Vec<Value>>,
 }
 
 impl Resource {
@@ -109,6 +129,7 @@ impl Resource {
     pub fn query(&self, sql: &str, params: Vec<Value>, deadline: Instant) -> Result<Cursor, ResourceError> {
         match &self.backend {
             Backend::Table(pool) => pool.clone().query(sql.to_owned(), params, deadline),
+            Backend::Remote(f) => Ok(Cursor::from_batches(f.query(sql, params, deadline)?, deadline)),
             Backend::Log(_) => Err(ResourceError::Sql(format!("{} is a log, not a table", self.name))),
         }
     }
@@ -119,8 +140,40 @@ impl Resource {
             Backend::Log(state) => state
                 .append_log(&self.name, module, line)
                 .map_err(|e| ResourceError::Sql(e.to_string())),
+            Backend::Remote(f) => f.append(line),
             Backend::Table(_) => Err(ResourceError::Sql(format!("{} is a table, not a log", self.name))),
         }
+    }
+
+    /// The whole content of a table, if it holds at most `max_bytes` (roughly): what travels
+    /// when an agent copies or moves it.
+    pub fn copy(&self, max_bytes: usize) -> Result<TableCopy, ResourceError> {
+        let Backend::Table(pool) = &self.backend else {
+            return Err(ResourceError::Sql(format!("{} is not a local table", self.name)));
+        };
+        let conn = pool.checkout().map_err(ResourceError::Sql)?;
+        let sql = format!("SELECT * FROM \"{}\"", pool.table.replace('"', "\"\""));
+        let copied = (|| {
+            let mut stmt = conn.prepare(&sql)?;
+            let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+            let n = columns.len();
+            let mut rows = Vec::new();
+            let mut size = 0;
+            let mut cursor = stmt.query([])?;
+            while let Some(row) = cursor.next()? {
+                let cells: Vec<Value> = (0..n).map(|i| row.get_ref(i).map(from_sql)).collect::<Result<_, _>>()?;
+                size += cells.iter().map(cell_size).sum::<usize>();
+                if size > max_bytes {
+                    return Ok(None);
+                }
+                rows.push(cells);
+            }
+            Ok::<_, rusqlite::Error>(Some(TableCopy { columns, rows }))
+        })();
+        lock(&pool.idle).push(conn);
+        copied
+            .map_err(|e| ResourceError::Sql(e.to_string()))?
+            .ok_or_else(|| ResourceError::Sql(format!("{} is over {max_bytes} bytes, too large to copy", self.name)))
     }
 }
 
@@ -171,6 +224,25 @@ impl Resources {
     /// Adds a log whose lines are kept in the host's state database.
     pub fn add_log(&mut self, name: &str, attachment: Attachment, state: Arc<State>) {
         self.insert(name, ResourceType::Log, attachment, Backend::Log(state));
+    }
+
+    /// Adds a resource that lives elsewhere: calls go to its owner.
+    pub fn add_remote(&mut self, name: &str, kind: ResourceType, attachment: Attachment, forward: Arc<dyn Forward>) {
+        self.insert(name, kind, attachment, Backend::Remote(forward));
+    }
+
+    /// Adds a table holding a copy that travelled with an agent, written to `path`.
+    pub fn add_copy(&mut self, name: &str, attachment: Attachment, copy: &TableCopy, path: &Path) -> Result<(), ResourceError> {
+        let load_err = |reason: String| ResourceError::Load { name: name.to_owned(), path: path.to_owned(), reason };
+        write_copy(copy, path, name).map_err(load_err)?;
+        let pool = TablePool::open(path.to_owned(), name).map_err(load_err)?;
+        self.insert(name, ResourceType::Table, attachment, Backend::Table(Arc::new(pool)));
+        Ok(())
+    }
+
+    /// Offers an existing resource (shared with another set) under its own name.
+    pub fn add_shared(&mut self, resource: Arc<Resource>) {
+        self.by_name.insert(resource.name.clone(), resource);
     }
 
     fn insert(&mut self, name: &str, kind: ResourceType, attachment: Attachment, backend: Backend) {
@@ -387,6 +459,30 @@ impl std::fmt::Debug for Msg {
 }
 
 impl Cursor {
+    /// A cursor over batches that are already here (rows a remote owner sent back).
+    pub fn from_batches(batches: Vec<Vec<u8>>, deadline: Instant) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(batches.len() + 1);
+        for b in batches {
+            let _ = tx.send(Msg::Batch(b));
+        }
+        let _ = tx.send(Msg::End);
+        Self { rx, pending: None, staged: None, done: false, cancel: Arc::new(AtomicBool::new(false)), deadline }
+    }
+
+    /// Reads every remaining batch (for forwarding them to a remote caller), up to `max_bytes`.
+    pub fn drain(mut self, max_bytes: usize) -> Result<Vec<Vec<u8>>, ResourceError> {
+        let mut out = Vec::new();
+        let mut total = 0;
+        while let Some(len) = self.next_batch()? {
+            total += len;
+            if total > max_bytes {
+                return Err(ResourceError::Sql(format!("the result is over {max_bytes} bytes")));
+            }
+            out.extend(self.take_staged());
+        }
+        Ok(out)
+    }
+
     fn recv(&mut self) -> Result<Option<Vec<u8>>, ResourceError> {
         let wait = self.deadline.saturating_duration_since(Instant::now());
         match self.rx.recv_timeout(wait) {
@@ -487,6 +583,36 @@ fn import_csv_if_stale(csv_path: &Path, db: &Path, table: &str) -> Result<(), St
     tx.commit().map_err(|e| e.to_string())?;
     drop(conn);
     std::fs::rename(&tmp, db).map_err(|e| e.to_string())
+}
+
+/// Writes a travelling table copy into a fresh SQLite file (through a temporary name).
+fn write_copy(copy: &TableCopy, path: &Path, table: &str) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let tmp = path.with_extension("loading");
+    let _ = std::fs::remove_file(&tmp);
+    let mut conn = Connection::open(&tmp).map_err(|e| e.to_string())?;
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let cols: Vec<String> = copy.columns.iter().map(|c| quote(c)).collect();
+    if cols.is_empty() {
+        return Err("a table copy without columns".into());
+    }
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    tx.execute(&format!("CREATE TABLE {} ({})", quote(table), cols.join(", ")), []).map_err(|e| e.to_string())?;
+    {
+        let marks = vec!["?"; cols.len()].join(", ");
+        let mut stmt = tx.prepare(&format!("INSERT INTO {} VALUES ({marks})", quote(table))).map_err(|e| e.to_string())?;
+        for row in &copy.rows {
+            if row.len() != cols.len() {
+                return Err(format!("a row of {} cells in a table of {} columns", row.len(), cols.len()));
+            }
+            stmt.execute(rusqlite::params_from_iter(row.iter().map(to_sql))).map_err(|e| e.to_string())?;
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())?;
+    drop(conn);
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

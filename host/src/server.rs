@@ -36,7 +36,11 @@ impl RunningHost {
     pub async fn start(host: Host, addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        host.set_address(addr.to_string());
         let (stop, stopped) = watch::channel(false);
+        let driver = host.clone();
+        let driver_stop = stopped.clone();
+        tokio::spawn(async move { driver.drive_agents(driver_stop).await });
         let task = tokio::spawn(serve(host, listener, stopped));
         Ok(Self { addr, stop, task })
     }

@@ -276,6 +276,16 @@ impl State {
         Ok(())
     }
 
+    /// Runs `f` in one transaction on the state database: it commits (and, with
+    /// `synchronous = FULL`, is on disk) when `f` returns `Ok`, and rolls back otherwise.
+    pub fn transaction<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T, StateError> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction().map_err(|e| self.db(e))?;
+        let out = f(&tx).map_err(|e| self.db(e))?;
+        tx.commit().map_err(|e| self.db(e))?;
+        Ok(out)
+    }
+
     /// Appends a line to a log resource.
     pub fn append_log(&self, resource: &str, module: &str, line: &str) -> Result<(), StateError> {
         lock(&self.conn)

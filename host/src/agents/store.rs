@@ -1,0 +1,233 @@
+//! The agent tables of a host's state database.
+//!
+//! - `agents`: one row per (agent, hop) this host received or launched. Its state moves
+//!   `ready` → (`leaving` ⇄ `parked`) → `done`, or to `failed`; each move is one transaction, so
+//!   after a crash every agent is in exactly one of these states.
+//! - `homed`: the location registry of agents whose home is this host.
+//! - `outbox`: reports to home hosts, sent until acknowledged.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::state::{State, StateError, now_secs};
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS agents (
+    id       TEXT NOT NULL,
+    hop      INTEGER NOT NULL,
+    state    TEXT NOT NULL,
+    record   BLOB NOT NULL,
+    snapshot BLOB,
+    input    BLOB,
+    next     BLOB,
+    envelope BLOB,
+    detail   TEXT,
+    recall   INTEGER NOT NULL DEFAULT 0,
+    updated  INTEGER NOT NULL,
+    PRIMARY KEY (id, hop)
+);
+CREATE INDEX IF NOT EXISTS agents_by_state ON agents (state);
+CREATE TABLE IF NOT EXISTS homed (
+    id       TEXT PRIMARY KEY,
+    label    TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    location TEXT NOT NULL,
+    hops     INTEGER NOT NULL,
+    result   BLOB,
+    detail   TEXT,
+    route    BLOB NOT NULL,
+    launched INTEGER NOT NULL,
+    updated  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    dest    TEXT NOT NULL,
+    message BLOB NOT NULL
+);
+";
+
+/// States of a row in `agents`.
+pub(crate) mod row_state {
+    /// Persisted here, waiting to run its entry.
+    pub const READY: &str = "ready";
+    /// Decided to move; the transfer is not acknowledged yet.
+    pub const LEAVING: &str = "leaving";
+    /// No destination could be reached; retried later.
+    pub const PARKED: &str = "parked";
+    /// Handed off (or finished here): this host no longer holds it.
+    pub const DONE: &str = "done";
+    /// Stopped with an error, reported home.
+    pub const FAILED: &str = "failed";
+}
+
+/// One (agent, hop) this host holds or held.
+#[derive(Clone, Debug)]
+pub(crate) struct Row {
+    pub id: String,
+    pub hop: u32,
+    pub state: String,
+    pub record: Vec<u8>,
+    pub snapshot: Option<Vec<u8>>,
+    pub input: Option<Vec<u8>>,
+    pub next: Option<Vec<u8>>,
+    pub envelope: Option<Vec<u8>>,
+    pub detail: Option<String>,
+    pub recall: bool,
+}
+
+const ROW_COLUMNS: &str = "id, hop, state, record, snapshot, input, next, envelope, detail, recall";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        id: r.get(0)?,
+        hop: r.get(1)?,
+        state: r.get(2)?,
+        record: r.get(3)?,
+        snapshot: r.get(4)?,
+        input: r.get(5)?,
+        next: r.get(6)?,
+        envelope: r.get(7)?,
+        detail: r.get(8)?,
+        recall: r.get(9)?,
+    })
+}
+
+/// The location registry entry of an agent whose home is this host.
+#[derive(Clone, Debug)]
+pub(crate) struct Homed {
+    pub id: String,
+    pub label: String,
+    pub state: String,
+    pub location: String,
+    pub hops: u32,
+    pub result: Option<Vec<u8>>,
+    pub detail: Option<String>,
+    pub route: Vec<u8>,
+}
+
+const HOMED_COLUMNS: &str = "id, label, state, location, hops, result, detail, route";
+
+fn homed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Homed> {
+    Ok(Homed {
+        id: r.get(0)?,
+        label: r.get(1)?,
+        state: r.get(2)?,
+        location: r.get(3)?,
+        hops: r.get(4)?,
+        result: r.get(5)?,
+        detail: r.get(6)?,
+        route: r.get(7)?,
+    })
+}
+
+/// Inserts a row; `false` if (id, hop) is already there.
+pub(crate) fn insert(tx: &Transaction<'_>, r: &Row) -> rusqlite::Result<bool> {
+    let n = tx.execute(
+        "INSERT OR IGNORE INTO agents (id, hop, state, record, snapshot, input, next, envelope, detail, recall, updated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![r.id, r.hop, r.state, r.record, r.snapshot, r.input, r.next, r.envelope, r.detail, r.recall, now_secs() as i64],
+    )?;
+    Ok(n == 1)
+}
+
+/// Moves a row to `state`, replacing its snapshot and next move.
+pub(crate) fn set_state(
+    tx: &Transaction<'_>,
+    id: &str,
+    hop: u32,
+    state: &str,
+    snapshot: Option<&[u8]>,
+    next: Option<&[u8]>,
+    detail: Option<&str>,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE agents SET state = ?3, snapshot = ?4, next = ?5, detail = ?6, updated = ?7 WHERE id = ?1 AND hop = ?2",
+        params![id, hop, state, snapshot, next, detail, now_secs() as i64],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn get(tx: &Transaction<'_>, id: &str, hop: u32) -> rusqlite::Result<Option<Row>> {
+    tx.query_row(&format!("SELECT {ROW_COLUMNS} FROM agents WHERE id = ?1 AND hop = ?2"), params![id, hop], row)
+        .optional()
+}
+
+pub(crate) fn max_hop(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<u32>> {
+    tx.query_row("SELECT max(hop) FROM agents WHERE id = ?1", [id], |r| r.get(0))
+}
+
+/// Rows in any of `states`, oldest first.
+pub(crate) fn in_states(state: &State, states: &[&str]) -> Result<Vec<Row>, StateError> {
+    state.transaction(|tx| {
+        let marks = vec!["?"; states.len()].join(", ");
+        let mut stmt = tx.prepare(&format!("SELECT {ROW_COLUMNS} FROM agents WHERE state IN ({marks}) ORDER BY updated, id"))?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(states), row)?;
+        rows.collect()
+    })
+}
+
+/// Every row, for listing.
+pub(crate) fn all(state: &State) -> Result<Vec<Row>, StateError> {
+    state.transaction(|tx| {
+        let mut stmt = tx.prepare(&format!("SELECT {ROW_COLUMNS} FROM agents ORDER BY id, hop"))?;
+        let rows = stmt.query_map([], row)?;
+        rows.collect()
+    })
+}
+
+/// Marks the agent's live row (not done or failed) for recall; `true` if there was one.
+pub(crate) fn mark_recall(state: &State, id: &str) -> Result<bool, StateError> {
+    state.transaction(|tx| {
+        let n = tx.execute(
+            "UPDATE agents SET recall = 1 WHERE id = ?1 AND state IN ('ready', 'leaving', 'parked')",
+            [id],
+        )?;
+        Ok(n > 0)
+    })
+}
+
+pub(crate) fn insert_homed(tx: &Transaction<'_>, id: &str, label: &str, location: &str, route: &[u8]) -> rusqlite::Result<()> {
+    let now = now_secs() as i64;
+    tx.execute(
+        "INSERT OR IGNORE INTO homed (id, label, state, location, hops, route, launched, updated)
+         VALUES (?1, ?2, 'running', ?3, 0, ?4, ?5, ?5)",
+        params![id, label, location, route, now],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn get_homed(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Homed>> {
+    tx.query_row(&format!("SELECT {HOMED_COLUMNS} FROM homed WHERE id = ?1"), [id], homed).optional()
+}
+
+pub(crate) fn all_homed(state: &State) -> Result<Vec<Homed>, StateError> {
+    state.transaction(|tx| {
+        let mut stmt = tx.prepare(&format!("SELECT {HOMED_COLUMNS} FROM homed ORDER BY launched, id"))?;
+        let rows = stmt.query_map([], homed)?;
+        rows.collect()
+    })
+}
+
+pub(crate) fn put_homed(tx: &Transaction<'_>, h: &Homed) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE homed SET state = ?2, location = ?3, hops = ?4, result = ?5, detail = ?6, route = ?7, updated = ?8 WHERE id = ?1",
+        params![h.id, h.state, h.location, h.hops, h.result, h.detail, h.route, now_secs() as i64],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn push_outbox(tx: &Transaction<'_>, dest: &str, message: &[u8]) -> rusqlite::Result<()> {
+    tx.execute("INSERT INTO outbox (dest, message) VALUES (?1, ?2)", params![dest, message])?;
+    Ok(())
+}
+
+pub(crate) fn outbox(state: &State) -> Result<Vec<(i64, String, Vec<u8>)>, StateError> {
+    state.transaction(|tx| {
+        let mut stmt = tx.prepare("SELECT seq, dest, message FROM outbox ORDER BY seq LIMIT 256")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect()
+    })
+}
+
+pub(crate) fn delete_outbox(state: &State, seq: i64) -> Result<(), StateError> {
+    state.transaction(|tx| tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq]).map(|_| ()))
+}
