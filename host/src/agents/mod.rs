@@ -256,7 +256,7 @@ impl Inner {
     /// Ends the journey on this host: the row is done and the ending reported home.
     fn end_here(&self, row: &Row, record: &AgentRecord, ending: Ending) -> Result<(), String> {
         let event = match &ending {
-            Ending::Finished(result) => Event::Finished(result.clone()),
+            Ending::Finished(result) => Event::Finished { host: self.name.clone(), result: result.clone() },
             Ending::Recalled => Event::Recalled,
         };
         self.state
@@ -425,7 +425,7 @@ impl Inner {
                 return Err(refused("an agent can only end its journey at its home"));
             }
             let event = match ending {
-                Ending::Finished(result) => Event::Finished(result.clone()),
+                Ending::Finished(result) => Event::Finished { host: self.name.clone(), result: result.clone() },
                 Ending::Recalled => Event::Recalled,
             };
             let row = self.row_for(&envelope, &signed, None, row_state::DONE);
@@ -695,8 +695,9 @@ fn apply_report(tx: &rusqlite::Transaction<'_>, report: &Report) -> rusqlite::Re
             h.state = "parked".into();
             h.detail = Some(reason.clone());
         }
-        Event::Finished(result) if !ended => {
+        Event::Finished { host, result } if !ended => {
             h.state = "finished".into();
+            h.location = host.clone();
             h.result = Some(result.clone());
             h.hops = h.hops.max(report.hop);
             h.detail = None;

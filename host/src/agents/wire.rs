@@ -175,8 +175,14 @@ pub enum Event {
         /// Why.
         reason: String,
     },
-    /// It finished with a result (CBOR).
-    Finished(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// It finished with a result.
+    Finished {
+        /// Where it finished.
+        host: String,
+        /// Its result, CBOR.
+        #[serde(with = "serde_bytes")]
+        result: Vec<u8>,
+    },
     /// It failed.
     Failed {
         /// Why.
