@@ -1,1 +1,9 @@
-fn main(){}
+//! roam's end-to-end tests: one test binary, one module per area. Run them with
+//! `cargo xtask test`, which first builds the `roam` binary and the example query modules that
+//! the process-level tests (`cli`) use.
+
+mod admission;
+mod agents;
+mod cli;
+mod code_on_demand;
+mod limits;

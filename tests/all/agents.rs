@@ -1,0 +1,405 @@
+//! Mobile agents across real hosts on loopback: the example's answer, state over many hops,
+//! bindings on arrival, refusals of replayed, altered, misaddressed and untrusted transfers.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use roam_abi::Action;
+use roam_host::agents::wire::{AgentInfo, AgentLimits, AgentRecord, Envelope, Signed, domain};
+use roam_host::client::Client;
+use roam_host::config::HostConfig;
+use roam_host::host::Host;
+use roam_host::protocol::{Request, Response};
+use roam_host::resources::{Attachment, ResourceType};
+use roam_host::server::RunningHost;
+use roam_keys::{Kind, SecretKey, SignRequest};
+use roam_tests::agent_wasm;
+
+/// Keys and directories shared by the hosts of one test.
+pub struct Net {
+    pub dir: tempfile::TempDir,
+    pub alice: SecretKey,
+}
+
+impl Net {
+    /// A net whose hosts are `hosts`: each gets a key that every other one trusts as a peer.
+    pub fn new(hosts: &[&str]) -> Result<Self> {
+        // ROAM_LOG=debug shows the hosts' logs with --nocapture.
+        if let Ok(filter) = std::env::var("ROAM_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        }
+        let dir = tempfile::tempdir()?;
+        let (alice, _, _) = roam_keys::write_keypair(&dir.path().join("keys"), "alice")?;
+        std::fs::create_dir_all(dir.path().join("trust"))?;
+        std::fs::copy(dir.path().join("keys/alice.pub"), dir.path().join("trust/alice.pub"))?;
+        std::fs::create_dir_all(dir.path().join("empty-trust"))?;
+        let net = Self { alice: SecretKey::load(&alice)?, dir };
+        for name in hosts {
+            net.host_key(name)?;
+        }
+        Ok(net)
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Creates a host key and adds it to the peers every host of this net trusts.
+    fn host_key(&self, name: &str) -> Result<PathBuf> {
+        let (key, _, _) = roam_keys::write_keypair(&self.path("host-keys"), name)?;
+        std::fs::create_dir_all(self.path("peers"))?;
+        std::fs::copy(self.path(&format!("host-keys/{name}.pub")), self.path(&format!("peers/{name}.pub")))?;
+        Ok(key)
+    }
+
+    pub fn config(&self, name: &str, trust: &str) -> Result<HostConfig> {
+        let mut config = HostConfig::new(self.path(trust), self.path(&format!("data-{name}")));
+        config.name = name.into();
+        config.key = Some(self.path(&format!("host-keys/{name}.key")));
+        config.peers = Some(self.path("peers"));
+        Ok(config)
+    }
+
+    pub fn sign_agent(&self, file: &str, name: &str, caps: &[&str]) -> Result<Vec<u8>> {
+        let wasm = std::fs::read(agent_wasm(file)?)?;
+        let now = roam_host::state::now_secs();
+        let request = SignRequest {
+            kind: Kind::Agent,
+            name: name.into(),
+            version: semver::Version::new(1, 0, 0),
+            issued_at: now,
+            not_before: now,
+            expires: now + 3600,
+            capabilities: caps.iter().map(|c| c.to_string()).collect(),
+        };
+        Ok(roam_keys::sign_module(&wasm, &self.alice, request)?)
+    }
+}
+
+pub async fn start(config: &HostConfig) -> Result<(Host, RunningHost)> {
+    let host = Host::open(config)?;
+    let running = RunningHost::start(host.clone(), "127.0.0.1:0".parse()?).await?;
+    Ok((host, running))
+}
+
+pub async fn launch(home: &str, module: Vec<u8>, input: serde_json::Value) -> Result<String> {
+    let mut client = Client::connect(home).await?;
+    let input = roam_host::client::json_to_cbor(&input);
+    match client.request(&Request::Launch { module, input }).await? {
+        Response::Launched { id } => Ok(id),
+        other => bail!("launch failed: {other:?}"),
+    }
+}
+
+pub async fn agent(home: &str, id: &str) -> Result<AgentInfo> {
+    let mut client = Client::connect(home).await?;
+    match client.request(&Request::Agents { id: Some(id.into()) }).await? {
+        Response::Agents(mut list) if !list.is_empty() => Ok(list.remove(0)),
+        other => bail!("no such agent: {other:?}"),
+    }
+}
+
+/// Waits (up to `limit`) until the agent ended at its home; returns what the home knows.
+pub async fn ended(home: &str, id: &str, limit: Duration) -> Result<AgentInfo> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let info = agent(home, id).await?;
+        if matches!(info.state.as_str(), "finished" | "failed" | "recalled") {
+            return Ok(info);
+        }
+        if Instant::now() > deadline {
+            bail!("agent {id} did not end within {limit:?}: {info:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn result_json(info: &AgentInfo) -> Result<serde_json::Value> {
+    roam_host::client::cbor_to_json(&info.result).map_err(anyhow::Error::msg)
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_survey_visits_three_hosts_and_brings_home_the_exact_aggregate() -> Result<()> {
+    let net = Net::new(&["home", "data-a", "data-b", "data-c"])?;
+    write(&net.path("config.csv"), "key,value\nlow_stock_below,4\n")?;
+    let mut home_cfg = net.config("home", "trust")?;
+    home_cfg.resources.push(roam_host::config::ResourceConfig {
+        name: "config".into(),
+        kind: ResourceType::Table,
+        attachment: Attachment::Unattached,
+        source: Some(net.path("config.csv")),
+    });
+    home_cfg.add_log("reports");
+    let (home, home_run) = start(&home_cfg).await?;
+
+    // Each data host's stock, generated here so the test can aggregate it natively.
+    let mut expected_by_sku = std::collections::BTreeMap::<String, i64>::new();
+    let (mut value, mut low, mut rows) = (0i64, 0u64, 0u64);
+    let mut hosts = Vec::new();
+    let mut running = Vec::new();
+    for (i, name) in ["data-a", "data-b", "data-c"].iter().enumerate() {
+        let mut csv = String::from("sku,warehouse,quantity,unit_cents\n");
+        for n in 0..(20 + i * 7) {
+            let sku = format!("sku-{}", (n * 7 + i) % 9);
+            let quantity = ((n * 13 + i * 5) % 11) as i64;
+            let unit = 100 + ((n * 31 + i) % 50) as i64 * 10;
+            csv.push_str(&format!("{sku},{name},{quantity},{unit}\n"));
+            *expected_by_sku.entry(sku).or_default() += quantity;
+            value += quantity * unit;
+            low += u64::from(quantity < 4);
+            rows += 1;
+        }
+        let file = net.path(&format!("{name}.csv"));
+        write(&file, &csv)?;
+        let mut cfg = net.config(name, "trust")?;
+        cfg.add_table(&format!("stock={}", file.display()))?;
+        let (_, run) = start(&cfg).await?;
+        hosts.push(run.addr().to_string());
+        running.push(run);
+    }
+
+    let module = net.sign_agent("stock_survey", "stock-survey", &["table:stock", "table:config", "log:reports"])?;
+    let home_addr = home_run.addr().to_string();
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": hosts })).await?;
+    let info = ended(&home_addr, &id, Duration::from_secs(60)).await?;
+    assert_eq!(info.state, "finished", "{info:?}");
+    let result = result_json(&info)?;
+    assert_eq!(result["rows_seen"], rows);
+    assert_eq!(result["total_value_cents"], value);
+    assert_eq!(result["low_stock_rows"], low);
+    assert_eq!(result["low_stock_below"], 4);
+    assert_eq!(result["hosts_visited"], serde_json::json!(["data-a", "data-b", "data-c"]));
+    assert_eq!(result["quantity_by_sku"], serde_json::to_value(&expected_by_sku)?);
+    assert_eq!(result["report_errors"], serde_json::json!([]));
+
+    // The route and the bindings at each hop, as the home recorded them.
+    let visits: Vec<_> = info.route.iter().map(|v| v.host.as_str()).collect();
+    assert_eq!(visits, ["home", "data-a", "data-b", "data-c"]);
+    for visit in &info.route[1..] {
+        let action = |name: &str| visit.bindings.iter().find(|b| b.name == name).map(|b| b.action);
+        assert_eq!(action("stock"), Some(Action::Rb), "{visit:?}");
+        assert_eq!(action("config"), Some(Action::Cp), "{visit:?}");
+        assert_eq!(action("reports"), Some(Action::Gr), "{visit:?}");
+    }
+    // The summaries went to the home's reports log through the global reference.
+    let lines = home.state().log_lines("reports")?;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("data-a"), "{lines:?}");
+    for r in running {
+        r.shutdown().await;
+    }
+    home_run.shutdown().await;
+    Ok(())
+}
+
+/// FNV-1a, as the hop-counter agent computes its checksum.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+pub fn check_hop_counter(result: &serde_json::Value, expected_hosts: &[&str]) -> Result<()> {
+    let arrivals = result["arrivals"].as_u64().context("arrivals")?;
+    assert_eq!(arrivals, expected_hosts.len() as u64, "{result}");
+    let hosts: Vec<String> = serde_json::from_value(result["hosts"].clone())?;
+    assert_eq!(hosts, expected_hosts);
+    let hops: std::collections::BTreeMap<u32, u64> = result["hops"]
+        .as_object()
+        .context("hops")?
+        .iter()
+        .map(|(k, v)| Ok((k.parse()?, v.as_u64().context("count")?)))
+        .collect::<Result<_>>()?;
+    assert_eq!(hops.len(), expected_hosts.len());
+    for (i, (hop, count)) in hops.iter().enumerate() {
+        assert_eq!((*hop, *count), (i as u32 + 1, i as u64 + 1), "the counter in memory skipped or repeated");
+    }
+    let mut bytes: Vec<Vec<u8>> = vec![arrivals.to_le_bytes().to_vec()];
+    for h in &hosts {
+        bytes.push((h.len() as u64).to_le_bytes().to_vec());
+        bytes.push(h.as_bytes().to_vec());
+    }
+    for (hop, count) in &hops {
+        bytes.push(hop.to_le_bytes().to_vec());
+        bytes.push(count.to_le_bytes().to_vec());
+    }
+    let parts: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    assert_eq!(result["checksum"].as_u64(), Some(fnv1a(&parts)), "the heap state was corrupted on the way");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_and_a_heap_survive_forty_hops() -> Result<()> {
+    let net = Net::new(&["home", "a", "b"])?;
+    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    let (_, a) = start(&net.config("a", "trust")?).await?;
+    let (_, b) = start(&net.config("b", "trust")?).await?;
+    let route: Vec<String> = (0..40).map(|i| if i % 2 == 0 { a.addr() } else { b.addr() }.to_string()).collect();
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let home_addr = home_run.addr().to_string();
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": route })).await?;
+    let info = ended(&home_addr, &id, Duration::from_secs(60)).await?;
+    assert_eq!(info.state, "finished", "{info:?}");
+    let names: Vec<&str> = (0..40).map(|i| if i % 2 == 0 { "a" } else { "b" }).collect();
+    check_hop_counter(&result_json(&info)?, &names)?;
+    assert_eq!(info.hops, 41, "40 hops out and one home");
+    for r in [a, b, home_run] {
+        r.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_signer_the_destination_does_not_trust_is_refused_and_home_is_told() -> Result<()> {
+    let net = Net::new(&["home", "trusting", "wary"])?;
+    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    let (_, trusting) = start(&net.config("trusting", "trust")?).await?;
+    let (_, wary) = start(&net.config("wary", "empty-trust")?).await?;
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let home_addr = home_run.addr().to_string();
+    let hosts = [trusting.addr().to_string(), wary.addr().to_string()];
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": hosts })).await?;
+    let info = ended(&home_addr, &id, Duration::from_secs(60)).await?;
+    assert_eq!(info.state, "failed");
+    let detail = info.detail.unwrap_or_default();
+    assert!(detail.contains("refused") && detail.contains("does not trust"), "{detail}");
+    assert_eq!(info.route.last().map(|v| v.host.as_str()), Some("trusting"));
+    for r in [trusting, wary, home_run] {
+        r.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Transfers made by hand, as a hostile or confused peer would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Result<()> {
+    let net = Net::new(&["home", "target", "peer"])?;
+    let peer_key = SecretKey::load(&net.path("host-keys/peer.key"))?;
+    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    let (target, target_run) = start(&net.config("target", "trust")?).await?;
+    let addr = target_run.addr().to_string();
+
+    // The target holds the agent's code (published there), so only the envelope matters.
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let code = roam_keys::hash_module(&module);
+    let mut client = Client::connect(&addr).await?;
+    let target_key = client.host_key();
+    let pre = target.state();
+    let claims = roam_keys::read_claims_unverified(&module)?;
+    pre.store_module(code, &module, &claims)?;
+
+    // A minimal, valid snapshot: the initial memory and one i32 global (the stack pointer).
+    let snapshot = roam_host::snapshot::Snapshot {
+        memory_bytes: 2 * 65536,
+        chunks: Vec::new(),
+        globals: vec![roam_host::snapshot::GlobalValue::I32(65536)],
+    };
+    let snapshot = roam_host::agents::wire::to_cbor(&snapshot);
+    let envelope = |destination, nonce, digest_of: &[u8]| Envelope {
+        record: AgentRecord {
+            id: "00112233445566778899aabbccddeeff".into(),
+            code,
+            label: "hop-counter@1.0.0".into(),
+            home: home_run.addr().to_string(),
+            home_key: peer_key.public(),
+            launched_at: roam_host::state::now_secs(),
+            limits: AgentLimits::default(),
+            anchors: Vec::new(),
+        },
+        hop: 1,
+        snapshot_digest: roam_keys::hash_module(digest_of),
+        sender_addr: "127.0.0.1:9".into(),
+        destination,
+        sent_at: roam_host::state::now_secs(),
+        nonce,
+        ending: None,
+        unreachable: Vec::new(),
+    };
+    let mut send = async |signed: Signed, snapshot: Vec<u8>| -> Result<Response> {
+        Ok(client.request(&Request::Transfer { envelope: signed, snapshot }).await?)
+    };
+    let refusal = |r: Response| match r {
+        Response::Error(e) => Ok(e.message),
+        other => bail!("expected a refusal, got {other:?}"),
+    };
+
+    // Altered snapshot: the digest no longer matches.
+    let good = Signed::sign(domain::ENVELOPE, &envelope(target_key, 1, &snapshot), &peer_key)?;
+    let mut altered = snapshot.clone();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    let message = refusal(send(good.clone(), altered).await?)?;
+    assert!(message.contains("altered"), "{message}");
+
+    // Addressed to another host.
+    let elsewhere = Signed::sign(domain::ENVELOPE, &envelope(peer_key.public(), 2, &snapshot), &peer_key)?;
+    let message = refusal(send(elsewhere, snapshot.clone()).await?)?;
+    assert!(message.contains("addressed to host"), "{message}");
+
+    // From a host that is not a trusted peer.
+    let stranger = SecretKey::generate()?;
+    let unknown = Signed::sign(domain::ENVELOPE, &envelope(target_key, 3, &snapshot), &stranger)?;
+    let message = refusal(send(unknown, snapshot.clone()).await?)?;
+    assert!(message.contains("not among this host's trusted peers"), "{message}");
+
+    // An envelope whose signed body was changed after signing.
+    let mut forged = good.clone();
+    let n = forged.body.len() - 3;
+    forged.body[n] ^= 1;
+    let message = refusal(send(forged, snapshot.clone()).await?)?;
+    assert!(message.contains("signature") || message.contains("malformed"), "{message}");
+
+    // The good one is accepted once; sent again byte for byte, it is a replay.
+    assert!(matches!(send(good.clone(), snapshot.clone()).await?, Response::Accepted));
+    let message = refusal(send(good, snapshot.clone()).await?)?;
+    assert!(message.contains("replayed"), "{message}");
+    // A fresh attempt at the same hop (a sender's retry) is acknowledged, not run twice.
+    let retry = Signed::sign(domain::ENVELOPE, &envelope(target_key, 4, &snapshot), &peer_key)?;
+    assert!(matches!(send(retry, snapshot.clone()).await?, Response::Accepted));
+    target_run.shutdown().await;
+    home_run.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_destination_parks_the_agent_and_recall_brings_it_home() -> Result<()> {
+    let net = Net::new(&["home", "a"])?;
+    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    let (_, a) = start(&net.config("a", "trust")?).await?;
+    // Nothing listens on this address (it was bound once, then released).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let home_addr = home_run.addr().to_string();
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": [a.addr().to_string(), dead] })).await?;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = agent(&home_addr, &id).await?;
+        if info.state == "parked" {
+            assert!(info.detail.unwrap_or_default().contains("no destination reachable"));
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the agent never parked: {info:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut client = Client::connect(&home_addr).await?;
+    assert!(matches!(client.request(&Request::Recall { id: id.clone() }).await?, Response::Accepted));
+    let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
+    assert_eq!(info.state, "recalled", "{info:?}");
+    a.shutdown().await;
+    home_run.shutdown().await;
+    Ok(())
+}
