@@ -1,1 +1,562 @@
-//! x
+//! Support for roam's end-to-end tests, which drive the real `roam` binary as separate processes
+//! over real TCP on loopback.
+//!
+//! Core concepts:
+//! - [`sample`]: the deterministic sample `sales` dataset (shared with `cargo xtask demo`).
+//! - [`roam_bin`] / [`agent_wasm`]: where the binary and the example query modules are built;
+//!   `cargo xtask test` builds both before running the tests.
+//! - [`roam`] / [`roam_ok`] / [`roam_err`]: run one `roam` command and check how it ended.
+//! - [`args!`]: a command line mixing strings and paths.
+//! - [`Fixture`]: a temporary directory with keys (`alice` trusted, `bob` trusted without
+//!   capabilities, `mallory` untrusted), a trust store, and helpers to sign and write modules.
+//! - [`HostProcess`]: a `roam host` process on `127.0.0.1:0`, killed when dropped.
+
+pub mod sample;
+
+use std::cell::Cell;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use roam_keys::{Kind, SecretKey, SignRequest};
+
+/// How long a host may take to start listening: generous, since a loaded CI machine may be
+/// slow to start a process that sets up a Wasm engine.
+pub const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a host may take to shut down after SIGTERM.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The capabilities the fixture's policy grants `alice`.
+pub const ALICE_CAPABILITIES: [&str; 2] = ["table:sales", "log:*"];
+
+/// The repository root (the workspace that holds `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
+}
+
+/// The `roam` binary the tests run: `$ROAM_BIN` if set, otherwise `roam` in the target directory
+/// of the running test executable (`…/target/debug/deps/all-<hash>` → `…/target/debug/roam`).
+///
+/// Cargo does not build another package's binaries for a test, hence `cargo xtask test`, which
+/// builds `roam` first.
+///
+/// # Errors
+/// If the binary does not exist, with what to run to build it.
+pub fn roam_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ROAM_BIN") {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("ROAM_BIN is {}, which is not a file", path.display());
+        }
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("cannot find the running test executable")?;
+    let mut dir = exe
+        .parent()
+        .context("the test executable has no parent directory")?;
+    if dir.file_name() == Some(OsStr::new("deps")) {
+        dir = dir.parent().context("the deps directory has no parent")?;
+    }
+    let bin = dir.join(format!("roam{}", std::env::consts::EXE_SUFFIX));
+    if !bin.is_file() {
+        bail!(
+            "the roam binary is missing at {}; run `cargo xtask test`, which builds it before \
+             the tests (or run `cargo build --bin roam` with the same target directory and \
+             profile as the tests, or set ROAM_BIN)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// An example query module built by `cargo xtask agents`, e.g. `agent_wasm("sales_by_region")`.
+///
+/// # Errors
+/// If the module has not been built, with what to run to build it.
+pub fn agent_wasm(name: &str) -> Result<PathBuf> {
+    let path = repo_root()
+        .join("agents/target/wasm32-unknown-unknown/release")
+        .join(format!("{name}.wasm"));
+    if !path.is_file() {
+        bail!(
+            "the example module {name}.wasm is missing at {}; run `cargo xtask agents` (or \
+             `cargo xtask test`, which runs it) to build the example modules",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A command line of strings and paths, for [`roam`], [`roam_ok`], [`roam_err`] and
+/// [`HostProcess::spawn`]: `args!["verify", &path, "--trust", fixture.trust_dir()]`.
+#[macro_export]
+macro_rules! args {
+    ($($arg:expr),* $(,)?) => {
+        [$(::std::ffi::OsStr::new(&$arg)),*]
+    };
+}
+
+/// Runs `roam ARGS…` to completion, with its stdout and stderr captured.
+///
+/// # Errors
+/// If the binary is missing or cannot be started; how the command itself ended is in the
+/// returned [`Output`].
+pub fn roam<I, S>(args: I) -> Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    Command::new(roam_bin()?)
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", command_line(&args)))
+}
+
+/// Runs `roam ARGS…`, requires it to succeed, and returns its stdout.
+///
+/// # Errors
+/// If the command fails, with its exit status, stdout and stderr.
+pub fn roam_ok<I, S>(args: I) -> Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let output = roam(&args)?;
+    if !output.status.success() {
+        bail!(
+            "{} failed ({}){}",
+            command_line(&args),
+            output.status,
+            describe(&output)
+        );
+    }
+    String::from_utf8(output.stdout).context("roam printed something that is not UTF-8")
+}
+
+/// Runs `roam ARGS…`, requires it to fail with a non-zero exit code and a reason on stderr, and
+/// returns that stderr.
+///
+/// # Errors
+/// If the command succeeds, is killed by a signal, or fails without saying why.
+pub fn roam_err<I, S>(args: I) -> Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let output = roam(&args)?;
+    match output.status.code() {
+        Some(0) => bail!(
+            "{} succeeded, but it was expected to fail{}",
+            command_line(&args),
+            describe(&output)
+        ),
+        None => bail!(
+            "{} was killed ({}) instead of failing with an error{}",
+            command_line(&args),
+            output.status,
+            describe(&output)
+        ),
+        Some(_) => {}
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if stderr.trim().is_empty() {
+        bail!(
+            "{} failed ({}) without a reason on stderr{}",
+            command_line(&args),
+            output.status,
+            describe(&output)
+        );
+    }
+    Ok(stderr)
+}
+
+fn command_line(args: &[std::ffi::OsString]) -> String {
+    let mut line = String::from("`roam");
+    for a in args {
+        line.push(' ');
+        line.push_str(&a.to_string_lossy());
+    }
+    line.push('`');
+    line
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&output.stdout).trim_end(),
+        String::from_utf8_lossy(&output.stderr).trim_end()
+    )
+}
+
+/// Seconds since the Unix epoch, the clock signatures are checked against.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A temporary directory with keys, a trust store, and room for modules and host data.
+///
+/// - `alice`: trusted; the policy grants her [`ALICE_CAPABILITIES`].
+/// - `bob`: trusted, but the policy grants him no capability, to test policy refusals.
+/// - `mallory`: has a key pair, but is not in the trust store.
+///
+/// Everything is deleted when the fixture is dropped.
+#[derive(Debug)]
+pub struct Fixture {
+    dir: tempfile::TempDir,
+    /// Numbers the data directories of the hosts started from this fixture, so that two hosts
+    /// never share state.
+    hosts_started: Cell<u32>,
+}
+
+impl Fixture {
+    /// Creates the keys and the trust store.
+    ///
+    /// # Errors
+    /// If the temporary directory or a key cannot be written.
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("roam-test-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let fixture = Self {
+            dir,
+            hosts_started: Cell::new(0),
+        };
+        let keys = fixture.keys_dir();
+        let trust = fixture.trust_dir();
+        fs::create_dir_all(&trust).with_context(|| format!("cannot create {}", trust.display()))?;
+        for name in ["alice", "bob", "mallory"] {
+            roam_keys::write_keypair(&keys, name)
+                .with_context(|| format!("cannot create the test key {name}"))?;
+        }
+        for name in ["alice", "bob"] {
+            let file = format!("{name}.pub");
+            fs::copy(keys.join(&file), trust.join(&file))
+                .with_context(|| format!("cannot install {file} in the trust store"))?;
+        }
+        let granted = ALICE_CAPABILITIES.map(|c| format!("{c:?}")).join(", ");
+        fs::write(
+            trust.join(roam_keys::POLICY_FILE),
+            format!("[keys.alice]\ncapabilities = [{granted}]\n\n[keys.bob]\ncapabilities = []\n"),
+        )
+        .context("cannot write the trust store's policy")?;
+        Ok(fixture)
+    }
+
+    /// The fixture's directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Where the key pairs are: `NAME.key` and `NAME.pub`.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.path().join("keys")
+    }
+
+    /// The secret key file of `signer`.
+    pub fn key_path(&self, signer: &str) -> PathBuf {
+        self.keys_dir().join(format!("{signer}.key"))
+    }
+
+    /// The trust store: `alice.pub`, `bob.pub` and `policy.toml`.
+    pub fn trust_dir(&self) -> PathBuf {
+        self.path().join("trust")
+    }
+
+    /// Signs `wasm` as `signer` with `roam_keys` directly (no process), valid for an hour.
+    ///
+    /// # Errors
+    /// If the key cannot be read, `version` is not semver, or signing fails.
+    pub fn sign(
+        &self,
+        wasm: &[u8],
+        signer: &str,
+        kind: Kind,
+        name: &str,
+        version: &str,
+        caps: &[&str],
+    ) -> Result<Vec<u8>> {
+        let key = SecretKey::load(&self.key_path(signer))
+            .with_context(|| format!("cannot load the test key {signer}"))?;
+        let now = now_secs();
+        let request = SignRequest {
+            kind,
+            name: name.to_owned(),
+            version: version
+                .parse()
+                .with_context(|| format!("{version:?} is not a semver version"))?,
+            issued_at: now,
+            not_before: now,
+            expires: now + 3600,
+            capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        roam_keys::sign_module(wasm, &key, request)
+            .with_context(|| format!("cannot sign {name} as {signer}"))
+    }
+
+    /// Writes `bytes` to the file `name` in the fixture's directory and returns its path.
+    ///
+    /// # Errors
+    /// If the file cannot be written.
+    pub fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> Result<PathBuf> {
+        let path = self.path().join(name);
+        fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Starts `roam host` trusting this fixture's trust store, with a fresh data directory in the
+    /// fixture and the `extra` flags (e.g. `--table sales=FILE`).
+    ///
+    /// # Errors
+    /// As [`HostProcess::spawn`].
+    pub fn host<I, S>(&self, extra: I) -> Result<HostProcess>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let n = self.hosts_started.get() + 1;
+        self.hosts_started.set(n);
+        let data_dir = self.path().join(format!("host-{n}"));
+        let mut args = vec![
+            "--trust".into(),
+            self.trust_dir().into_os_string(),
+            "--data-dir".into(),
+            data_dir.into_os_string(),
+        ];
+        args.extend(extra.into_iter().map(|a| a.as_ref().to_owned()));
+        HostProcess::spawn(&args)
+    }
+}
+
+/// A running `roam host` process, listening on a free port of 127.0.0.1.
+///
+/// Dropping it kills the process (so a failing test never leaves a host behind); [`stop`]
+/// instead shuts it down the way an operator would and checks that it exits cleanly.
+///
+/// [`stop`]: HostProcess::stop
+#[derive(Debug)]
+pub struct HostProcess {
+    /// `None` once the process has been stopped and reaped, so that `Drop` leaves it alone.
+    child: Option<Child>,
+    /// The address the host reported on stdout.
+    pub addr: SocketAddr,
+    /// The host's data directory.
+    data_dir: PathBuf,
+    /// Holds the host's stderr log and, unless the caller chose one, its data directory; kept
+    /// until the process is gone.
+    scratch: tempfile::TempDir,
+}
+
+impl HostProcess {
+    /// Runs `roam host --listen 127.0.0.1:0 ARGS…` and waits (at most [`START_DEADLINE`]) for it
+    /// to print `listening on ADDR`. Unless `args` has `--data-dir`, the host gets a fresh one.
+    /// The host's stderr goes to a file, read by [`HostProcess::stderr`].
+    ///
+    /// # Errors
+    /// If the host exits, says something else, or is silent past the deadline; the error
+    /// includes what the host wrote to stderr.
+    pub fn spawn<I, S>(args: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let scratch = tempfile::Builder::new()
+            .prefix("roam-host-")
+            .tempdir()
+            .context("cannot create a temporary directory for the host")?;
+        let data_dir = match args.iter().position(|a| a == "--data-dir") {
+            Some(i) => PathBuf::from(args.get(i + 1).context("--data-dir without a directory")?),
+            None => scratch.path().join("data"),
+        };
+        let mut command = Command::new(roam_bin()?);
+        command
+            .args(["host", "--listen", "127.0.0.1:0"])
+            .args(&args);
+        if !args.iter().any(|a| a == "--data-dir") {
+            command.arg("--data-dir").arg(&data_dir);
+        }
+        // A file rather than a pipe: a pipe nobody reads would fill up and block the host's
+        // logging, and the file is still there to read when the host has died.
+        let log = scratch.path().join("stderr.log");
+        let stderr =
+            File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .context("cannot start `roam host`")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("the host's stdout was not captured")?;
+
+        let mut host = Self {
+            child: Some(child),
+            // Replaced below once the host has said where it listens.
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            scratch,
+        };
+        host.addr = host.wait_for_listening(stdout)?;
+        Ok(host)
+    }
+
+    /// Reads the host's stdout on a thread (which keeps draining it afterwards) until the
+    /// `listening on ADDR` line, the end of the output, or the deadline.
+    fn wait_for_listening(&mut self, stdout: std::process::ChildStdout) -> Result<SocketAddr> {
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    // Nobody listens any more; keep reading so the host never blocks on stdout.
+                    continue;
+                }
+            }
+        });
+        let deadline = Instant::now() + START_DEADLINE;
+        let mut other = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => match line.strip_prefix("listening on ") {
+                    Some(addr) => {
+                        return addr.trim().parse().with_context(|| {
+                            format!("the host printed {line:?}, which has no valid address")
+                        });
+                    }
+                    None => other.push(line),
+                },
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(self.failed_to_start(
+                        &format!("did not print `listening on ADDR` within {START_DEADLINE:?}"),
+                        &other,
+                    ));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(self.failed_to_start(
+                        "closed its stdout without printing `listening on ADDR`",
+                        &other,
+                    ));
+                }
+            }
+        }
+    }
+
+    fn failed_to_start(&mut self, what: &str, stdout: &[String]) -> anyhow::Error {
+        let status = self
+            .kill()
+            .map_or_else(|e| format!("{e:#}"), |s| s.to_string());
+        anyhow!(
+            "`roam host` {what} ({status})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            stdout.join("\n"),
+            self.stderr().trim_end()
+        )
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The host's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Everything the host has written to stderr (its logs) so far.
+    pub fn stderr(&self) -> String {
+        fs::read(self.scratch.path().join("stderr.log"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|e| format!("(cannot read the host's stderr: {e})"))
+    }
+
+    /// Sends SIGTERM and requires the host to exit with status 0 within [`STOP_DEADLINE`].
+    ///
+    /// # Errors
+    /// If the signal cannot be sent, or the host exits otherwise or too late (it is then
+    /// killed); the error includes the host's stderr.
+    pub fn stop(mut self) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("the host was already stopped");
+        };
+        let pid = child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .context("cannot run `kill` to send SIGTERM to the host")?;
+        if !sent.success() {
+            bail!("`kill -TERM {pid}` failed ({sent})");
+        }
+        let status = match wait_until(child, Instant::now() + STOP_DEADLINE)? {
+            Some(status) => status,
+            None => {
+                let killed = self.kill()?;
+                bail!(
+                    "the host did not exit within {STOP_DEADLINE:?} of SIGTERM, so it was killed \
+                     ({killed})\n--- stderr ---\n{}",
+                    self.stderr().trim_end()
+                );
+            }
+        };
+        self.child = None;
+        if !status.success() {
+            bail!(
+                "the host exited with {status} after SIGTERM, expected a clean exit (0)\n\
+                 --- stderr ---\n{}",
+                self.stderr().trim_end()
+            );
+        }
+        Ok(())
+    }
+
+    /// Kills and reaps the process, if it is still there.
+    fn kill(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("the host was already stopped")?;
+        // Fails only if the process has exited already, which `wait` then reports.
+        let _ = child.kill();
+        child.wait().context("cannot wait for the host process")
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.kill();
+        }
+    }
+}
+
+/// Waits for `child` to exit until `deadline`; `None` if it is still running then.
+fn wait_until(child: &mut Child, deadline: Instant) -> Result<Option<ExitStatus>> {
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .context("cannot wait for the host process")?
+        {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        // std has no wait-with-timeout; polling against an explicit deadline is the portable way.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,1 +1,226 @@
-fn main(){}
+//! Project automation, run as `cargo xtask <command>` from anywhere in the repository.
+//!
+//! - `agents`: builds the example query modules (a separate wasm32 workspace in `agents/`).
+//! - `test`: builds the modules and the `roam` binary, then runs every test.
+//! - `demo`: two data hosts on loopback, and both example queries evaluated on each.
+//!
+//! Only the standard library and anyhow: xtask must build quickly and never depend on the host,
+//! so the sample data generator is shared with the tests by path, not as a crate.
+
+mod demo;
+#[path = "../../tests/sample.rs"]
+mod sample;
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args]
+
+commands:
+  agents         build the example query modules (agents/, for wasm32-unknown-unknown)
+  test [ARGS]    build the modules and the roam binary, then run every test;
+                 ARGS go to the test runner (cargo nextest run, or cargo test)
+  demo           start two data hosts on loopback and evaluate both example queries on each
+                 (everything is written under demo/, which is wiped first)";
+
+/// The wasm32 target the example modules are built for.
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    let command = args.next();
+    let rest: Vec<OsString> = args.collect();
+    let result = match command.as_deref().and_then(OsStr::to_str) {
+        Some("agents") => no_args("agents", &rest).and_then(|()| agents()),
+        Some("test") => test(&rest),
+        Some("demo") => no_args("demo", &rest).and_then(|()| demo::main()),
+        Some("help" | "-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        None => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+        Some(_) => {
+            eprintln!("error: unknown command {command:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            // A failing test run exits with the runner's own code, as if it had been run directly.
+            let code = e.downcast_ref::<Failed>().and_then(|f| f.code);
+            ExitCode::from(
+                code.and_then(|c| u8::try_from(c).ok())
+                    .filter(|&c| c != 0)
+                    .unwrap_or(1),
+            )
+        }
+    }
+}
+
+fn no_args(command: &str, rest: &[OsString]) -> Result<()> {
+    if !rest.is_empty() {
+        bail!("`cargo xtask {command}` takes no arguments, got {rest:?}");
+    }
+    Ok(())
+}
+
+/// The repository root: xtask lives in `<root>/xtask`.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// `cargo` (the one that runs xtask, when there is one), run in the repository root.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+/// A command that ran and failed; its exit code becomes xtask's own.
+#[derive(Debug)]
+struct Failed {
+    command: String,
+    /// `None` if the command was killed by a signal.
+    code: Option<i32>,
+}
+
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "`{}` failed with exit code {code}", self.command),
+            None => write!(f, "`{}` was killed by a signal", self.command),
+        }
+    }
+}
+
+impl std::error::Error for Failed {}
+
+/// The command as a person would type it, for messages.
+fn display(cmd: &Command) -> String {
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .unwrap_or(cmd.get_program())
+        .to_string_lossy()
+        .into_owned();
+    cmd.get_args().fold(program, |line, arg| {
+        format!("{line} {}", arg.to_string_lossy())
+    })
+}
+
+/// Runs `cmd` with inherited stdio, after echoing it; a non-zero exit is a [`Failed`] error.
+fn run(cmd: &mut Command) -> Result<()> {
+    let line = display(cmd);
+    println!("$ {line}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run `{line}`; is it installed and on PATH?"))?;
+    if !status.success() {
+        return Err(Failed {
+            command: line,
+            code: status.code(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Whether `cmd` runs and succeeds, with its output discarded.
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn step(what: &str) {
+    println!("\n==> {what}");
+}
+
+/// `cargo xtask agents`: builds the example query modules into
+/// `agents/target/wasm32-unknown-unknown/release/`.
+fn agents() -> Result<()> {
+    step("Building the example query modules (agents/, wasm32)");
+    let dir = repo_root().join("agents");
+    ensure_wasm_target(&dir)?;
+    let mut build = cargo();
+    build.current_dir(&dir).args(["build", "--release"]);
+    // agents/ is its own workspace with its own target and flags (agents/.cargo/config.toml).
+    // Settings meant for the host build must not leak into it: RUSTFLAGS would replace the
+    // wasm32 rustflags, a target directory would move the modules where the tests do not look.
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let leaks = matches!(
+            key,
+            "RUSTFLAGS" | "CARGO_ENCODED_RUSTFLAGS" | "RUSTDOCFLAGS" | "CARGO_ENCODED_RUSTDOCFLAGS"
+        ) || key.starts_with("CARGO_BUILD_")
+            || key.starts_with("CARGO_TARGET_")
+            || key.starts_with("CARGO_PROFILE_");
+        if leaks {
+            build.env_remove(key);
+        }
+    }
+    run(&mut build)
+}
+
+/// Installs the wasm32 target with rustup if it is missing. Without rustup (a toolchain from a
+/// distribution, say) there is nothing to install with; the build then says what is missing.
+fn ensure_wasm_target(agents_dir: &Path) -> Result<()> {
+    // Run in agents/ so that any toolchain override there applies, as it will to the build.
+    let listed = Command::new("rustup")
+        .current_dir(agents_dir)
+        .args(["target", "list", "--installed"])
+        .stderr(Stdio::inherit())
+        .output();
+    let installed = match listed {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => bail!("`rustup target list --installed` failed ({})", out.status),
+        Err(e) => {
+            println!(
+                "rustup is not available ({e}); assuming the {WASM_TARGET} target is installed"
+            );
+            return Ok(());
+        }
+    };
+    if installed.lines().any(|l| l.trim() == WASM_TARGET) {
+        return Ok(());
+    }
+    run(Command::new("rustup")
+        .current_dir(agents_dir)
+        .args(["target", "add", WASM_TARGET]))
+}
+
+/// `cargo xtask test [ARGS]`: the modules, the `roam` binary, then every test.
+fn test(extra: &[OsString]) -> Result<()> {
+    agents()?;
+    step("Building the roam binary that the end-to-end tests run");
+    // `--workspace` resolves features as the test build below will, so this build's artifacts
+    // are reused by it instead of being compiled a second time with other features.
+    run(cargo().args(["build", "--workspace", "--bin", "roam"]))?;
+    if succeeds(cargo().args(["nextest", "--version"])) {
+        step("Running the tests (cargo nextest)");
+        run(cargo().args(["nextest", "run", "--workspace"]).args(extra))?;
+        // nextest does not run doctests; they are examples that must keep compiling and working.
+        // With a filter or runner flags in ARGS, the caller asked for something narrower.
+        if extra.is_empty() {
+            step("Running the doctests (cargo test --doc)");
+            run(cargo().args(["test", "--workspace", "--doc"]))?;
+        }
+    } else {
+        step("Running the tests (cargo test; install cargo-nextest for faster runs)");
+        run(cargo().args(["test", "--workspace"]).args(extra))?;
+    }
+    println!("\nAll tests passed.");
+    Ok(())
+}

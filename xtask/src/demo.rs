@@ -1,0 +1,348 @@
+//! `cargo xtask demo`: remote evaluation end to end, with real processes on loopback.
+//!
+//! Two data hosts each hold their own slice of a sales dataset. A client signs the two example
+//! queries once and ships them to both hosts; each host verifies the signature against its trust
+//! store, runs the query next to its data, and sends back only the (small) result.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::sample;
+use crate::{agents, cargo, display, repo_root, run, step};
+
+/// Rows of sales data per host.
+const ROWS_PER_HOST: usize = 50_000;
+/// The data hosts: name and the seed of their slice of the data.
+const HOSTS: [(&str, u64); 2] = [("data-1", 1), ("data-2", 2)];
+/// The example queries: the built module's file stem and the name it is signed under.
+const QUERIES: [(&str, &str, &str); 2] = [
+    (
+        "sales_by_region",
+        "sales-by-region",
+        r#"{"min_quantity": 2, "from_day": 1, "to_day": 180}"#,
+    ),
+    ("sales_median", "sales-median", r#"{"min_quantity": 2}"#),
+];
+/// How long a host may take to start listening.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a host may take to shut down after SIGTERM before it is killed.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+pub(crate) fn main() -> Result<()> {
+    let root = repo_root();
+    let demo = root.join("demo");
+    let show = |p: &Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
+
+    step("[1/8] Preparing an empty demo/ directory");
+    if demo.exists() {
+        fs::remove_dir_all(&demo).with_context(|| format!("cannot remove {}", demo.display()))?;
+    }
+    fs::create_dir_all(&demo).with_context(|| format!("cannot create {}", demo.display()))?;
+
+    step("[2/8] Building the example query modules");
+    agents()?;
+
+    step("[3/8] Building the roam binary (release)");
+    run(cargo().args(["build", "--release", "--bin", "roam"]))?;
+    let roam = target_dir(&root)
+        .join("release")
+        .join(format!("roam{}", std::env::consts::EXE_SUFFIX));
+    if !roam.is_file() {
+        bail!("the build succeeded but {} is missing", roam.display());
+    }
+
+    step("[4/8] Creating the signing key of alice, and a trust store that trusts her");
+    let keys = demo.join("keys");
+    let trust = demo.join("trust");
+    roam_run(&roam, |c| {
+        c.args(["keys", "new", "alice", "--dir"]).arg(&keys)
+    })?;
+    fs::create_dir_all(&trust)?;
+    fs::copy(keys.join("alice.pub"), trust.join("alice.pub"))
+        .context("cannot install alice.pub")?;
+    let policy = "# alice may sign modules that read the sales table.\n\
+                  [keys.alice]\ncapabilities = [\"table:sales\"]\n";
+    fs::write(trust.join("policy.toml"), policy).context("cannot write policy.toml")?;
+    println!(
+        "trust store {}: alice.pub, and policy.toml granting alice table:sales",
+        show(&trust)
+    );
+
+    step(&format!(
+        "[5/8] Generating {ROWS_PER_HOST} sales rows for each host"
+    ));
+    for (name, seed) in HOSTS {
+        let dir = demo.join(name);
+        fs::create_dir_all(&dir)?;
+        let csv = dir.join("sales.csv");
+        sample::write_csv(&csv, &sample::generate(ROWS_PER_HOST, seed))
+            .with_context(|| format!("cannot write {}", csv.display()))?;
+        let size = fs::metadata(&csv)?.len();
+        println!(
+            "{}: {ROWS_PER_HOST} rows, {} KiB (seed {seed})",
+            show(&csv),
+            size / 1024
+        );
+    }
+
+    step("[6/8] Starting the data hosts on loopback");
+    // From here on the guard stops the hosts however this function ends.
+    let mut hosts = Hosts::default();
+    for (name, _) in HOSTS {
+        let dir = demo.join(name);
+        let log = dir.join("host.log");
+        let mut table = std::ffi::OsString::from("sales=");
+        table.push(dir.join("sales.csv"));
+        let mut cmd = Command::new(&roam);
+        cmd.args(["host", "--name", name, "--listen", "127.0.0.1:0", "--trust"])
+            .arg(&trust)
+            .arg("--data-dir")
+            .arg(dir.join("state"))
+            .arg("--table")
+            .arg(&table);
+        println!("$ {}", display(&cmd));
+        let addr = hosts.start(name, cmd, &log)?;
+        println!("{name} listening on {addr} (log: {})", show(&log));
+    }
+
+    step("[7/8] Signing the example queries as alice (kind query, capability table:sales)");
+    let modules = demo.join("modules");
+    fs::create_dir_all(&modules)?;
+    let built = root.join("agents/target/wasm32-unknown-unknown/release");
+    let mut signed = Vec::new();
+    for (file, name, input) in QUERIES {
+        let out = modules.join(format!("{file}.signed.wasm"));
+        roam_run(&roam, |c| {
+            c.arg("sign")
+                .arg(built.join(format!("{file}.wasm")))
+                .arg("--key")
+                .arg(keys.join("alice.key"))
+                .args(["--kind", "query", "--name", name, "--version", "1.0.0"])
+                .args(["--cap", "table:sales", "-o"])
+                .arg(&out)
+        })?;
+        signed.push((name, out, input));
+    }
+
+    step("[8/8] Evaluating each query on each host: the code travels, the data stays");
+    for (name, module, input) in &signed {
+        let module_size = fs::metadata(module)?.len();
+        for host in &hosts.running {
+            println!("\n{name} on {} ({}), input {input}", host.name, host.addr);
+            let mut cmd = Command::new(&roam);
+            cmd.arg("eval")
+                .arg(module)
+                .args(["--host", &host.addr, "--input", input]);
+            let started = Instant::now();
+            let output = cmd
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("cannot run `{}`", display(&cmd)))?;
+            let elapsed = started.elapsed();
+            if !output.status.success() {
+                bail!(
+                    "`{}` failed ({}):\n{}\n(host log: {})",
+                    display(&cmd),
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim_end(),
+                    show(&host.log)
+                );
+            }
+            let result = String::from_utf8_lossy(&output.stdout);
+            for line in result.lines() {
+                println!("    {line}");
+            }
+            println!(
+                "  took {} ms; sent a {} KiB module, got back {} bytes",
+                elapsed.as_millis(),
+                module_size / 1024,
+                output.stdout.len()
+            );
+        }
+    }
+
+    println!();
+    hosts.stop_all()?;
+    println!(
+        "\nDone. Keys, data, host logs and the signed modules are in {}.",
+        show(&demo)
+    );
+    println!(
+        "To try it by hand, start a host (it prints its address) and evaluate a query on it:\n  \
+         {roam} host --trust demo/trust --data-dir demo/data-1/state --table sales=demo/data-1/sales.csv --listen 127.0.0.1:7700\n  \
+         {roam} eval demo/modules/sales_median.signed.wasm --host 127.0.0.1:7700 --input '{{\"min_quantity\": 5}}'",
+        roam = show(&roam)
+    );
+    Ok(())
+}
+
+/// The target directory `cargo build` writes to, as far as the environment says.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .or_else(|| std::env::var_os("CARGO_BUILD_TARGET_DIR"))
+        .map_or_else(|| root.join("target"), |dir| root.join(dir))
+}
+
+/// Runs `roam` with the arguments `build` adds, echoing the command and inheriting stdio.
+fn roam_run(roam: &Path, build: impl FnOnce(&mut Command) -> &mut Command) -> Result<()> {
+    let mut cmd = Command::new(roam);
+    run(build(&mut cmd))
+}
+
+/// A running data host.
+struct Host {
+    name: String,
+    addr: String,
+    log: PathBuf,
+    child: Child,
+}
+
+/// The hosts started so far. Dropping it stops them, so an error (or a panic) in the middle of
+/// the demo never leaves a host running.
+#[derive(Default)]
+struct Hosts {
+    running: Vec<Host>,
+}
+
+impl Hosts {
+    /// Starts `cmd` (a `roam host` command) with its logs in `log`, and waits for it to print
+    /// `listening on ADDR`.
+    fn start(&mut self, name: &str, mut cmd: Command, log: &Path) -> Result<String> {
+        let log_file =
+            File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", display(&cmd)))?;
+        let stdout = child.stdout.take();
+        // Guarded before waiting, so that a host that never gets ready is stopped too.
+        self.running.push(Host {
+            name: name.to_owned(),
+            addr: String::new(),
+            log: log.to_owned(),
+            child,
+        });
+        let Some(stdout) = stdout else {
+            bail!("{name}'s stdout was not captured")
+        };
+        let addr = wait_for_listening(stdout).with_context(|| {
+            format!(
+                "{name} did not start; its log {}:\n{}",
+                log.display(),
+                tail(log)
+            )
+        })?;
+        if let Some(host) = self.running.last_mut() {
+            host.addr.clone_from(&addr);
+        }
+        Ok(addr)
+    }
+
+    /// Stops every host with SIGTERM and checks that each exits cleanly.
+    fn stop_all(&mut self) -> Result<()> {
+        let mut unclean = Vec::new();
+        for mut host in std::mem::take(&mut self.running) {
+            match terminate(&mut host.child) {
+                Ok(status) if status.success() => println!("{} stopped ({status})", host.name),
+                Ok(status) => unclean.push(format!(
+                    "{} exited with {status}; see {}",
+                    host.name,
+                    host.log.display()
+                )),
+                Err(e) => unclean.push(format!("{}: {e:#}", host.name)),
+            }
+        }
+        if !unclean.is_empty() {
+            bail!("not every host shut down cleanly:\n{}", unclean.join("\n"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for host in &mut self.running {
+            eprintln!("stopping {}", host.name);
+            if let Err(e) = terminate(&mut host.child) {
+                eprintln!(
+                    "could not stop {} (pid {}): {e:#}",
+                    host.name,
+                    host.child.id()
+                );
+            }
+        }
+    }
+}
+
+/// Asks `child` to shut down with SIGTERM; kills it if it is still there after
+/// [`STOP_DEADLINE`].
+fn terminate(child: &mut Child) -> Result<ExitStatus> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(status);
+    }
+    let pid = child.id().to_string();
+    let signalled = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .is_ok_and(|s| s.success());
+    if signalled {
+        let deadline = Instant::now() + STOP_DEADLINE;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            // std has no wait-with-timeout; polling against a deadline is the portable way.
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Fails only if the process is already gone, which `wait` then reports.
+    let _ = child.kill();
+    let status = child.wait()?;
+    bail!("it did not exit within {STOP_DEADLINE:?} of SIGTERM and was killed ({status})")
+}
+
+/// Reads a host's stdout until `listening on ADDR`; a thread keeps draining it afterwards.
+fn wait_for_listening(stdout: ChildStdout) -> Result<String> {
+    let (lines_tx, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // After the address line nobody listens; keep reading so the host never blocks.
+            let _ = lines_tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    return Ok(addr.trim().to_owned());
+                }
+                println!("  (host said: {line})");
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                bail!("no `listening on ADDR` line within {START_DEADLINE:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("it exited (or closed its stdout) without printing `listening on ADDR`")
+            }
+        }
+    }
+}
+
+/// The last lines of a log file, for error messages.
+fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
