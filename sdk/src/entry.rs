@@ -49,7 +49,7 @@ const _: () = assert!(
 );
 
 /// `a == b`, in a const context.
-const fn str_eq(a: &str, b: &str) -> bool {
+pub(crate) const fn str_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
         return false;
@@ -76,21 +76,36 @@ pub mod __private {
         O: Serialize,
         E: Display,
     {
-        std::panic::set_hook(Box::new(report_panic));
-        let input = match super::input::<I>() {
-            Ok(input) => input,
-            Err(err) => return fail(format_args!("invalid input: {err}")),
-        };
-        match f(input).map(|output| cbor::encode(&output)) {
-            Ok(Ok(output)) => sys::finish(FINISH_OK, &output),
-            Ok(Err(err)) => fail(format_args!("could not encode the result: {err}")),
-            Err(err) => fail(err),
-        }
+        run_entry(|| match super::input::<I>() {
+            Ok(input) => f(input).map_err(|err| err.to_string()),
+            Err(err) => Err(format!("invalid input: {err}")),
+        });
     }
 }
 
+/// Runs one call of an entry point (a query's, or any of an agent's): sets up the panic report,
+/// calls `f`, and hands the host its output encoded as CBOR, or its error message.
+///
+/// `f` reads the input itself, because not every entry has one.
+pub(crate) fn run_entry<O: Serialize>(f: impl FnOnce() -> Result<O, String>) {
+    begin_entry();
+    match f().map(|output| cbor::encode(&output)) {
+        Ok(Ok(output)) => sys::finish(FINISH_OK, &output),
+        Ok(Err(err)) => fail(format_args!("could not encode the result: {err}")),
+        Err(err) => fail(err),
+    }
+}
+
+/// Starts a call of an entry point: no outcome is set yet, and a panic will be reported.
+pub(crate) fn begin_entry() {
+    // An agent's instance is restored from a snapshot of its memory, which holds the previous
+    // call's "finished" flag and panic hook: each call starts afresh.
+    sys::begin();
+    std::panic::set_hook(Box::new(report_panic));
+}
+
 /// Ends the evaluation with an error message.
-fn fail(message: impl Display) {
+pub(crate) fn fail(message: impl Display) {
     sys::finish(FINISH_ERR, message.to_string().as_bytes());
 }
 

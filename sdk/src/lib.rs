@@ -1,7 +1,9 @@
-//! Write roam query modules in ordinary Rust.
+//! Write roam query modules and mobile agents in ordinary Rust.
 //!
 //! A query module is a small, signed WebAssembly module that a data host runs next to its data
 //! (remote evaluation): it receives an input, reads the host's resources, and returns a result.
+//! A mobile agent is one that moves itself from host to host, keeping its state as plain Rust
+//! values in its own memory, which the hosts snapshot and restore along the way.
 //! The concepts, one line each:
 //!
 //! - [`query!`]: makes a plain `fn(I) -> Result<O, E>` the module's entry point; the input is
@@ -13,11 +15,17 @@
 //! - [`log`]: the host's diagnostic log, which needs no capability.
 //! - [`Error`] and [`Result`]: what a host call or a query returns when it fails.
 //! - [`Value`], [`ErrorCode`], [`LogLevel`]: the interface's own types, from `roam-abi`.
+//! - [`Agent`]: a mobile agent, whose value is its state; [`agent!`] exports it with the
+//!   resources it uses and how it refers to each ([`Binding`]: by identifier, value or type).
+//! - [`Next`]: what an agent does after an entry: go to a host, go home, or finish.
+//! - [`Itinerary`]: a route of hosts, with alternates, that hands out one [`Next`] per stop.
+//! - [`Arrival`], [`Bound`], [`Action`]: where an agent arrived, and how the host bound each
+//!   of its resources there (MV, GR, CP, RB, or unbound).
 //!
 //! Opening a resource needs the matching capability (`table:sales` for the table `sales`) in the
 //! module's signed manifest; without it [`Table::open`] fails with [`ErrorCode::Denied`].
 //!
-//! # Example
+//! # A query
 //!
 //! ```no_run
 //! use roam_sdk::{Table, Value};
@@ -31,6 +39,41 @@
 //!
 //! roam_sdk::query!(orders_per_region);
 //! ```
+//!
+//! # An agent
+//!
+//! ```no_run
+//! use roam_sdk::{Agent, Arrival, Itinerary, Next, Table};
+//!
+//! /// Counts the rows of each host's `stock` table, then goes home with the total.
+//! #[derive(Default)]
+//! struct StockCount {
+//!     route: Itinerary,
+//!     rows: u64,
+//! }
+//!
+//! impl Agent for StockCount {
+//!     type Input = Vec<String>;
+//!
+//!     fn on_start(&mut self, hosts: Vec<String>) -> roam_sdk::Result<Next> {
+//!         self.route = Itinerary::new(hosts);
+//!         self.route.next_stop().map_or_else(|| Next::finish(&0), Ok)
+//!     }
+//!
+//!     fn on_arrival(&mut self, _here: &Arrival) -> roam_sdk::Result<Next> {
+//!         let stock = Table::open("stock")?;
+//!         for row in stock.query::<(u64,)>("SELECT count(*) FROM stock", &[])? {
+//!             self.rows += row?.0;
+//!         }
+//!         match self.route.next_stop() {
+//!             Some(next) => Ok(next),
+//!             None => Next::home(&self.rows),
+//!         }
+//!     }
+//! }
+//!
+//! roam_sdk::agent!(StockCount, resources: [table "stock" by type]);
+//! ```
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
@@ -42,6 +85,7 @@ compile_error!(
     "roam-sdk builds for wasm32-unknown-unknown only: build guest code from the agents/ workspace"
 );
 
+mod agent;
 mod cbor;
 mod entry;
 mod error;
@@ -54,9 +98,15 @@ mod sys;
 #[path = "sys_test.rs"]
 mod sys;
 
-#[doc(hidden)]
-pub use entry::__private;
+pub use agent::{Agent, Itinerary, Next};
 pub use entry::input;
 pub use error::{Error, Result};
 pub use resources::{Log, Rows, Table};
-pub use roam_abi::{ErrorCode, LogLevel, Value};
+pub use roam_abi::{Action, Arrival, Binding, Bound, ErrorCode, LogLevel, Value};
+
+/// What the macros expand to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::agent::private::*;
+    pub use crate::entry::__private::*;
+}

@@ -10,7 +10,8 @@ use roam_abi::{ErrorCode, LogLevel, raw};
 
 use crate::{Error, Result};
 
-/// Set once `finish` was called, because a second call traps: the panic hook checks it.
+/// Set once `finish` was called in the current entry call, because a second call traps: the
+/// panic hook checks it.
 static FINISHED: AtomicBool = AtomicBool::new(false);
 
 /// The guest address of a buffer, as the host sees it.
@@ -65,6 +66,12 @@ pub(crate) fn input() -> Vec<u8> {
     // `input_read` needs.
     unsafe { raw::input_read(addr(buf.as_mut_ptr())) };
     buf
+}
+
+/// Starts a call of an entry point: no outcome is set yet. The flag lives in linear memory, so an
+/// agent restored from a snapshot taken after an earlier call would otherwise see it set.
+pub(crate) fn begin() {
+    FINISHED.store(false, Ordering::Relaxed);
 }
 
 /// Sets the evaluation's outcome: `status` is `FINISH_OK` (CBOR result) or `FINISH_ERR` (UTF-8

@@ -9,6 +9,9 @@ use crate::Result;
 pub(crate) fn input() -> Vec<u8> {
     unimplemented!("no roam host in native unit tests")
 }
+pub(crate) fn begin() {
+    unimplemented!("no roam host in native unit tests")
+}
 pub(crate) fn finish(_status: u32, _bytes: &[u8]) {
     unimplemented!("no roam host in native unit tests")
 }
