@@ -6,4 +6,5 @@ mod admission;
 mod agents;
 mod cli;
 mod code_on_demand;
+mod crash;
 mod limits;
