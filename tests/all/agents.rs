@@ -403,3 +403,77 @@ async fn an_unreachable_destination_parks_the_agent_and_recall_brings_it_home() 
     home_run.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_over_its_hop_limit_fails_and_home_is_told_why() -> Result<()> {
+    let net = Net::new(&["home", "a"])?;
+    let mut home_cfg = net.config("home", "trust")?;
+    home_cfg.limits.agent_hops = 3;
+    let (_, home_run) = start(&home_cfg).await?;
+    let (_, a) = start(&net.config("a", "trust")?).await?;
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let home_addr = home_run.addr().to_string();
+    let route = vec![a.addr().to_string(); 5];
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": route })).await?;
+    let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
+    assert_eq!(info.state, "failed");
+    assert!(info.detail.unwrap_or_default().contains("hop limit of 3"), "{:?}", info.route);
+    assert_eq!(info.hops, 3);
+    a.shutdown().await;
+    home_run.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_agent_survives_its_hosts_restart_and_moves_on_when_the_destination_returns() -> Result<()> {
+    let net = Net::new(&["home", "late"])?;
+    let home_cfg = net.config("home", "trust")?;
+    let (_, home_run) = start(&home_cfg).await?;
+    let home_addr = home_run.addr();
+    let late_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let id = launch(&home_addr.to_string(), module, serde_json::json!({ "hosts": [late_addr.to_string()] })).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent(&home_addr.to_string(), &id).await?.state != "parked" {
+        if Instant::now() > deadline {
+            bail!("the agent never parked");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The home restarts on its data; the agent is still parked there, then the destination
+    // comes up and the agent goes on and comes home.
+    home_run.shutdown().await;
+    let home = Host::open(&home_cfg)?;
+    let home_run = RunningHost::start(home, home_addr).await?;
+    assert_eq!(agent(&home_addr.to_string(), &id).await?.state, "parked");
+    let late = RunningHost::start(Host::open(&net.config("late", "trust")?)?, late_addr).await?;
+    let info = ended(&home_addr.to_string(), &id, Duration::from_secs(30)).await?;
+    assert_eq!(info.state, "finished", "{info:?}");
+    check_hop_counter(&result_json(&info)?, &["late"])?;
+    late.shutdown().await;
+    home_run.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_over_their_snapshot_or_lifetime_limit_fail_with_the_reason() -> Result<()> {
+    let net = Net::new(&["home", "a"])?;
+    let (_, a) = start(&net.config("a", "trust")?).await?;
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    for (snapshot_mib, lifetime_s, words) in [(0, 3600, "snapshot of"), (64, 0, "lifetime limit")] {
+        let mut home_cfg = net.config("home", "trust")?;
+        home_cfg.data_dir = net.path(&format!("data-home-{lifetime_s}"));
+        home_cfg.limits.agent_snapshot_mib = snapshot_mib;
+        home_cfg.limits.agent_lifetime_s = lifetime_s;
+        let (_, home_run) = start(&home_cfg).await?;
+        let home_addr = home_run.addr().to_string();
+        let id = launch(&home_addr, module.clone(), serde_json::json!({ "hosts": [a.addr().to_string()] })).await?;
+        let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
+        assert_eq!(info.state, "failed");
+        assert!(info.detail.clone().unwrap_or_default().contains(words), "{info:?}");
+        home_run.shutdown().await;
+    }
+    a.shutdown().await;
+    Ok(())
+}

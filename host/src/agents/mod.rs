@@ -178,7 +178,7 @@ impl Inner {
 
     fn try_run(&self, row: &Row) -> Result<(), String> {
         let record: AgentRecord = from_cbor(&row.record, "the agent record")?;
-        if now_secs() > record.launched_at.saturating_add(record.limits.lifetime_secs) {
+        if now_secs() >= record.launched_at.saturating_add(record.limits.lifetime_secs) {
             return Err(format!("lifetime limit of {} s exceeded", record.limits.lifetime_secs));
         }
         let code = self.agent_code(record.code).map_err(|e| e.message)?;
