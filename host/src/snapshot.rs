@@ -235,7 +235,7 @@ impl Snapshot {
     /// Checks the snapshot against the module it claims to be of and the host's memory limit.
     pub fn check(&self, slots: &GlobalSlots, initial_bytes: u64, max_bytes: u64) -> Result<(), SnapshotError> {
         let bad = |m: String| Err(SnapshotError::Invalid(m));
-        if self.memory_bytes % WASM_PAGE != 0 {
+        if !self.memory_bytes.is_multiple_of(WASM_PAGE) {
             return bad(format!("memory size {} is not whole Wasm pages", self.memory_bytes));
         }
         if self.memory_bytes < initial_bytes {
@@ -247,7 +247,7 @@ impl Snapshot {
         let mut end = 0u64;
         for c in &self.chunks {
             let len = c.bytes.len() as u64;
-            if c.offset % PAGE as u64 != 0 || len == 0 || len % PAGE as u64 != 0 {
+            if !c.offset.is_multiple_of(PAGE as u64) || len == 0 || !len.is_multiple_of(PAGE as u64) {
                 return bad(format!("chunk at {} of {len} bytes is not whole pages", c.offset));
             }
             if c.offset < end {
