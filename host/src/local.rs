@@ -12,7 +12,8 @@
 //!
 //! let trust = TrustStore::load("trust".as_ref())?;
 //! let cod = CodeOnDemand::builder(trust).build()?;
-//! let validator = cod.fetch("127.0.0.1:7700", &"order-validator".parse()?).await?;
+//! let spec = "order-validator".parse().map_err(anyhow::Error::msg)?;
+//! let validator = cod.fetch("127.0.0.1:7700", &spec).await?;
 //! for order in [serde_json::json!({"id": 1, "quantity": 3, "unit_cents": 250})] {
 //!     let verdict: serde_json::Value = cod.call(&validator, &order)?;
 //!     println!("{verdict}");

@@ -103,9 +103,12 @@ async fn connection(
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
     let max = host.max_frame();
-    let hello: Hello = tokio::time::timeout(FRAME_TIMEOUT, protocol::read_message(&mut stream, 64 << 10))
-        .await
-        .map_err(|_| FrameError::Timeout)??;
+    let hello: Hello = tokio::select! {
+        _ = stopped.changed() => return Ok(()),
+        read = tokio::time::timeout(FRAME_TIMEOUT, protocol::read_message(&mut stream, 64 << 10)) => {
+            read.map_err(|_| FrameError::Timeout)??
+        }
+    };
     let refuse = |kind, message: String| Welcome::Refused(RemoteError::new(kind, message));
     let welcome = if hello.protocol != protocol::PROTOCOL {
         refuse(ErrorKind::Protocol, format!("expected protocol {:?}, got {:?}", protocol::PROTOCOL, hello.protocol))

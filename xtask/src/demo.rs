@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::sample;
-use crate::{agents, cargo, display, repo_root, run, step};
+use crate::{build_agents, cargo, display, repo_root, run, step};
 
 /// Rows of sales data per host.
 const ROWS_PER_HOST: usize = 50_000;
@@ -37,7 +37,10 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 pub(crate) fn main() -> Result<()> {
     let root = repo_root();
-    let demo = root.join("demo");
+    // Relative paths from here on, so that every command shown reads as one to type.
+    std::env::set_current_dir(&root)
+        .with_context(|| format!("cannot change to {}", root.display()))?;
+    let demo = PathBuf::from("demo");
     let show = |p: &Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
 
     step("[1/8] Preparing an empty demo/ directory");
@@ -47,7 +50,7 @@ pub(crate) fn main() -> Result<()> {
     fs::create_dir_all(&demo).with_context(|| format!("cannot create {}", demo.display()))?;
 
     step("[2/8] Building the example query modules");
-    agents()?;
+    build_agents()?;
 
     step("[3/8] Building the roam binary (release)");
     run(cargo().args(["build", "--release", "--bin", "roam"]))?;
@@ -115,7 +118,7 @@ pub(crate) fn main() -> Result<()> {
     step("[7/8] Signing the example queries as alice (kind query, capability table:sales)");
     let modules = demo.join("modules");
     fs::create_dir_all(&modules)?;
-    let built = root.join("agents/target/wasm32-unknown-unknown/release");
+    let built = Path::new("agents/target/wasm32-unknown-unknown/release");
     let mut signed = Vec::new();
     for (file, name, input) in QUERIES {
         let out = modules.join(format!("{file}.signed.wasm"));
@@ -218,6 +221,8 @@ impl Hosts {
         let log_file =
             File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = cmd
+            // The log is a file: no colour codes in it.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     let command = args.next();
     let rest: Vec<OsString> = args.collect();
-    let result = match command.as_deref().and_then(OsStr::to_str) {
+    let result = match command.as_deref().map(OsStr::to_string_lossy).as_deref() {
         Some("agents") => no_args("agents", &rest).and_then(|()| agents()),
         Some("test") => test(&rest),
         Some("demo") => no_args("demo", &rest).and_then(|()| demo::main()),
@@ -47,8 +47,8 @@ fn main() -> ExitCode {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
-        Some(_) => {
-            eprintln!("error: unknown command {command:?}\n\n{USAGE}");
+        Some(other) => {
+            eprintln!("error: unknown command {other:?}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -152,6 +152,11 @@ fn step(what: &str) {
 /// `agents/target/wasm32-unknown-unknown/release/`.
 fn agents() -> Result<()> {
     step("Building the example query modules (agents/, wasm32)");
+    build_agents()
+}
+
+/// Builds the example query modules, without announcing a step.
+fn build_agents() -> Result<()> {
     let dir = repo_root().join("agents");
     ensure_wasm_target(&dir)?;
     let mut build = cargo();
