@@ -1,8 +1,14 @@
-//! `cargo xtask demo`: remote evaluation end to end, with real processes on loopback.
+//! `cargo xtask demo`: the three ways of moving code, end to end, with real processes on loopback.
 //!
-//! Two data hosts each hold their own slice of a sales dataset. A client signs the two example
-//! queries once and ships them to both hosts; each host verifies the signature against its trust
-//! store, runs the query next to its data, and sends back only the (small) result.
+//! Three data hosts each hold their own slice of a sales dataset and their own stock table; a
+//! home host holds a configuration table and a reports log.
+//! - Remote evaluation: a client signs the two example queries and ships them to the data
+//!   hosts, which verify them, run them next to their data and send back only the results.
+//! - Code on demand: a validator is published on a data host; a client fetches it once and checks
+//!   a thousand orders locally, next to the same checks made as a thousand round trips.
+//! - A mobile agent launched at home visits the three data hosts, binds each host's stock table by
+//!   type, carries the configuration by value, reports home by identifier, and comes home with
+//!   its aggregate; the demo prints its route and bindings.
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
@@ -20,7 +26,11 @@ use crate::{build_agents, cargo, display, repo_root, run, step};
 /// Rows of sales data per host.
 const ROWS_PER_HOST: usize = 50_000;
 /// The data hosts: name and the seed of their slice of the data.
-const HOSTS: [(&str, u64); 2] = [("data-1", 1), ("data-2", 2)];
+const HOSTS: [(&str, u64); 3] = [("data-1", 1), ("data-2", 2), ("data-3", 3)];
+/// The agents' home host.
+const HOME: &str = "home";
+/// Capabilities alice's modules may ask for.
+const CAPS: [&str; 4] = ["table:sales", "table:stock", "table:config", "log:reports"];
 /// The example queries: the built module's file stem and the name it is signed under.
 const QUERIES: [(&str, &str, &str); 2] = [
     (
@@ -43,17 +53,17 @@ pub(crate) fn main() -> Result<()> {
     let demo = PathBuf::from("demo");
     let show = |p: &Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
 
-    step("[1/8] Preparing an empty demo/ directory");
+    step("[1/11] Preparing an empty demo/ directory");
     if demo.exists() {
         fs::remove_dir_all(&demo).with_context(|| format!("cannot remove {}", demo.display()))?;
     }
     fs::create_dir_all(&demo).with_context(|| format!("cannot create {}", demo.display()))?;
 
-    step("[2/8] Building the example query modules");
+    step("[2/11] Building the example query modules");
     build_agents()?;
 
-    step("[3/8] Building the roam binary (release)");
-    run(cargo().args(["build", "--release", "--bin", "roam"]))?;
+    step("[3/11] Building the roam binary and the embedding example (release)");
+    run(cargo().args(["build", "--release", "--bin", "roam", "--example", "embed", "-p", "roam-host"]))?;
     let roam = target_dir(&root)
         .join("release")
         .join(format!("roam{}", std::env::consts::EXE_SUFFIX));
@@ -61,7 +71,7 @@ pub(crate) fn main() -> Result<()> {
         bail!("the build succeeded but {} is missing", roam.display());
     }
 
-    step("[4/8] Creating the signing key of alice, and a trust store that trusts her");
+    step("[4/11] Creating the signing key of alice, and a trust store that trusts her");
     let keys = demo.join("keys");
     let trust = demo.join("trust");
     roam_run(&roam, |c| {
@@ -70,16 +80,23 @@ pub(crate) fn main() -> Result<()> {
     fs::create_dir_all(&trust)?;
     fs::copy(keys.join("alice.pub"), trust.join("alice.pub"))
         .context("cannot install alice.pub")?;
-    let policy = "# alice may sign modules that read the sales table.\n\
-                  [keys.alice]\ncapabilities = [\"table:sales\"]\n";
-    fs::write(trust.join("policy.toml"), policy).context("cannot write policy.toml")?;
-    println!(
-        "trust store {}: alice.pub, and policy.toml granting alice table:sales",
-        show(&trust)
+    let policy = format!(
+        "# What alice's modules may ask for.\n[keys.alice]\ncapabilities = [{}]\n",
+        CAPS.map(|c| format!("\"{c}\"")).join(", ")
     );
+    fs::write(trust.join("policy.toml"), policy).context("cannot write policy.toml")?;
+    println!("trust store {}: alice.pub, and policy.toml granting alice {}", show(&trust), CAPS.join(", "));
+    // Every host has a key; the hosts trust each other's keys for agent transfers.
+    let host_keys = demo.join("hostkeys");
+    let peers = demo.join("peers");
+    fs::create_dir_all(&peers)?;
+    for name in HOSTS.map(|(n, _)| n).into_iter().chain([HOME]) {
+        roam_run(&roam, |c| c.args(["keys", "new", name, "--dir"]).arg(&host_keys))?;
+        fs::copy(host_keys.join(format!("{name}.pub")), peers.join(format!("{name}.pub")))?;
+    }
 
     step(&format!(
-        "[5/8] Generating {ROWS_PER_HOST} sales rows for each host"
+        "[5/11] Generating {ROWS_PER_HOST} sales rows for each host"
     ));
     for (name, seed) in HOSTS {
         let dir = demo.join(name);
@@ -93,9 +110,24 @@ pub(crate) fn main() -> Result<()> {
             show(&csv),
             size / 1024
         );
+        let stock = dir.join("stock.csv");
+        fs::write(&stock, stock_csv(name, seed))?;
+        println!("{}: this warehouse's stock", show(&stock));
     }
+    let home_dir = demo.join(HOME);
+    fs::create_dir_all(&home_dir)?;
+    fs::write(home_dir.join("config.csv"), "key,value\nlow_stock_below,5\n")?;
+    fs::write(
+        home_dir.join("host.toml"),
+        "# The agents' home: a configuration agents carry by value, and a reports log.\n\
+         name = \"home\"\ntrust = \"../trust\"\npeers = \"../peers\"\nkey = \"../hostkeys/home.key\"\n\
+         data_dir = \"state\"\n\n[[resources]]\nname = \"config\"\ntype = \"table\"\n\
+         attachment = \"unattached\"\nsource = \"config.csv\"\n\n[[resources]]\nname = \"reports\"\n\
+         type = \"log\"\nattachment = \"fixed\"\n",
+    )?;
+    println!("{}: the home host's configuration", show(&home_dir.join("host.toml")));
 
-    step("[6/8] Starting the data hosts on loopback");
+    step("[6/11] Starting the data hosts on loopback");
     // From here on the guard stops the hosts however this function ends.
     let mut hosts = Hosts::default();
     for (name, _) in HOSTS {
@@ -103,19 +135,35 @@ pub(crate) fn main() -> Result<()> {
         let log = dir.join("host.log");
         let mut table = std::ffi::OsString::from("sales=");
         table.push(dir.join("sales.csv"));
+        let mut stock = std::ffi::OsString::from("stock=");
+        stock.push(dir.join("stock.csv"));
         let mut cmd = Command::new(&roam);
         cmd.args(["host", "--name", name, "--listen", "127.0.0.1:0", "--trust"])
             .arg(&trust)
+            .arg("--peers")
+            .arg(&peers)
+            .arg("--key")
+            .arg(host_keys.join(format!("{name}.key")))
             .arg("--data-dir")
             .arg(dir.join("state"))
             .arg("--table")
-            .arg(&table);
+            .arg(&table)
+            .arg("--table")
+            .arg(&stock);
         println!("$ {}", display(&cmd));
         let addr = hosts.start(name, cmd, &log)?;
         println!("{name} listening on {addr} (log: {})", show(&log));
     }
+    let mut cmd = Command::new(&roam);
+    cmd.args(["host", "--config"]).arg(home_dir.join("host.toml")).args(["--listen", "127.0.0.1:0"]);
+    println!("$ {}", display(&cmd));
+    let home_log = home_dir.join("host.log");
+    let home_addr = hosts.start(HOME, cmd, &home_log)?;
+    println!("{HOME} listening on {home_addr} (log: {})", show(&home_log));
+    let data_hosts: Vec<(String, String)> =
+        hosts.running.iter().filter(|h| h.name != HOME).map(|h| (h.name.clone(), h.addr.clone())).collect();
 
-    step("[7/8] Signing the example queries as alice (kind query, capability table:sales)");
+    step("[7/11] Signing the example queries as alice (kind query, capability table:sales)");
     let modules = demo.join("modules");
     fs::create_dir_all(&modules)?;
     let built = Path::new("agents/target/wasm32-unknown-unknown/release");
@@ -134,15 +182,15 @@ pub(crate) fn main() -> Result<()> {
         signed.push((name, out, input));
     }
 
-    step("[8/8] Evaluating each query on each host: the code travels, the data stays");
+    step("[8/11] Evaluating each query on each host: the code travels, the data stays");
     for (name, module, input) in &signed {
         let module_size = fs::metadata(module)?.len();
-        for host in &hosts.running {
-            println!("\n{name} on {} ({}), input {input}", host.name, host.addr);
+        for (host_name, host_addr) in &data_hosts {
+            println!("\n{name} on {host_name} ({host_addr}), input {input}");
             let mut cmd = Command::new(&roam);
             cmd.arg("eval")
                 .arg(module)
-                .args(["--host", &host.addr, "--input", input]);
+                .args(["--host", host_addr, "--input", input]);
             let started = Instant::now();
             let output = cmd
                 .stdin(Stdio::null())
@@ -155,7 +203,7 @@ pub(crate) fn main() -> Result<()> {
                     display(&cmd),
                     output.status,
                     String::from_utf8_lossy(&output.stderr).trim_end(),
-                    show(&host.log)
+                    show(&demo.join(host_name).join("host.log"))
                 );
             }
             let result = String::from_utf8_lossy(&output.stdout);
@@ -171,6 +219,62 @@ pub(crate) fn main() -> Result<()> {
         }
     }
 
+    step("[9/11] Code on demand: publish a validator, fetch it once, check orders locally");
+    let validator = Path::new("agents/target/wasm32-unknown-unknown/release/order_validator.wasm");
+    let as_code = modules.join("order_validator.signed.wasm");
+    let as_query = modules.join("order_validator.query.wasm");
+    for (kind, out) in [("code", &as_code), ("query", &as_query)] {
+        roam_run(&roam, |c| {
+            c.arg("sign").arg(validator).arg("--key").arg(keys.join("alice.key"))
+                .args(["--kind", kind, "--name", "order-validator", "--version", "1.0.0", "-o"])
+                .arg(out)
+        })?;
+    }
+    let (first_name, first_addr) = data_hosts.first().context("no data host")?.clone();
+    roam_run(&roam, |c| c.arg("publish").arg(&as_code).args(["--host", &first_addr]))?;
+    roam_run(&roam, |c| c.args(["modules", "--host", &first_addr]))?;
+    let embed = target_dir(&root).join("release/examples").join(format!("embed{}", std::env::consts::EXE_SUFFIX));
+    run(Command::new(&embed)
+        .args([&first_addr, "order-validator"])
+        .arg(&trust)
+        .arg(&as_query)
+        .env("ROAM_CACHE", demo.join("client-cache")))?;
+    println!("(the validator was downloaded once from {first_name}; see the downloads column)");
+    roam_run(&roam, |c| c.args(["modules", "--host", &first_addr]))?;
+
+    step("[10/11] A mobile agent: launched at home, it visits the three data hosts and comes home");
+    let survey = modules.join("stock_survey.signed.wasm");
+    roam_run(&roam, |c| {
+        c.arg("sign")
+            .arg(built.join("stock_survey.wasm"))
+            .arg("--key")
+            .arg(keys.join("alice.key"))
+            .args(["--kind", "agent", "--name", "stock-survey", "--version", "1.0.0"])
+            .args(["--cap", "table:stock", "--cap", "table:config", "--cap", "log:reports", "-o"])
+            .arg(&survey)
+    })?;
+    let itinerary = format!(
+        "{{\"hosts\": [{}]}}",
+        data_hosts.iter().map(|(_, a)| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
+    );
+    let mut launch = Command::new(&roam);
+    launch.arg("launch").arg(&survey).args(["--host", &home_addr, "--input", &itinerary, "--wait"]);
+    println!("$ {}", display(&launch));
+    let started = Instant::now();
+    let output = launch.stdin(Stdio::null()).output().context("cannot run roam launch")?;
+    if !output.status.success() {
+        bail!("roam launch failed: {}\n(home log: {})", String::from_utf8_lossy(&output.stderr).trim_end(), show(&home_log));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let id = text.lines().next().unwrap_or_default().trim().to_owned();
+    println!("agent {id} came home after {} ms with:", started.elapsed().as_millis());
+    for line in text.lines().skip(1) {
+        println!("    {line}");
+    }
+
+    step("[11/11] The agent's route and how each resource was bound at each hop");
+    roam_run(&roam, |c| c.args(["agents", "--host", &home_addr, &id]))?;
+
     println!();
     hosts.stop_all()?;
     println!(
@@ -184,6 +288,18 @@ pub(crate) fn main() -> Result<()> {
         roam = show(&roam)
     );
     Ok(())
+}
+
+/// A warehouse's stock table: a few SKUs with deterministic quantities and prices.
+fn stock_csv(warehouse: &str, seed: u64) -> String {
+    let mut csv = String::from("sku,warehouse,quantity,unit_cents\n");
+    for (i, sku) in ["bolt", "gear", "nut", "spring", "valve", "washer"].iter().enumerate() {
+        let i = i as u64;
+        let quantity = (seed * 7 + i * 5) % 12;
+        let unit_cents = 50 + (seed * 13 + i * 29) % 400;
+        csv.push_str(&format!("{sku},{warehouse},{quantity},{unit_cents}\n"));
+    }
+    csv
 }
 
 /// The target directory `cargo build` writes to, as far as the environment says.
