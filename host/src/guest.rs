@@ -283,6 +283,10 @@ mod data {
                 Err(code) => return Ok(code),
             };
             let g = c.data_mut();
+            if let Some(reason) = g.resources.unbound(&name) {
+                let message = format!("resource {name:?} could not be bound on this host: {reason}");
+                return Ok(g.fail(ErrorCode::Unavailable, message));
+            }
             let Some(resource) = g.resources.get(&name).cloned() else {
                 return Ok(g.fail(ErrorCode::NotFound, format!("this host offers no resource named {name:?}")));
             };

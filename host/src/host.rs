@@ -178,12 +178,13 @@ impl Host {
                 let _ = r.await;
             }
         }
+        // Reports first: a home then learns of an arrival before the agent's next move.
+        inner.flush_outbox().await;
         if let Ok(moving) = store::in_states(&inner.state, &[row_state::LEAVING, row_state::PARKED]) {
             for row in moving {
                 inner.transfer(row).await;
             }
         }
-        inner.flush_outbox().await;
     }
 
     /// Serves one request.

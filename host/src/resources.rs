@@ -181,12 +181,24 @@ impl Resource {
 #[derive(Debug, Default)]
 pub struct Resources {
     by_name: BTreeMap<String, Arc<Resource>>,
+    /// Resources an agent declared that could not be bound here, with why.
+    unbound: BTreeMap<String, String>,
 }
 
 impl Resources {
     /// Looks a resource up by name.
     pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {
         self.by_name.get(name)
+    }
+
+    /// Why a declared resource could not be bound here, if it could not.
+    pub fn unbound(&self, name: &str) -> Option<&str> {
+        self.unbound.get(name).map(String::as_str)
+    }
+
+    /// Records that a declared resource could not be bound, so opening it says why.
+    pub fn add_unbound(&mut self, name: &str, reason: &str) {
+        self.unbound.insert(name.to_owned(), reason.to_owned());
     }
 
     /// Every resource, ordered by name.

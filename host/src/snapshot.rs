@@ -8,7 +8,7 @@
 //! type against the module and the host's limits before anything is restored.
 
 use serde::{Deserialize, Serialize};
-use wasmtime::wasmparser::{ExternalKind, Parser, Payload, TypeRef, ValType};
+use wasmtime::wasmparser::{ExternalKind, Operator, Parser, Payload, TypeRef, ValType};
 
 /// Granularity of the dirty-page comparison.
 pub const PAGE: usize = 4096;
@@ -26,6 +26,9 @@ pub enum SnapshotError {
     /// The module imports mutable globals, whose value the host cannot carry.
     #[error("agent modules may not import globals")]
     ImportedGlobal,
+    /// The module can change its tables, which snapshots do not carry.
+    #[error("agent modules may not change their tables at run time (the module uses {0}); build the agent with the roam SDK")]
+    MutableTable(&'static str),
     /// The snapshot does not fit the module or the host's limits.
     #[error("snapshot refused: {0}")]
     Invalid(String),
@@ -106,6 +109,24 @@ pub fn instrument(module: &[u8]) -> Result<(Vec<u8>, GlobalSlots), SnapshotError
                         };
                         mutable.push((index as u32, kind));
                     }
+                }
+            }
+            // Snapshots carry memory and globals. A table changes only through these
+            // instructions; Rust agents never use them, and a module that does is refused here
+            // rather than moved with a stale table.
+            Payload::CodeSectionEntry(body) => {
+                let mut ops = body.get_operators_reader().map_err(parse)?;
+                while !ops.eof() {
+                    let op = ops.read().map_err(parse)?;
+                    let name = match op {
+                        Operator::TableSet { .. } => "table.set",
+                        Operator::TableGrow { .. } => "table.grow",
+                        Operator::TableFill { .. } => "table.fill",
+                        Operator::TableCopy { .. } => "table.copy",
+                        Operator::TableInit { .. } => "table.init",
+                        _ => continue,
+                    };
+                    return Err(SnapshotError::MutableTable(name));
                 }
             }
             Payload::ExportSection(reader) => {
@@ -323,6 +344,16 @@ mod tests {
         for (i, s) in cases.iter().enumerate() {
             assert!(s.check(&slots, WASM_PAGE, 16 * WASM_PAGE).is_err(), "case {i} was accepted");
         }
+    }
+
+    #[test]
+    fn agents_that_can_change_their_tables_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let wasm = wat::parse_str(
+            r#"(module (memory (export "memory") 1) (table 2 funcref)
+                 (func (export "f") (table.set (i32.const 0) (ref.null func))))"#,
+        )?;
+        assert!(matches!(instrument(&wasm), Err(SnapshotError::MutableTable("table.set"))));
+        Ok(())
     }
 
     #[test]

@@ -477,3 +477,33 @@ async fn agents_over_their_snapshot_or_lifetime_limit_fail_with_the_reason() -> 
     a.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_that_cannot_be_bound_is_an_error_the_agent_sees_not_a_trap() -> Result<()> {
+    let net = Net::new(&["home", "bare"])?;
+    write(&net.path("config.csv"), "key,value\nlow_stock_below,4\n")?;
+    let mut home_cfg = net.config("home", "trust")?;
+    home_cfg.resources.push(roam_host::config::ResourceConfig {
+        name: "config".into(),
+        kind: ResourceType::Table,
+        attachment: Attachment::Unattached,
+        source: Some(net.path("config.csv")),
+    });
+    home_cfg.add_log("reports");
+    let (_, home_run) = start(&home_cfg).await?;
+    // This host offers no stock table, so `stock` (by type) has nothing to bind to.
+    let (_, bare) = start(&net.config("bare", "trust")?).await?;
+    let module = net.sign_agent("stock_survey", "stock-survey", &["table:stock", "table:config", "log:reports"])?;
+    let home_addr = home_run.addr().to_string();
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": [bare.addr().to_string()] })).await?;
+    let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
+    assert_eq!(info.state, "failed");
+    let detail = info.detail.clone().unwrap_or_default();
+    assert!(detail.contains("reported an error") && detail.contains("could not be bound"), "{detail}");
+    let at_bare = info.route.iter().find(|v| v.host == "bare").context("no visit to bare")?;
+    let stock = at_bare.bindings.iter().find(|b| b.name == "stock").context("no stock binding")?;
+    assert_eq!(stock.action, Action::Unbound);
+    bare.shutdown().await;
+    home_run.shutdown().await;
+    Ok(())
+}

@@ -79,7 +79,9 @@ pub(crate) fn bind(inner: &Inner, record: &AgentRecord, manifest: &Manifest, age
     let here = inner.address();
     for decl in &manifest.resources {
         let Some(kind) = kind_of(&decl.kind) else {
-            report.push(Bound { name: decl.name.clone(), action: Action::Unbound, error: Some(format!("unknown resource type {:?}", decl.kind)) });
+            let reason = format!("unknown resource type {:?}", decl.kind);
+            bound.add_unbound(&decl.name, &reason);
+            report.push(Bound { name: decl.name.clone(), action: Action::Unbound, error: Some(reason) });
             continue;
         };
         let local = inner.resources.get(&decl.name).filter(|r| r.kind == kind).cloned();
@@ -110,6 +112,9 @@ pub(crate) fn bind(inner: &Inner, record: &AgentRecord, manifest: &Manifest, age
                 bound.add_remote(&decl.name, kind, a.attachment, Arc::new(forward));
             }
             _ => error = Some("no resource of that name and type here, and none to refer to elsewhere".to_owned()),
+        }
+        if let Some(reason) = &error {
+            bound.add_unbound(&decl.name, reason);
         }
         let action = if error.is_some() { Action::Unbound } else { action };
         report.push(Bound { name: decl.name.clone(), action, error });
