@@ -179,3 +179,4 @@ async fn a_middle_host_killed_after_being_acknowledged() -> Result<()> {
 async fn the_last_receiver_killed_before_acknowledging() -> Result<()> {
     crash_at("b", "receiver-persisted").await
 }
+

@@ -4,6 +4,7 @@
 
 mod admission;
 mod agents;
+mod agents_cli;
 mod cli;
 mod code_on_demand;
 mod crash;
