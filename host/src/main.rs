@@ -72,12 +72,8 @@ enum Command {
         /// The host's address, e.g. 127.0.0.1:7700.
         #[arg(long)]
         host: String,
-        /// The query's input as JSON (default {}).
-        #[arg(long, conflicts_with = "input_file")]
-        input: Option<String>,
-        /// Read the query's input (JSON) from a file.
-        #[arg(long)]
-        input_file: Option<PathBuf>,
+        #[command(flatten)]
+        input: InputArgs,
     },
     /// Publish a signed code or agent module to a host's code repository.
     Publish {
@@ -100,12 +96,8 @@ enum Command {
         /// The home host's address.
         #[arg(long)]
         host: String,
-        /// The agent's start input as JSON (default {}).
-        #[arg(long, conflicts_with = "input_file")]
-        input: Option<String>,
-        /// Read the start input (JSON) from a file.
-        #[arg(long)]
-        input_file: Option<PathBuf>,
+        #[command(flatten)]
+        input: InputArgs,
         /// Wait for the agent to end and print its result (or why it failed).
         #[arg(long)]
         wait: bool,
@@ -137,12 +129,8 @@ enum Command {
         /// The host to fetch it from.
         #[arg(long)]
         from: String,
-        /// The input as JSON (default {}).
-        #[arg(long, conflicts_with = "input_file")]
-        input: Option<String>,
-        /// Read the input (JSON) from a file.
-        #[arg(long)]
-        input_file: Option<PathBuf>,
+        #[command(flatten)]
+        input: InputArgs,
         /// Trust store to verify the module against [default: $ROAM_TRUST, else ~/.config/roam/trust].
         #[arg(long)]
         trust: Option<PathBuf>,
@@ -159,6 +147,30 @@ enum Command {
         #[arg(long)]
         refresh: bool,
     },
+}
+
+/// A module's input, as JSON.
+#[derive(clap::Args)]
+struct InputArgs {
+    /// The input as JSON (default {}).
+    #[arg(long, conflicts_with = "input_file")]
+    input: Option<String>,
+    /// Read the input (JSON) from a file.
+    #[arg(long)]
+    input_file: Option<PathBuf>,
+}
+
+impl InputArgs {
+    /// The input as CBOR.
+    fn read(self) -> Result<Vec<u8>> {
+        let text = match (self.input, self.input_file) {
+            (Some(t), _) => t,
+            (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
+            (None, None) => "{}".to_owned(),
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).context("the input is not valid JSON")?;
+        Ok(json_to_cbor(&json))
+    }
 }
 
 #[derive(Subcommand)]
@@ -266,9 +278,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Host(args) => host(args),
-        Command::Eval { module, host, input, input_file } => {
+        Command::Eval { module, host, input } => {
             let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
-            let input = read_input(input, input_file)?;
+            let input = input.read()?;
             let output = runtime()?.block_on(async {
                 let mut client = Client::connect(&host).await?;
                 client.eval(&bytes, input).await
@@ -293,9 +305,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Launch { module, host, input, input_file, wait, timeout } => {
+        Command::Launch { module, host, input, wait, timeout } => {
             let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
-            let input = read_input(input, input_file)?;
+            let input = input.read()?;
             runtime()?.block_on(async {
                 let mut client = Client::connect(&host).await?;
                 let id = match client.request(&Request::Launch { module: bytes, input }).await? {
@@ -372,7 +384,7 @@ fn run(cli: Cli) -> Result<()> {
                 other => bail!("unexpected answer: {other:?}"),
             }
         }),
-        Command::Run { module, from, input, input_file, trust, allow, tables, cache, refresh } => {
+        Command::Run { module, from, input, trust, allow, tables, cache, refresh } => {
             let trust_dir = trust.or_else(default_trust_dir).context("give --trust DIR: no default trust store")?;
             let trust = TrustStore::load(&trust_dir)?;
             let cache_dir = cache.unwrap_or_else(roam_host::fetch::CodeCache::default_dir);
@@ -389,7 +401,7 @@ fn run(cli: Cli) -> Result<()> {
                 builder = builder.allow(cap);
             }
             let cod = builder.build()?;
-            let input = read_input(input, input_file)?;
+            let input = input.read()?;
             let progress = |got: u64, total: u64| {
                 if total >= 1 << 20 {
                     eprint!("\rdownloading {module}: {} / {} KiB", got >> 10, total >> 10);
@@ -412,16 +424,6 @@ async fn one_agent(client: &mut Client, id: &str) -> Result<roam_host::agents::w
         Response::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer: {other:?}"),
     }
-}
-
-fn read_input(input: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>> {
-    let text = match (input, file) {
-        (Some(t), _) => t,
-        (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
-        (None, None) => "{}".to_owned(),
-    };
-    let json: serde_json::Value = serde_json::from_str(&text).context("the input is not valid JSON")?;
-    Ok(json_to_cbor(&json))
 }
 
 fn print_result(output: &[u8]) -> Result<()> {

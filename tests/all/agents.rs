@@ -124,19 +124,25 @@ fn write(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stock_survey_visits_three_hosts_and_brings_home_the_exact_aggregate() -> Result<()> {
-    let net = Net::new(&["home", "data-a", "data-b", "data-c"])?;
+/// The stock survey's home: the configuration it carries by value (unattached, so it is
+/// copied) and the reports log it writes to by identifier.
+fn survey_home(net: &Net) -> Result<HostConfig> {
     write(&net.path("config.csv"), "key,value\nlow_stock_below,4\n")?;
-    let mut home_cfg = net.config("home", "trust")?;
-    home_cfg.resources.push(roam_host::config::ResourceConfig {
+    let mut home = net.config("home", "trust")?;
+    home.resources.push(roam_host::config::ResourceConfig {
         name: "config".into(),
         kind: ResourceType::Table,
         attachment: Attachment::Unattached,
         source: Some(net.path("config.csv")),
     });
-    home_cfg.add_log("reports");
-    let (home, home_run) = start(&home_cfg).await?;
+    home.add_log("reports");
+    Ok(home)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_survey_visits_three_hosts_and_brings_home_the_exact_aggregate() -> Result<()> {
+    let net = Net::new(&["home", "data-a", "data-b", "data-c"])?;
+    let (home, home_run) = start(&survey_home(&net)?).await?;
 
     // Each data host's stock, generated here so the test can aggregate it natively.
     let mut expected_by_sku = std::collections::BTreeMap::<String, i64>::new();
@@ -481,16 +487,7 @@ async fn agents_over_their_snapshot_or_lifetime_limit_fail_with_the_reason() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resource_that_cannot_be_bound_is_an_error_the_agent_sees_not_a_trap() -> Result<()> {
     let net = Net::new(&["home", "bare"])?;
-    write(&net.path("config.csv"), "key,value\nlow_stock_below,4\n")?;
-    let mut home_cfg = net.config("home", "trust")?;
-    home_cfg.resources.push(roam_host::config::ResourceConfig {
-        name: "config".into(),
-        kind: ResourceType::Table,
-        attachment: Attachment::Unattached,
-        source: Some(net.path("config.csv")),
-    });
-    home_cfg.add_log("reports");
-    let (_, home_run) = start(&home_cfg).await?;
+    let (_, home_run) = start(&survey_home(&net)?).await?;
     // This host offers no stock table, so `stock` (by type) has nothing to bind to.
     let (_, bare) = start(&net.config("bare", "trust")?).await?;
     let module = net.sign_agent("stock_survey", "stock-survey", &["table:stock", "table:config", "log:reports"])?;
