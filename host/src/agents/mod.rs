@@ -40,6 +40,9 @@ use crate::state::now_secs;
 const CLOCK_SKEW: u64 = 300;
 /// How often the driver retries parked agents and unsent reports.
 pub const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// How long a peer may take to answer one host-to-host request (a transfer includes fetching
+/// the code, if the peer lacks it), so a hung peer never stalls the driver.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for AgentLimits {
     fn default() -> Self {
@@ -76,13 +79,7 @@ fn new_id() -> Result<String, RemoteError> {
 }
 
 fn getrandom(buf: &mut [u8]) -> Result<(), RemoteError> {
-    // The key crate's generator is the one source of randomness; a fresh key is 32 random bytes.
-    let key = roam_keys::SecretKey::generate().map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
-    let seed = key.sign(b"roam-random");
-    for (b, s) in buf.iter_mut().zip(seed.iter()) {
-        *b = *s;
-    }
-    Ok(())
+    getrandom::getrandom(buf).map_err(|e| RemoteError::new(ErrorKind::Internal, format!("no randomness: {e}")))
 }
 
 /// Aborts the process at a named step when `ROAM_FAULT_ABORT_AT` names it: a crash at that
@@ -377,7 +374,10 @@ impl Inner {
         };
         let signed = Signed::sign(domain::ENVELOPE, &envelope, &self.key).map_err(|e| SendError::Refused(e.to_string()))?;
         let request = Request::Transfer { envelope: signed, snapshot: snapshot.to_vec() };
-        match client.request(&request).await {
+        let answer = tokio::time::timeout(PEER_TIMEOUT, client.request(&request))
+            .await
+            .map_err(|_| SendError::Unreachable(format!("no answer within {PEER_TIMEOUT:?}")))?;
+        match answer {
             Ok(Response::Accepted) => Ok(()),
             Ok(Response::Error(e)) if matches!(e.kind, ErrorKind::Busy | ErrorKind::ShuttingDown | ErrorKind::Internal) => {
                 Err(SendError::Unreachable(e.message))
@@ -389,7 +389,7 @@ impl Inner {
     }
 
     /// Receives an agent: every check, then a durable write, then the acknowledgement.
-    pub(crate) async fn receive(&self, signed: Signed, snapshot: Vec<u8>) -> Result<Response, RemoteError> {
+    pub(crate) async fn receive(self: &Arc<Self>, signed: Signed, snapshot: Vec<u8>) -> Result<Response, RemoteError> {
         let envelope: Envelope = signed.open(domain::ENVELOPE, |k| self.is_peer(k)).map_err(|e| refused(e.to_string()))?;
         let me = self.key.public();
         if envelope.destination != me {
@@ -440,9 +440,18 @@ impl Inner {
         }
 
         if self.state.module(&envelope.record.code).map_err(internal)?.is_none() {
-            let fetched = self.fetch_code(&envelope.sender_addr, envelope.record.code).await;
-            fetched?;
+            self.fetch_code(&envelope.sender_addr, envelope.record.code).await?;
         }
+        // Compiling the code and checking the snapshot are CPU work: off the async runtime.
+        let inner = self.clone();
+        tokio::task::spawn_blocking(move || inner.accept_arrival(&envelope, &signed, snapshot))
+            .await
+            .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("the transfer failed inside the host: {e}")))?
+    }
+
+    /// The receiver's last checks (code, limits, snapshot), then the durable write.
+    fn accept_arrival(&self, envelope: &Envelope, signed: &Signed, snapshot: Vec<u8>) -> Result<Response, RemoteError> {
+        let (id, hop) = (&envelope.record.id, envelope.hop);
         let code = self.agent_code(envelope.record.code)?;
         if hop > envelope.record.limits.max_hops {
             return Err(refused(format!("hop {hop} is over the agent's limit of {}", envelope.record.limits.max_hops)));
@@ -454,7 +463,7 @@ impl Inner {
         decoded
             .check(code.runnable.slots(), code.runnable.initial_bytes(), self.engine.limits().memory_bytes as u64)
             .map_err(|e| refused(e.to_string()))?;
-        let mut row = self.row_for(&envelope, &signed, Some(snapshot), row_state::READY);
+        let mut row = self.row_for(envelope, signed, Some(snapshot), row_state::READY);
         row.input = Some(to_cbor(&envelope.unreachable));
         self.state.transaction(|tx| store::insert(tx, &row)).map_err(internal)?;
         fault_point(self, "receiver-persisted");
@@ -505,7 +514,9 @@ impl Inner {
                 let mut client = Client::connect(&dest).await?;
                 client.request(&Request::Report(signed)).await
             };
-            match sent.await {
+            match tokio::time::timeout(PEER_TIMEOUT, sent).await.unwrap_or(Err(ClientError::Frame(
+                crate::protocol::FrameError::Timeout,
+            ))) {
                 Ok(Response::Accepted) => {
                     let _ = store::delete_outbox(&self.state, seq);
                 }
