@@ -166,6 +166,11 @@ async fn receiver_killed_after_persisting_before_acknowledging() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_killed_after_fetching_the_code_before_persisting() -> Result<()> {
+    crash_at("a", "receiver-fetched-code").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_middle_host_killed_after_persisting_its_departure() -> Result<()> {
     crash_at("a", "sender-persisted").await
 }

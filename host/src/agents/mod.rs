@@ -441,6 +441,7 @@ impl Inner {
 
         if self.state.module(&envelope.record.code).map_err(internal)?.is_none() {
             self.fetch_code(&envelope.sender_addr, envelope.record.code).await?;
+            fault_point(self, "receiver-fetched-code");
         }
         // Compiling the code and checking the snapshot are CPU work: off the async runtime.
         let inner = self.clone();
