@@ -76,6 +76,10 @@ pub struct HostConfig {
     /// Where the host keeps its state, module store and code cache.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Whether every commit to the host's state is synced to disk (default). Off, an agent
+    /// transfer survives a crash of the host process but not of the machine.
+    #[serde(default = "durable_default")]
+    pub durable: bool,
     /// Trusted peer hosts: a directory of their `*.pub` keys. Agents, reports and forwarded
     /// calls are accepted only from these hosts.
     #[serde(default)]
@@ -93,6 +97,9 @@ fn default_name() -> String {
 }
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7700))
+}
+fn durable_default() -> bool {
+    true
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("roam-data")
@@ -228,6 +235,7 @@ impl HostConfig {
             key: None,
             trust,
             data_dir,
+            durable: true,
             peers: None,
             limits: LimitsConfig::default(),
             resources: Vec::new(),

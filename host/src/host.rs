@@ -79,6 +79,7 @@ impl Host {
             None => TrustStore::empty(),
         };
         let state = Arc::new(State::open(&config.data_dir)?);
+        state.set_durable(config.durable)?;
         state.transaction(|tx| tx.execute_batch(crate::agents::store::SCHEMA))?;
         let mut resources = Resources::default();
         for r in &config.resources {

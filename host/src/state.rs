@@ -90,6 +90,13 @@ impl State {
         Ok(Self { path, modules_dir, conn: Mutex::new(conn) })
     }
 
+    /// Turns fsync off (`synchronous = OFF`): a commit then survives a crash of the process
+    /// but not of the machine. For measurements and throwaway hosts; hosts are durable by default.
+    pub fn set_durable(&self, durable: bool) -> Result<(), StateError> {
+        let mode = if durable { "FULL" } else { "OFF" };
+        lock(&self.conn).execute_batch(&format!("PRAGMA synchronous = {mode};")).map_err(|e| self.db(e))
+    }
+
     fn db(&self, source: rusqlite::Error) -> StateError {
         StateError::Db { path: self.path.clone(), source }
     }

@@ -2,7 +2,8 @@
 //!
 //! - `agents`: builds the example query modules (a separate wasm32 workspace in `agents/`).
 //! - `test`: builds the modules and the `roam` binary, then runs every test.
-//! - `demo`: two data hosts on loopback, and both example queries evaluated on each.
+//! - `demo`: data hosts on loopback: remote evaluation, code on demand and a mobile agent.
+//! - `bench`: builds the modules and prints the table of performance figures.
 //!
 //! Only the standard library and anyhow: xtask must build quickly and never depend on the host,
 //! so the sample data generator is shared with the tests by path, not as a crate.
@@ -25,8 +26,10 @@ commands:
   agents         build the example query modules (agents/, for wasm32-unknown-unknown)
   test [ARGS]    build the modules and the roam binary, then run every test;
                  ARGS go to the test runner (cargo nextest run, or cargo test)
-  demo           start two data hosts on loopback and evaluate both example queries on each
-                 (everything is written under demo/, which is wiped first)";
+  demo           start hosts on loopback: remote evaluation, code on demand and a mobile
+                 agent (everything is written under demo/, which is wiped first)
+  bench [--smoke]
+                 print the performance figures (--smoke: a seconds-long run)";
 
 /// The wasm32 target the example modules are built for.
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Some("agents") => no_args("agents", &rest).and_then(|()| agents()),
         Some("test") => test(&rest),
         Some("demo") => no_args("demo", &rest).and_then(|()| demo::main()),
+        Some("bench") => bench(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -150,6 +154,16 @@ fn step(what: &str) {
 
 /// `cargo xtask agents`: builds the example query modules into
 /// `agents/target/wasm32-unknown-unknown/release/`.
+/// `cargo xtask bench [--smoke]`: the figures of host/benches/figures.rs, in release mode.
+fn bench(args: &[OsString]) -> Result<()> {
+    if let Some(other) = args.iter().find(|a| *a != "--smoke") {
+        bail!("bench takes only --smoke, not {other:?}");
+    }
+    build_agents()?;
+    step("Measuring (host/benches/figures.rs)");
+    run(cargo().args(["bench", "-p", "roam-host", "--bench", "figures", "--"]).args(args))
+}
+
 fn agents() -> Result<()> {
     step("Building the example query modules (agents/, wasm32)");
     build_agents()
