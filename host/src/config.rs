@@ -151,7 +151,7 @@ impl Default for LimitsConfig {
             max_connections: 256,
             queue_ms: 5_000,
             agent_hops: 256,
-            agent_snapshot_mib: 64,
+            agent_snapshot_mib: 16,
             agent_lifetime_s: 24 * 3600,
             copy_kib: 1024,
         }
@@ -201,6 +201,9 @@ impl LimitsConfig {
         }
         if self.max_connections == 0 {
             return bad("limits.max_connections must be at least 1");
+        }
+        if ((self.agent_snapshot_mib as usize) << 10) + 64 > self.frame_kib {
+            return bad("limits.agent_snapshot_mib must leave 64 KiB of limits.frame_kib for the envelope, so a snapshot fits in a frame");
         }
         if self.frame_kib < self.module_kib + 64 {
             return bad("limits.frame_kib must exceed limits.module_kib by 64 KiB, so a module fits in a frame");

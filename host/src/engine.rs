@@ -521,7 +521,10 @@ fn spawn_ticker(engine: wasmtime::Engine, stop: Arc<AtomicBool>) -> anyhow::Resu
 /// Writes `artifact` followed by its SHA-256, through a temporary file and a rename, so a crash
 /// leaves either the old file or the whole new one.
 fn write_artifact(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    // A name of its own per writer: two first calls of one module may compile it at once.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
     let mut bytes = Vec::with_capacity(artifact.len() + 32);
     bytes.extend_from_slice(artifact);
     bytes.extend_from_slice(roam_keys::hash_module(artifact).as_bytes());

@@ -18,6 +18,8 @@ use crate::resources::{Cursor, MAX_LOG_LINE, Resource, ResourceError, ResourceTy
 
 /// Most bytes a module may write to the host's diagnostic log per call.
 const LOG_BUDGET: usize = 64 << 10;
+/// Most cursors a call may hold open at once (each holds a connection and a thread).
+const MAX_CURSORS: usize = 16;
 
 /// Why the host stopped a module in the middle of a host call.
 #[derive(Debug, thiserror::Error)]
@@ -323,6 +325,9 @@ mod data {
                 };
                 if resource.kind != ResourceType::Table {
                     return Ok(g.fail(ErrorCode::WrongType, format!("{} is not a table", resource.name)));
+                }
+                if g.cursors.iter().flatten().count() >= MAX_CURSORS {
+                    return Ok(g.fail(ErrorCode::TooLarge, format!("at most {MAX_CURSORS} cursors may be open at once; close one")));
                 }
                 match resource.query(&sql, params, g.deadline) {
                     Ok(cursor) => {

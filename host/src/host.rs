@@ -321,13 +321,18 @@ impl Inner {
 
     /// Runs every check on a module, with one clock reading.
     pub(crate) fn verify(&self, bytes: Vec<u8>, kind: Option<Kind>) -> Result<VerifiedModule, RemoteError> {
-        let ctx = VerifyContext {
-            trust: &self.trust,
-            now: now_secs(),
-            max_size: self.max_module,
-            expected_kind: kind,
-            history: &*self.state,
-        };
+        self.verify_with(bytes, kind, &*self.state)
+    }
+
+    /// [`verify`](Self::verify) against another version history (none, for agents already
+    /// launched).
+    pub(crate) fn verify_with(
+        &self,
+        bytes: Vec<u8>,
+        kind: Option<Kind>,
+        history: &dyn roam_keys::VersionHistory,
+    ) -> Result<VerifiedModule, RemoteError> {
+        let ctx = VerifyContext { trust: &self.trust, now: now_secs(), max_size: self.max_module, expected_kind: kind, history };
         roam_keys::verify(bytes, &ctx).map_err(|e| verify_error(&e))
     }
 

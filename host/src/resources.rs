@@ -23,6 +23,8 @@ use crate::state::State;
 
 /// A batch stops growing past this many encoded bytes, so one batch never needs much memory.
 const BATCH_TARGET_BYTES: usize = 256 << 10;
+/// Largest single value (text or blob) a statement may produce.
+const MAX_VALUE_BYTES: i32 = 8 << 20;
 /// Longest line a module may append to a log.
 pub const MAX_LOG_LINE: usize = 4096;
 
@@ -293,7 +295,11 @@ impl TablePool {
 
     fn connect(&self) -> Result<Connection, String> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        Connection::open_with_flags(&self.path, flags).map_err(|e| e.to_string())
+        let conn = Connection::open_with_flags(&self.path, flags).map_err(|e| e.to_string())?;
+        // No single value (a zeroblob, a repeated string) may outgrow what a batch can carry.
+        let _ = conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES);
+        let _ = conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000);
+        Ok(conn)
     }
 
     /// Lets a statement read this table and nothing else: no writes, no schema changes, no

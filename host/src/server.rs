@@ -102,6 +102,12 @@ async fn connection(
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
+    if !admitted {
+        // Over the cap: say so at once, without waiting for the peer's hello.
+        let busy = format!("the host is at its limit of {} connections; retry shortly", host.max_connections());
+        protocol::write_message(&mut stream, &Welcome::Refused(RemoteError::new(ErrorKind::Busy, busy))).await?;
+        return Ok(());
+    }
     let max = host.max_frame();
     let hello: Hello = tokio::select! {
         _ = stopped.changed() => return Ok(()),
@@ -116,11 +122,6 @@ async fn connection(
         refuse(
             ErrorKind::Protocol,
             format!("this host speaks protocol version {VERSION}; the client offered {:?}", hello.versions),
-        )
-    } else if !admitted {
-        refuse(
-            ErrorKind::Busy,
-            format!("the host is at its limit of {} connections; retry shortly", host.max_connections()),
         )
     } else {
         Welcome::Accepted { version: VERSION, host: host.name().to_owned(), host_key: host.public_key() }

@@ -467,7 +467,7 @@ async fn agents_over_their_snapshot_or_lifetime_limit_fail_with_the_reason() -> 
     let net = Net::new(&["home", "a"])?;
     let (_, a) = start(&net.config("a", "trust")?).await?;
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
-    for (snapshot_mib, lifetime_s, words) in [(0, 3600, "snapshot of"), (64, 0, "lifetime limit")] {
+    for (snapshot_mib, lifetime_s, words) in [(0, 3600, "snapshot of"), (16, 0, "lifetime limit")] {
         let mut home_cfg = net.config("home", "trust")?;
         home_cfg.data_dir = net.path(&format!("data-home-{lifetime_s}"));
         home_cfg.limits.agent_snapshot_mib = snapshot_mib;
@@ -501,6 +501,26 @@ async fn a_resource_that_cannot_be_bound_is_an_error_the_agent_sees_not_a_trap()
     let stock = at_bare.bindings.iter().find(|b| b.name == "stock").context("no stock binding")?;
     assert_eq!(stock.action, Action::Unbound);
     bare.shutdown().await;
+    home_run.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_is_never_handed_to_a_host_that_is_not_a_trusted_peer() -> Result<()> {
+    let net = Net::new(&["home"])?;
+    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    // A host with a key of its own that no one listed among the peers.
+    let mut rogue_cfg = HostConfig::new(net.path("trust"), net.path("data-rogue"));
+    rogue_cfg.peers = Some(net.path("peers"));
+    let (rogue, rogue_run) = start(&rogue_cfg).await?;
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let home_addr = home_run.addr().to_string();
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": [rogue_run.addr().to_string()] })).await?;
+    let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
+    assert_eq!(info.state, "failed");
+    assert!(info.detail.unwrap_or_default().contains("is not a trusted peer"));
+    assert!(rogue.state().module(&roam_keys::hash_module(&net.sign_agent("hop_counter", "x", &[])?))?.is_none());
+    rogue_run.shutdown().await;
     home_run.shutdown().await;
     Ok(())
 }

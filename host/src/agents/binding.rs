@@ -94,6 +94,9 @@ pub(crate) fn bind(inner: &Inner, record: &AgentRecord, manifest: &Manifest, age
                 Some(r) => bound.add_shared(r),
                 None => error = Some("this host offers no such resource".to_owned()),
             },
+            (Action::Mv | Action::Cp, Some(_)) if !safe_name(&decl.name) => {
+                error = Some("a resource name usable as a file name is needed to copy it".to_owned());
+            }
             (Action::Mv | Action::Cp, Some(a)) => {
                 if let Some(copy) = &a.copy {
                     let path = inner.data_dir.join("agent-copies").join(agent).join(format!("{}.db", decl.name));
@@ -120,6 +123,11 @@ pub(crate) fn bind(inner: &Inner, record: &AgentRecord, manifest: &Manifest, age
         report.push(Bound { name: decl.name.clone(), action, error });
     }
     (bound, report)
+}
+
+/// Whether `name` can name a file: copies are written under the agent's directory by name.
+fn safe_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A global reference: forwards calls to the resource's owner, signed with this host's key.

@@ -46,7 +46,7 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for AgentLimits {
     fn default() -> Self {
-        Self { max_hops: 256, max_snapshot_bytes: 64 << 20, lifetime_secs: 24 * 3600 }
+        Self { max_hops: 256, max_snapshot_bytes: 16 << 20, lifetime_secs: 24 * 3600 }
     }
 }
 
@@ -62,6 +62,9 @@ pub(crate) struct AgentCode {
 struct Move {
     /// Destinations in order of preference.
     dests: Vec<String>,
+    /// Set once an envelope may have reached `dests[0]`: only it is tried from then on.
+    #[serde(default)]
+    pinned: bool,
     /// Set when the agent is going home to end its journey.
     ending: Option<Ending>,
     /// Destinations found unreachable so far.
@@ -111,7 +114,9 @@ impl Inner {
             .load_module(&hash)
             .map_err(internal)?
             .ok_or_else(|| RemoteError::new(ErrorKind::NotFound, format!("this host does not hold agent code {hash}")))?;
-        let verified = self.verify(bytes, Some(Kind::Agent))?;
+        // Rollback is checked when an agent is launched; agents already travelling keep the
+        // version they were launched with, even after a newer one was accepted here.
+        let verified = self.verify_with(bytes, Some(Kind::Agent), &roam_keys::NoHistory)?;
         let runnable = self.engine.load_agent(hash, &verified).map_err(crate::host::load_error)?;
         let (out, _) = self
             .engine
@@ -213,20 +218,22 @@ impl Inner {
             ));
         }
         let mv = match next {
-            _ if recalled => Move { dests: vec![record.home.clone()], ending: Some(Ending::Recalled), unreachable: vec![] },
+            _ if recalled => {
+                Move { dests: vec![record.home.clone()], pinned: false, ending: Some(Ending::Recalled), unreachable: vec![] }
+            }
             Next::Go { host, alternates } => {
                 if row.hop + 1 > record.limits.max_hops {
                     return Err(format!("hop limit of {} reached", record.limits.max_hops));
                 }
                 let mut dests = vec![host];
                 dests.extend(alternates);
-                Move { dests, ending: None, unreachable: vec![] }
+                Move { dests, pinned: false, ending: None, unreachable: vec![] }
             }
             Next::Home { result } => {
                 if record.home_key == self.key.public() {
                     return self.end_here(row, &record, Ending::Finished(result));
                 }
-                Move { dests: vec![record.home.clone()], ending: Some(Ending::Finished(result)), unreachable: vec![] }
+                Move { dests: vec![record.home.clone()], pinned: false, ending: Some(Ending::Finished(result)), unreachable: vec![] }
             }
             Next::Finish { result } => return self.end_here(row, &record, Ending::Finished(result)),
         };
@@ -252,10 +259,7 @@ impl Inner {
 
     /// Ends the journey on this host: the row is done and the ending reported home.
     fn end_here(&self, row: &Row, record: &AgentRecord, ending: Ending) -> Result<(), String> {
-        let event = match &ending {
-            Ending::Finished(result) => Event::Finished { host: self.name.clone(), result: result.clone() },
-            Ending::Recalled => Event::Recalled,
-        };
+        let event = self.ended(&ending);
         self.state
             .transaction(|tx| {
                 store::set_state(tx, &row.id, row.hop, row_state::DONE, None, None, None)?;
@@ -264,6 +268,14 @@ impl Inner {
             .map_err(|e| e.to_string())?;
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// The report of a journey ending on this host.
+    fn ended(&self, ending: &Ending) -> Event {
+        match ending {
+            Ending::Finished(result) => Event::Finished { host: self.name.clone(), result: result.clone() },
+            Ending::Recalled => Event::Recalled,
+        }
     }
 
     /// Marks an agent failed here and tells its home why.
@@ -300,6 +312,10 @@ impl Inner {
     }
 
     /// Sends one `leaving` or `parked` agent on its way.
+    ///
+    /// Alternates are tried only while nothing was sent: once the envelope may have reached a
+    /// destination, the move is pinned to it (persisted before sending) and retried there only,
+    /// so an unanswered transfer can never leave a second copy elsewhere.
     pub(crate) async fn transfer(&self, row: Row) {
         let Ok(record) = from_cbor::<AgentRecord>(&row.record, "the agent record") else {
             return self.fail(&row, "its record does not decode");
@@ -307,13 +323,36 @@ impl Inner {
         let Some(mut mv) = row.next.as_deref().and_then(|b| from_cbor::<Move>(b, "the move").ok()) else {
             return self.fail(&row, "its next move does not decode");
         };
-        if row.recall && mv.ending.is_none() {
-            mv = Move { dests: vec![record.home.clone()], ending: Some(Ending::Recalled), unreachable: mv.unreachable };
+        // Re-read the recall flag: a recall may have come in since the row was listed.
+        let recalled = row.recall || self.recall_pending(&row.id, row.hop);
+        if recalled && mv.ending.is_none() && !mv.pinned {
+            mv = Move { dests: vec![record.home.clone()], ending: Some(Ending::Recalled), ..mv };
         }
         let snapshot = row.snapshot.clone().unwrap_or_default();
         let mut unreachable = mv.unreachable.clone();
-        for dest in &mv.dests {
-            match self.send(&record, row.hop + 1, dest, &snapshot, &mv, &unreachable).await {
+        for dest in mv.dests.clone() {
+            let client = match Client::connect(&dest).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(agent = %row.id, %dest, "destination unreachable: {e}");
+                    unreachable.push(dest);
+                    continue;
+                }
+            };
+            if !self.is_peer(&client.host_key()) {
+                let reason = format!("{dest} is not a trusted peer (its key is {})", client.host_key());
+                return self.fail(&row, &reason);
+            }
+            if !mv.pinned {
+                mv = Move { dests: vec![dest.clone()], pinned: true, ..mv };
+                let pinned = self.state.transaction(|tx| {
+                    store::set_state(tx, &row.id, row.hop, &row.state, Some(&snapshot), Some(&to_cbor(&mv)), None)
+                });
+                if let Err(e) = pinned {
+                    return tracing::error!(agent = %row.id, "cannot record the destination: {e}");
+                }
+            }
+            match self.send(client, &record, row.hop + 1, &snapshot, &mv, &unreachable).await {
                 Ok(()) => {
                     fault_point(self, "sender-acked");
                     let released = self
@@ -326,8 +365,9 @@ impl Inner {
                     return;
                 }
                 Err(SendError::Unreachable(e)) => {
-                    tracing::info!(agent = %row.id, %dest, "destination unreachable: {e}");
-                    unreachable.push(dest.clone());
+                    tracing::info!(agent = %row.id, %dest, "no answer from the destination: {e}");
+                    unreachable.push(dest);
+                    break;
                 }
                 Err(SendError::Refused(e)) => {
                     return self.fail(&row, &format!("{dest} refused the agent: {e}"));
@@ -351,14 +391,13 @@ impl Inner {
 
     async fn send(
         &self,
+        mut client: Client,
         record: &AgentRecord,
         hop: u32,
-        dest: &str,
         snapshot: &[u8],
         mv: &Move,
         unreachable: &[String],
     ) -> Result<(), SendError> {
-        let mut client = Client::connect(dest).await.map_err(|e| SendError::Unreachable(e.to_string()))?;
         let mut nonce = [0u8; 8];
         getrandom(&mut nonce).map_err(|e| SendError::Unreachable(e.message))?;
         let envelope = Envelope {
@@ -396,13 +435,16 @@ impl Inner {
             return Err(refused(format!("the envelope is addressed to host {}, not to this host", envelope.destination)));
         }
         let now = now_secs();
-        if envelope.sent_at + CLOCK_SKEW < now || envelope.sent_at > now + CLOCK_SKEW {
+        if envelope.sent_at.saturating_add(CLOCK_SKEW) < now || envelope.sent_at > now.saturating_add(CLOCK_SKEW) {
             return Err(refused("the envelope is stale or from the future; check the hosts' clocks"));
         }
         if roam_keys::hash_module(&snapshot) != envelope.snapshot_digest {
             return Err(refused("the snapshot does not match the envelope's digest: it was altered in transit"));
         }
         let id = envelope.record.id.clone();
+        if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(refused("an agent id is 32 lowercase hex digits"));
+        }
         let hop = envelope.hop;
         // Dedupe before any work: a retry is acknowledged again, a replay refused.
         let (seen, latest) = self
@@ -424,10 +466,7 @@ impl Inner {
             if envelope.record.home_key != me {
                 return Err(refused("an agent can only end its journey at its home"));
             }
-            let event = match ending {
-                Ending::Finished(result) => Event::Finished { host: self.name.clone(), result: result.clone() },
-                Ending::Recalled => Event::Recalled,
-            };
+            let event = self.ended(ending);
             let row = self.row_for(&envelope, &signed, None, row_state::DONE);
             let report = Report { agent: id.clone(), hop, event };
             self.state
@@ -492,7 +531,7 @@ impl Inner {
         let bytes = crate::fetch::download(peer, hash, self.max_module, None)
             .await
             .map_err(|e| RemoteError::new(ErrorKind::NotFound, format!("cannot fetch agent code {hash} from {peer}: {e}")))?;
-        let verified = self.verify(bytes, Some(Kind::Agent))?;
+        let verified = self.verify_with(bytes, Some(Kind::Agent), &roam_keys::NoHistory)?;
         self.store(hash, &verified)
     }
 
@@ -551,7 +590,10 @@ impl Inner {
         let mut client = Client::connect(&location)
             .await
             .map_err(|e| RemoteError::new(ErrorKind::NotFound, format!("cannot reach {location}, where agent {id} was last seen: {e}")))?;
-        match client.request(&Request::RecallAgent(order)).await {
+        let answer = tokio::time::timeout(PEER_TIMEOUT, client.request(&Request::RecallAgent(order)))
+            .await
+            .map_err(|_| RemoteError::new(ErrorKind::NotFound, format!("{location} did not answer within {PEER_TIMEOUT:?}")))?;
+        match answer {
             Ok(Response::Accepted) => Ok(Response::Accepted),
             Ok(Response::Error(e)) => Err(e),
             Ok(other) => Err(RemoteError::new(ErrorKind::Internal, format!("unexpected answer {other:?}"))),
@@ -560,23 +602,25 @@ impl Inner {
         }
     }
 
-    /// A home's recall order, at the host holding the agent.
+    /// A home's recall order, at the host holding the agent: it must be signed by the key of
+    /// that agent's home.
     pub(crate) fn receive_recall(&self, signed: &Signed) -> Result<Response, RemoteError> {
-        let live = store::in_states(&self.state, &[row_state::READY, row_state::LEAVING, row_state::PARKED]).map_err(internal)?;
-        let order: Recall = signed
-            .open(domain::RECALL, |k| {
-                live.iter().any(|r| from_cbor::<AgentRecord>(&r.record, "record").is_ok_and(|rec| rec.home_key == *k))
-            })
-            .map_err(|e| refused(e.to_string()))?;
-        if order.at + CLOCK_SKEW < now_secs() {
-            return Err(refused("the recall order is stale"));
+        let order: Recall = signed.open(domain::RECALL, |_| true).map_err(|e| refused(e.to_string()))?;
+        if order.at.saturating_add(CLOCK_SKEW) < now_secs() || order.at > now_secs().saturating_add(CLOCK_SKEW) {
+            return Err(refused("the recall order is stale or from the future"));
         }
-        let holds = live.iter().any(|r| {
-            r.id == order.agent && from_cbor::<AgentRecord>(&r.record, "record").is_ok_and(|rec| rec.home_key == signed.signer)
-        });
-        if !holds || !store::mark_recall(&self.state, &order.agent).map_err(internal)? {
-            return Err(RemoteError::new(ErrorKind::NotFound, format!("agent {} is not here (it may be moving; retry)", order.agent)));
+        let live = store::live(&self.state, &order.agent).map_err(internal)?;
+        let from_home = live
+            .as_ref()
+            .and_then(|r| from_cbor::<AgentRecord>(&r.record, "record").ok())
+            .is_some_and(|rec| rec.home_key == signed.signer);
+        if !from_home {
+            return Err(RemoteError::new(
+                ErrorKind::NotFound,
+                format!("agent {} is not here, or the order is not from its home (it may be moving; retry)", order.agent),
+            ));
         }
+        store::mark_recall(&self.state, &order.agent).map_err(internal)?;
         self.wake.notify_one();
         Ok(Response::Accepted)
     }
@@ -585,8 +629,13 @@ impl Inner {
     /// must be one of this host's own (launched here) and its signed capabilities must grant it.
     pub(crate) fn receive_call(&self, signed: &Signed) -> Result<Response, RemoteError> {
         let call: Call = signed.open(domain::CALL, |k| self.is_peer(k)).map_err(|e| refused(e.to_string()))?;
-        if call.at + CLOCK_SKEW < now_secs() {
-            return Err(refused("the call is stale"));
+        let now = now_secs();
+        if call.at.saturating_add(CLOCK_SKEW) < now || call.at > now.saturating_add(CLOCK_SKEW) {
+            return Err(refused("the call is stale or from the future"));
+        }
+        let homed = self.state.transaction(|tx| store::get_homed(tx, &call.agent)).map_err(internal)?;
+        if homed.is_none_or(|h| matches!(h.state.as_str(), "finished" | "failed" | "recalled")) {
+            return Err(refused(format!("agent {} is not a live agent of this host", call.agent)));
         }
         let row = self
             .state
@@ -611,6 +660,9 @@ impl Inner {
                 Ok(Response::Rows(batches.into_iter().map(serde_bytes::ByteBuf::from).collect()))
             }
             CallOp::Append { line } => {
+                if line.len() > crate::resources::MAX_LOG_LINE {
+                    return Err(refused(format!("log lines are limited to {} bytes", crate::resources::MAX_LOG_LINE)));
+                }
                 resource.append(&record.label, &line).map_err(|e| refused(e.to_string()))?;
                 Ok(Response::Accepted)
             }

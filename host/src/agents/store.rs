@@ -165,6 +165,18 @@ pub(crate) fn in_states(state: &State, states: &[&str]) -> Result<Vec<Row>, Stat
     })
 }
 
+/// The agent's live row here (ready, leaving or parked), if any.
+pub(crate) fn live(state: &State, id: &str) -> Result<Option<Row>, StateError> {
+    state.transaction(|tx| {
+        tx.query_row(
+            &format!("SELECT {ROW_COLUMNS} FROM agents WHERE id = ?1 AND state IN ('ready', 'leaving', 'parked')"),
+            [id],
+            row,
+        )
+        .optional()
+    })
+}
+
 /// Every row, for listing.
 pub(crate) fn all(state: &State) -> Result<Vec<Row>, StateError> {
     state.transaction(|tx| {
