@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     pub(crate) agent_code: Mutex<HashMap<ModuleHash, Arc<crate::agents::AgentCode>>>,
     /// Wakes the agent driver when there is work.
     pub(crate) wake: Notify,
+    /// Transfers and report deliveries under way, so each runs once at a time.
+    in_flight: Mutex<std::collections::HashSet<String>>,
     /// Bounds how many modules run at once, so slow modules never starve the accept loop.
     workers: Arc<Semaphore>,
     queue_timeout: Duration,
@@ -106,6 +108,7 @@ impl Host {
                 admitted: Mutex::new(HashMap::new()),
                 agent_code: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
+                in_flight: Mutex::new(std::collections::HashSet::new()),
                 workers: Arc::new(Semaphore::new(config.limits.workers())),
                 queue_timeout: Duration::from_millis(config.limits.queue_ms),
                 max_module: config.limits.module_kib << 10,
@@ -179,13 +182,36 @@ impl Host {
                 let _ = r.await;
             }
         }
-        // Reports first: a home then learns of an arrival before the agent's next move.
-        inner.flush_outbox().await;
-        if let Ok(moving) = store::in_states(&inner.state, &[row_state::LEAVING, row_state::PARKED]) {
-            for row in moving {
-                inner.transfer(row).await;
+        // Reports and transfers run as tasks of their own, one per destination and one per
+        // agent, so a slow or dead peer holds up only what is bound for it.
+        if let Ok(dests) = store::outbox_destinations(&inner.state) {
+            for dest in dests {
+                self.spawn_once(format!("report {dest}"), move |inner| async move { inner.flush_outbox_to(&dest).await });
             }
         }
+        if let Ok(moving) = store::in_states(&inner.state, &[row_state::LEAVING, row_state::PARKED]) {
+            for row in moving {
+                let key = format!("transfer {} {}", row.id, row.hop);
+                self.spawn_once(key, move |inner| async move { inner.transfer(row).await });
+            }
+        }
+    }
+
+    /// Spawns `work` unless a task with the same key is still running.
+    fn spawn_once<F, Fut>(&self, key: String, work: F)
+    where
+        F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if !lock(&self.inner.in_flight).insert(key.clone()) {
+            return;
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            work(inner.clone()).await;
+            lock(&inner.in_flight).remove(&key);
+            inner.wake.notify_one();
+        });
     }
 
     /// Serves one request.

@@ -115,6 +115,22 @@ pub async fn ended(home: &str, id: &str, limit: Duration) -> Result<AgentInfo> {
     }
 }
 
+/// Waits until the home has heard of `visits` arrivals (reports travel on their own, so the
+/// last ones may land just after the agent itself).
+pub async fn with_route(home: &str, id: &str, visits: usize) -> Result<AgentInfo> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = agent(home, id).await?;
+        if info.route.len() >= visits {
+            return Ok(info);
+        }
+        if Instant::now() > deadline {
+            bail!("the home heard of {} arrivals of agent {id}, not {visits}", info.route.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn result_json(info: &AgentInfo) -> Result<serde_json::Value> {
     roam_host::client::cbor_to_json(&info.result).map_err(anyhow::Error::msg)
 }
@@ -185,6 +201,7 @@ async fn the_stock_survey_visits_three_hosts_and_brings_home_the_exact_aggregate
     assert_eq!(result["report_errors"], serde_json::json!([]));
 
     // The route and the bindings at each hop, as the home recorded them.
+    let info = with_route(&home_addr, &id, 4).await?;
     let visits: Vec<_> = info.route.iter().map(|v| v.host.as_str()).collect();
     assert_eq!(visits, ["home", "data-a", "data-b", "data-c"]);
     for visit in &info.route[1..] {
@@ -280,6 +297,7 @@ async fn an_agent_whose_signer_the_destination_does_not_trust_is_refused_and_hom
     assert_eq!(info.state, "failed");
     let detail = info.detail.unwrap_or_default();
     assert!(detail.contains("refused") && detail.contains("does not trust"), "{detail}");
+    let info = with_route(&home_addr, &id, 2).await?;
     assert_eq!(info.route.last().map(|v| v.host.as_str()), Some("trusting"));
     for r in [trusting, wary, home_run] {
         r.shutdown().await;
@@ -497,6 +515,7 @@ async fn a_resource_that_cannot_be_bound_is_an_error_the_agent_sees_not_a_trap()
     assert_eq!(info.state, "failed");
     let detail = info.detail.clone().unwrap_or_default();
     assert!(detail.contains("reported an error") && detail.contains("could not be bound"), "{detail}");
+    let info = with_route(&home_addr, &id, 2).await?;
     let at_bare = info.route.iter().find(|v| v.host == "bare").context("no visit to bare")?;
     let stock = at_bare.bindings.iter().find(|b| b.name == "stock").context("no stock binding")?;
     assert_eq!(stock.action, Action::Unbound);

@@ -32,7 +32,15 @@ fn launch_agents_and_recall_from_the_command_line() -> Result<()> {
 
     let list = roam_ok(roam_tests::args!["agents", "--host", home_addr])?;
     assert!(list.lines().any(|l| l.starts_with(id) && l.contains("finished")), "{list}");
-    let detail = roam_ok(roam_tests::args!["agents", "--host", home_addr, id])?;
+    // Reports travel on their own: the last arrival may reach the home just after the agent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let detail = loop {
+        let detail = roam_ok(roam_tests::args!["agents", "--host", home_addr, id])?;
+        if detail.contains("hop   2  a (") || Instant::now() > deadline {
+            break detail;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(detail.contains("state:    finished") && detail.contains("hop   2  a ("), "{detail}");
 
     // An agent waiting for a destination that is down can be recalled home.

@@ -542,29 +542,34 @@ impl Inner {
         Ok(Response::Accepted)
     }
 
-    /// Sends queued reports home; each is deleted once its home acknowledged it.
-    pub(crate) async fn flush_outbox(&self) {
-        let Ok(queued) = store::outbox(&self.state) else { return };
-        for (seq, dest, message) in queued {
+    /// Sends the reports queued for one home, in order; each is deleted once acknowledged. Stops
+    /// at the first that cannot be delivered (they are retried on a later round).
+    pub(crate) async fn flush_outbox_to(&self, dest: &str) {
+        let Ok(queued) = store::outbox_for(&self.state, dest) else { return };
+        let mut client = None;
+        for (seq, message) in queued {
             let Ok(signed) = from_cbor::<Signed>(&message, "a report") else {
                 let _ = store::delete_outbox(&self.state, seq);
                 continue;
             };
             let sent = async {
-                let mut client = Client::connect(&dest).await?;
-                client.request(&Request::Report(signed)).await
+                if client.is_none() {
+                    client = Some(Client::connect(dest).await?);
+                }
+                match client.as_mut() {
+                    Some(c) => c.request(&Request::Report(signed)).await,
+                    None => Err(ClientError::Unexpected("no connection".into())),
+                }
             };
-            match tokio::time::timeout(PEER_TIMEOUT, sent).await.unwrap_or(Err(ClientError::Frame(
-                crate::protocol::FrameError::Timeout,
-            ))) {
-                Ok(Response::Accepted) => {
+            match tokio::time::timeout(PEER_TIMEOUT, sent).await {
+                Ok(Ok(Response::Accepted)) => {
                     let _ = store::delete_outbox(&self.state, seq);
                 }
-                Ok(Response::Error(e)) if e.kind == ErrorKind::Refused => {
+                Ok(Ok(Response::Error(e))) if e.kind == ErrorKind::Refused => {
                     tracing::warn!(%dest, "home refused a report: {}", e.message);
                     let _ = store::delete_outbox(&self.state, seq);
                 }
-                Ok(_) | Err(_) => {}
+                _ => return,
             }
         }
     }

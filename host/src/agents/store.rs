@@ -232,10 +232,20 @@ pub(crate) fn push_outbox(tx: &Transaction<'_>, dest: &str, message: &[u8]) -> r
     Ok(())
 }
 
-pub(crate) fn outbox(state: &State) -> Result<Vec<(i64, String, Vec<u8>)>, StateError> {
+/// The homes that have reports waiting.
+pub(crate) fn outbox_destinations(state: &State) -> Result<Vec<String>, StateError> {
     state.transaction(|tx| {
-        let mut stmt = tx.prepare("SELECT seq, dest, message FROM outbox ORDER BY seq LIMIT 256")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let mut stmt = tx.prepare("SELECT DISTINCT dest FROM outbox")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect()
+    })
+}
+
+/// The reports waiting for one home, oldest first.
+pub(crate) fn outbox_for(state: &State, dest: &str) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+    state.transaction(|tx| {
+        let mut stmt = tx.prepare("SELECT seq, message FROM outbox WHERE dest = ?1 ORDER BY seq LIMIT 256")?;
+        let rows = stmt.query_map([dest], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect()
     })
 }
