@@ -293,20 +293,7 @@ impl Fixture {
     ) -> Result<Vec<u8>> {
         let key = SecretKey::load(&self.key_path(signer))
             .with_context(|| format!("cannot load the test key {signer}"))?;
-        let now = now_secs();
-        let request = SignRequest {
-            kind,
-            name: name.to_owned(),
-            version: version
-                .parse()
-                .with_context(|| format!("{version:?} is not a semver version"))?,
-            issued_at: now,
-            not_before: now,
-            expires: now + 3600,
-            capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
-        };
-        roam_keys::sign_module(wasm, &key, request)
-            .with_context(|| format!("cannot sign {name} as {signer}"))
+        sign_with(&key, wasm, kind, name, version, caps, (0, 3600))
     }
 
     /// Writes `bytes` to the file `name` in the fixture's directory and returns its path.
@@ -341,6 +328,33 @@ impl Fixture {
         args.extend(extra.into_iter().map(|a| a.as_ref().to_owned()));
         HostProcess::spawn(&args)
     }
+}
+
+/// Signs `wasm` with `key`, valid from `valid.0` to `valid.1` seconds from now (negative: in
+/// the past), asking for `caps`.
+///
+/// # Errors
+/// If `version` is not semver or signing fails.
+pub fn sign_with(
+    key: &SecretKey,
+    wasm: &[u8],
+    kind: Kind,
+    name: &str,
+    version: &str,
+    caps: &[&str],
+    valid: (i64, i64),
+) -> Result<Vec<u8>> {
+    let now = now_secs() as i64;
+    let request = SignRequest {
+        kind,
+        name: name.to_owned(),
+        version: version.parse().with_context(|| format!("{version:?} is not a semver version"))?,
+        issued_at: now as u64,
+        not_before: (now + valid.0).max(0) as u64,
+        expires: (now + valid.1).max(0) as u64,
+        capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+    };
+    roam_keys::sign_module(wasm, key, request).with_context(|| format!("cannot sign {name}"))
 }
 
 /// A running `roam host` process, listening on a free port of 127.0.0.1.

@@ -9,7 +9,7 @@ use roam_host::config::HostConfig;
 use roam_host::host::Host;
 use roam_host::protocol::{ErrorKind, ModuleRef, Request, Response};
 use roam_host::server::RunningHost;
-use roam_keys::{Kind, SecretKey, SignRequest};
+use roam_keys::{Kind, SecretKey};
 
 const QUICK: &str = r#"(module
   (import "roam" "finish" (func $finish (param i32 i32 i32)))
@@ -44,18 +44,8 @@ impl Setup {
         Ok(RunningHost::start(Host::open(&config)?, "127.0.0.1:0".parse()?).await?)
     }
 
-    fn sign(&self, key: &SecretKey, kind: Kind, version: (u64, u64, u64), lifetime: (i64, i64), caps: &[&str]) -> Result<Vec<u8>> {
-        let now = roam_host::state::now_secs() as i64;
-        let request = SignRequest {
-            kind,
-            name: "quick".into(),
-            version: semver::Version::new(version.0, version.1, version.2),
-            issued_at: now as u64,
-            not_before: (now + lifetime.0) as u64,
-            expires: (now + lifetime.1) as u64,
-            capabilities: caps.iter().map(|c| c.to_string()).collect(),
-        };
-        Ok(roam_keys::sign_module(&wat::parse_str(QUICK)?, key, request)?)
+    fn sign(&self, key: &SecretKey, kind: Kind, version: &str, lifetime: (i64, i64), caps: &[&str]) -> Result<Vec<u8>> {
+        roam_tests::sign_with(key, &wat::parse_str(QUICK)?, kind, "quick", version, caps, lifetime)
     }
 }
 
@@ -76,7 +66,7 @@ async fn refusal(host: &RunningHost, module: &[u8]) -> Result<(ErrorKind, String
 async fn refused_modules_are_neither_stored_nor_compiled() -> Result<()> {
     let s = Setup::new()?;
     let host = s.start().await?;
-    let good = s.sign(&s.alice, Kind::Query, (1, 0, 0), (0, 3600), &[])?;
+    let good = s.sign(&s.alice, Kind::Query, "1.0.0", (0, 3600), &[])?;
 
     // A byte flipped in the signature section, in the code, and in the last byte.
     let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
@@ -85,10 +75,10 @@ async fn refused_modules_are_neither_stored_nor_compiled() -> Result<()> {
         bad[at] ^= 0x01;
         cases.push((label, bad, ""));
     }
-    cases.push(("untrusted", s.sign(&s.mallory, Kind::Query, (1, 0, 0), (0, 3600), &[])?, "does not trust"));
-    cases.push(("expired", s.sign(&s.alice, Kind::Query, (1, 0, 0), (-7200, -3600), &[])?, "expired"));
-    cases.push(("not yet valid", s.sign(&s.alice, Kind::Query, (1, 0, 0), (3600, 7200), &[])?, "not valid until"));
-    cases.push(("wrong kind", s.sign(&s.alice, Kind::Agent, (1, 0, 0), (0, 3600), &[])?, "query module is needed"));
+    cases.push(("untrusted", s.sign(&s.mallory, Kind::Query, "1.0.0", (0, 3600), &[])?, "does not trust"));
+    cases.push(("expired", s.sign(&s.alice, Kind::Query, "1.0.0", (-7200, -3600), &[])?, "expired"));
+    cases.push(("not yet valid", s.sign(&s.alice, Kind::Query, "1.0.0", (3600, 7200), &[])?, "not valid until"));
+    cases.push(("wrong kind", s.sign(&s.alice, Kind::Agent, "1.0.0", (0, 3600), &[])?, "query module is needed"));
     cases.push(("unsigned", wat::parse_str(QUICK)?, "not signed"));
     for (label, module, words) in &cases {
         let (kind, message) = refusal(&host, module).await?;
@@ -96,7 +86,7 @@ async fn refused_modules_are_neither_stored_nor_compiled() -> Result<()> {
         assert!(message.contains(words), "{label}: {message:?} should mention {words:?}");
     }
 
-    let escalating = s.sign(&s.alice, Kind::Query, (1, 0, 0), (0, 3600), &["table:payroll"])?;
+    let escalating = s.sign(&s.alice, Kind::Query, "1.0.0", (0, 3600), &["table:payroll"])?;
     let (kind, message) = refusal(&host, &escalating).await?;
     assert_eq!(kind, ErrorKind::Capability, "{message}");
     assert!(message.contains("table:payroll"), "{message}");
@@ -111,7 +101,7 @@ async fn refused_modules_are_neither_stored_nor_compiled() -> Result<()> {
     assert_eq!(files_in(&s.data().join("code")), 1);
 
     // Rollback: once 1.0.0 is accepted, 0.9.0 of the same name is refused.
-    let older = s.sign(&s.alice, Kind::Query, (0, 9, 0), (0, 3600), &[])?;
+    let older = s.sign(&s.alice, Kind::Query, "0.9.0", (0, 3600), &[])?;
     let (kind, message) = refusal(&host, &older).await?;
     assert_eq!(kind, ErrorKind::Verification);
     assert!(message.contains("rollback"), "{message}");
@@ -122,7 +112,7 @@ async fn refused_modules_are_neither_stored_nor_compiled() -> Result<()> {
 #[tokio::test]
 async fn a_held_module_is_named_by_hash_even_after_a_restart() -> Result<()> {
     let s = Setup::new()?;
-    let module = s.sign(&s.alice, Kind::Query, (1, 0, 0), (0, 3600), &[])?;
+    let module = s.sign(&s.alice, Kind::Query, "1.0.0", (0, 3600), &[])?;
     let hash = roam_keys::hash_module(&module);
     let by_hash = Request::Eval { module: ModuleRef::Hash(hash), input: vec![0xa0] };
 

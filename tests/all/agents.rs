@@ -13,7 +13,7 @@ use roam_host::host::Host;
 use roam_host::protocol::{Request, Response};
 use roam_host::resources::{Attachment, ResourceType};
 use roam_host::server::RunningHost;
-use roam_keys::{Kind, SecretKey, SignRequest};
+use roam_keys::{Kind, SecretKey};
 use roam_tests::agent_wasm;
 
 /// Keys and directories shared by the hosts of one test.
@@ -63,17 +63,7 @@ impl Net {
 
     pub fn sign_agent(&self, file: &str, name: &str, caps: &[&str]) -> Result<Vec<u8>> {
         let wasm = std::fs::read(agent_wasm(file)?)?;
-        let now = roam_host::state::now_secs();
-        let request = SignRequest {
-            kind: Kind::Agent,
-            name: name.into(),
-            version: semver::Version::new(1, 0, 0),
-            issued_at: now,
-            not_before: now,
-            expires: now + 3600,
-            capabilities: caps.iter().map(|c| c.to_string()).collect(),
-        };
-        Ok(roam_keys::sign_module(&wasm, &self.alice, request)?)
+        roam_tests::sign_with(&self.alice, &wasm, Kind::Agent, name, "1.0.0", caps, (0, 3600))
     }
 }
 

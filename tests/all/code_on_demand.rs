@@ -10,7 +10,7 @@ use roam_host::host::Host;
 use roam_host::local::{CodeOnDemand, LocalError};
 use roam_host::protocol::ErrorKind;
 use roam_host::server::RunningHost;
-use roam_keys::{Kind, ModuleHash, SecretKey, SignRequest, TrustStore, VerifyError};
+use roam_keys::{Kind, ModuleHash, SecretKey, TrustStore, VerifyError};
 
 /// A code module that answers its input's `n` doubled: `{"n": 21}` → `42`.
 const DOUBLER: &str = r#"(module
@@ -57,17 +57,7 @@ impl World {
     }
 
     fn sign(&self, key: &SecretKey, name: &str, version: &str, expires_in: i64) -> Result<Vec<u8>> {
-        let now = roam_host::state::now_secs() as i64;
-        let request = SignRequest {
-            kind: Kind::Code,
-            name: name.into(),
-            version: semver::Version::parse(version)?,
-            issued_at: (now - 100) as u64,
-            not_before: (now - 100) as u64,
-            expires: (now + expires_in) as u64,
-            capabilities: Vec::new(),
-        };
-        Ok(roam_keys::sign_module(&wat::parse_str(DOUBLER)?, key, request)?)
+        roam_tests::sign_with(key, &wat::parse_str(DOUBLER)?, Kind::Code, name, version, &[], (-100, expires_in))
     }
 
     fn client(&self, cache: &str) -> Result<CodeOnDemand> {

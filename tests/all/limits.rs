@@ -9,7 +9,7 @@ use roam_host::config::HostConfig;
 use roam_host::host::Host;
 use roam_host::protocol::ErrorKind;
 use roam_host::server::RunningHost;
-use roam_keys::{Kind, SecretKey, SignRequest};
+use roam_keys::{Kind, SecretKey};
 
 /// A host with small limits and a trusted key to sign test modules with.
 struct Small {
@@ -36,18 +36,7 @@ impl Small {
     }
 
     fn sign(&self, wat: &str, name: &str, caps: &[&str]) -> Result<Vec<u8>> {
-        let wasm = wat::parse_str(wat)?;
-        let now = roam_host::state::now_secs();
-        let request = SignRequest {
-            kind: Kind::Query,
-            name: name.into(),
-            version: semver::Version::new(1, 0, 0),
-            issued_at: now,
-            not_before: now,
-            expires: now + 3600,
-            capabilities: caps.iter().map(|c| c.to_string()).collect(),
-        };
-        Ok(roam_keys::sign_module(&wasm, &self.key, request)?)
+        roam_tests::sign_with(&self.key, &wat::parse_str(wat)?, Kind::Query, name, "1.0.0", caps, (0, 3600))
     }
 
     async fn eval(&self, module: &[u8]) -> Result<Vec<u8>, ClientError> {
