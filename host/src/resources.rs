@@ -381,46 +381,102 @@ fn produce(conn: &Connection, sql: &str, params: &[Value], tx: &SyncSender<Msg>)
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let mut batch: Vec<Vec<Value>> = Vec::with_capacity(64);
-    let mut size = 0usize;
+    // Rows are written straight from SQLite's values into the batch's CBOR, with no
+    // intermediate values: an indefinite-length array of rows, each a definite array of cells.
+    let mut batch = Batch::new();
     loop {
         match rows.next() {
             Ok(Some(row)) => {
-                let mut cells = Vec::with_capacity(columns);
+                batch.row(columns);
                 for i in 0..columns {
-                    let cell = match row.get_ref(i) {
-                        Ok(v) => from_sql(v),
+                    match row.get_ref(i) {
+                        Ok(v) => batch.cell(v),
                         Err(e) => return fail(e),
-                    };
-                    size += cell_size(&cell);
-                    cells.push(cell);
+                    }
                 }
-                batch.push(cells);
-                if batch.len() >= BATCH_MAX_ROWS || size >= BATCH_TARGET_BYTES {
-                    if !send_batch(tx, &batch) {
+                if batch.rows >= BATCH_MAX_ROWS || batch.bytes.len() >= BATCH_TARGET_BYTES {
+                    if tx.send(Msg::Batch(batch.finish())).is_err() {
                         return;
                     }
-                    batch.clear();
-                    size = 0;
+                    batch = Batch::new();
                 }
             }
             Ok(None) => break,
             Err(e) => return fail(e),
         }
     }
-    if !batch.is_empty() && !send_batch(tx, &batch) {
+    if batch.rows > 0 && tx.send(Msg::Batch(batch.finish())).is_err() {
         return;
     }
     let _ = tx.send(Msg::End);
 }
 
-fn send_batch(tx: &SyncSender<Msg>, batch: &[Vec<Value>]) -> bool {
-    let mut bytes = Vec::with_capacity(1024);
-    if let Err(e) = ciborium::into_writer(&batch, &mut bytes) {
-        let _ = tx.send(Msg::Error(format!("cannot encode rows: {e}")));
-        return false;
+/// A batch of rows being encoded as CBOR.
+struct Batch {
+    bytes: Vec<u8>,
+    rows: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        // 0x9f: an array of indefinite length, closed by `finish`.
+        let mut bytes = Vec::with_capacity(16 << 10);
+        bytes.push(0x9f);
+        Self { bytes, rows: 0 }
     }
-    tx.send(Msg::Batch(bytes)).is_ok()
+
+    fn row(&mut self, columns: usize) {
+        self.rows += 1;
+        head(&mut self.bytes, 4, columns as u64);
+    }
+
+    fn cell(&mut self, v: ValueRef<'_>) {
+        let out = &mut self.bytes;
+        match v {
+            ValueRef::Null => out.push(0xf6),
+            ValueRef::Integer(i) if i >= 0 => head(out, 0, i as u64),
+            ValueRef::Integer(i) => head(out, 1, !(i as u64)),
+            ValueRef::Real(f) => {
+                out.push(0xfb);
+                out.extend_from_slice(&f.to_bits().to_be_bytes());
+            }
+            ValueRef::Text(t) => {
+                let text = String::from_utf8_lossy(t);
+                head(out, 3, text.len() as u64);
+                out.extend_from_slice(text.as_bytes());
+            }
+            ValueRef::Blob(b) => {
+                head(out, 2, b.len() as u64);
+                out.extend_from_slice(b);
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.bytes.push(0xff);
+        self.bytes
+    }
+}
+
+/// Writes a CBOR head: major type and argument, in the shortest form.
+fn head(out: &mut Vec<u8>, major: u8, arg: u64) {
+    let m = major << 5;
+    match arg {
+        0..=23 => out.push(m | arg as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, arg as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(arg as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(arg as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&arg.to_be_bytes());
+        }
+    }
 }
 
 fn cell_size(v: &Value) -> usize {
@@ -743,6 +799,35 @@ mod tests {
         let result = table.query(endless, Vec::new(), deadline);
         assert!(matches!(result, Err(ResourceError::Deadline)), "{result:?}");
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        Ok(())
+    }
+
+    #[test]
+    fn batches_decode_as_the_values_sqlite_returned() -> Result<(), Box<dyn std::error::Error>> {
+        let cells = [
+            ValueRef::Null,
+            ValueRef::Integer(0),
+            ValueRef::Integer(23),
+            ValueRef::Integer(24),
+            ValueRef::Integer(-1),
+            ValueRef::Integer(i64::MIN),
+            ValueRef::Integer(i64::MAX),
+            ValueRef::Integer(70_000),
+            ValueRef::Real(-2.5),
+            ValueRef::Text("na\u{ef}ve".as_bytes()),
+            ValueRef::Blob(&[0, 1, 2]),
+        ];
+        let mut batch = Batch::new();
+        batch.row(cells.len());
+        for c in cells {
+            batch.cell(c);
+        }
+        batch.row(1);
+        let long = "x".repeat(300);
+        batch.cell(ValueRef::Text(long.as_bytes()));
+        let decoded: Vec<Vec<Value>> = ciborium::from_reader(batch.finish().as_slice())?;
+        let expected: Vec<Value> = cells.iter().map(|c| from_sql(*c)).collect();
+        assert_eq!(decoded, vec![expected, vec![Value::Text(long)]]);
         Ok(())
     }
 

@@ -293,7 +293,9 @@ impl LogLevel {
 }
 
 /// A SQL value as it crosses the boundary: query parameters, and the cells of result rows.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// It is the plain CBOR value (null, integer, float, text string, byte string), so a text and a
+/// blob stay apart even when the blob's bytes happen to be valid UTF-8.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Value {
     /// SQL NULL (CBOR null).
@@ -306,6 +308,58 @@ pub enum Value {
     Text(String),
     /// Raw bytes (a CBOR byte string).
     Blob(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("null, an integer, a float, a text string or a byte string")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Integer(v.into()))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Integer(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        i64::try_from(v).map(Value::Integer).map_err(|_| E::custom("integer out of the range of i64"))
+    }
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Value, E> {
+        i64::try_from(v).map(Value::Integer).map_err(|_| E::custom("integer out of the range of i64"))
+    }
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Value, E> {
+        i64::try_from(v).map(Value::Integer).map_err(|_| E::custom("integer out of the range of i64"))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Real(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::Text(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::Text(v))
+    }
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
+        Ok(Value::Blob(v.to_vec()))
+    }
+    fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Value, E> {
+        Ok(Value::Blob(v))
+    }
 }
 
 impl From<i64> for Value {
