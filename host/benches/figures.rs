@@ -129,7 +129,11 @@ fn sign(key: &SecretKey, wasm: &[u8], kind: Kind, name: &str, caps: &[&str]) -> 
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let smoke = std::env::args().any(|a| a == "--smoke");
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    // `--only hops` (or instantiate, aggregate, round-trip, snapshot) measures one group.
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let want = |group: &str| only.as_deref().is_none_or(|o| o == group);
     let scale = if smoke { SMOKE } else { FULL };
     let dir = tempfile::tempdir()?;
     let (key_path, _, _) = roam_keys::write_keypair(&dir.path().join("keys"), "bench")?;
@@ -158,106 +162,118 @@ async fn main() -> Result<()> {
         }
         Ok(Stats::new(v))
     };
-    rows.push(row("warm instantiate + empty call, cached module", &per_call(scale.iterations)?, "≤ 5 µs"));
-
-    // The data: one sales table, loaded once.
-    let csv = dir.path().join("sales.csv");
-    sample::write_csv(&csv, &sample::generate(scale.rows, 1))?;
-    let mut resources = Resources::default();
-    resources.add_table("sales", Attachment::Fastened, &csv, dir.path())?;
-    let resources = Arc::new(resources);
-    let db = dir.path().join("tables/sales.db");
-
-    // Aggregate: the example query in Wasm, the same Rust natively, and SQLite's own SQL.
-    let query = sign(&key, &built("sales_by_region")?, Kind::Query, "sales-by-region", &["table:sales"])?;
-    let verified = roam_keys::verify(query.clone(), &VerifyContext::new(&trust, roam_host::state::now_secs()))?;
-    let agg = engine.load(roam_keys::hash_module(&query), &verified)?;
-    let input = roam_host::client::json_to_cbor(&serde_json::json!({}));
-    let wasm = sample(scale.samples, || engine.run(&agg, input.clone(), resources.clone()).map(drop).map_err(Into::into))?;
-    let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let native = sample(scale.samples, || {
-        let mut stmt = conn.prepare_cached(
-            "SELECT region, amount_cents FROM sales WHERE quantity >= ?1 AND day BETWEEN ?2 AND ?3",
-        )?;
-        let mut totals = std::collections::BTreeMap::<String, (u64, i64)>::new();
-        let mut rows = stmt.query((1, 1, 365))?;
-        while let Some(r) = rows.next()? {
-            let (region, amount): (String, i64) = (r.get(0)?, r.get(1)?);
-            let e = totals.entry(region).or_default();
-            e.0 += 1;
-            e.1 += amount;
-        }
-        std::hint::black_box(totals);
-        Ok(())
-    })?;
-    let sql = sample(scale.samples, || {
-        let mut stmt = conn.prepare_cached(
-            "SELECT region, count(*), sum(amount_cents) FROM sales \
-             WHERE quantity >= 1 AND day BETWEEN 1 AND 365 GROUP BY region ORDER BY region",
-        )?;
-        let n = stmt.query_map([], |r| r.get::<_, i64>(1))?.count();
-        std::hint::black_box(n);
-        Ok(())
-    })?;
-    rows.push(row(format!("aggregate over {} rows, Wasm query", scale.rows), &wasm, "—"));
-    rows.push(ratio("  … Wasm vs the same Rust natively in the host", &wasm, &native, "≤ 1.3×"));
-    rows.push(ratio("  … Wasm vs SQLite's own SQL", &wasm, &sql, "report"));
-
-    // Remote evaluation round trip, module held by the host, loopback.
-    let host_dir = dir.path().join("host");
-    let mut cfg = HostConfig::new(trust_dir.clone(), host_dir.clone());
-    cfg.durable = !smoke;
-    let host = Host::open(&cfg)?;
-    let running = RunningHost::start(host, "127.0.0.1:0".parse()?).await?;
-    let mut client = Client::connect(&running.addr().to_string()).await?;
-    client.eval(&quick, vec![0xa0]).await?;
-    let by_hash = Request::Eval { module: ModuleRef::Hash(quick_hash), input: vec![0xa0] };
-    let mut trips = Vec::with_capacity(scale.iterations);
-    for _ in 0..scale.iterations {
-        let t = Instant::now();
-        let r = client.request(&by_hash).await?;
-        trips.push(t.elapsed().as_secs_f64());
-        anyhow::ensure!(matches!(r, Response::Result(_)), "unexpected {r:?}");
+    if want("instantiate") {
+        rows.push(row("warm instantiate + empty call, cached module", &per_call(scale.iterations)?, "≤ 5 µs"));
     }
-    let trips = Stats::new(trips);
-    rows.push(Row {
-        figure: "remote evaluation round trip, small query, cached".into(),
-        value: format!("p50 {}", time(trips.median())),
-        spread: format!("p99 {}", time(trips.q(0.99))),
-        goal: "p50 ≤ 250 µs",
-    });
-    running.shutdown().await;
 
-    // Snapshot capture and restore of a large, fully changed memory.
-    let bytes = scale.snapshot_mib << 20;
-    let initial = vec![0u8; bytes];
-    let memory: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8 | 1).collect();
-    let mut snap = None;
-    let capture = sample(scale.samples, || {
-        snap = Some(Snapshot::capture(&memory, &initial, Vec::new()));
-        Ok(())
-    })?;
-    let snap = snap.context("no snapshot")?;
-    let mut target = vec![0u8; bytes];
-    let restore = sample(scale.samples, || {
-        for c in &snap.chunks {
-            target[c.offset as usize..c.offset as usize + c.bytes.len()].copy_from_slice(&c.bytes);
+    if want("aggregate") {
+        // The data: one sales table, loaded once.
+        let csv = dir.path().join("sales.csv");
+        sample::write_csv(&csv, &sample::generate(scale.rows, 1))?;
+        let mut resources = Resources::default();
+        resources.add_table("sales", Attachment::Fastened, &csv, dir.path())?;
+        let resources = Arc::new(resources);
+        let db = dir.path().join("tables/sales.db");
+
+        // Aggregate: the example query in Wasm, the same Rust natively, and SQLite's own SQL.
+        let query = sign(&key, &built("sales_by_region")?, Kind::Query, "sales-by-region", &["table:sales"])?;
+        let verified = roam_keys::verify(query.clone(), &VerifyContext::new(&trust, roam_host::state::now_secs()))?;
+        let agg = engine.load(roam_keys::hash_module(&query), &verified)?;
+        let input = roam_host::client::json_to_cbor(&serde_json::json!({}));
+        let wasm =
+            sample(scale.samples, || engine.run(&agg, input.clone(), resources.clone()).map(drop).map_err(Into::into))?;
+        let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let native = sample(scale.samples, || {
+            let mut stmt = conn.prepare_cached(
+                "SELECT region, amount_cents FROM sales WHERE quantity >= ?1 AND day BETWEEN ?2 AND ?3",
+            )?;
+            let mut totals = std::collections::BTreeMap::<String, (u64, i64)>::new();
+            let mut rows = stmt.query((1, 1, 365))?;
+            while let Some(r) = rows.next()? {
+                let (region, amount): (String, i64) = (r.get(0)?, r.get(1)?);
+                let e = totals.entry(region).or_default();
+                e.0 += 1;
+                e.1 += amount;
+            }
+            std::hint::black_box(totals);
+            Ok(())
+        })?;
+        let sql = sample(scale.samples, || {
+            let mut stmt = conn.prepare_cached(
+                "SELECT region, count(*), sum(amount_cents) FROM sales \
+             WHERE quantity >= 1 AND day BETWEEN 1 AND 365 GROUP BY region ORDER BY region",
+            )?;
+            let n = stmt.query_map([], |r| r.get::<_, i64>(1))?.count();
+            std::hint::black_box(n);
+            Ok(())
+        })?;
+        rows.push(row(format!("aggregate over {} rows, Wasm query", scale.rows), &wasm, "—"));
+        rows.push(ratio("  … Wasm vs the same Rust natively in the host", &wasm, &native, "≤ 1.3×"));
+        rows.push(ratio("  … Wasm vs SQLite's own SQL", &wasm, &sql, "report"));
+    }
+
+    if want("round-trip") {
+        // Remote evaluation round trip, module held by the host, loopback.
+        let host_dir = dir.path().join("host");
+        let mut cfg = HostConfig::new(trust_dir.clone(), host_dir.clone());
+        cfg.durable = !smoke;
+        let host = Host::open(&cfg)?;
+        let running = RunningHost::start(host, "127.0.0.1:0".parse()?).await?;
+        let mut client = Client::connect(&running.addr().to_string()).await?;
+        client.eval(&quick, vec![0xa0]).await?;
+        let by_hash = Request::Eval { module: ModuleRef::Hash(quick_hash), input: vec![0xa0] };
+        let mut trips = Vec::with_capacity(scale.iterations);
+        for _ in 0..scale.iterations {
+            let t = Instant::now();
+            let r = client.request(&by_hash).await?;
+            trips.push(t.elapsed().as_secs_f64());
+            anyhow::ensure!(matches!(r, Response::Result(_)), "unexpected {r:?}");
         }
-        Ok(())
-    })?;
-    let gbps = |s: &Stats| bytes as f64 / s.median() / 1e9;
-    rows.push(Row {
-        figure: format!("snapshot capture / restore of {} MiB", scale.snapshot_mib),
-        value: format!("{:.1} / {:.1} GB/s", gbps(&capture), gbps(&restore)),
-        spread: format!("{} / {}", time(capture.median()), time(restore.median())),
-        goal: "≥ 4 GB/s",
-    });
+        let trips = Stats::new(trips);
+        rows.push(Row {
+            figure: "remote evaluation round trip, small query, cached".into(),
+            value: format!("p50 {}", time(trips.median())),
+            spread: format!("p99 {}", time(trips.q(0.99))),
+            goal: "p50 ≤ 250 µs",
+        });
+        running.shutdown().await;
+    }
+
+    if want("snapshot") {
+        // Snapshot capture and restore of a large, fully changed memory.
+        let bytes = scale.snapshot_mib << 20;
+        let initial = vec![0u8; bytes];
+        let memory: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8 | 1).collect();
+        let mut snap = None;
+        let capture = sample(scale.samples, || {
+            snap = Some(Snapshot::capture(&memory, &initial, Vec::new()));
+            Ok(())
+        })?;
+        let snap = snap.context("no snapshot")?;
+        let mut target = vec![0u8; bytes];
+        let restore = sample(scale.samples, || {
+            for c in &snap.chunks {
+                target[c.offset as usize..c.offset as usize + c.bytes.len()].copy_from_slice(&c.bytes);
+            }
+            Ok(())
+        })?;
+        let gbps = |s: &Stats| bytes as f64 / s.median() / 1e9;
+        rows.push(Row {
+            figure: format!("snapshot capture / restore of {} MiB", scale.snapshot_mib),
+            value: format!("{:.1} / {:.1} GB/s", gbps(&capture), gbps(&restore)),
+            spread: format!("{} / {}", time(capture.median()), time(restore.median())),
+            goal: "≥ 4 GB/s",
+        });
+    }
 
     // Agent hops between two hosts, with and without fsync.
-    for durable in [false, true] {
+    for durable in [false, true].into_iter().filter(|_| want("hops")) {
         let (per_hop, wire) = hops(&dir.path().join(format!("agents-{durable}")), &key, scale.hops).await?;
         rows.push(Row {
-            figure: format!("agent hop, small agent, loopback, {}", if durable { "with fsync" } else { "without fsync" }),
+            figure: format!(
+                "agent hop, small agent, loopback, {}",
+                if durable { "with fsync" } else { "without fsync" }
+            ),
             value: format!("mean {}", time(per_hop)),
             spread: format!("{} hops; {} B snapshot", scale.hops, wire),
             goal: if durable { "report" } else { "p50 ≤ 300 µs" },
