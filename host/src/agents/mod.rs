@@ -683,30 +683,25 @@ impl Inner {
                 out.push(homed_info(h));
             }
         }
-        for r in store::all(&self.state).map_err(internal)? {
-            if only.is_some_and(|id| id != r.id) || homed.iter().any(|h| h.id == r.id) {
+        for (id, hop, state, record, detail) in store::latest(&self.state, only).map_err(internal)? {
+            if homed.iter().any(|h| h.id == id) {
                 continue;
             }
-            let label = from_cbor::<AgentRecord>(&r.record, "record").map(|rec| rec.label).unwrap_or_default();
-            let state = match r.state.as_str() {
+            let state = match state.as_str() {
                 row_state::READY => "running",
                 row_state::LEAVING => "in transit",
                 row_state::PARKED => "parked",
                 row_state::DONE => "left",
                 _ => "failed",
             };
-            out.retain(|a: &AgentInfo| !(a.id == r.id && a.hops <= r.hop));
-            if out.iter().any(|a| a.id == r.id) {
-                continue;
-            }
             out.push(AgentInfo {
-                id: r.id.clone(),
-                label,
+                label: from_cbor::<AgentRecord>(&record, "record").map(|rec| rec.label).unwrap_or_default(),
+                id,
                 state: state.into(),
                 location: self.name.clone(),
-                hops: r.hop,
+                hops: hop,
                 result: Vec::new(),
-                detail: r.detail.clone(),
+                detail,
                 route: Vec::new(),
                 home: false,
             });

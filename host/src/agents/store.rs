@@ -177,11 +177,15 @@ pub(crate) fn live(state: &State, id: &str) -> Result<Option<Row>, StateError> {
     })
 }
 
-/// Every row, for listing.
-pub(crate) fn all(state: &State) -> Result<Vec<Row>, StateError> {
+/// Each agent's latest row here (its highest hop), without its snapshot: for listing.
+pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<(String, u32, String, Vec<u8>, Option<String>)>, StateError> {
     state.transaction(|tx| {
-        let mut stmt = tx.prepare(&format!("SELECT {ROW_COLUMNS} FROM agents ORDER BY id, hop"))?;
-        let rows = stmt.query_map([], row)?;
+        let mut stmt = tx.prepare(
+            "SELECT id, hop, state, record, detail FROM agents a
+             WHERE hop = (SELECT max(hop) FROM agents b WHERE b.id = a.id) AND (?1 IS NULL OR id = ?1)
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map([only], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
         rows.collect()
     })
 }
