@@ -177,8 +177,11 @@ pub(crate) fn live(state: &State, id: &str) -> Result<Option<Row>, StateError> {
     })
 }
 
+/// An agent's latest row, for listing: id, hop, state, record, detail.
+pub(crate) type Listing = (String, u32, String, Vec<u8>, Option<String>);
+
 /// Each agent's latest row here (its highest hop), without its snapshot: for listing.
-pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<(String, u32, String, Vec<u8>, Option<String>)>, StateError> {
+pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<Listing>, StateError> {
     state.transaction(|tx| {
         let mut stmt = tx.prepare(
             "SELECT id, hop, state, record, detail FROM agents a
