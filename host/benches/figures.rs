@@ -325,7 +325,7 @@ async fn hops(dir: &Path, key: &SecretKey, n: usize) -> Result<(f64, usize)> {
             {
                 return anyhow::Ok(());
             }
-            tokio::time::sleep(Duration::from_micros(200)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     };
     // Warm up: compile the agent on every host.

@@ -343,7 +343,8 @@ impl Inner {
                 let reason = format!("{dest} is not a trusted peer (its key is {})", client.host_key());
                 return self.fail(&row, &reason);
             }
-            if !mv.pinned {
+            // With a single destination there is nowhere else to go: nothing to pin.
+            if !mv.pinned && mv.dests.len() > 1 {
                 mv = Move { dests: vec![dest.clone()], pinned: true, ..mv };
                 let pinned = self.state.transaction(|tx| {
                     store::set_state(tx, &row.id, row.hop, &row.state, Some(&snapshot), Some(&to_cbor(&mv)), None)
