@@ -173,12 +173,14 @@ impl Inner {
 
     /// Runs one `ready` agent's entry and persists what it decided. Blocking.
     pub(crate) fn run_ready(&self, row: Row) {
-        if let Err(reason) = self.try_run(&row) {
-            self.fail(&row, &reason);
+        // The arrival is reported in the same transaction as what the visit led to.
+        let mut arrived = None;
+        if let Err(reason) = self.try_run(&row, &mut arrived) {
+            self.fail(&row, &reason, arrived);
         }
     }
 
-    fn try_run(&self, row: &Row) -> Result<(), String> {
+    fn try_run(&self, row: &Row, arrived: &mut Option<Event>) -> Result<(), String> {
         let record: AgentRecord = from_cbor(&row.record, "the agent record")?;
         if now_secs() >= record.launched_at.saturating_add(record.limits.lifetime_secs) {
             return Err(format!("lifetime limit of {} s exceeded", record.limits.lifetime_secs));
@@ -199,8 +201,7 @@ impl Inner {
             let snapshot: Snapshot = from_cbor(row.snapshot.as_deref().unwrap_or_default(), "the snapshot")?;
             (roam_abi::AGENT_ARRIVE, to_cbor(&arrival), Some(snapshot))
         };
-        let arrived = Event::Arrived { host: self.name.clone(), address: self.address(), bindings };
-        self.report(&record, row.hop, arrived).map_err(|e| e.to_string())?;
+        *arrived = Some(Event::Arrived { host: self.name.clone(), address: self.address(), bindings });
 
         let leaving = |out: &[u8]| matches!(from_cbor::<Next>(out, "next"), Ok(Next::Go { .. } | Next::Home { .. }));
         let (out, snapshot) = self
@@ -208,7 +209,6 @@ impl Inner {
             .run_agent(&code.runnable, entry, input, Arc::new(resources), from.as_ref(), leaving)
             .map_err(|e| e.to_string())?;
         let next: Next = from_cbor(&out, "the agent's decision")?;
-        let recalled = self.recall_pending(&row.id, row.hop);
         let snapshot_bytes = to_cbor(&snapshot);
         if snapshot_bytes.len() as u64 > record.limits.max_snapshot_bytes {
             return Err(format!(
@@ -218,9 +218,6 @@ impl Inner {
             ));
         }
         let mv = match next {
-            _ if recalled => {
-                Move { dests: vec![record.home.clone()], pinned: false, ending: Some(Ending::Recalled), unreachable: vec![] }
-            }
             Next::Go { host, alternates } => {
                 if row.hop + 1 > record.limits.max_hops {
                     return Err(format!("hop limit of {} reached", record.limits.max_hops));
@@ -231,16 +228,23 @@ impl Inner {
             }
             Next::Home { result } => {
                 if record.home_key == self.key.public() {
-                    return self.end_here(row, &record, Ending::Finished(result));
+                    return self.end_here(row, &record, Ending::Finished(result), arrived.take());
                 }
                 Move { dests: vec![record.home.clone()], pinned: false, ending: Some(Ending::Finished(result)), unreachable: vec![] }
             }
-            Next::Finish { result } => return self.end_here(row, &record, Ending::Finished(result)),
+            Next::Finish { result } => return self.end_here(row, &record, Ending::Finished(result), arrived.take()),
         };
-        let departed = Event::Departed { to: mv.dests.first().cloned().unwrap_or_default() };
+        let home = Move { dests: vec![record.home.clone()], pinned: false, ending: Some(Ending::Recalled), unreachable: vec![] };
         self.state
             .transaction(|tx| {
+                // A recall that came in during the visit sends the agent home instead.
+                let recalled = store::get(tx, &row.id, row.hop)?.is_some_and(|r| r.recall);
+                let mv = if recalled && mv.ending.is_none() { home } else { mv };
+                if let Some(event) = arrived.take() {
+                    self.queue_report(tx, &record, row.hop, event)?;
+                }
                 store::set_state(tx, &row.id, row.hop, row_state::LEAVING, Some(&snapshot_bytes), Some(&to_cbor(&mv)), None)?;
+                let departed = Event::Departed { to: mv.dests.first().cloned().unwrap_or_default() };
                 self.queue_report(tx, &record, row.hop, departed)
             })
             .map_err(|e| e.to_string())?;
@@ -258,10 +262,13 @@ impl Inner {
     }
 
     /// Ends the journey on this host: the row is done and the ending reported home.
-    fn end_here(&self, row: &Row, record: &AgentRecord, ending: Ending) -> Result<(), String> {
+    fn end_here(&self, row: &Row, record: &AgentRecord, ending: Ending, arrived: Option<Event>) -> Result<(), String> {
         let event = self.ended(&ending);
         self.state
             .transaction(|tx| {
+                if let Some(a) = arrived {
+                    self.queue_report(tx, record, row.hop, a)?;
+                }
                 store::set_state(tx, &row.id, row.hop, row_state::DONE, None, None, None)?;
                 self.queue_report(tx, record, row.hop, event)
             })
@@ -278,16 +285,17 @@ impl Inner {
         }
     }
 
-    /// Marks an agent failed here and tells its home why.
-    fn fail(&self, row: &Row, reason: &str) {
+    /// Marks an agent failed here and tells its home why (after its arrival, if it arrived).
+    fn fail(&self, row: &Row, reason: &str, arrived: Option<Event>) {
         tracing::warn!(agent = %row.id, hop = row.hop, reason, "agent failed");
         let record: Result<AgentRecord, _> = from_cbor(&row.record, "the agent record");
         let done = self.state.transaction(|tx| {
             store::set_state(tx, &row.id, row.hop, row_state::FAILED, None, None, Some(reason))?;
-            match &record {
-                Ok(r) => self.queue_report(tx, r, row.hop, Event::Failed { reason: reason.to_owned() }),
-                Err(_) => Ok(()),
+            let Ok(r) = &record else { return Ok(()) };
+            if let Some(a) = arrived {
+                self.queue_report(tx, r, row.hop, a)?;
             }
+            self.queue_report(tx, r, row.hop, Event::Failed { reason: reason.to_owned() })
         });
         if let Err(e) = done {
             tracing::error!(agent = %row.id, "cannot record the failure: {e}");
@@ -307,10 +315,6 @@ impl Inner {
         store::push_outbox(tx, &record.home, &to_cbor(&signed))
     }
 
-    fn report(&self, record: &AgentRecord, hop: u32, event: Event) -> Result<(), crate::state::StateError> {
-        self.state.transaction(|tx| self.queue_report(tx, record, hop, event))
-    }
-
     /// Sends one `leaving` or `parked` agent on its way.
     ///
     /// Alternates are tried only while nothing was sent: once the envelope may have reached a
@@ -318,10 +322,10 @@ impl Inner {
     /// so an unanswered transfer can never leave a second copy elsewhere.
     pub(crate) async fn transfer(&self, row: Row) {
         let Ok(record) = from_cbor::<AgentRecord>(&row.record, "the agent record") else {
-            return self.fail(&row, "its record does not decode");
+            return self.fail(&row, "its record does not decode", None);
         };
         let Some(mut mv) = row.next.as_deref().and_then(|b| from_cbor::<Move>(b, "the move").ok()) else {
-            return self.fail(&row, "its next move does not decode");
+            return self.fail(&row, "its next move does not decode", None);
         };
         // Re-read the recall flag: a recall may have come in since the row was listed.
         let recalled = row.recall || self.recall_pending(&row.id, row.hop);
@@ -341,7 +345,7 @@ impl Inner {
             };
             if !self.is_peer(&client.host_key()) {
                 let reason = format!("{dest} is not a trusted peer (its key is {})", client.host_key());
-                return self.fail(&row, &reason);
+                return self.fail(&row, &reason, None);
             }
             // With a single destination there is nowhere else to go: nothing to pin.
             if !mv.pinned && mv.dests.len() > 1 {
@@ -371,7 +375,7 @@ impl Inner {
                     break;
                 }
                 Err(SendError::Refused(e)) => {
-                    return self.fail(&row, &format!("{dest} refused the agent: {e}"));
+                    return self.fail(&row, &format!("{dest} refused the agent: {e}"), None);
                 }
             }
         }
