@@ -200,6 +200,11 @@ async fn the_stock_survey_visits_three_hosts_and_brings_home_the_exact_aggregate
         assert_eq!(action("config"), Some(Action::Cp), "{visit:?}");
         assert_eq!(action("reports"), Some(Action::Gr), "{visit:?}");
     }
+    // The copy of the configuration lived on each data host for its visit only.
+    for name in ["data-a", "data-b", "data-c"] {
+        let copies = net.path(&format!("data-{name}/agent-copies/{id}"));
+        assert!(!copies.exists(), "{} was left behind", copies.display());
+    }
     // The summaries went to the home's reports log through the global reference.
     let lines = home.state().log_lines("reports")?;
     assert_eq!(lines.len(), 3, "{lines:?}");

@@ -99,7 +99,7 @@ pub(crate) fn bind(inner: &Inner, record: &AgentRecord, manifest: &Manifest, age
             }
             (Action::Mv | Action::Cp, Some(a)) => {
                 if let Some(copy) = &a.copy {
-                    let path = inner.data_dir.join("agent-copies").join(agent).join(format!("{}.db", decl.name));
+                    let path = copies_dir(&inner.data_dir, agent).join(format!("{}.db", decl.name));
                     if let Err(e) = bound.add_copy(&decl.name, a.attachment, copy, &path) {
                         error = Some(e.to_string());
                     }
@@ -123,6 +123,11 @@ pub(crate) fn bind(inner: &Inner, record: &AgentRecord, manifest: &Manifest, age
         report.push(Bound { name: decl.name.clone(), action, error });
     }
     (bound, report)
+}
+
+/// Where an agent's travelling copies are written during a visit.
+pub(crate) fn copies_dir(data_dir: &std::path::Path, agent: &str) -> std::path::PathBuf {
+    data_dir.join("agent-copies").join(agent)
 }
 
 /// Whether `name` can name a file: copies are written under the agent's directory by name.

@@ -178,6 +178,13 @@ impl Inner {
         if let Err(reason) = self.try_run(&row, &mut arrived) {
             self.fail(&row, &reason, arrived);
         }
+        // Copies that travel with the agent are written out for one visit only.
+        let copies = binding::copies_dir(&self.data_dir, &row.id);
+        if let Err(e) = std::fs::remove_dir_all(&copies)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(agent = %row.id, "cannot remove {}: {e}", copies.display());
+        }
     }
 
     fn try_run(&self, row: &Row, arrived: &mut Option<Event>) -> Result<(), String> {
