@@ -63,7 +63,7 @@ enum Command {
         #[arg(long)]
         kind: Option<Kind>,
     },
-    /// Run a host daemon: serve remote evaluation next to this host's data.
+    /// Run a host daemon: remote evaluation next to its data, a code repository, and mobile agents.
     Host(HostArgs),
     /// Evaluate a signed query module on a remote host and print its result as JSON.
     Eval {
@@ -193,7 +193,7 @@ struct HostArgs {
     /// The host's name.
     #[arg(long)]
     name: Option<String>,
-    /// Address to listen on (port 0 picks a free port).
+    /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:7700].
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
     /// The host's secret key (default DATA_DIR/host.key, created if missing).
@@ -202,7 +202,7 @@ struct HostArgs {
     /// Trust store: a directory of *.pub files, with an optional policy.toml.
     #[arg(long)]
     trust: Option<PathBuf>,
-    /// Where the host keeps its state, module store and code cache.
+    /// Where the host keeps its state, module store and code cache [default: roam-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Offer a table: NAME=FILE, a CSV file or a SQLite database with a table NAME (repeatable).
