@@ -24,6 +24,14 @@ pub enum ClientError {
     /// The connection or a frame failed.
     #[error("talking to the host failed: {0}")]
     Frame(#[from] FrameError),
+    /// The host named a key it could not prove it holds.
+    #[error("the host at {addr} could not prove it holds the key {key} it named; it is not the host it claims to be")]
+    Unauthenticated {
+        /// The address.
+        addr: String,
+        /// The key it named.
+        key: PublicKey,
+    },
     /// The host refused the connection.
     #[error("the host refused the connection: {0}")]
     Refused(RemoteError),
@@ -54,12 +62,18 @@ impl Client {
             .map_err(|_| connect_err(timeout()))?
             .map_err(connect_err)?;
         stream.set_nodelay(true).map_err(connect_err)?;
-        protocol::write_message(&mut stream, &Hello::new(concat!("roam/", env!("CARGO_PKG_VERSION")))).await?;
+        let hello = Hello::new(concat!("roam/", env!("CARGO_PKG_VERSION")))?;
+        protocol::write_message(&mut stream, &hello).await?;
         let welcome: Welcome = tokio::time::timeout(CONNECT_TIMEOUT, protocol::read_message(&mut stream, 64 << 10))
             .await
             .map_err(|_| FrameError::Timeout)??;
         match welcome {
-            Welcome::Accepted { host, host_key, .. } => {
+            Welcome::Accepted { host, host_key, proof, .. } => {
+                let proven = <[u8; 64]>::try_from(proof.as_slice())
+                    .is_ok_and(|sig| host_key.verify_strict(&protocol::handshake_message(&hello.nonce, &host_key), &sig));
+                if !proven {
+                    return Err(ClientError::Unauthenticated { addr: addr.to_owned(), key: host_key });
+                }
                 Ok(Self { stream, host, host_key, max_frame: protocol::DEFAULT_MAX_FRAME })
             }
             Welcome::Refused(e) => Err(ClientError::Refused(e)),

@@ -131,6 +131,11 @@ impl Host {
         self.inner.key.public()
     }
 
+    /// Signs a client's handshake challenge, proving this host holds its key.
+    pub fn prove(&self, nonce: &[u8]) -> [u8; 64] {
+        self.inner.key.sign(&crate::protocol::handshake_message(nonce, &self.inner.key.public()))
+    }
+
     /// The largest frame the host reads.
     pub fn max_frame(&self) -> usize {
         self.inner.max_frame

@@ -2,7 +2,8 @@
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of CBOR; a frame over the
 //! agreed maximum is refused before it is read. A connection opens with a versioned handshake
-//! ([`Hello`] / [`Welcome`]) and then carries [`Request`] / [`Response`] pairs in order. Every
+//! ([`Hello`] / [`Welcome`]) in which the host signs the client's fresh challenge, proving the key
+//! it names, and then carries [`Request`] / [`Response`] pairs in order. Every
 //! byte string goes through `serde_bytes`, never as a sequence of integers.
 
 use std::time::Duration;
@@ -101,6 +102,11 @@ where
     Ok(())
 }
 
+/// Prefix of what a host signs to prove its key in the handshake.
+pub const HANDSHAKE_DOMAIN: &[u8] = b"roam-handshake-v1\0";
+/// Length of the client's challenge.
+pub const NONCE_LEN: usize = 32;
+
 /// The client's opening message.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Hello {
@@ -110,13 +116,27 @@ pub struct Hello {
     pub versions: Vec<u32>,
     /// Who the client is, for the host's logs.
     pub client: String,
+    /// A fresh random challenge the host signs, proving it holds the key it names.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
 }
 
 impl Hello {
-    /// A hello for this build.
-    pub fn new(client: &str) -> Self {
-        Self { protocol: PROTOCOL.into(), versions: vec![VERSION], client: client.into() }
+    /// A hello for this build, with a fresh challenge.
+    pub fn new(client: &str) -> Result<Self, FrameError> {
+        let mut nonce = vec![0u8; NONCE_LEN];
+        getrandom::getrandom(&mut nonce).map_err(|e| FrameError::Malformed(format!("no randomness for the handshake: {e}")))?;
+        Ok(Self { protocol: PROTOCOL.into(), versions: vec![VERSION], client: client.into(), nonce })
     }
+}
+
+/// What a host signs in the handshake: the domain, the client's challenge, and its own key.
+pub fn handshake_message(nonce: &[u8], host_key: &PublicKey) -> Vec<u8> {
+    let mut m = Vec::with_capacity(HANDSHAKE_DOMAIN.len() + nonce.len() + 32);
+    m.extend_from_slice(HANDSHAKE_DOMAIN);
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(host_key.as_bytes());
+    m
 }
 
 /// The host's answer to [`Hello`].
@@ -130,6 +150,9 @@ pub enum Welcome {
         host: String,
         /// The host's public key.
         host_key: PublicKey,
+        /// The host's signature over [`handshake_message`] of the client's challenge.
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
     },
     /// The host will not serve this connection.
     Refused(RemoteError),

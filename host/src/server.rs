@@ -118,13 +118,16 @@ async fn connection(
     let refuse = |kind, message: String| Welcome::Refused(RemoteError::new(kind, message));
     let welcome = if hello.protocol != protocol::PROTOCOL {
         refuse(ErrorKind::Protocol, format!("expected protocol {:?}, got {:?}", protocol::PROTOCOL, hello.protocol))
+    } else if hello.nonce.len() != protocol::NONCE_LEN {
+        refuse(ErrorKind::Protocol, format!("the handshake challenge must be {} bytes", protocol::NONCE_LEN))
     } else if !hello.versions.contains(&VERSION) {
         refuse(
             ErrorKind::Protocol,
             format!("this host speaks protocol version {VERSION}; the client offered {:?}", hello.versions),
         )
     } else {
-        Welcome::Accepted { version: VERSION, host: host.name().to_owned(), host_key: host.public_key() }
+        let proof = host.prove(&hello.nonce).to_vec();
+        Welcome::Accepted { version: VERSION, host: host.name().to_owned(), host_key: host.public_key(), proof }
     };
     let accepted = matches!(welcome, Welcome::Accepted { .. });
     protocol::write_message(&mut stream, &welcome).await?;

@@ -538,3 +538,59 @@ async fn an_agent_is_never_handed_to_a_host_that_is_not_a_trusted_peer() -> Resu
     home_run.shutdown().await;
     Ok(())
 }
+
+/// A listener that claims a trusted host's key without holding it.
+async fn impostor(claimed: roam_keys::PublicKey) -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let hello: Result<roam_host::protocol::Hello, _> = roam_host::protocol::read_message(&mut stream, 1 << 16).await;
+            if hello.is_err() {
+                continue;
+            }
+            let welcome = roam_host::protocol::Welcome::Accepted {
+                version: roam_host::protocol::VERSION,
+                host: "a".into(),
+                host_key: claimed,
+                proof: vec![0; 64],
+            };
+            let _ = roam_host::protocol::write_message(&mut stream, &welcome).await;
+            // Take whatever comes and claim it was accepted.
+            while let Ok(_req) = roam_host::protocol::read_message::<_, Request>(&mut stream, 64 << 20).await {
+                let _ = roam_host::protocol::write_message(&mut stream, &Response::Accepted).await;
+            }
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_cannot_prove_its_key_gets_no_agent() -> Result<()> {
+    let net = Net::new(&["home", "a"])?;
+    let a_key = roam_keys::PublicKey::load(&net.path("peers/a.pub"))?;
+    let fake = impostor(a_key).await?;
+    match Client::connect(&fake.to_string()).await {
+        Err(roam_host::client::ClientError::Unauthenticated { key, .. }) => assert_eq!(key, a_key),
+        other => bail!("the impostor was believed: {other:?}"),
+    }
+    // An agent sent there is not handed over: it waits (parked) instead of being lost.
+    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    let home_addr = home_run.addr().to_string();
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": [fake.to_string()] })).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = agent(&home_addr, &id).await?;
+        if info.state == "parked" {
+            break;
+        }
+        assert!(!matches!(info.state.as_str(), "finished" | "failed"), "{info:?}");
+        if Instant::now() > deadline {
+            bail!("the agent never parked: {info:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    home_run.shutdown().await;
+    Ok(())
+}
