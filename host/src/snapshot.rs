@@ -237,7 +237,9 @@ impl Snapshot {
     /// instantiation), and `globals`.
     pub fn capture(memory: &[u8], initial: &[u8], globals: Vec<GlobalValue>) -> Self {
         let zero = [0u8; PAGE];
-        let mut chunks: Vec<Chunk> = Vec::new();
+        // First find the runs of changed pages, then copy each run once into a buffer of its
+        // exact size: no buffer grows page by page.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
         for (i, page) in memory.chunks(PAGE).enumerate() {
             let start = i * PAGE;
             let before = initial.get(start..start + page.len()).unwrap_or(&zero[..page.len()]);
@@ -245,11 +247,15 @@ impl Snapshot {
             if page == before {
                 continue;
             }
-            match chunks.last_mut() {
-                Some(last) if last.offset + last.bytes.len() as u64 == start as u64 => last.bytes.extend_from_slice(page),
-                _ => chunks.push(Chunk { offset: start as u64, bytes: page.to_vec() }),
+            match runs.last_mut() {
+                Some((_, end)) if *end == start => *end = start + page.len(),
+                _ => runs.push((start, start + page.len())),
             }
         }
+        let chunks = runs
+            .into_iter()
+            .map(|(start, end)| Chunk { offset: start as u64, bytes: memory[start..end].to_vec() })
+            .collect();
         Self { memory_bytes: memory.len() as u64, chunks, globals }
     }
 
