@@ -166,20 +166,20 @@ pub fn instrument(module: &[u8]) -> Result<(Vec<u8>, GlobalSlots), SnapshotError
     // Rewrite the export section: the old entries as they are, then the new ones.
     let entries_start = range.start + leb_len(&module[range.start..]).ok_or_else(|| SnapshotError::Parse("bad export count".into()))?;
     let mut body = Vec::new();
-    write_leb(&mut body, export_count + added.len() as u32);
+    roam_keys::write_leb_u32(&mut body, export_count + added.len() as u32);
     body.extend_from_slice(&module[entries_start..range.end]);
     for (name, index) in &added {
-        write_leb(&mut body, name.len() as u32);
+        roam_keys::write_leb_u32(&mut body, name.len() as u32);
         body.extend_from_slice(name.as_bytes());
         body.push(0x03); // global
-        write_leb(&mut body, *index);
+        roam_keys::write_leb_u32(&mut body, *index);
     }
     // The section header (id byte + size) sits just before the section's contents.
     let header_start = section_header_start(module, range.start)?;
     let mut out = Vec::with_capacity(module.len() + body.len());
     out.extend_from_slice(&module[..header_start]);
     out.push(7);
-    write_leb(&mut out, body.len() as u32);
+    roam_keys::write_leb_u32(&mut out, body.len() as u32);
     out.extend_from_slice(&body);
     out.extend_from_slice(&module[range.end..]);
     Ok((out, slots))
@@ -197,18 +197,6 @@ fn section_header_start(module: &[u8], contents: usize) -> Result<usize, Snapsho
 
 fn leb_len(bytes: &[u8]) -> Option<usize> {
     bytes.iter().take(5).position(|b| b & 0x80 == 0).map(|p| p + 1)
-}
-
-fn write_leb(out: &mut Vec<u8>, mut v: u32) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 /// A contiguous run of changed pages.

@@ -59,7 +59,7 @@ pub use verify::{
     NoHistory, VerifiedModule, VerifyContext, VerifyError, VersionHistory, read_claims_unverified,
     verify,
 };
-pub use wasm::{Section, WasmError, sections};
+pub use wasm::{Section, WasmError, sections, write_u32 as write_leb_u32};
 
 /// Prefix of every signed payload, so that a roam module signature can never be mistaken for
 /// a signature over anything else made with the same key.

@@ -240,8 +240,8 @@ pub(crate) fn read_u32(bytes: &[u8], at: usize) -> Result<(u32, usize), WasmErro
     Err(WasmError::LebOverflow { offset: at })
 }
 
-/// Appends `value` as a minimal unsigned LEB128.
-pub(crate) fn write_u32(out: &mut Vec<u8>, mut value: u32) {
+/// Appends `value` as a minimal unsigned LEB128 (how Wasm writes sizes, counts and indices).
+pub fn write_u32(out: &mut Vec<u8>, mut value: u32) {
     loop {
         // Truncation is the point: take the low 7 bits.
         let byte = (value & 0x7f) as u8;
