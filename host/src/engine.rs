@@ -62,14 +62,6 @@ pub enum LoadError {
     /// The module imports something the host does not offer, or lacks a required export.
     #[error("the module cannot be linked: {0}")]
     Link(String),
-    /// The on-disk code cache could not be written.
-    #[error("cannot write the code cache at {path}: {source}")]
-    Cache {
-        /// The file that failed.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
 }
 
 /// Why a call did not produce a result.
@@ -332,7 +324,10 @@ impl Engine {
         let artifact = compiled
             .serialize()
             .map_err(|e| LoadError::Compile(format!("cannot serialize compiled code: {e:#}")))?;
-        write_artifact(&path, &artifact).map_err(|source| LoadError::Cache { path, source })?;
+        // The cache only saves a later compile: a host whose disk is full still runs the code.
+        if let Err(e) = write_artifact(&path, &artifact) {
+            tracing::warn!(path = %path.display(), "cannot write the code cache: {e}");
+        }
         Ok(compiled)
     }
 
@@ -518,18 +513,10 @@ fn spawn_ticker(engine: wasmtime::Engine, stop: Arc<AtomicBool>) -> anyhow::Resu
     Ok(())
 }
 
-/// Writes `artifact` followed by its SHA-256, through a temporary file and a rename, so a crash
-/// leaves either the old file or the whole new one.
+/// Writes `artifact` followed by its SHA-256. Not synced: a lost or torn file is caught by
+/// its hash and compiled again.
 fn write_artifact(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
-    // A name of its own per writer: two first calls of one module may compile it at once.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
-    let mut bytes = Vec::with_capacity(artifact.len() + 32);
-    bytes.extend_from_slice(artifact);
-    bytes.extend_from_slice(roam_keys::hash_module(artifact).as_bytes());
-    std::fs::write(&tmp, &bytes)?;
-    std::fs::rename(&tmp, path)
+    crate::state::write_file(path, &[artifact, roam_keys::hash_module(artifact).as_bytes()], false)
 }
 
 /// Locks a mutex, recovering the data if a thread panicked while holding it: every map guarded

@@ -300,9 +300,15 @@ async fn blocking(f: impl FnOnce() -> Result<Response, RemoteError> + Send + 'st
     }
 }
 
-/// The network form of a state failure.
+/// The network form of a state failure: a full disk is worth retrying later, anything else is
+/// the host's own fault. Either way the operator hears of it, not only the peer.
 pub(crate) fn internal(e: crate::state::StateError) -> RemoteError {
-    RemoteError::new(ErrorKind::Internal, e.to_string())
+    tracing::warn!("{e}");
+    let kind = match e {
+        crate::state::StateError::Full { .. } => ErrorKind::Busy,
+        _ => ErrorKind::Internal,
+    };
+    RemoteError::new(kind, e.to_string())
 }
 
 /// The largest chunk a fetch returns, so one request never holds a whole large module.
@@ -453,11 +459,7 @@ fn verify_error(e: &VerifyError) -> RemoteError {
 
 /// The network form of a load failure.
 pub fn load_error(e: LoadError) -> RemoteError {
-    let kind = match e {
-        LoadError::Cache { .. } => ErrorKind::Internal,
-        _ => ErrorKind::Load,
-    };
-    RemoteError::new(kind, e.to_string())
+    RemoteError::new(ErrorKind::Load, e.to_string())
 }
 
 /// The network form of a run failure.

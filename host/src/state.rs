@@ -19,6 +19,25 @@ use crate::engine::lock;
 /// A failure of the host's state database or module store.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// The disk under the data directory is full: nothing was written, and whatever asked for
+    /// the write was refused, so it can be retried once there is space.
+    #[error("{path}: the disk is full; nothing was written (free space under the data directory, then retry)")]
+    Full {
+        /// The file that could not be written.
+        path: PathBuf,
+    },
+    /// The state database is damaged or is not a database at all. roam does not repair it:
+    /// silently starting afresh would lose the modules, agents and versions it records.
+    #[error(
+        "host state database {path} is corrupt ({detail}); restore it from a backup, or move it \
+         aside to start with an empty state (its agents, modules and accepted versions are then lost)"
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's description.
+        detail: String,
+    },
     /// SQLite failed.
     #[error("host state database {path}: {source}")]
     Db {
@@ -35,6 +54,30 @@ pub enum StateError {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+impl StateError {
+    /// A SQLite failure on `path`, told apart: a full disk and a damaged file each say so.
+    fn db(path: &Path, source: rusqlite::Error) -> Self {
+        let path = path.to_path_buf();
+        match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => Self::Full { path },
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                Self::Corrupt { path, detail: source.to_string() }
+            }
+            _ => Self::Db { path, source },
+        }
+    }
+
+    /// An I/O failure on `path`; a full disk says so.
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        if source.kind() == std::io::ErrorKind::StorageFull {
+            Self::Full { path }
+        } else {
+            Self::Io { path, source }
+        }
+    }
 }
 
 /// The host's state database and module store.
@@ -81,12 +124,18 @@ impl State {
     pub fn open(data_dir: &Path) -> Result<Self, StateError> {
         let path = data_dir.join("state.db");
         let modules_dir = data_dir.join("modules");
-        std::fs::create_dir_all(&modules_dir).map_err(|source| StateError::Io { path: modules_dir.clone(), source })?;
-        let db = |source| StateError::Db { path: path.clone(), source };
+        std::fs::create_dir_all(&modules_dir).map_err(|e| StateError::io(&modules_dir, e))?;
+        let db = |e| StateError::db(&path, e);
         let conn = Connection::open(&path).map_err(db)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        // A damaged database stops the host here, before it acts on half of what it recorded.
+        // The check reads every page once: about a second per gigabyte.
+        let verdict: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0)).map_err(db)?;
+        if verdict != "ok" {
+            return Err(StateError::Corrupt { path, detail: verdict });
+        }
         Ok(Self { path, modules_dir, conn: Mutex::new(conn) })
     }
 
@@ -98,7 +147,7 @@ impl State {
     }
 
     fn db(&self, source: rusqlite::Error) -> StateError {
-        StateError::Db { path: self.path.clone(), source }
+        StateError::db(&self.path, source)
     }
 
     fn module_path(&self, hash: &ModuleHash) -> PathBuf {
@@ -110,15 +159,7 @@ impl State {
     pub fn store_module(&self, hash: ModuleHash, bytes: &[u8], claims: &Claims) -> Result<(), StateError> {
         let path = self.module_path(&hash);
         if !path.exists() {
-            // A name of its own per writer: two processes sharing a cache may store at once.
-            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
-            let io = |source| StateError::Io { path: path.clone(), source };
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            std::io::Write::write_all(&mut f, bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(io)?;
+            write_file(&path, &[bytes], true).map_err(|e| StateError::io(&path, e))?;
         }
         let conn = lock(&self.conn);
         conn.execute(
@@ -144,7 +185,7 @@ impl State {
         match std::fs::read(&path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StateError::Io { path, source }),
+            Err(e) => Err(StateError::io(&path, e)),
         }
     }
 
@@ -175,7 +216,7 @@ impl State {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(StateError::Io { path, source }),
+            Err(e) => return Err(StateError::io(&path, e)),
         }
         lock(&self.conn)
             .execute("DELETE FROM modules WHERE hash = ?1", [hash.to_string()])
@@ -248,7 +289,7 @@ impl State {
     pub fn read_module_chunk(&self, hash: &ModuleHash, offset: u64, max: usize) -> Result<Option<(u64, Vec<u8>)>, StateError> {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.module_path(hash);
-        let io = |source| StateError::Io { path: path.clone(), source };
+        let io = |e| StateError::io(&path, e);
         let mut file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -333,4 +374,30 @@ impl VersionHistory for State {
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Writes `parts` to `path` through a temporary file and a rename, so that a crash leaves either
+/// the old file or the whole new one, and a failed write (a full disk, say) leaves nothing
+/// behind. With `sync`, the data is on disk before the new name appears.
+pub(crate) fn write_file(path: &Path, parts: &[&[u8]], sync: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    // A name of its own per writer: two processes sharing a cache, or two first loads of one
+    // module, may write the same file at once.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        for part in parts {
+            file.write_all(part)?;
+        }
+        if sync {
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

@@ -5,6 +5,7 @@
 //! hosts at the same hop, none left behind, none unexpected.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,8 +17,8 @@ use crate::agents::{Net, agent, check_hop_counter, ended, launch, result_json};
 const HOSTS: [&str; 3] = ["home", "a", "b"];
 
 /// A host process on a fixed port, so it can come back where its peers expect it.
-struct Proc {
-    child: Child,
+pub struct Proc {
+    pub child: Child,
 }
 
 impl Drop for Proc {
@@ -27,26 +28,41 @@ impl Drop for Proc {
     }
 }
 
+/// The arguments of `roam` that start host `name` of `net` on `port`.
+pub fn host_args(net: &Net, name: &str, port: u16) -> Vec<OsString> {
+    let mut args: Vec<OsString> = ["host", "--name", name, "--listen", &format!("127.0.0.1:{port}")]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    for (flag, path) in [
+        ("--key", format!("host-keys/{name}.key")),
+        ("--trust", "trust".into()),
+        ("--peers", "peers".into()),
+        ("--data-dir", format!("data-{name}")),
+    ] {
+        args.push(flag.into());
+        args.push(net.path(&path).into());
+    }
+    args
+}
+
 fn spawn(net: &Net, name: &str, port: u16, fault: Option<&str>) -> Result<Proc> {
     let mut cmd = Command::new(roam_tests::roam_bin()?);
-    cmd.args(["host", "--name", name, "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--key")
-        .arg(net.path(&format!("host-keys/{name}.key")))
-        .arg("--trust")
-        .arg(net.path("trust"))
-        .arg("--peers")
-        .arg(net.path("peers"))
-        .arg("--data-dir")
-        .arg(net.path(&format!("data-{name}")))
-        .env_remove("ROAM_FAULT_ABORT_AT")
-        .env("ROAM_LOG", std::env::var("ROAM_LOG").unwrap_or_else(|_| "info".into()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        // Appended, so that a host's log survives its restarts.
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(net.path(&format!("{name}.log")))?);
+    cmd.args(host_args(net, name, port)).env_remove("ROAM_FAULT_ABORT_AT");
     if let Some(step) = fault {
         cmd.env("ROAM_FAULT_ABORT_AT", step);
     }
+    start(net, name, cmd)
+}
+
+/// Starts `cmd`, a command that runs host `name`, and waits until it listens. Its log goes to
+/// `<name>.log` in the net's directory, appended so that it survives restarts.
+pub fn start(net: &Net, name: &str, mut cmd: Command) -> Result<Proc> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(net.path(&format!("{name}.log")))?;
+    cmd.env("ROAM_LOG", std::env::var("ROAM_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
     let mut child = cmd.spawn().context("cannot start roam host")?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut line = String::new();
@@ -58,7 +74,7 @@ fn spawn(net: &Net, name: &str, port: u16, fault: Option<&str>) -> Result<Proc> 
     Ok(Proc { child })
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

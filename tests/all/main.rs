@@ -9,3 +9,4 @@ mod cli;
 mod code_on_demand;
 mod crash;
 mod limits;
+mod storage;
