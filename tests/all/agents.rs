@@ -321,6 +321,24 @@ async fn handshake(addr: &str) -> Result<(tokio::net::TcpStream, Vec<u8>)> {
     }
 }
 
+#[tokio::test]
+async fn a_client_of_the_old_protocol_is_told_to_upgrade() -> Result<()> {
+    let net = Net::new(&["home"])?;
+    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    let mut stream = tokio::net::TcpStream::connect(home_run.addr()).await?;
+    let hello = Hello { versions: vec![1], ..Hello::new("old")? };
+    write_message(&mut stream, &hello).await?;
+    match read_message(&mut stream, 1 << 16).await? {
+        Welcome::Refused(e) => {
+            assert_eq!(e.kind, ErrorKind::Protocol);
+            assert!(e.message.contains("speaks protocol version 2") && e.message.contains("upgrade"), "{e}");
+        }
+        Welcome::Accepted { .. } => bail!("a version 1 client was accepted"),
+    }
+    home_run.shutdown().await;
+    Ok(())
+}
+
 /// Transfers made by hand, as a hostile or confused peer would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Result<()> {
