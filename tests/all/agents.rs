@@ -450,6 +450,10 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
     // A fresh attempt at the same hop (a sender's retry) is acknowledged, not run twice.
     let retry = Signed::sign(domain::ENVELOPE, &envelope(target_key, 4, &snapshot), &peer_key)?;
     assert!(matches!(send(retry, snapshot.clone()).await?, Response::Accepted));
+    match anonymous.request(&Request::Agents { id: None }).await? {
+        Response::Agents(list) => assert_eq!(list.len(), 1, "{list:?}"),
+        other => bail!("unexpected answer {other:?}"),
+    }
     target_run.shutdown().await;
     home_run.shutdown().await;
     Ok(())
