@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use roam_keys::{ModuleHash, PublicKey};
+use roam_keys::{ModuleHash, PublicKey, SecretKey};
 use tokio::net::TcpStream;
 
-use crate::protocol::{self, FrameError, Hello, ModuleInfo, ModuleRef, RemoteError, Request, Response, Welcome};
+use crate::protocol::{self, FrameError, Hello, Identity, ModuleInfo, ModuleRef, RemoteError, Request, Response, Welcome};
 
 /// How long connecting and the handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,8 +53,18 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` and performs the handshake.
+    /// Connects to `addr` and performs the handshake as an anonymous client.
     pub async fn connect(addr: &str) -> Result<Self, ClientError> {
+        Self::connect_with(addr, None).await
+    }
+
+    /// Connects to `addr` and performs the handshake proving `key`, as a host does when it
+    /// connects to a peer.
+    pub async fn connect_as(addr: &str, key: &SecretKey) -> Result<Self, ClientError> {
+        Self::connect_with(addr, Some(key)).await
+    }
+
+    async fn connect_with(addr: &str, key: Option<&SecretKey>) -> Result<Self, ClientError> {
         let connect_err = |source| ClientError::Connect { addr: addr.to_owned(), source };
         let timeout = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
         let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -68,12 +78,16 @@ impl Client {
             .await
             .map_err(|_| FrameError::Timeout)??;
         match welcome {
-            Welcome::Accepted { host, host_key, proof, .. } => {
+            Welcome::Accepted { host, host_key, proof, challenge, .. } => {
                 let proven = <[u8; 64]>::try_from(proof.as_slice())
                     .is_ok_and(|sig| host_key.verify_strict(&protocol::handshake_message(&hello.nonce, &host_key), &sig));
                 if !proven {
                     return Err(ClientError::Unauthenticated { addr: addr.to_owned(), key: host_key });
                 }
+                // No answer follows: the first request goes out right behind the identity, and a
+                // refused proof is the answer to that request.
+                let identity = key.map_or(Identity::Anonymous, |k| Identity::prove(k, &challenge, &host_key));
+                protocol::write_message(&mut stream, &identity).await?;
                 Ok(Self { stream, host, host_key, max_frame: protocol::DEFAULT_MAX_FRAME })
             }
             Welcome::Refused(e) => Err(ClientError::Refused(e)),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use roam_keys::{Kind, ModuleHash, TrustStore, VerifiedModule, VerifyContext, VerifyError};
+use roam_keys::{Kind, ModuleHash, SecretKey, TrustStore, VerifiedModule, VerifyContext, VerifyError};
 
 use crate::client::{Client, ClientError};
 use crate::state::{State, StateError, now_secs};
@@ -57,16 +57,21 @@ pub enum FetchError {
 }
 
 /// Downloads the signed module `hash` from the host at `addr`, in chunks, refusing more than
-/// `max_size` bytes or more than [`DOWNLOAD_TIMEOUT`]. `progress` hears `(received, total)`.
+/// `max_size` bytes or more than [`DOWNLOAD_TIMEOUT`]. A host proves its key `as_key` to its
+/// peer; a client connects anonymously (`None`). `progress` hears `(received, total)`.
 pub async fn download(
     addr: &str,
     hash: ModuleHash,
     max_size: usize,
+    as_key: Option<&SecretKey>,
     progress: Option<&(dyn Fn(u64, u64) + Sync)>,
 ) -> Result<Vec<u8>, FetchError> {
     let started = Instant::now();
     let work = async {
-        let mut client = Client::connect(addr).await?;
+        let mut client = match as_key {
+            Some(key) => Client::connect_as(addr, key).await?,
+            None => Client::connect(addr).await?,
+        };
         let mut bytes: Vec<u8> = Vec::new();
         loop {
             let (total, chunk) = client.fetch_chunk(hash, bytes.len() as u64, CHUNK).await?;
@@ -197,7 +202,7 @@ impl CodeCache {
         if let Some(module) = self.load(hash, kind)? {
             return Ok((hash, module));
         }
-        let bytes = download(source, hash, self.max_size, progress).await?;
+        let bytes = download(source, hash, self.max_size, None, progress).await?;
         let module = self.admit(hash, bytes, kind)?;
         Ok((hash, module))
     }

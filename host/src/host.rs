@@ -219,8 +219,14 @@ impl Host {
         });
     }
 
-    /// Serves one request.
-    pub async fn handle(&self, request: Request) -> Response {
+    /// Serves one request from a client that proved the key `peer` in the handshake (`None`:
+    /// an anonymous client).
+    pub async fn handle(&self, request: Request, peer: Option<PublicKey>) -> Response {
+        if let Some(signer) = request.host_signer()
+            && let Err(e) = self.inner.check_sender(signer, peer, matches!(request, Request::RecallAgent(_)))
+        {
+            return Response::Error(e);
+        }
         match request {
             Request::Ping => Response::Pong,
             Request::Eval { module, input } => self.eval(module, input).await.unwrap_or_else(Response::Error),
@@ -268,7 +274,7 @@ impl Host {
         if let Some(info) = self.inner.state.module(&hash).map_err(internal)? {
             return Ok(info);
         }
-        let bytes = crate::fetch::download(peer, hash, self.inner.max_module, None)
+        let bytes = crate::fetch::download(peer, hash, self.inner.max_module, Some(&self.inner.key), None)
             .await
             .map_err(|e| RemoteError::new(ErrorKind::NotFound, format!("cannot fetch {hash} from {peer}: {e}")))?;
         let inner = self.inner.clone();

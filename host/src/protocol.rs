@@ -1,21 +1,28 @@
 //! The wire protocol between clients and hosts.
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of CBOR; a frame over the
-//! agreed maximum is refused before it is read. A connection opens with a versioned handshake
-//! ([`Hello`] / [`Welcome`]) in which the host signs the client's fresh challenge, proving the key
-//! it names, and then carries [`Request`] / [`Response`] pairs in order. Every
-//! byte string goes through `serde_bytes`, never as a sequence of integers.
+//! agreed maximum is refused before it is read.
+//!
+//! A connection opens with a versioned handshake of three messages: the client's [`Hello`]
+//! carries a fresh challenge; the host's [`Welcome`] signs it, proving the key the host names,
+//! and carries a fresh challenge of the host's own; the client's [`Identity`] answers that
+//! challenge with a signature by its key (a host connecting to a peer) or stays anonymous (a
+//! person's client). The client sends its first request right after its identity, so the
+//! handshake costs one round trip. Host-to-host requests are served only on a connection whose
+//! client proved a peer's key. Requests and responses then alternate in order. Every byte
+//! string goes through `serde_bytes`, never as a sequence of integers.
 
 use std::time::Duration;
 
-use roam_keys::{Kind, ModuleHash, PublicKey};
+use roam_keys::{Kind, ModuleHash, PublicKey, SecretKey};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Names the protocol in the handshake, so a stray client of another protocol is told so.
 pub const PROTOCOL: &str = "roam";
-/// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
+/// The protocol version this build speaks. Version 2 added the host's challenge and the
+/// client's [`Identity`]; a host refuses clients that offer only version 1.
+pub const VERSION: u32 = 2;
 /// Default cap on one frame.
 pub const DEFAULT_MAX_FRAME: usize = 32 << 20;
 /// How long a peer may take to send one whole frame once it started, or to answer a handshake.
@@ -104,8 +111,18 @@ where
 
 /// Prefix of what a host signs to prove its key in the handshake.
 pub const HANDSHAKE_DOMAIN: &[u8] = b"roam-handshake-v1\0";
-/// Length of the client's challenge.
+/// Prefix of what a client signs to prove its key in the handshake; distinct from
+/// [`HANDSHAKE_DOMAIN`], so neither side's proof can be passed off as the other's.
+pub const IDENTITY_DOMAIN: &[u8] = b"roam-identity-v1\0";
+/// Length of each side's challenge.
 pub const NONCE_LEN: usize = 32;
+
+/// A fresh random challenge.
+pub fn nonce() -> Result<Vec<u8>, FrameError> {
+    let mut nonce = vec![0u8; NONCE_LEN];
+    getrandom::getrandom(&mut nonce).map_err(|e| FrameError::Malformed(format!("no randomness for the handshake: {e}")))?;
+    Ok(nonce)
+}
 
 /// The client's opening message.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -124,9 +141,7 @@ pub struct Hello {
 impl Hello {
     /// A hello for this build, with a fresh challenge.
     pub fn new(client: &str) -> Result<Self, FrameError> {
-        let mut nonce = vec![0u8; NONCE_LEN];
-        getrandom::getrandom(&mut nonce).map_err(|e| FrameError::Malformed(format!("no randomness for the handshake: {e}")))?;
-        Ok(Self { protocol: PROTOCOL.into(), versions: vec![VERSION], client: client.into(), nonce })
+        Ok(Self { protocol: PROTOCOL.into(), versions: vec![VERSION], client: client.into(), nonce: nonce()? })
     }
 }
 
@@ -153,9 +168,70 @@ pub enum Welcome {
         /// The host's signature over [`handshake_message`] of the client's challenge.
         #[serde(with = "serde_bytes")]
         proof: Vec<u8>,
+        /// A fresh challenge the client answers with its [`Identity`].
+        #[serde(with = "serde_bytes")]
+        challenge: Vec<u8>,
     },
     /// The host will not serve this connection.
     Refused(RemoteError),
+}
+
+/// What a client signs to prove its key: the domain, the host's challenge, the client's key,
+/// and the key of the host it is talking to, so that a proof made for one host cannot be
+/// relayed to another.
+pub fn identity_message(challenge: &[u8], client_key: &PublicKey, host_key: &PublicKey) -> Vec<u8> {
+    let mut m = Vec::with_capacity(IDENTITY_DOMAIN.len() + challenge.len() + 64);
+    m.extend_from_slice(IDENTITY_DOMAIN);
+    m.extend_from_slice(challenge);
+    m.extend_from_slice(client_key.as_bytes());
+    m.extend_from_slice(host_key.as_bytes());
+    m
+}
+
+/// The client's answer to [`Welcome::Accepted`], sent once, before its first request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Identity {
+    /// A client without a key; it may make every request but the host-to-host ones.
+    Anonymous,
+    /// A client (a host connecting to a peer) proving it holds `key`.
+    Key {
+        /// The key it proves.
+        key: PublicKey,
+        /// Its signature over [`identity_message`] of the host's challenge.
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
+    },
+}
+
+impl Identity {
+    /// Proves `key` to the host `host_key`, which sent `challenge`.
+    pub fn prove(key: &SecretKey, challenge: &[u8], host_key: &PublicKey) -> Self {
+        let proof = key.sign(&identity_message(challenge, &key.public(), host_key)).to_vec();
+        Self::Key { key: key.public(), proof }
+    }
+
+    /// The key this identity proves to the host `host_key`, which sent `challenge`: `None` for
+    /// an anonymous client.
+    ///
+    /// # Errors
+    /// If the proof does not verify.
+    pub fn check(&self, challenge: &[u8], host_key: &PublicKey) -> Result<Option<PublicKey>, RemoteError> {
+        match self {
+            Self::Anonymous => Ok(None),
+            Self::Key { key, proof } => {
+                let proven = <[u8; 64]>::try_from(proof.as_slice())
+                    .is_ok_and(|sig| key.verify_strict(&identity_message(challenge, key, host_key), &sig));
+                if proven {
+                    Ok(Some(*key))
+                } else {
+                    Err(RemoteError::new(
+                        ErrorKind::Unauthenticated,
+                        format!("the handshake proof for key {key} is invalid: the client does not hold that key"),
+                    ))
+                }
+            }
+        }
+    }
 }
 
 /// A module named in a request.
@@ -237,6 +313,18 @@ pub enum Request {
     Call(crate::agents::wire::Signed),
     /// Check that the host answers.
     Ping,
+}
+
+impl Request {
+    /// The key that signed a host-to-host request (a transfer, report, recall order or forwarded
+    /// call), which only another host may send; `None` for the requests any client may make.
+    pub fn host_signer(&self) -> Option<&PublicKey> {
+        match self {
+            Self::Transfer { envelope, .. } => Some(&envelope.signer),
+            Self::Report(signed) | Self::RecallAgent(signed) | Self::Call(signed) => Some(&signed.signer),
+            _ => None,
+        }
+    }
 }
 
 /// A module a host holds, as listed and resolved.
@@ -328,6 +416,10 @@ pub enum ErrorKind {
     NotFound,
     /// A request was well-formed but not acceptable (a module of the wrong kind, say).
     Refused,
+    /// The client did not prove the key this request needs (a host-to-host request on an
+    /// anonymous connection, or from a key that is not a peer), or its handshake proof was
+    /// invalid.
+    Unauthenticated,
 }
 
 /// An error that crosses the network: a kind to act on and a message for a person.

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::host::Host;
 use crate::protocol::{
-    self, ErrorKind, FRAME_TIMEOUT, FrameError, Hello, RemoteError, Request, Response, VERSION, Welcome,
+    self, ErrorKind, FRAME_TIMEOUT, FrameError, Hello, Identity, RemoteError, Request, Response, VERSION, Welcome,
 };
 
 /// How long a connection may sit idle between requests.
@@ -123,17 +123,41 @@ async fn connection(
     } else if !hello.versions.contains(&VERSION) {
         refuse(
             ErrorKind::Protocol,
-            format!("this host speaks protocol version {VERSION}; the client offered {:?}", hello.versions),
+            format!(
+                "this host speaks protocol version {VERSION}; the client offered {:?}: upgrade roam on the older side",
+                hello.versions
+            ),
         )
     } else {
         let proof = host.prove(&hello.nonce).to_vec();
-        Welcome::Accepted { version: VERSION, host: host.name().to_owned(), host_key: host.public_key(), proof }
+        let challenge = protocol::nonce()?;
+        Welcome::Accepted { version: VERSION, host: host.name().to_owned(), host_key: host.public_key(), proof, challenge }
     };
-    let accepted = matches!(welcome, Welcome::Accepted { .. });
-    protocol::write_message(&mut stream, &welcome).await?;
-    if !accepted {
+    let Welcome::Accepted { challenge, .. } = &welcome else {
+        protocol::write_message(&mut stream, &welcome).await?;
         return Ok(());
-    }
+    };
+    let challenge = challenge.clone();
+    protocol::write_message(&mut stream, &welcome).await?;
+    let identity: Identity = tokio::select! {
+        _ = stopped.changed() => return Ok(()),
+        read = tokio::time::timeout(FRAME_TIMEOUT, protocol::read_message(&mut stream, 64 << 10)) => {
+            read.map_err(|_| FrameError::Timeout)??
+        }
+    };
+    // The key the client proved, if any: what host-to-host requests on this connection are
+    // checked against. A wrong proof ends the connection: the request that follows it is read
+    // (closing with it unread would reset the connection and lose the answer) and answered with
+    // the refusal.
+    let peer = match identity.check(&challenge, &host.public_key()) {
+        Ok(peer) => peer,
+        Err(e) => {
+            tracing::warn!("refused a connection: {e}");
+            let _ = tokio::time::timeout(FRAME_TIMEOUT, protocol::read_frame(&mut stream, max)).await;
+            protocol::write_message(&mut stream, &Response::Error(e)).await?;
+            return Ok(());
+        }
+    };
     loop {
         let request: Request = tokio::select! {
             _ = stopped.changed() => return Ok(()),
@@ -151,7 +175,7 @@ async fn connection(
                 Ok(Ok(r)) => r,
             },
         };
-        let response = host.handle(request).await;
+        let response = host.handle(request, peer).await;
         protocol::write_message(&mut stream, &response).await?;
     }
 }

@@ -47,6 +47,8 @@
 mod claims;
 mod key;
 mod sign;
+#[doc(hidden)]
+pub mod testing;
 mod trust;
 mod verify;
 mod wasm;

@@ -165,7 +165,7 @@ fn check_request(req: &SignRequest) -> Result<(), SignError> {
 }
 
 /// Encodes a whole custom section: id 0, size, name length, name, contents.
-fn custom_section(name: &str, contents: &[u8]) -> Result<Vec<u8>, SignError> {
+pub(crate) fn custom_section(name: &str, contents: &[u8]) -> Result<Vec<u8>, SignError> {
     let mut name_len = Vec::new();
     wasm::write_u32(&mut name_len, leb_len(name.len())?);
     let size = name_len.len() + name.len() + contents.len();

@@ -181,7 +181,11 @@ pub enum VerifyError {
     )]
     HashMismatch,
     /// The module was signed for another role than the one requested.
-    #[error("the module is a {found} module, but a {expected} module is needed here")]
+    #[error(
+        "the module is {} {found} module, but {} {expected} module is needed here",
+        article(*.found),
+        article(*.expected)
+    )]
     WrongKind {
         /// The kind the caller needs.
         expected: Kind,
@@ -411,6 +415,11 @@ pub fn read_claims_unverified(bytes: &[u8]) -> Result<Claims, VerifyError> {
         .ok_or(VerifyError::MissingSignature)?;
     let envelope = decode_envelope(section.payload)?;
     decode_claims(&envelope.payload)
+}
+
+/// "an agent", "a query".
+fn article(kind: Kind) -> &'static str {
+    if kind == Kind::Agent { "an" } else { "a" }
 }
 
 fn is_signature(section: &Section<'_>) -> bool {

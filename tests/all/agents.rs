@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use roam_abi::Action;
-use roam_host::agents::wire::{AgentInfo, AgentLimits, AgentRecord, Envelope, Signed, domain};
+use roam_host::agents::wire::{
+    AgentInfo, AgentLimits, AgentRecord, Call, CallOp, Envelope, Event, Recall, Report, Signed, domain,
+};
 use roam_host::client::Client;
 use roam_host::config::HostConfig;
 use roam_host::host::Host;
-use roam_host::protocol::{Request, Response};
+use roam_host::protocol::{ErrorKind, Hello, Identity, Request, Response, Welcome, read_message, write_message};
 use roam_host::resources::{Attachment, ResourceType};
 use roam_host::server::RunningHost;
 use roam_keys::{Kind, SecretKey};
@@ -300,6 +302,43 @@ async fn an_agent_whose_signer_the_destination_does_not_trust_is_refused_and_hom
     Ok(())
 }
 
+/// The message of a refusal for want of an authenticated peer.
+fn unauthenticated(r: Response) -> Result<String> {
+    match r {
+        Response::Error(e) if e.kind == ErrorKind::Unauthenticated => Ok(e.message),
+        other => bail!("expected a refusal of the connection, got {other:?}"),
+    }
+}
+
+/// Opens a connection by hand up to the client's identity: returns the stream and the host's
+/// challenge.
+async fn handshake(addr: &str) -> Result<(tokio::net::TcpStream, Vec<u8>)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    write_message(&mut stream, &Hello::new("hand")?).await?;
+    match read_message(&mut stream, 1 << 16).await? {
+        Welcome::Accepted { challenge, .. } => Ok((stream, challenge)),
+        Welcome::Refused(e) => bail!("refused: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_client_of_the_old_protocol_is_told_to_upgrade() -> Result<()> {
+    let net = Net::new(&["home"])?;
+    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    let mut stream = tokio::net::TcpStream::connect(home_run.addr()).await?;
+    let hello = Hello { versions: vec![1], ..Hello::new("old")? };
+    write_message(&mut stream, &hello).await?;
+    match read_message(&mut stream, 1 << 16).await? {
+        Welcome::Refused(e) => {
+            assert_eq!(e.kind, ErrorKind::Protocol);
+            assert!(e.message.contains("speaks protocol version 2") && e.message.contains("upgrade"), "{e}");
+        }
+        Welcome::Accepted { .. } => bail!("a version 1 client was accepted"),
+    }
+    home_run.shutdown().await;
+    Ok(())
+}
+
 /// Transfers made by hand, as a hostile or confused peer would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Result<()> {
@@ -312,7 +351,7 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
     // The target holds the agent's code (published there), so only the envelope matters.
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let code = roam_keys::hash_module(&module);
-    let mut client = Client::connect(&addr).await?;
+    let mut client = Client::connect_as(&addr, &peer_key).await?;
     let target_key = client.host_key();
     let pre = target.state();
     let claims = roam_keys::read_claims_unverified(&module)?;
@@ -366,11 +405,16 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
     let message = refusal(send(elsewhere, snapshot.clone()).await?)?;
     assert!(message.contains("addressed to host"), "{message}");
 
-    // From a host that is not a trusted peer.
+    // From a host that is not a trusted peer, on a connection where it proved its own key.
     let stranger = SecretKey::generate()?;
     let unknown = Signed::sign(domain::ENVELOPE, &envelope(target_key, 3, &snapshot), &stranger)?;
-    let message = refusal(send(unknown, snapshot.clone()).await?)?;
+    let transfer = |envelope, snapshot| Request::Transfer { envelope, snapshot };
+    let mut as_stranger = Client::connect_as(&addr, &stranger).await?;
+    let message = refusal(as_stranger.request(&transfer(unknown.clone(), snapshot.clone())).await?)?;
     assert!(message.contains("not among this host's trusted peers"), "{message}");
+    // The same, sent on the trusted peer's connection: a host sends only its own messages.
+    let message = refusal(send(unknown, snapshot.clone()).await?)?;
+    assert!(message.contains("a host sends only its own messages"), "{message}");
 
     // An envelope whose signed body was changed after signing.
     let mut forged = good.clone();
@@ -379,6 +423,26 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
     let message = refusal(send(forged, snapshot.clone()).await?)?;
     assert!(message.contains("signature") || message.contains("malformed"), "{message}");
 
+    // The good envelope on an anonymous connection, and on one whose handshake proof is a
+    // replay of a proof made for an earlier connection: both refused for the connection alone.
+    let mut anonymous = Client::connect(&addr).await?;
+    let message = unauthenticated(anonymous.request(&transfer(good.clone(), snapshot.clone())).await?)?;
+    assert!(message.contains("this connection is anonymous"), "{message}");
+    let (mut stream, challenge) = handshake(&addr).await?;
+    let old_proof = Identity::prove(&peer_key, &challenge, &target_key);
+    drop(stream);
+    (stream, _) = handshake(&addr).await?;
+    write_message(&mut stream, &old_proof).await?;
+    write_message(&mut stream, &transfer(good.clone(), snapshot.clone())).await?;
+    let message = unauthenticated(read_message(&mut stream, 1 << 20).await?)?;
+    assert!(message.contains("handshake proof") && message.contains("is invalid"), "{message}");
+    assert!(read_message::<_, Response>(&mut stream, 1 << 20).await.is_err(), "the connection stays open");
+    // Nothing of all that was persisted.
+    match anonymous.request(&Request::Agents { id: None }).await? {
+        Response::Agents(list) => assert!(list.is_empty(), "{list:?}"),
+        other => bail!("unexpected answer {other:?}"),
+    }
+
     // The good one is accepted once; sent again byte for byte, it is a replay.
     assert!(matches!(send(good.clone(), snapshot.clone()).await?, Response::Accepted));
     let message = refusal(send(good, snapshot.clone()).await?)?;
@@ -386,7 +450,47 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
     // A fresh attempt at the same hop (a sender's retry) is acknowledged, not run twice.
     let retry = Signed::sign(domain::ENVELOPE, &envelope(target_key, 4, &snapshot), &peer_key)?;
     assert!(matches!(send(retry, snapshot.clone()).await?, Response::Accepted));
+    match anonymous.request(&Request::Agents { id: None }).await? {
+        Response::Agents(list) => assert_eq!(list.len(), 1, "{list:?}"),
+        other => bail!("unexpected answer {other:?}"),
+    }
     target_run.shutdown().await;
+    home_run.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_to_host_messages_are_refused_without_a_peer_proven_in_the_handshake() -> Result<()> {
+    let net = Net::new(&["home", "peer"])?;
+    let peer_key = SecretKey::load(&net.path("host-keys/peer.key"))?;
+    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    let addr = home_run.addr().to_string();
+    let agent = "00112233445566778899aabbccddeeff".to_owned();
+    let at = roam_host::state::now_secs();
+    let report = Report { agent: agent.clone(), hop: 1, event: Event::Failed { reason: "forged".into() } };
+    let call = Call { agent: agent.clone(), resource: "reports".into(), op: CallOp::Append { line: "forged".into() }, at };
+    let messages = [
+        Request::Report(Signed::sign(domain::REPORT, &report, &peer_key)?),
+        Request::RecallAgent(Signed::sign(domain::RECALL, &Recall { agent, at }, &peer_key)?),
+        Request::Call(Signed::sign(domain::CALL, &call, &peer_key)?),
+    ];
+    let stranger = SecretKey::generate()?;
+    let mut anonymous = Client::connect(&addr).await?;
+    let mut as_stranger = Client::connect_as(&addr, &stranger).await?;
+    for message in &messages {
+        let refused = unauthenticated(anonymous.request(message).await?)?;
+        assert!(refused.contains("this connection is anonymous"), "{refused}");
+        // Signed by a peer, sent by a host that proved another key.
+        let refused = unauthenticated(as_stranger.request(message).await?)?;
+        assert!(refused.contains("a host sends only its own messages"), "{refused}");
+    }
+    // The same messages from the peer itself get past the connection check to their own.
+    let mut as_peer = Client::connect_as(&addr, &peer_key).await?;
+    for message in &messages {
+        if let Response::Error(e) = as_peer.request(message).await? {
+            assert_ne!(e.kind, ErrorKind::Unauthenticated, "{e}");
+        }
+    }
     home_run.shutdown().await;
     Ok(())
 }
@@ -554,6 +658,7 @@ async fn impostor(claimed: roam_keys::PublicKey) -> Result<std::net::SocketAddr>
                 host: "a".into(),
                 host_key: claimed,
                 proof: vec![0; 64],
+                challenge: vec![0; roam_host::protocol::NONCE_LEN],
             };
             let _ = roam_host::protocol::write_message(&mut stream, &welcome).await;
             // Take whatever comes and claim it was accepted.

@@ -5,6 +5,7 @@
 mod admission;
 mod agents;
 mod agents_cli;
+mod attacks;
 mod cli;
 mod code_on_demand;
 mod crash;

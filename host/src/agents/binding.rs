@@ -155,7 +155,7 @@ impl Forwarder {
             .map_err(|_| ResourceError::Sql("global references need the host's runtime".into()))?;
         handle.block_on(async move {
             let work = async {
-                let mut client = Client::connect(&owner).await.map_err(|e| ResourceError::Sql(format!("owner unreachable: {e}")))?;
+                let mut client = Client::connect_as(&owner, &self.key).await.map_err(|e| ResourceError::Sql(format!("owner unreachable: {e}")))?;
                 client.request(&Request::Call(signed)).await.map_err(|e| ResourceError::Sql(e.to_string()))
             };
             tokio::time::timeout(wait, work).await.map_err(|_| ResourceError::Deadline)?

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use roam_abi::{Arrival, Bound, Next};
-use roam_keys::{Kind, ModuleHash};
+use roam_keys::{Kind, ModuleHash, PublicKey};
 
 use self::store::{Homed, Row, row_state};
 use self::wire::{
@@ -100,8 +100,38 @@ impl Inner {
         self.address.get().cloned().unwrap_or_default()
     }
 
-    fn is_peer(&self, key: &roam_keys::PublicKey) -> bool {
+    fn is_peer(&self, key: &PublicKey) -> bool {
         *key == self.key.public() || self.peers.get(key).is_some() && !self.peers.is_revoked(key)
+    }
+
+    /// Checks who sends a host-to-host message signed by `signer` on a connection whose client
+    /// proved `peer`: a host sends only its own messages, on a connection where it proved its
+    /// key, and that key must be one of this host's peers. A recall order may also come from an
+    /// agent's home that is not a peer; `receive_recall` checks that it is the agent's home.
+    pub(crate) fn check_sender(&self, signer: &PublicKey, peer: Option<PublicKey>, recall: bool) -> Result<(), RemoteError> {
+        let refuse = |m: String| Err(RemoteError::new(ErrorKind::Unauthenticated, m));
+        let Some(peer) = peer else {
+            return refuse(
+                "host-to-host messages are accepted only on a connection where the sending host proved its key in the \
+                 handshake; this connection is anonymous"
+                    .into(),
+            );
+        };
+        if *signer != peer {
+            return refuse(format!(
+                "the message is signed by key {signer}, but the connection proved key {peer}; a host sends only its own \
+                 messages"
+            ));
+        }
+        if !recall && !self.is_peer(&peer) {
+            return refuse(format!("the connection proved key {peer}, which is not among this host's trusted peers"));
+        }
+        Ok(())
+    }
+
+    /// Connects to another host, proving this host's key.
+    pub(crate) async fn connect(&self, addr: &str) -> Result<Client, ClientError> {
+        Client::connect_as(addr, &self.key).await
     }
 
     /// Loads (once) an agent module this host holds.
@@ -342,7 +372,7 @@ impl Inner {
         let snapshot = row.snapshot.clone().unwrap_or_default();
         let mut unreachable = mv.unreachable.clone();
         for dest in mv.dests.clone() {
-            let client = match Client::connect(&dest).await {
+            let client = match self.connect(&dest).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::info!(agent = %row.id, %dest, "destination unreachable: {e}");
@@ -540,7 +570,7 @@ impl Inner {
     }
 
     async fn fetch_code(&self, peer: &str, hash: ModuleHash) -> Result<(), RemoteError> {
-        let bytes = crate::fetch::download(peer, hash, self.max_module, None)
+        let bytes = crate::fetch::download(peer, hash, self.max_module, Some(&self.key), None)
             .await
             .map_err(|e| RemoteError::new(ErrorKind::NotFound, format!("cannot fetch agent code {hash} from {peer}: {e}")))?;
         let verified = self.verify_with(bytes, Some(Kind::Agent), &roam_keys::NoHistory)?;
@@ -566,7 +596,7 @@ impl Inner {
             };
             let sent = async {
                 if client.is_none() {
-                    client = Some(Client::connect(dest).await?);
+                    client = Some(self.connect(dest).await?);
                 }
                 match client.as_mut() {
                     Some(c) => c.request(&Request::Report(signed)).await,
@@ -604,7 +634,8 @@ impl Inner {
         let location = route.last().map(|v| v.address.clone()).unwrap_or_else(|| self.address());
         let order = Signed::sign(domain::RECALL, &Recall { agent: id.to_owned(), at: now_secs() }, &self.key)
             .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
-        let mut client = Client::connect(&location)
+        let mut client = self
+            .connect(&location)
             .await
             .map_err(|e| RemoteError::new(ErrorKind::NotFound, format!("cannot reach {location}, where agent {id} was last seen: {e}")))?;
         let answer = tokio::time::timeout(PEER_TIMEOUT, client.request(&Request::RecallAgent(order)))

@@ -6,6 +6,7 @@ use roam_keys::{
     DOMAIN, Kind, Policy, SIGNATURE_SECTION, TrustStore, VerifyContext, VerifyError,
     VersionHistory, WasmError, hash_module, read_claims_unverified, sign_module, verify,
 };
+use roam_keys::testing::{duplicate_signature, move_signature_back};
 
 use crate::{
     EXPIRES, ISSUED, NOW, TestResult, alice, ctx, custom_section, mallory, payload_for, ranges,
@@ -87,13 +88,8 @@ fn unsigned_module_is_refused() {
 #[test]
 fn duplicate_signature_section_is_refused() {
     let trust = store();
-    let module = signed();
-    let first = ranges(&module)[0].clone();
-    let mut doubled = module[..first.end].to_vec();
-    doubled.extend_from_slice(&module[first.clone()]);
-    doubled.extend_from_slice(&module[first.end..]);
     assert!(matches!(
-        refused(verify(doubled, &ctx(&trust))),
+        refused(verify(duplicate_signature(&signed()), &ctx(&trust))),
         VerifyError::DuplicateSignature
     ));
 }
@@ -101,15 +97,9 @@ fn duplicate_signature_section_is_refused() {
 #[test]
 fn signature_moved_after_another_section_is_refused() {
     let trust = store();
-    let module = signed();
-    let r = ranges(&module);
     // header, then the type section, then the signature, then the rest.
-    let mut moved = module[..8].to_vec();
-    moved.extend_from_slice(&module[r[1].clone()]);
-    moved.extend_from_slice(&module[r[0].clone()]);
-    moved.extend_from_slice(&module[r[1].end..]);
     assert!(matches!(
-        refused(verify(moved, &ctx(&trust))),
+        refused(verify(move_signature_back(&signed()), &ctx(&trust))),
         VerifyError::MisplacedSignature
     ));
 }
