@@ -127,14 +127,28 @@ async fn crash_at(victim: &str, step: &str) -> Result<()> {
         launched.push(launch(&addr("home"), module.clone(), serde_json::json!({ "hosts": route })).await?);
     }
 
+    // A home that dies after persisting a launch, before answering it, still owes that agent
+    // its journey: every agent the home recorded must finish, acknowledged or not.
+    let homed = homed(&net)?;
     for id in &launched {
+        assert!(homed.contains(id), "{victim}@{step}: the acknowledged agent {id} is unknown at home");
+    }
+    for id in &homed {
         let info = ended(&addr("home"), id, Duration::from_secs(60)).await?;
         assert_eq!(info.state, "finished", "{victim}@{step}: {info:?}");
         check_hop_counter(&result_json(&info)?, &["a", "b", "a"])?;
     }
-    let routes: BTreeMap<String, usize> = launched.iter().map(|id| (id.clone(), route.len())).collect();
+    let routes: BTreeMap<String, usize> = homed.iter().map(|id| (id.clone(), route.len())).collect();
     account(&net, &HOSTS, &routes).await.with_context(|| format!("{victim}@{step}"))?;
     Ok(())
+}
+
+/// The agents the home has recorded as launched.
+fn homed(net: &Net) -> Result<Vec<String>> {
+    let db = rusqlite::Connection::open_with_flags(net.path("data-home/state.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = db.prepare("SELECT id FROM homed")?;
+    let ids = stmt.query_map([], |r| r.get(0))?;
+    Ok(ids.collect::<Result<_, _>>()?)
 }
 
 /// The accounting once traffic has drained: each hop of each agent in `routes` (id → visits)
@@ -301,6 +315,9 @@ async fn random_kills_during_agent_traffic_lose_and_duplicate_nothing() -> Resul
         assert_eq!(info.state, "finished", "seed {seed}: {info:?}");
         check_hop_counter(&result_json(&info)?, route).with_context(|| format!("seed {seed}, agent {id}"))?;
     }
+    let mut homed = homed(&net)?;
+    homed.sort();
+    assert_eq!(homed, launched.keys().cloned().collect::<Vec<_>>(), "seed {seed}: the home launched other agents");
     let routes: BTreeMap<String, usize> = launched.iter().map(|(id, r)| (id.clone(), r.len())).collect();
     let transfers = account(&net, &HOSTS, &routes).await.with_context(|| format!("seed {seed}"))?;
     eprintln!("{transfers} transfers, {kills} hosts killed: 0 lost, 0 duplicated, 0 unexpected");
