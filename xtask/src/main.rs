@@ -1,7 +1,8 @@
 //! Project automation, run as `cargo xtask <command>` from anywhere in the repository.
 //!
 //! - `agents`: builds the example query modules (a separate wasm32 workspace in `agents/`).
-//! - `test`: builds the modules and the `roam` binary, then runs every test.
+//! - `test`: builds the modules and the `roam` binary, runs every test, then the benchmark's
+//!   smoke run.
 //! - `demo`: data hosts on loopback: remote evaluation, code on demand and a mobile agent.
 //! - `bench`: builds the modules and prints the table of performance figures.
 //!
@@ -24,13 +25,15 @@ usage: cargo xtask <command> [args]
 
 commands:
   agents         build the example query modules (agents/, for wasm32-unknown-unknown)
-  test [ARGS]    build the modules and the roam binary, then run every test;
-                 ARGS go to the test runner (cargo nextest run, or cargo test)
+  test [ARGS]    build the modules and the roam binary, run every test, then the
+                 benchmark's smoke run (unless ROAM_SKIP_BENCH=1); ARGS go to the
+                 test runner (cargo nextest run, or cargo test)
   demo           start hosts on loopback: remote evaluation, code on demand and a mobile
                  agent (everything is written under demo/, which is wiped first)
   bench [--smoke] [--only GROUP]
                  print the performance figures (--smoke: a seconds-long run; GROUP is
-                 instantiate, aggregate, round-trip, snapshot or hops)";
+                 instantiate, aggregate, round-trip, snapshot, hops, shipping,
+                 code-on-demand, throughput or parked)";
 
 /// The wasm32 target the example modules are built for.
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
@@ -155,12 +158,30 @@ fn step(what: &str) {
 
 /// `cargo xtask agents`: builds the example query modules into
 /// `agents/target/wasm32-unknown-unknown/release/`.
-/// `cargo xtask bench [--smoke] [--only GROUP]`: the figures of host/benches/figures.rs, in
-/// release mode; the arguments go to the benchmark.
+/// `cargo xtask bench [--smoke] [--only GROUP]`: the figures of host/benches/figures.rs; the
+/// arguments go to the benchmark.
 fn bench(args: &[OsString]) -> Result<()> {
     build_agents()?;
+    let smoke = args.iter().any(|a| a == "--smoke");
+    measure(smoke, args)
+}
+
+/// Builds the `roam` binary the benchmark starts as a separate host, then runs the benchmark.
+///
+/// The full run is built in release mode. The smoke run only has to show that every figure
+/// still runs, so it is built in the dev profile, whose dependencies (wasmtime, Cranelift,
+/// SQLite) are already optimised (opt-level 2) and already built by `cargo xtask test`: only the
+/// benchmark's own file is compiled. In release mode the smoke would first rebuild all of
+/// wasmtime, several minutes on two cores, for figures nobody reads.
+fn measure(smoke: bool, args: &[OsString]) -> Result<()> {
+    let profile = if smoke { "dev" } else { "release" };
+    step(&format!("Building the roam binary ({profile} profile)"));
+    // `--workspace`, as in `test`: the same features, so the artifacts the tests built are reused.
+    run(cargo().args(["build", "--profile", profile, "--workspace", "--bin", "roam"]))?;
     step("Measuring (host/benches/figures.rs)");
-    run(cargo().args(["bench", "-p", "roam-host", "--bench", "figures", "--"]).args(args))
+    run(cargo()
+        .args(["bench", "--profile", profile, "--workspace", "--bench", "figures", "--"])
+        .args(args))
 }
 
 fn agents() -> Result<()> {
@@ -240,5 +261,11 @@ fn test(extra: &[OsString]) -> Result<()> {
         run(cargo().args(["test", "--workspace"]).args(extra))?;
     }
     println!("\nAll tests passed.");
-    Ok(())
+    // The smoke run of the benchmark, so that it never rots; ROAM_SKIP_BENCH=1 leaves it out.
+    if std::env::var_os("ROAM_SKIP_BENCH").is_some_and(|v| v == "1") {
+        println!("Benchmark smoke run skipped (ROAM_SKIP_BENCH=1).");
+        return Ok(());
+    }
+    step("Smoke run of the benchmark (cargo xtask bench --smoke; ROAM_SKIP_BENCH=1 skips it)");
+    measure(true, &["--smoke".into()])
 }
