@@ -82,7 +82,7 @@ impl Host {
         };
         let state = Arc::new(State::open(&config.data_dir)?);
         state.set_durable(config.durable)?;
-        state.transaction(|tx| tx.execute_batch(crate::agents::store::SCHEMA))?;
+        state.transaction(crate::agents::store::create)?;
         let mut resources = Resources::default();
         for r in &config.resources {
             match (r.kind, &r.source) {
@@ -194,7 +194,7 @@ impl Host {
                 self.spawn_once(format!("report {dest}"), move |inner| async move { inner.flush_outbox_to(&dest).await });
             }
         }
-        if let Ok(moving) = store::in_states(&inner.state, &[row_state::LEAVING, row_state::PARKED]) {
+        if let Ok(moving) = store::due_to_move(&inner.state, MOVES_PER_ROUND) {
             for row in moving {
                 let key = format!("transfer {} {}", row.id, row.hop);
                 self.spawn_once(key, move |inner| async move { inner.transfer(row).await });
@@ -319,6 +319,10 @@ pub(crate) fn internal(e: crate::state::StateError) -> RemoteError {
 
 /// The largest chunk a fetch returns, so one request never holds a whole large module.
 pub const MAX_CHUNK: u32 = 1 << 20;
+
+/// The most transfers one round of the agent driver starts: a host with many parked agents
+/// retries them a batch at a time instead of loading every one of them at once.
+const MOVES_PER_ROUND: u32 = 256;
 
 impl Inner {
     /// Stores a signed code or agent module in the code repository, after verifying it.

@@ -387,9 +387,7 @@ impl Inner {
             // With a single destination there is nowhere else to go: nothing to pin.
             if !mv.pinned && mv.dests.len() > 1 {
                 mv = Move { dests: vec![dest.clone()], pinned: true, ..mv };
-                let pinned = self.state.transaction(|tx| {
-                    store::set_state(tx, &row.id, row.hop, &row.state, Some(&snapshot), Some(&to_cbor(&mv)), None)
-                });
+                let pinned = self.state.transaction(|tx| store::set_next(tx, &row.id, row.hop, &to_cbor(&mv)));
                 if let Err(e) = pinned {
                     return tracing::error!(agent = %row.id, "cannot record the destination: {e}");
                 }
@@ -420,7 +418,7 @@ impl Inner {
         let first_time = row.state != row_state::PARKED;
         let parked = self.state.transaction(|tx| {
             let next = Move { unreachable: Vec::new(), ..mv.clone() };
-            store::set_state(tx, &row.id, row.hop, row_state::PARKED, Some(&snapshot), Some(&to_cbor(&next)), Some(&reason))?;
+            store::park(tx, &row.id, row.hop, &to_cbor(&next), &reason)?;
             if first_time {
                 self.queue_report(tx, &record, row.hop, Event::Parked { reason: reason.clone() })?;
             }

@@ -2,7 +2,8 @@
 //!
 //! - `agents`: one row per (agent, hop) this host received or launched. Its state moves
 //!   `ready` → (`leaving` ⇄ `parked`) → `done`, or to `failed`; each move is one transaction, so
-//!   after a crash every agent is in exactly one of these states.
+//!   after a crash every agent is in exactly one of these states. A parked row is retried with
+//!   a backoff (`retries`, `retry_at`), so thousands of parked agents cost little.
 //! - `homed`: the location registry of agents whose home is this host.
 //! - `outbox`: reports to home hosts, sent until acknowledged.
 
@@ -10,7 +11,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::state::{State, StateError, now_secs};
 
-pub(crate) const SCHEMA: &str = "
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS agents (
     id       TEXT NOT NULL,
     hop      INTEGER NOT NULL,
@@ -23,6 +24,8 @@ CREATE TABLE IF NOT EXISTS agents (
     detail   TEXT,
     recall   INTEGER NOT NULL DEFAULT 0,
     updated  INTEGER NOT NULL,
+    retries  INTEGER NOT NULL DEFAULT 0,
+    retry_at INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (id, hop)
 );
 CREATE INDEX IF NOT EXISTS agents_by_state ON agents (state);
@@ -44,6 +47,26 @@ CREATE TABLE IF NOT EXISTS outbox (
     message BLOB NOT NULL
 );
 ";
+
+/// Creates the agent tables, or brings older ones up to date.
+pub(crate) fn create(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(SCHEMA)?;
+    let has_backoff: bool =
+        tx.query_row("SELECT count(*) FROM pragma_table_info('agents') WHERE name = 'retry_at'", [], |r| r.get(0))?;
+    if !has_backoff {
+        tx.execute_batch(
+            "ALTER TABLE agents ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE agents ADD COLUMN retry_at INTEGER NOT NULL DEFAULT 0;",
+        )?;
+    }
+    Ok(())
+}
+
+/// The first retry of a parked agent waits this long; each further one twice as long as the
+/// last, up to [`MAX_BACKOFF_MS`].
+const FIRST_BACKOFF_MS: i64 = 500;
+/// The longest wait between two retries of a parked agent.
+const MAX_BACKOFF_MS: i64 = 60_000;
 
 /// States of a row in `agents`.
 pub(crate) mod row_state {
@@ -163,6 +186,44 @@ pub(crate) fn in_states(state: &State, states: &[&str]) -> Result<Vec<Row>, Stat
         let rows = stmt.query_map(rusqlite::params_from_iter(states), row)?;
         rows.collect()
     })
+}
+
+/// Rows that should move now: every `leaving` row, and the `parked` ones whose backoff is
+/// over; at most `limit`, oldest first.
+pub(crate) fn due_to_move(state: &State, limit: u32) -> Result<Vec<Row>, StateError> {
+    state.transaction(|tx| {
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM agents
+             WHERE state = 'leaving' OR (state = 'parked' AND retry_at <= ?1)
+             ORDER BY updated, id LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![now_millis(), limit], row)?;
+        rows.collect()
+    })
+}
+
+/// Parks a row (or keeps it parked) with its next move, and sets its next retry further out.
+/// The snapshot stays as it is: a failed retry writes a few bytes, not the agent's memory.
+pub(crate) fn park(tx: &Transaction<'_>, id: &str, hop: u32, next: &[u8], detail: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE agents SET state = 'parked', next = ?3, detail = ?4, updated = ?5,
+             retry_at = ?6 + min(?7 << min(retries, 16), ?8), retries = retries + 1
+         WHERE id = ?1 AND hop = ?2",
+        params![id, hop, next, detail, now_secs() as i64, now_millis(), FIRST_BACKOFF_MS, MAX_BACKOFF_MS],
+    )?;
+    Ok(())
+}
+
+/// Records a row's next move (pinned to one destination, say), leaving its snapshot alone.
+pub(crate) fn set_next(tx: &Transaction<'_>, id: &str, hop: u32, next: &[u8]) -> rusqlite::Result<()> {
+    tx.execute("UPDATE agents SET next = ?3 WHERE id = ?1 AND hop = ?2", params![id, hop, next])?;
+    Ok(())
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The agent's live row here (ready, leaving or parked), if any.
