@@ -212,10 +212,11 @@ impl Host {
             return;
         }
         let inner = self.inner.clone();
+        // No wake-up when it ends: work that leaves something new to do says so itself, and a
+        // wake-up per finished task made hosts with many parked agents spin.
         tokio::spawn(async move {
             work(inner.clone()).await;
             lock(&inner.in_flight).remove(&key);
-            inner.wake.notify_one();
         });
     }
 

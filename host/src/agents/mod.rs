@@ -424,8 +424,11 @@ impl Inner {
             }
             Ok(())
         });
-        if let Err(e) = parked {
-            tracing::error!(agent = %row.id, "cannot park the agent: {e}");
+        match parked {
+            Err(e) => tracing::error!(agent = %row.id, "cannot park the agent: {e}"),
+            // The report that it parked is waiting in the outbox.
+            Ok(()) if first_time => self.wake.notify_one(),
+            Ok(()) => {}
         }
     }
 
@@ -585,8 +588,22 @@ impl Inner {
     /// Sends the reports queued for one home, in order; each is deleted once acknowledged. Stops
     /// at the first that cannot be delivered (they are retried on a later round).
     pub(crate) async fn flush_outbox_to(&self, dest: &str) {
-        let Ok(queued) = store::outbox_for(&self.state, dest) else { return };
         let mut client = None;
+        // Until the outbox is empty: reports queued while a batch is on its way go out too.
+        loop {
+            match store::outbox_for(&self.state, dest) {
+                Ok(queued) if !queued.is_empty() => {
+                    if !self.send_reports(dest, queued, &mut client).await {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Sends queued reports over one connection, in order; false when one could not be sent.
+    async fn send_reports(&self, dest: &str, queued: Vec<(i64, Vec<u8>)>, client: &mut Option<Client>) -> bool {
         for (seq, message) in queued {
             let Ok(signed) = from_cbor::<Signed>(&message, "a report") else {
                 let _ = store::delete_outbox(&self.state, seq);
@@ -594,7 +611,7 @@ impl Inner {
             };
             let sent = async {
                 if client.is_none() {
-                    client = Some(self.connect(dest).await?);
+                    *client = Some(self.connect(dest).await?);
                 }
                 match client.as_mut() {
                     Some(c) => c.request(&Request::Report(signed)).await,
@@ -609,9 +626,10 @@ impl Inner {
                     tracing::warn!(%dest, "home refused a report: {}", e.message);
                     let _ = store::delete_outbox(&self.state, seq);
                 }
-                _ => return,
+                _ => return false,
             }
         }
+        true
     }
 
     /// `roam recall`: at the agent's home, asks the host that holds it to send it back.
