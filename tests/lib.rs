@@ -492,6 +492,23 @@ impl HostProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The host process's resident memory (`VmRSS` in `/proc/PID/status`), in bytes.
+    ///
+    /// # Errors
+    /// If the process is gone or the file cannot be read (a system without `/proc`).
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let pid = self.pid().context("the host was already stopped")?;
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .context("/proc/PID/status has no VmRSS line")?;
+        Ok(kib << 10)
+    }
+
     /// The host's data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

@@ -545,7 +545,7 @@ async fn impostor(claimed: roam_keys::PublicKey) -> Result<std::net::SocketAddr>
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let hello: Result<roam_host::protocol::Hello, _> = roam_host::protocol::read_message(&mut stream, 1 << 16).await;
+            let hello: Result<roam_host::protocol::Hello, _> = roam_host::protocol::read_message(&mut stream, 1 << 16, roam_host::protocol::FRAME_TIMEOUT).await;
             if hello.is_err() {
                 continue;
             }
@@ -557,7 +557,7 @@ async fn impostor(claimed: roam_keys::PublicKey) -> Result<std::net::SocketAddr>
             };
             let _ = roam_host::protocol::write_message(&mut stream, &welcome).await;
             // Take whatever comes and claim it was accepted.
-            while let Ok(_req) = roam_host::protocol::read_message::<_, Request>(&mut stream, 64 << 20).await {
+            while let Ok(_req) = roam_host::protocol::read_message::<_, Request>(&mut stream, 64 << 20, roam_host::protocol::FRAME_TIMEOUT).await {
                 let _ = roam_host::protocol::write_message(&mut stream, &Response::Accepted).await;
             }
         }
