@@ -294,7 +294,7 @@ async fn host_call_storms_are_stopped_with_bounded_memory_and_logs() -> Result<(
     };
     let quick = sign(QUICK, "quick")?;
     assert_eq!(Client::connect(&addr).await?.eval(&quick, vec![0xa0]).await?, vec![0xf5]);
-    let before = host.rss_bytes()?;
+    let before = host.memory("VmRSS")?;
     for (wat, name, expected, words) in [
         (LOG_STORM, "log-storm", ErrorKind::OutOfTime, "out of time"),
         (OPEN_STORM, "open-storm", ErrorKind::OutOfTime, "out of time"),
@@ -307,7 +307,7 @@ async fn host_call_storms_are_stopped_with_bounded_memory_and_logs() -> Result<(
         // The host's memory while the storm runs, sampled until it is stopped.
         let mut peak = 0;
         while !storm.is_finished() {
-            peak = peak.max(host.rss_bytes()?);
+            peak = peak.max(host.memory("VmRSS")?);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let (kind, message) = kind_of(storm.await?)?;

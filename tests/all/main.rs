@@ -7,5 +7,6 @@ mod agents;
 mod agents_cli;
 mod cli;
 mod code_on_demand;
+mod connections;
 mod crash;
 mod limits;
