@@ -117,17 +117,27 @@ pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError
     ciborium::from_reader(body).map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
+/// Encodes one message as a frame: its length, then its CBOR.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut buf = vec![0u8; 4];
+    ciborium::into_writer(msg, &mut buf).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = u32::try_from(buf.len() - 4).map_err(|_| FrameError::TooLarge { size: buf.len(), max: u32::MAX as usize })?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf)
+}
+
 /// Encodes and writes one message as a frame.
 pub async fn write_message<W, T>(w: &mut W, msg: &T) -> Result<(), FrameError>
 where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    let mut buf = vec![0u8; 4];
-    ciborium::into_writer(msg, &mut buf).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    let len = u32::try_from(buf.len() - 4).map_err(|_| FrameError::TooLarge { size: buf.len(), max: u32::MAX as usize })?;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    w.write_all(&buf).await?;
+    write_frame(w, &encode_frame(msg)?).await
+}
+
+/// Writes a frame made by [`encode_frame`].
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
+    w.write_all(frame).await?;
     w.flush().await?;
     Ok(())
 }
@@ -324,6 +334,17 @@ pub enum Response {
     Rows(Vec<serde_bytes::ByteBuf>),
     /// Answer to [`Request::Ping`].
     Pong,
+}
+
+impl Response {
+    /// The bytes of bulk data it carries (a result, a chunk, rows): what encoding it costs.
+    pub fn bulk_bytes(&self) -> usize {
+        match self {
+            Self::Result(b) | Self::Chunk { bytes: b, .. } => b.len(),
+            Self::Rows(batches) => batches.iter().map(|b| b.len()).sum(),
+            _ => 0,
+        }
+    }
 }
 
 /// What kind of failure a [`RemoteError`] reports, so a client can act on it.

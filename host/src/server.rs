@@ -18,6 +18,9 @@ use crate::protocol::{self, ErrorKind, FrameError, Hello, RemoteError, Request, 
 
 /// How long a connection may sit idle between requests.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Requests and responses with more bulk data than this are decoded and encoded off the async
+/// runtime (see [`bulk`]).
+const BULKY: usize = 256 << 10;
 /// How long shutdown waits for connections to finish their request in hand.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -150,7 +153,8 @@ async fn connection(
             // Between requests the peer may stay silent for the idle timeout; once a frame
             // starts, it must arrive whole within the frame timeout.
             tokio::time::timeout(IDLE_TIMEOUT, stream.peek(&mut [0u8; 1])).await.map_err(|_| FrameError::Timeout)??;
-            protocol::read_message::<_, Request>(&mut stream, max, within).await
+            let body = protocol::read_frame(&mut stream, max, within).await?;
+            bulk(body.len(), move || protocol::decode::<Request>(&body)).await
         };
         let request = tokio::select! {
             _ = stopped.changed() => return Ok(()),
@@ -169,11 +173,25 @@ async fn connection(
             },
         };
         let response = host.handle(request).await;
+        let frame = bulk(response.bulk_bytes(), move || protocol::encode_frame(&response)).await?;
         // A peer that stops reading must not hold its connection either.
-        tokio::time::timeout(within, protocol::write_message(&mut stream, &response))
+        tokio::time::timeout(within, protocol::write_frame(&mut stream, &frame))
             .await
             .map_err(|_| FrameError::Slow(within))??;
     }
+}
+
+/// Runs `work` (decoding or encoding a message with `bytes` of bulk data) on a blocking thread if
+/// it is bulky: copying megabytes on the async runtime would stall the other connections it
+/// serves.
+async fn bulk<T: Send + 'static>(
+    bytes: usize,
+    work: impl FnOnce() -> Result<T, FrameError> + Send + 'static,
+) -> Result<T, FrameError> {
+    if bytes <= BULKY {
+        return work();
+    }
+    tokio::task::spawn_blocking(work).await.map_err(|e| FrameError::Io(std::io::Error::other(e)))?
 }
 
 /// Whether a failed read is the peer's fault and worth telling it about before closing (rather
