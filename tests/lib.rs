@@ -492,6 +492,25 @@ impl HostProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// A memory figure of the host process from `/proc/PID/status`, in bytes: `"VmRSS"` (resident)
+    /// or `"VmSize"` (address space).
+    ///
+    /// # Errors
+    /// If the process is gone, the file cannot be read (a system without `/proc`), or it has no
+    /// such field.
+    pub fn memory(&self, field: &str) -> Result<u64> {
+        let pid = self.pid().context("the host was already stopped")?;
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .with_context(|| format!("/proc/{pid}/status has no {field} line"))?;
+        Ok(kib << 10)
+    }
+
     /// The host's data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

@@ -74,7 +74,7 @@ impl Client {
         stream.set_nodelay(true).map_err(connect_err)?;
         let hello = Hello::new(concat!("roam/", env!("CARGO_PKG_VERSION")))?;
         protocol::write_message(&mut stream, &hello).await?;
-        let welcome: Welcome = tokio::time::timeout(CONNECT_TIMEOUT, protocol::read_message(&mut stream, 64 << 10))
+        let welcome: Welcome = tokio::time::timeout(CONNECT_TIMEOUT, protocol::read_message(&mut stream, 64 << 10, protocol::FRAME_TIMEOUT))
             .await
             .map_err(|_| FrameError::Timeout)??;
         match welcome {
@@ -107,7 +107,7 @@ impl Client {
     /// Sends one request and reads its response.
     pub async fn request(&mut self, request: &Request) -> Result<Response, ClientError> {
         protocol::write_message(&mut self.stream, request).await?;
-        Ok(protocol::read_message(&mut self.stream, self.max_frame).await?)
+        Ok(protocol::read_message(&mut self.stream, self.max_frame, protocol::FRAME_TIMEOUT).await?)
     }
 
     /// Evaluates a signed query module with a CBOR input and returns its CBOR result. The module

@@ -10,8 +10,11 @@
 //! [limits]
 //! memory_mib = 256
 //! time_ms = 10000
+//! result_kib = 8192           # largest result of one call
+//! log_kib = 1024              # most bytes one call appends to log resources
 //! workers = 2                 # default: number of cores
 //! max_connections = 256
+//! frame_timeout_ms = 30000    # a frame must arrive whole within this of its first byte
 //!
 //! [[resources]]
 //! name = "sales"
@@ -117,10 +120,15 @@ pub struct LimitsConfig {
     pub stack_kib: usize,
     /// Largest result, KiB.
     pub result_kib: usize,
+    /// Most bytes one call may append to log resources, KiB.
+    pub log_kib: usize,
     /// Largest signed module, KiB.
     pub module_kib: usize,
     /// Largest frame on the wire, KiB.
     pub frame_kib: usize,
+    /// How long a peer may take to send one whole frame from its first byte (or to read a
+    /// response), milliseconds: a connection trickling bytes is closed after this.
+    pub frame_timeout_ms: u64,
     /// Modules running at once; default: the number of cores.
     pub workers: Option<usize>,
     /// Open connections at once.
@@ -145,8 +153,10 @@ impl Default for LimitsConfig {
             time_ms: l.time.as_millis() as u64,
             stack_kib: l.stack_bytes >> 10,
             result_kib: l.result_bytes >> 10,
+            log_kib: l.log_bytes >> 10,
             module_kib: roam_keys::DEFAULT_MAX_MODULE_SIZE >> 10,
             frame_kib: crate::protocol::DEFAULT_MAX_FRAME >> 10,
+            frame_timeout_ms: crate::protocol::FRAME_TIMEOUT.as_millis() as u64,
             workers: None,
             max_connections: 256,
             queue_ms: 5_000,
@@ -173,6 +183,7 @@ impl LimitsConfig {
             time: Duration::from_millis(self.time_ms),
             stack_bytes: self.stack_kib << 10,
             result_bytes: self.result_kib << 10,
+            log_bytes: self.log_kib << 10,
             // Spare slots let a finished call's instance be torn down while the next starts.
             instances: (self.workers() * 2 + 2) as u32,
             ..Limits::default()
@@ -198,6 +209,12 @@ impl LimitsConfig {
         }
         if self.stack_kib < 64 {
             return bad("limits.stack_kib must be at least 64");
+        }
+        if self.result_kib + 64 > self.frame_kib {
+            return bad("limits.frame_kib must exceed limits.result_kib by 64 KiB, so a result fits in a frame");
+        }
+        if self.frame_timeout_ms == 0 {
+            return bad("limits.frame_timeout_ms must be at least 1");
         }
         if self.max_connections == 0 {
             return bad("limits.max_connections must be at least 1");

@@ -36,6 +36,9 @@ pub struct Limits {
     pub stack_bytes: usize,
     /// Largest result a module may return, in bytes.
     pub result_bytes: usize,
+    /// Most bytes one call may append to log resources: a module appending in a loop is stopped
+    /// here rather than filling the host's disk until its deadline.
+    pub log_bytes: usize,
     /// How many instances may be alive at once (the pooling allocator's slots).
     pub instances: u32,
 }
@@ -48,6 +51,7 @@ impl Default for Limits {
             time: Duration::from_secs(10),
             stack_bytes: 512 << 10,
             result_bytes: 8 << 20,
+            log_bytes: 1 << 20,
             instances: 64,
         }
     }

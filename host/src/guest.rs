@@ -16,8 +16,11 @@ use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 use crate::engine::{Limits, RunError};
 use crate::resources::{Cursor, MAX_LOG_LINE, Resource, ResourceError, ResourceType, Resources};
 
-/// Most bytes a module may write to the host's diagnostic log per call.
+/// Most bytes a module may write to the host's diagnostic log per call; the rest is dropped.
 const LOG_BUDGET: usize = 64 << 10;
+/// What each log line costs of its budget at least (diagnostics: [`LOG_BUDGET`]; log resources:
+/// `Limits::log_bytes`), so a storm of tiny lines is capped too.
+const LOG_LINE_COST: usize = 64;
 /// Most cursors a call may hold open at once (each holds a connection and a thread).
 const MAX_CURSORS: usize = 16;
 
@@ -50,6 +53,12 @@ pub enum HostTrap {
     /// `cursor_read` was called with nothing staged.
     #[error("`cursor_read` without a staged batch")]
     NothingStaged,
+    /// The call appended more to log resources than the host allows.
+    #[error("the call appended more than {max} bytes to logs, the host's limit per call (limits.log_kib)")]
+    LogVolume {
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// What a module reported through `finish`.
@@ -77,7 +86,11 @@ pub struct Guest {
     denied: Option<String>,
     /// `name@version`, for log lines.
     label: Arc<str>,
+    /// Diagnostic bytes left for this call.
     log_budget: usize,
+    /// Bytes this call may still append to log resources.
+    append_budget: usize,
+    append_limit: usize,
 }
 
 impl std::fmt::Debug for Guest {
@@ -111,6 +124,8 @@ impl Guest {
             denied: None,
             label,
             log_budget: LOG_BUDGET,
+            append_budget: limits.log_bytes,
+            append_limit: limits.log_bytes,
         }
     }
 
@@ -251,7 +266,7 @@ mod io {
             }
             let bytes = read(&mut c, "log", ptr, take)?;
             let g = c.data_mut();
-            g.log_budget -= take as usize;
+            g.log_budget = budget.saturating_sub((take as usize).max(LOG_LINE_COST));
             let text = String::from_utf8_lossy(&bytes);
             let module = &*g.label;
             match LogLevel::from_u32(level) {
@@ -259,6 +274,9 @@ mod io {
                 LogLevel::Warn => tracing::warn!(module, "{text}"),
                 LogLevel::Info => tracing::info!(module, "{text}"),
                 LogLevel::Debug => tracing::debug!(module, "{text}"),
+            }
+            if g.log_budget == 0 {
+                tracing::warn!(module, "the module used its diagnostic log budget of {LOG_BUDGET} bytes; the rest of this call's log is dropped");
             }
             Ok(())
         })?;
@@ -299,6 +317,11 @@ mod data {
                     format!("the module's signature does not grant capability {needed:?}; re-sign it with --cap {needed}"),
                 ));
             }
+            // One handle per resource, however often it is opened: the handle table stays as
+            // small as the host's list of resources.
+            if let Some(open) = g.handles.iter().position(|h| Arc::ptr_eq(h, &resource)) {
+                return Ok(open as i64);
+            }
             g.handles.push(resource);
             Ok(g.handles.len() as i64 - 1)
         })?;
@@ -330,9 +353,14 @@ mod data {
                     return Ok(g.fail(ErrorCode::TooLarge, format!("at most {MAX_CURSORS} cursors may be open at once; close one")));
                 }
                 match resource.query(&sql, params, g.deadline) {
+                    // A closed cursor's slot is reused, so the table never outgrows MAX_CURSORS.
                     Ok(cursor) => {
-                        g.cursors.push(Some(cursor));
-                        Ok(g.cursors.len() as i64 - 1)
+                        let free = g.cursors.iter().position(Option::is_none).unwrap_or(g.cursors.len());
+                        if free == g.cursors.len() {
+                            g.cursors.push(None);
+                        }
+                        g.cursors[free] = Some(cursor);
+                        Ok(free as i64)
                     }
                     Err(ResourceError::Deadline) => Err(HostTrap::Deadline.into()),
                     Err(e) => Ok(g.fail(ErrorCode::Sql, format!("{}: {e}", resource.name))),
@@ -382,6 +410,10 @@ mod data {
             if resource.kind != ResourceType::Log {
                 return Ok(g.fail(ErrorCode::WrongType, format!("{} is not a log", resource.name)));
             }
+            g.append_budget = match g.append_budget.checked_sub(line.len().max(LOG_LINE_COST)) {
+                Some(left) => left,
+                None => return Err(HostTrap::LogVolume { max: g.append_limit }.into()),
+            };
             match resource.append(&g.label, &line) {
                 Ok(()) => Ok(0),
                 Err(e) => Ok(g.fail(ErrorCode::Unavailable, e.to_string())),

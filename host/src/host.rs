@@ -57,6 +57,8 @@ pub(crate) struct Inner {
     queue_timeout: Duration,
     pub(crate) max_module: usize,
     max_frame: usize,
+    /// How long a peer may take over one frame, from its first byte.
+    frame_timeout: Duration,
     max_connections: usize,
     /// Limits given to agents launched here.
     pub(crate) agent_limits: crate::agents::wire::AgentLimits,
@@ -113,6 +115,7 @@ impl Host {
                 queue_timeout: Duration::from_millis(config.limits.queue_ms),
                 max_module: config.limits.module_kib << 10,
                 max_frame: config.limits.frame_kib << 10,
+                frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
                 max_connections: config.limits.max_connections,
                 agent_limits: config.limits.agents(),
                 max_copy: config.limits.copy_kib << 10,
@@ -139,6 +142,11 @@ impl Host {
     /// The largest frame the host reads.
     pub fn max_frame(&self) -> usize {
         self.inner.max_frame
+    }
+
+    /// How long a peer may take to send (or read) one whole frame, from its first byte.
+    pub fn frame_timeout(&self) -> Duration {
+        self.inner.frame_timeout
     }
 
     /// How many connections the host serves at once.

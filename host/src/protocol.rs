@@ -1,7 +1,8 @@
 //! The wire protocol between clients and hosts.
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of CBOR; a frame over the
-//! agreed maximum is refused before it is read.
+//! agreed maximum is refused before it is read, and a frame must arrive whole within a deadline
+//! counted from its first byte.
 //!
 //! A connection opens with a versioned handshake of three messages: the client's [`Hello`]
 //! carries a fresh challenge; the host's [`Welcome`] signs it, proving the key the host names,
@@ -25,8 +26,11 @@ pub const PROTOCOL: &str = "roam";
 pub const VERSION: u32 = 2;
 /// Default cap on one frame.
 pub const DEFAULT_MAX_FRAME: usize = 32 << 20;
-/// How long a peer may take to send one whole frame once it started, or to answer a handshake.
+/// Default time a peer may take to send one whole frame once it started, or to answer a handshake.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a frame's buffer holds before its bytes arrive: it grows with what is received, so a
+/// peer that declares a large frame and sends little costs little memory.
+const FIRST_READ: usize = 64 << 10;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -45,46 +49,72 @@ pub enum FrameError {
     /// A frame of length zero.
     #[error("empty frame")]
     Empty,
+    /// The peer closed the connection in the middle of a frame.
+    #[error("the peer closed the connection in the middle of a frame ({received} of {size} bytes received)")]
+    Truncated {
+        /// The bytes expected: the declared length, or 4 while the length itself was read.
+        size: usize,
+        /// The bytes of them received.
+        received: usize,
+    },
     /// The frame's body is not the expected message.
     #[error("malformed message: {0}")]
     Malformed(String),
     /// The peer took too long.
     #[error("timed out waiting for the peer")]
     Timeout,
+    /// The peer started a frame but did not finish it in time.
+    #[error("the frame did not arrive whole within {0:?} of its first byte")]
+    Slow(Duration),
     /// The connection failed.
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
 }
 
 /// Reads one frame's body. `Closed` if the peer closed cleanly before a new frame.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>, FrameError> {
+///
+/// The first byte may take as long as the caller waits (an idle connection); from then on the
+/// whole frame must arrive `within` that time, so a peer trickling bytes cannot hold a
+/// connection, and the body's buffer grows only with the bytes received.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize, within: Duration) -> Result<Vec<u8>, FrameError> {
     let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
+    match r.read_exact(&mut len[..1]).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
         Err(e) => return Err(e.into()),
     }
-    let size = u32::from_be_bytes(len) as usize;
-    if size == 0 {
-        return Err(FrameError::Empty);
-    }
-    if size > max {
-        return Err(FrameError::TooLarge { size, max });
-    }
-    let mut body = vec![0u8; size];
-    tokio::time::timeout(FRAME_TIMEOUT, r.read_exact(&mut body))
-        .await
-        .map_err(|_| FrameError::Timeout)??;
-    Ok(body)
+    let rest = async {
+        let mut received = 1;
+        while received < len.len() {
+            match r.read(&mut len[received..]).await? {
+                0 => return Err(FrameError::Truncated { size: len.len(), received }),
+                n => received += n,
+            }
+        }
+        let size = u32::from_be_bytes(len) as usize;
+        if size == 0 {
+            return Err(FrameError::Empty);
+        }
+        if size > max {
+            return Err(FrameError::TooLarge { size, max });
+        }
+        let mut body = Vec::with_capacity(size.min(FIRST_READ));
+        (&mut *r).take(size as u64).read_to_end(&mut body).await?;
+        if body.len() < size {
+            return Err(FrameError::Truncated { size, received: body.len() });
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(within, rest).await.map_err(|_| FrameError::Slow(within))?
 }
 
-/// Reads and decodes one message.
-pub async fn read_message<R, T>(r: &mut R, max: usize) -> Result<T, FrameError>
+/// Reads and decodes one message (see [`read_frame`]).
+pub async fn read_message<R, T>(r: &mut R, max: usize, within: Duration) -> Result<T, FrameError>
 where
     R: AsyncRead + Unpin,
     T: for<'de> Deserialize<'de>,
 {
-    let body = read_frame(r, max).await?;
+    let body = read_frame(r, max, within).await?;
     decode(&body)
 }
 
@@ -94,17 +124,27 @@ pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError
     ciborium::from_reader(body).map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
+/// Encodes one message as a frame: its length, then its CBOR.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut buf = vec![0u8; 4];
+    ciborium::into_writer(msg, &mut buf).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = u32::try_from(buf.len() - 4).map_err(|_| FrameError::TooLarge { size: buf.len(), max: u32::MAX as usize })?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf)
+}
+
 /// Encodes and writes one message as a frame.
 pub async fn write_message<W, T>(w: &mut W, msg: &T) -> Result<(), FrameError>
 where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    let mut buf = vec![0u8; 4];
-    ciborium::into_writer(msg, &mut buf).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    let len = u32::try_from(buf.len() - 4).map_err(|_| FrameError::TooLarge { size: buf.len(), max: u32::MAX as usize })?;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    w.write_all(&buf).await?;
+    write_frame(w, &encode_frame(msg)?).await
+}
+
+/// Writes a frame made by [`encode_frame`].
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
+    w.write_all(frame).await?;
     w.flush().await?;
     Ok(())
 }
@@ -384,6 +424,17 @@ pub enum Response {
     Pong,
 }
 
+impl Response {
+    /// The bytes of bulk data it carries (a result, a chunk, rows): what encoding it costs.
+    pub fn bulk_bytes(&self) -> usize {
+        match self {
+            Self::Result(b) | Self::Chunk { bytes: b, .. } => b.len(),
+            Self::Rows(batches) => batches.iter().map(|b| b.len()).sum(),
+            _ => 0,
+        }
+    }
+}
+
 /// What kind of failure a [`RemoteError`] reports, so a client can act on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -444,24 +495,53 @@ impl RemoteError {
 mod tests {
     use super::*;
 
+    const WITHIN: Duration = FRAME_TIMEOUT;
+
     #[tokio::test]
     async fn frames_over_the_cap_are_refused_before_their_body_is_read() {
         let mut input: &[u8] = &[0, 0, 1, 0, 1, 2, 3];
-        let err = read_frame(&mut input, 255).await;
+        let err = read_frame(&mut input, 255, WITHIN).await;
         assert!(matches!(err, Err(FrameError::TooLarge { size: 256, max: 255 })), "{err:?}");
+        let mut huge: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1];
+        let err = read_frame(&mut huge, DEFAULT_MAX_FRAME, WITHIN).await;
+        assert!(matches!(err, Err(FrameError::TooLarge { size, .. }) if size == u32::MAX as usize), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_frame_of_exactly_the_cap_is_read_and_one_byte_more_is_not() -> Result<(), FrameError> {
+        let mut at_cap = vec![0, 0, 1, 0];
+        at_cap.extend(std::iter::repeat_n(7u8, 256));
+        assert_eq!(read_frame(&mut at_cap.as_slice(), 256, WITHIN).await?, vec![7u8; 256]);
+        let err = read_frame(&mut at_cap.as_slice(), 255, WITHIN).await;
+        assert!(matches!(err, Err(FrameError::TooLarge { size: 256, max: 255 })), "{err:?}");
+        Ok(())
     }
 
     #[tokio::test]
     async fn empty_truncated_and_malformed_frames_are_errors() {
         let mut empty: &[u8] = &[0, 0, 0, 0];
-        assert!(matches!(read_frame(&mut empty, 1024).await, Err(FrameError::Empty)));
+        assert!(matches!(read_frame(&mut empty, 1024, WITHIN).await, Err(FrameError::Empty)));
         let mut truncated: &[u8] = &[0, 0, 0, 9, 1, 2];
-        assert!(matches!(read_frame(&mut truncated, 1024).await, Err(FrameError::Io(_))));
+        let err = read_frame(&mut truncated, 1024, WITHIN).await;
+        assert!(matches!(err, Err(FrameError::Truncated { size: 9, received: 2 })), "{err:?}");
+        let mut cut_length: &[u8] = &[0, 0];
+        let err = read_frame(&mut cut_length, 1024, WITHIN).await;
+        assert!(matches!(err, Err(FrameError::Truncated { size: 4, received: 2 })), "{err:?}");
         let mut closed: &[u8] = &[];
-        assert!(matches!(read_frame(&mut closed, 1024).await, Err(FrameError::Closed)));
+        assert!(matches!(read_frame(&mut closed, 1024, WITHIN).await, Err(FrameError::Closed)));
         let mut garbage: &[u8] = &[0, 0, 0, 5, 0x9a, 0xff, 0xff, 0xff, 0xff];
-        let decoded: Result<Request, _> = read_message(&mut garbage, 1024).await;
+        let decoded: Result<Request, _> = read_message(&mut garbage, 1024, WITHIN).await;
         assert!(matches!(decoded, Err(FrameError::Malformed(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_trickles_in_is_cut_at_its_deadline() {
+        // Three bytes of a frame, then nothing: the deadline counts from the first byte.
+        let (mut peer, mut host) = tokio::io::duplex(64);
+        let sent = peer.write_all(&[0, 0, 0]).await;
+        assert!(sent.is_ok());
+        let err = read_frame(&mut host, 1024, Duration::from_secs(1)).await;
+        assert!(matches!(err, Err(FrameError::Slow(d)) if d == Duration::from_secs(1)), "{err:?}");
     }
 
     #[tokio::test]
@@ -478,7 +558,7 @@ mod tests {
         write_message(&mut buf, &req).await?;
         // A byte string of 1000 bytes costs 3 bytes of header; a sequence would cost 1000+.
         assert!(buf.len() < 1100, "frame is {} bytes", buf.len());
-        let back: Request = read_message(&mut buf.as_slice(), 4096).await?;
+        let back: Request = read_message(&mut buf.as_slice(), 4096, WITHIN).await?;
         match back {
             Request::Eval { module: ModuleRef::Bytes(b), input } => {
                 assert_eq!(b, vec![7; 1000]);

@@ -14,12 +14,13 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::host::Host;
-use crate::protocol::{
-    self, ErrorKind, FRAME_TIMEOUT, FrameError, Hello, Identity, RemoteError, Request, Response, VERSION, Welcome,
-};
+use crate::protocol::{self, ErrorKind, FrameError, Hello, Identity, RemoteError, Request, Response, VERSION, Welcome};
 
 /// How long a connection may sit idle between requests.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Requests and responses with more bulk data than this are decoded and encoded off the async
+/// runtime (see [`bulk`]).
+const BULKY: usize = 256 << 10;
 /// How long shutdown waits for connections to finish their request in hand.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -109,10 +110,21 @@ async fn connection(
         return Ok(());
     }
     let max = host.max_frame();
-    let hello: Hello = tokio::select! {
+    let within = host.frame_timeout();
+    let hello = tokio::select! {
         _ = stopped.changed() => return Ok(()),
-        read = tokio::time::timeout(FRAME_TIMEOUT, protocol::read_message(&mut stream, 64 << 10)) => {
-            read.map_err(|_| FrameError::Timeout)??
+        read = tokio::time::timeout(within, protocol::read_message::<_, Hello>(&mut stream, 64 << 10, within)) => {
+            read.unwrap_or(Err(FrameError::Timeout))
+        }
+    };
+    let hello = match hello {
+        Ok(hello) => hello,
+        Err(e) => {
+            if says_why(&e) {
+                let refused = Welcome::Refused(RemoteError::new(ErrorKind::Protocol, e.to_string()));
+                let _ = protocol::write_message(&mut stream, &refused).await;
+            }
+            return Err(e);
         }
     };
     let refuse = |kind, message: String| Welcome::Refused(RemoteError::new(kind, message));
@@ -134,15 +146,19 @@ async fn connection(
         Welcome::Accepted { version: VERSION, host: host.name().to_owned(), host_key: host.public_key(), proof, challenge }
     };
     let Welcome::Accepted { challenge, .. } = &welcome else {
-        protocol::write_message(&mut stream, &welcome).await?;
+        tokio::time::timeout(within, protocol::write_message(&mut stream, &welcome))
+            .await
+            .map_err(|_| FrameError::Slow(within))??;
         return Ok(());
     };
     let challenge = challenge.clone();
-    protocol::write_message(&mut stream, &welcome).await?;
+    tokio::time::timeout(within, protocol::write_message(&mut stream, &welcome))
+        .await
+        .map_err(|_| FrameError::Slow(within))??;
     let identity: Identity = tokio::select! {
         _ = stopped.changed() => return Ok(()),
-        read = tokio::time::timeout(FRAME_TIMEOUT, protocol::read_message(&mut stream, 64 << 10)) => {
-            read.map_err(|_| FrameError::Timeout)??
+        read = tokio::time::timeout(within, protocol::read_message(&mut stream, 64 << 10, within)) => {
+            read.unwrap_or(Err(FrameError::Timeout))?
         }
     };
     // The key the client proved, if any: what host-to-host requests on this connection are
@@ -153,29 +169,59 @@ async fn connection(
         Ok(peer) => peer,
         Err(e) => {
             tracing::warn!("refused a connection: {e}");
-            let _ = tokio::time::timeout(FRAME_TIMEOUT, protocol::read_frame(&mut stream, max)).await;
+            let _ = tokio::time::timeout(within, protocol::read_frame(&mut stream, max, within)).await;
             protocol::write_message(&mut stream, &Response::Error(e)).await?;
             return Ok(());
         }
     };
     loop {
-        let request: Request = tokio::select! {
+        let read = async {
+            // Between requests the peer may stay silent for the idle timeout; once a frame
+            // starts, it must arrive whole within the frame timeout.
+            tokio::time::timeout(IDLE_TIMEOUT, stream.peek(&mut [0u8; 1])).await.map_err(|_| FrameError::Timeout)??;
+            let body = protocol::read_frame(&mut stream, max, within).await?;
+            bulk(body.len(), move || protocol::decode::<Request>(&body)).await
+        };
+        let request = tokio::select! {
             _ = stopped.changed() => return Ok(()),
-            read = tokio::time::timeout(IDLE_TIMEOUT, protocol::read_message(&mut stream, max)) => match read {
-                Err(_) => return Err(FrameError::Timeout),
-                Ok(Err(FrameError::Closed)) => return Ok(()),
-                Ok(Err(e @ (FrameError::Malformed(_) | FrameError::TooLarge { .. } | FrameError::Empty))) => {
-                    // Say why before closing: the frame boundary may be lost, so no further
-                    // request on this connection can be trusted.
-                    let reply = Response::Error(RemoteError::new(ErrorKind::Protocol, e.to_string()));
-                    let _ = protocol::write_message(&mut stream, &reply).await;
+            read = read => match read {
+                Ok(r) => r,
+                Err(FrameError::Closed) => return Ok(()),
+                Err(e) => {
+                    if says_why(&e) {
+                        // The frame boundary may be lost, so no further request on this
+                        // connection can be trusted: say why, then close.
+                        let reply = Response::Error(RemoteError::new(ErrorKind::Protocol, e.to_string()));
+                        let _ = protocol::write_message(&mut stream, &reply).await;
+                    }
                     return Err(e);
                 }
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(r)) => r,
             },
         };
         let response = host.handle(request, peer).await;
-        protocol::write_message(&mut stream, &response).await?;
+        let frame = bulk(response.bulk_bytes(), move || protocol::encode_frame(&response)).await?;
+        // A peer that stops reading must not hold its connection either.
+        tokio::time::timeout(within, protocol::write_frame(&mut stream, &frame))
+            .await
+            .map_err(|_| FrameError::Slow(within))??;
     }
+}
+
+/// Runs `work` (decoding or encoding a message with `bytes` of bulk data) on a blocking thread if
+/// it is bulky: copying megabytes on the async runtime would stall the other connections it
+/// serves.
+async fn bulk<T: Send + 'static>(
+    bytes: usize,
+    work: impl FnOnce() -> Result<T, FrameError> + Send + 'static,
+) -> Result<T, FrameError> {
+    if bytes <= BULKY {
+        return work();
+    }
+    tokio::task::spawn_blocking(work).await.map_err(|e| FrameError::Io(std::io::Error::other(e)))?
+}
+
+/// Whether a failed read is the peer's fault and worth telling it about before closing (rather
+/// than a connection that is gone or idle).
+fn says_why(e: &FrameError) -> bool {
+    matches!(e, FrameError::Malformed(_) | FrameError::TooLarge { .. } | FrameError::Empty | FrameError::Slow(_))
 }

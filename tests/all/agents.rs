@@ -12,7 +12,7 @@ use roam_host::agents::wire::{
 use roam_host::client::Client;
 use roam_host::config::HostConfig;
 use roam_host::host::Host;
-use roam_host::protocol::{ErrorKind, Hello, Identity, Request, Response, Welcome, read_message, write_message};
+use roam_host::protocol::{ErrorKind, FRAME_TIMEOUT, Hello, Identity, Request, Response, Welcome, read_message, write_message};
 use roam_host::resources::{Attachment, ResourceType};
 use roam_host::server::RunningHost;
 use roam_keys::{Kind, SecretKey};
@@ -315,7 +315,7 @@ fn unauthenticated(r: Response) -> Result<String> {
 async fn handshake(addr: &str) -> Result<(tokio::net::TcpStream, Vec<u8>)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     write_message(&mut stream, &Hello::new("hand")?).await?;
-    match read_message(&mut stream, 1 << 16).await? {
+    match read_message(&mut stream, 1 << 16, FRAME_TIMEOUT).await? {
         Welcome::Accepted { challenge, .. } => Ok((stream, challenge)),
         Welcome::Refused(e) => bail!("refused: {e}"),
     }
@@ -328,7 +328,7 @@ async fn a_client_of_the_old_protocol_is_told_to_upgrade() -> Result<()> {
     let mut stream = tokio::net::TcpStream::connect(home_run.addr()).await?;
     let hello = Hello { versions: vec![1], ..Hello::new("old")? };
     write_message(&mut stream, &hello).await?;
-    match read_message(&mut stream, 1 << 16).await? {
+    match read_message(&mut stream, 1 << 16, FRAME_TIMEOUT).await? {
         Welcome::Refused(e) => {
             assert_eq!(e.kind, ErrorKind::Protocol);
             assert!(e.message.contains("speaks protocol version 2") && e.message.contains("upgrade"), "{e}");
@@ -434,9 +434,9 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
     (stream, _) = handshake(&addr).await?;
     write_message(&mut stream, &old_proof).await?;
     write_message(&mut stream, &transfer(good.clone(), snapshot.clone())).await?;
-    let message = unauthenticated(read_message(&mut stream, 1 << 20).await?)?;
+    let message = unauthenticated(read_message(&mut stream, 1 << 20, FRAME_TIMEOUT).await?)?;
     assert!(message.contains("handshake proof") && message.contains("is invalid"), "{message}");
-    assert!(read_message::<_, Response>(&mut stream, 1 << 20).await.is_err(), "the connection stays open");
+    assert!(read_message::<_, Response>(&mut stream, 1 << 20, FRAME_TIMEOUT).await.is_err(), "the connection stays open");
     // Nothing of all that was persisted.
     match anonymous.request(&Request::Agents { id: None }).await? {
         Response::Agents(list) => assert!(list.is_empty(), "{list:?}"),
@@ -649,7 +649,7 @@ async fn impostor(claimed: roam_keys::PublicKey) -> Result<std::net::SocketAddr>
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let hello: Result<roam_host::protocol::Hello, _> = roam_host::protocol::read_message(&mut stream, 1 << 16).await;
+            let hello: Result<roam_host::protocol::Hello, _> = roam_host::protocol::read_message(&mut stream, 1 << 16, roam_host::protocol::FRAME_TIMEOUT).await;
             if hello.is_err() {
                 continue;
             }
@@ -662,7 +662,7 @@ async fn impostor(claimed: roam_keys::PublicKey) -> Result<std::net::SocketAddr>
             };
             let _ = roam_host::protocol::write_message(&mut stream, &welcome).await;
             // Take whatever comes and claim it was accepted.
-            while let Ok(_req) = roam_host::protocol::read_message::<_, Request>(&mut stream, 64 << 20).await {
+            while let Ok(_req) = roam_host::protocol::read_message::<_, Request>(&mut stream, 64 << 20, roam_host::protocol::FRAME_TIMEOUT).await {
                 let _ = roam_host::protocol::write_message(&mut stream, &Response::Accepted).await;
             }
         }

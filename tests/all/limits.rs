@@ -230,3 +230,170 @@ async fn connections_over_the_cap_are_told_so_and_closed() -> Result<()> {
     running.shutdown().await;
     Ok(())
 }
+
+/// Storms of cheap host calls, each in a tight loop until something stops it.
+const LOG_STORM: &str = r#"(module
+  (import "roam" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "storm")
+  (func (export "roam_query") (loop $l (call $log (i32.const 2) (i32.const 0) (i32.const 5)) (br $l))))"#;
+
+const OPEN_STORM: &str = r#"(module
+  (import "roam" "resource_open" (func $open (param i32 i32) (result i64)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "audit")
+  (func (export "roam_query") (loop $l (drop (call $open (i32.const 0) (i32.const 5))) (br $l))))"#;
+
+const CURSOR_STORM: &str = r#"(module
+  (import "roam" "resource_open" (func $open (param i32 i32) (result i64)))
+  (import "roam" "table_query" (func $query (param i32 i32 i32 i32 i32) (result i64)))
+  (import "roam" "cursor_close" (func $close (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "sales")
+  (data (i32.const 16) "SELECT 1")
+  (func (export "roam_query") (local $h i32)
+    (local.set $h (i32.wrap_i64 (call $open (i32.const 0) (i32.const 5))))
+    (loop $l
+      (call $close (i32.wrap_i64 (call $query (local.get $h) (i32.const 16) (i32.const 8) (i32.const 0) (i32.const 0))))
+      (br $l))))"#;
+
+const APPEND_STORM: &str = r#"(module
+  (import "roam" "resource_open" (func $open (param i32 i32) (result i64)))
+  (import "roam" "log_append" (func $append (param i32 i32 i32) (result i64)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "audit")
+  (func (export "roam_query") (local $h i32)
+    (local.set $h (i32.wrap_i64 (call $open (i32.const 0) (i32.const 5))))
+    (loop $l (drop (call $append (local.get $h) (i32.const 1024) (i32.const 4096))) (br $l))))"#;
+
+/// Bytes one call may append to logs on the storm host.
+const STORM_LOG_KIB: usize = 64;
+
+/// A `roam host` process with a 1.5 s deadline per call, the sample `sales` table and an
+/// `audit` log, for measuring its memory from outside.
+fn storm_host(fixture: &roam_tests::Fixture) -> Result<roam_tests::HostProcess> {
+    let csv = fixture.path().join("sales.csv");
+    roam_tests::sample::write_csv(&csv, &roam_tests::sample::generate(100, 1))?;
+    let config = fixture.write(
+        "storm.toml",
+        format!(
+            "trust = {:?}\n[limits]\ntime_ms = 1500\nworkers = 2\nlog_kib = {STORM_LOG_KIB}\n",
+            fixture.trust_dir().display().to_string()
+        ),
+    )?;
+    fixture.host(roam_tests::args!["--config", &config, "--table", format!("sales={}", csv.display()), "--log", "audit"])
+}
+
+#[tokio::test]
+async fn host_call_storms_are_stopped_with_bounded_memory_and_logs() -> Result<()> {
+    let fixture = roam_tests::Fixture::new()?;
+    let host = storm_host(&fixture)?;
+    let addr = host.addr.to_string();
+    let sign = |wat: &str, name: &str| -> Result<Vec<u8>> {
+        fixture.sign(&wat::parse_str(wat)?, "alice", Kind::Query, name, "1.0.0", &["table:sales", "log:audit"])
+    };
+    let quick = sign(QUICK, "quick")?;
+    assert_eq!(Client::connect(&addr).await?.eval(&quick, vec![0xa0]).await?, vec![0xf5]);
+    let before = host.memory("VmRSS")?;
+    for (wat, name, expected, words) in [
+        (LOG_STORM, "log-storm", ErrorKind::OutOfTime, "out of time"),
+        (OPEN_STORM, "open-storm", ErrorKind::OutOfTime, "out of time"),
+        (CURSOR_STORM, "cursor-storm", ErrorKind::OutOfTime, "out of time"),
+        (APPEND_STORM, "append-storm", ErrorKind::Trap, "appended"),
+    ] {
+        let module = sign(wat, name)?;
+        let mut client = Client::connect(&addr).await?;
+        let storm = tokio::spawn(async move { client.eval(&module, vec![0xa0]).await });
+        // The host's memory while the storm runs, sampled until it is stopped.
+        let mut peak = 0;
+        while !storm.is_finished() {
+            peak = peak.max(host.memory("VmRSS")?);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (kind, message) = kind_of(storm.await?)?;
+        assert_eq!(kind, expected, "{name}: {message}");
+        assert!(message.contains(words), "{name}: {message:?} should mention {words:?}");
+        let grew = peak.saturating_sub(before);
+        eprintln!("{name}: host RSS grew by {} KiB at its peak", grew >> 10);
+        assert!(grew < 16 << 20, "{name}: the host's memory grew by {} MiB while it ran", grew >> 20);
+    }
+    // The host still serves, and kept at most its budget of each kind of log.
+    assert_eq!(Client::connect(&addr).await?.eval(&quick, vec![0xa0]).await?, vec![0xf5]);
+    // 64 KiB at 64 bytes a line at least, and one line saying the rest was dropped.
+    let diagnostics = host.stderr().lines().filter(|l| l.contains("log-storm@1.0.0")).count();
+    assert!(diagnostics <= 1025, "the host wrote {diagnostics} diagnostic lines for one call");
+    let data_dir = host.data_dir().to_owned();
+    host.stop()?;
+    let appended: usize = roam_host::state::State::open(&data_dir)?.log_lines("audit")?.iter().map(String::len).sum();
+    let budget = STORM_LOG_KIB << 10;
+    assert!(appended <= budget, "one call appended {appended} bytes to a log, over the budget of {budget}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn reopening_a_resource_and_requerying_reuse_their_handles() -> Result<()> {
+    // What keeps a storm of opens and queries from growing the host's tables: opening the same
+    // resource twice gives the same handle, and a closed cursor's slot is reused.
+    let fixture = roam_tests::Fixture::new()?;
+    let host = storm_host(&fixture)?;
+    let wat = r#"(module
+      (import "roam" "finish" (func $finish (param i32 i32 i32)))
+      (import "roam" "resource_open" (func $open (param i32 i32) (result i64)))
+      (import "roam" "table_query" (func $query (param i32 i32 i32 i32 i32) (result i64)))
+      (import "roam" "cursor_close" (func $close (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 0) "sales")
+      (data (i32.const 16) "SELECT 1")
+      (data (i32.const 32) "\f5\f4")
+      (func $select (param $h i64) (result i64)
+        (call $query (i32.wrap_i64 (local.get $h)) (i32.const 16) (i32.const 8) (i32.const 0) (i32.const 0)))
+      (func (export "roam_query") (local $h i64) (local $c i64) (local $same i32)
+        (local.set $h (call $open (i32.const 0) (i32.const 5)))
+        (local.set $same (i64.eq (local.get $h) (call $open (i32.const 0) (i32.const 5))))
+        (local.set $c (call $select (local.get $h)))
+        (call $close (i32.wrap_i64 (local.get $c)))
+        (local.set $same (i32.and (local.get $same) (i64.ge_s (local.get $c) (i64.const 0))))
+        (local.set $same (i32.and (local.get $same) (i64.eq (local.get $c) (call $select (local.get $h)))))
+        ;; CBOR true at 32 if every handle was reused, false at 33 otherwise.
+        (call $finish (i32.const 0) (i32.sub (i32.const 33) (local.get $same)) (i32.const 1))))"#;
+    let module = fixture.sign(&wat::parse_str(wat)?, "alice", Kind::Query, "reuse", "1.0.0", &["table:sales"])?;
+    let answer = Client::connect(&host.addr.to_string()).await?.eval(&module, vec![0xa0]).await?;
+    assert_eq!(answer, vec![0xf5], "a second open or query got a new handle");
+    host.stop()
+}
+
+/// A query that finishes with `len` bytes at `ptr` of a memory of `pages` pages.
+fn finisher(pages: u32, ptr: u32, len: u32) -> String {
+    format!(
+        r#"(module
+  (import "roam" "finish" (func $finish (param i32 i32 i32)))
+  (memory (export "memory") {pages})
+  (func (export "roam_query") (call $finish (i32.const 0) (i32.const {ptr}) (i32.const {len}))))"#
+    )
+}
+
+#[tokio::test]
+async fn results_over_the_cap_or_outside_memory_are_refused() -> Result<()> {
+    let host = Small::start().await?;
+    let cap = roam_host::config::LimitsConfig::default().result_kib << 10;
+    let pages = (cap >> 16) as u32 + 1;
+    let at_cap = host.sign(&finisher(pages, 0, cap as u32), "at-cap", &[])?;
+    assert_eq!(host.eval(&at_cap).await?.len(), cap, "a result of exactly the cap is returned whole");
+
+    for (wat, name, words) in [
+        (finisher(pages, 0, cap as u32 + 1), "over-cap", "over the limit"),
+        (finisher(1, 0, u32::MAX), "u32-max", "over the limit"),
+        (finisher(1, 65_536 - 10, 100), "past-the-end", "out of bounds"),
+        (finisher(1, u32::MAX - 15, 32), "wrapping", "out of bounds"),
+    ] {
+        let module = host.sign(&wat, name, &[])?;
+        let (kind, message) = kind_of(host.eval(&module).await)?;
+        assert_eq!(kind, ErrorKind::Trap, "{name}: {message}");
+        assert!(message.contains(words), "{name}: {message:?} should mention {words:?}");
+    }
+    // The host survived all of them.
+    let quick = host.sign(QUICK, "quick", &[])?;
+    assert_eq!(host.eval(&quick).await?, vec![0xf5]);
+    host.running.shutdown().await;
+    Ok(())
+}

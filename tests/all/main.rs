@@ -8,6 +8,7 @@ mod agents_cli;
 mod attacks;
 mod cli;
 mod code_on_demand;
+mod connections;
 mod crash;
 mod limits;
 mod storage;

@@ -1,0 +1,247 @@
+//! What a hostile module costs its neighbours: the latency of small evaluations from a few
+//! clients, alone (the baseline), then while a hostile module runs over and over from another
+//! client. Prints one table row per hostile module: p99 under attack against the p99 of the
+//! baseline measured just before it, as a ratio (goal ≤ 2×).
+//!
+//! `cargo bench -p roam-host --bench hostile` runs it in full (about two minutes);
+//! `-- --smoke` runs it for seconds. The host runs on its own runtime, as in `roam host`, with
+//! the default limits except a 1 s deadline, so each hostile module is stopped and started
+//! again many times while the neighbours are measured.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use roam_host::client::Client;
+use roam_host::config::HostConfig;
+use roam_host::host::Host;
+use roam_host::protocol::{ModuleRef, Request, Response};
+use roam_host::server::RunningHost;
+use roam_keys::{Kind, SecretKey, SignRequest};
+
+#[path = "../../tests/sample.rs"]
+mod sample;
+
+/// A query that answers CBOR `true` at once: the neighbours' request.
+const QUICK: &str = r#"(module
+  (import "roam" "finish" (func $finish (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "\f5")
+  (func (export "roam_query") (call $finish (i32.const 0) (i32.const 0) (i32.const 1))))"#;
+
+/// The hostile modules, each stopped by a limit.
+const HOSTILE: &[(&str, &str)] = &[
+    ("infinite loop", r#"(module (memory (export "memory") 1) (func (export "roam_query") (loop $l (br $l))))"#),
+    // Grows 1 MiB at a time and touches every page, until the memory limit.
+    (
+        "memory bomb (touches every page)",
+        r#"(module (memory (export "memory") 1)
+  (func (export "roam_query") (local $p i32) (local $end i32)
+    (loop $grow
+      (local.set $p (i32.mul (memory.grow (i32.const 16)) (i32.const 65536)))
+      (local.set $end (i32.add (local.get $p) (i32.const 1048576)))
+      (loop $touch
+        (i32.store8 (local.get $p) (i32.const 1))
+        (local.set $p (i32.add (local.get $p) (i32.const 4096)))
+        (br_if $touch (i32.lt_u (local.get $p) (local.get $end))))
+      (br $grow))))"#,
+    ),
+    (
+        "host-call storm: log",
+        r#"(module
+  (import "roam" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "storm")
+  (func (export "roam_query") (loop $l (call $log (i32.const 2) (i32.const 0) (i32.const 5)) (br $l))))"#,
+    ),
+    (
+        "host-call storm: table queries",
+        r#"(module
+  (import "roam" "resource_open" (func $open (param i32 i32) (result i64)))
+  (import "roam" "table_query" (func $query (param i32 i32 i32 i32 i32) (result i64)))
+  (import "roam" "cursor_close" (func $close (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "sales")
+  (data (i32.const 16) "SELECT 1")
+  (func (export "roam_query") (local $h i32)
+    (local.set $h (i32.wrap_i64 (call $open (i32.const 0) (i32.const 5))))
+    (loop $l
+      (call $close (i32.wrap_i64 (call $query (local.get $h) (i32.const 16) (i32.const 8) (i32.const 0) (i32.const 0))))
+      (br $l))))"#,
+    ),
+    // A result of exactly the default cap (8 MiB), returned and sent in full every time.
+    (
+        "huge result (8 MiB, the cap)",
+        r#"(module
+  (import "roam" "finish" (func $finish (param i32 i32 i32)))
+  (memory (export "memory") 129)
+  (func (export "roam_query") (call $finish (i32.const 0) (i32.const 0) (i32.const 8388608))))"#,
+    ),
+    ("deep recursion", r#"(module (memory (export "memory") 1) (func $r (export "roam_query") (call $r)))"#),
+];
+
+/// Sizes of the run: full, or a seconds-long smoke run.
+struct Scale {
+    /// How long each phase measures the neighbours.
+    window: Duration,
+}
+
+const FULL: Scale = Scale { window: Duration::from_secs(8) };
+const SMOKE: Scale = Scale { window: Duration::from_millis(1500) };
+
+/// How many neighbours, and how often each sends a small evaluation: a light, steady load, so
+/// what is measured is the latency a hostile module adds, not queueing among neighbours.
+const NEIGHBOURS: usize = 3;
+const EVERY: Duration = Duration::from_millis(4);
+
+/// Sorted latencies, in seconds.
+struct Stats(Vec<f64>);
+
+impl Stats {
+    fn new(mut v: Vec<f64>) -> Self {
+        v.sort_by(f64::total_cmp);
+        Self(v)
+    }
+    fn q(&self, p: f64) -> f64 {
+        let i = ((self.0.len() - 1) as f64 * p).round() as usize;
+        self.0[i]
+    }
+}
+
+fn time(d: f64) -> String {
+    match d {
+        d if d < 1e-3 => format!("{:.0} µs", d * 1e6),
+        d if d < 1.0 => format!("{:.2} ms", d * 1e3),
+        d => format!("{d:.2} s"),
+    }
+}
+
+fn sign(key: &SecretKey, wat: &str, name: &str, caps: &[&str]) -> Result<Vec<u8>> {
+    let now = roam_host::state::now_secs();
+    let request = SignRequest {
+        kind: Kind::Query,
+        name: name.into(),
+        version: semver::Version::new(1, 0, 0),
+        issued_at: now,
+        not_before: now,
+        expires: now + 3600,
+        capabilities: caps.iter().map(|c| c.to_string()).collect(),
+    };
+    Ok(roam_keys::sign_module(&wat::parse_str(wat)?, key, request)?)
+}
+
+/// Small evaluations from the neighbours, each paced at [`EVERY`], for `window`.
+async fn neighbours(addr: &str, quick: &[u8], window: Duration) -> Result<Stats> {
+    let hash = roam_keys::hash_module(quick);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..NEIGHBOURS {
+        let (addr, quick) = (addr.to_owned(), quick.to_vec());
+        clients.spawn(async move {
+            let mut client = Client::connect(&addr).await?;
+            client.eval(&quick, vec![0xa0]).await?;
+            let by_hash = Request::Eval { module: ModuleRef::Hash(hash), input: vec![0xa0] };
+            let mut pace = tokio::time::interval(EVERY);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (end, mut trips) = (Instant::now() + window, Vec::new());
+            while Instant::now() < end {
+                pace.tick().await;
+                let t = Instant::now();
+                let r = client.request(&by_hash).await?;
+                trips.push(t.elapsed().as_secs_f64());
+                anyhow::ensure!(matches!(r, Response::Result(_)), "a neighbour's evaluation failed: {r:?}");
+            }
+            anyhow::Ok(trips)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(trips) = clients.join_next().await {
+        all.extend(trips??);
+    }
+    Ok(Stats::new(all))
+}
+
+/// Runs `module` over and over from one client until `stop`, on a thread and runtime of its
+/// own (as a remote attacker would be), so it never delays the neighbours' client side; returns
+/// how many runs ended.
+fn attack(addr: String, module: Vec<u8>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Result<usize>> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let mut client = Client::connect(&addr).await?;
+            let mut runs = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // Each run is refused or answered; either way the host goes on.
+                let _ = client.eval(&module, vec![0xa0]).await;
+                runs += 1;
+            }
+            Ok(runs)
+        })
+    })
+}
+
+fn main() -> Result<()> {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let scale = if smoke { SMOKE } else { FULL };
+    let dir = tempfile::tempdir()?;
+    let (key_path, _, _) = roam_keys::write_keypair(&dir.path().join("keys"), "bench")?;
+    let key = SecretKey::load(&key_path)?;
+    let trust = dir.path().join("trust");
+    std::fs::create_dir_all(&trust)?;
+    std::fs::copy(dir.path().join("keys/bench.pub"), trust.join("bench.pub"))?;
+    let csv = dir.path().join("sales.csv");
+    sample::write_csv(&csv, &sample::generate(100, 1))?;
+
+    // The host, on a runtime of its own as in `roam host`.
+    let mut config = HostConfig::new(trust, dir.path().join("host"));
+    config.limits.time_ms = 1000;
+    config.durable = false;
+    config.add_table(&format!("sales={}", csv.display()))?;
+    let workers = config.limits.workers();
+    let host_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let running = host_rt.block_on(RunningHost::start(Host::open(&config)?, "127.0.0.1:0".parse()?))?;
+    let addr = running.addr().to_string();
+
+    let clients = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let quick = sign(&key, QUICK, "quick", &[])?;
+    // Each attack is compared with a baseline measured just before it, so that load from
+    // elsewhere on a shared machine drifts into both sides of a ratio alike.
+    let (mut rows, mut alone) = (Vec::new(), Vec::new());
+    for (i, (what, wat)) in HOSTILE.iter().enumerate() {
+        let module = sign(&key, wat, &format!("hostile-{i}"), &["table:sales"])?;
+        let baseline = clients.block_on(neighbours(&addr, &quick, scale.window))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let attacker = attack(addr.clone(), module, stop.clone());
+        // Let the attack start before measuring.
+        std::thread::sleep(Duration::from_millis(300));
+        let under = clients.block_on(neighbours(&addr, &quick, scale.window))?;
+        stop.store(true, Ordering::Relaxed);
+        let runs = attacker.join().map_err(|_| anyhow::anyhow!("the attacking client panicked"))??;
+        rows.push(format!(
+            "|   … while {what} runs ({runs} runs) | {:.2}× | p99 {} vs {}; p50 {} vs {} | ≤ 2× |",
+            under.q(0.99) / baseline.q(0.99),
+            time(under.q(0.99)),
+            time(baseline.q(0.99)),
+            time(under.q(0.5)),
+            time(baseline.q(0.5)),
+        ));
+        alone.extend(baseline.0);
+    }
+    let alone = Stats::new(alone);
+    rows.insert(
+        0,
+        format!(
+            "| small evaluations, {NEIGHBOURS} clients every {} ms, alone ({workers} workers) | p50 {} | p99 {} | baseline |",
+            EVERY.as_millis(),
+            time(alone.q(0.5)),
+            time(alone.q(0.99)),
+        ),
+    );
+    host_rt.block_on(running.shutdown());
+
+    println!("\n| figure | median | spread | goal |\n| --- | --- | --- | --- |");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! Hostile connections against a real host on loopback: peers that trickle bytes, hold
+//! connections open, declare huge frames and send malformed ones. Each is refused or closed
+//! with a clear error, within bounded memory, while other clients are served.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use roam_host::client::Client;
+use roam_host::config::HostConfig;
+use roam_host::host::Host;
+use roam_host::protocol::{self, ErrorKind, FRAME_TIMEOUT, Hello, Identity, ModuleRef, RemoteError, Request, Response, Welcome};
+use roam_host::server::RunningHost;
+use roam_keys::Kind;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// A query that answers CBOR `true` at once.
+const QUICK: &str = r#"(module
+  (import "roam" "finish" (func $finish (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "\f5")
+  (func (export "roam_query") (call $finish (i32.const 0) (i32.const 0) (i32.const 1))))"#;
+
+/// Opens a raw connection and sends a hello; returns the stream and the host's answer.
+async fn open(addr: &str) -> Result<(TcpStream, Welcome)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    protocol::write_message(&mut stream, &Hello::new("hostile")?).await?;
+    let welcome = protocol::read_message(&mut stream, 64 << 10, FRAME_TIMEOUT).await?;
+    Ok((stream, welcome))
+}
+
+/// A raw connection past the handshake.
+async fn accepted(addr: &str) -> Result<TcpStream> {
+    match open(addr).await? {
+        (mut stream, Welcome::Accepted { .. }) => {
+            protocol::write_message(&mut stream, &Identity::Anonymous).await?;
+            Ok(stream)
+        }
+        (_, Welcome::Refused(e)) => bail!("the host refused the connection: {e}"),
+    }
+}
+
+/// Sends `bytes` one at a time, `gap` apart, until the host answers with a message `T` (or the
+/// bytes run out); returns the answer and how long after the first byte it came.
+async fn trickle<T: for<'de> serde::Deserialize<'de>>(
+    stream: TcpStream,
+    bytes: Vec<u8>,
+    gap: Duration,
+) -> Result<(T, Duration)> {
+    let (mut read, mut write) = stream.into_split();
+    let started = Instant::now();
+    let dribble = async move {
+        for b in bytes {
+            if write.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(gap).await;
+        }
+        // Hold the connection open; only the host may end it.
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = dribble => unreachable!("pending never ends"),
+        answer = protocol::read_message::<_, T>(&mut read, 64 << 10, FRAME_TIMEOUT) => {
+            let answer = answer.context("the host did not say why it closed the slow connection")?;
+            let after = started.elapsed();
+            // Then the host closes the connection.
+            let next = protocol::read_frame(&mut read, 64 << 10, FRAME_TIMEOUT).await;
+            anyhow::ensure!(matches!(next, Err(protocol::FrameError::Closed)), "the slow connection stayed open: {next:?}");
+            Ok((answer, after))
+        }
+    }
+}
+
+fn slow_error(e: &RemoteError, deadline: Duration) -> Result<()> {
+    anyhow::ensure!(e.kind == ErrorKind::Protocol, "{e:?}");
+    anyhow::ensure!(e.message.contains("did not arrive whole"), "{e:?}");
+    anyhow::ensure!(e.message.contains(&format!("{deadline:?}")), "{e:?} does not name the deadline");
+    Ok(())
+}
+
+#[tokio::test]
+async fn slow_connections_are_closed_at_the_frame_deadline_while_others_are_served() -> Result<()> {
+    const SLOW: usize = 50;
+    const CAP: usize = SLOW + 10;
+    let deadline = Duration::from_secs(3);
+    let fixture = roam_tests::Fixture::new()?;
+    let mut config = HostConfig::new(fixture.trust_dir(), fixture.path().join("data"));
+    config.limits.frame_timeout_ms = deadline.as_millis() as u64;
+    config.limits.max_connections = CAP;
+    let running = RunningHost::start(Host::open(&config)?, "127.0.0.1:0".parse()?).await?;
+    let addr = running.addr().to_string();
+    let quick = fixture.sign(&wat::parse_str(QUICK)?, "alice", Kind::Query, "quick", "1.0.0", &[])?;
+
+    // Half the slow peers trickle a request after the handshake, half trickle the hello itself;
+    // each sends one byte every 100 ms, which would take minutes to finish a frame.
+    let mut request = 1000u32.to_be_bytes().to_vec();
+    request.extend([0x81; 1000]);
+    let mut hello = vec![0, 0, 4, 0];
+    hello.extend([0x81; 1024]);
+    let gap = Duration::from_millis(100);
+    let mut slow = tokio::task::JoinSet::new();
+    for i in 0..SLOW {
+        let stream = if i % 2 == 0 { accepted(&addr).await? } else { TcpStream::connect(&addr).await? };
+        let (request, hello) = (request.clone(), hello.clone());
+        slow.spawn(async move {
+            let (error, after) = if i % 2 == 0 {
+                match trickle::<Response>(stream, request, gap).await? {
+                    (Response::Error(e), after) => (e, after),
+                    (other, _) => bail!("a slow request was answered with {other:?}"),
+                }
+            } else {
+                match trickle::<Welcome>(stream, hello, gap).await? {
+                    (Welcome::Refused(e), after) => (e, after),
+                    (other, _) => bail!("a slow hello was answered with {other:?}"),
+                }
+            };
+            slow_error(&error, deadline)?;
+            Ok(after)
+        });
+    }
+
+    // Meanwhile other clients are served.
+    for _ in 0..5 {
+        assert_eq!(Client::connect(&addr).await?.eval(&quick, vec![0xa0]).await?, vec![0xf5]);
+    }
+    // And the cap holds: with the slow peers holding their slots, at most the rest are admitted.
+    let mut extra = Vec::new();
+    for _ in 0..20 {
+        extra.push(open(&addr).await?);
+    }
+    let admitted = extra.iter().filter(|(_, w)| matches!(w, Welcome::Accepted { .. })).count();
+    let busy = extra
+        .iter()
+        .filter(|(_, w)| matches!(w, Welcome::Refused(e) if e.kind == ErrorKind::Busy && e.message.contains(&format!("limit of {CAP} connections"))))
+        .count();
+    assert!(admitted <= CAP - SLOW, "{admitted} more connections were admitted past the {SLOW} slow ones, cap {CAP}");
+    assert_eq!(admitted + busy, extra.len(), "a connection over the cap was not told the host is busy");
+    drop(extra);
+
+    while let Some(closed) = slow.join_next().await {
+        let after = closed??;
+        assert!(after < deadline + Duration::from_secs(5), "a slow connection was closed only after {after:?}");
+    }
+    // Their slots are free again.
+    assert_eq!(Client::connect(&addr).await?.eval(&quick, vec![0xa0]).await?, vec![0xf5]);
+    running.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_connection_declaring_a_huge_frame_costs_memory_for_the_bytes_it_sent() -> Result<()> {
+    const PEERS: u64 = 200;
+    let fixture = roam_tests::Fixture::new()?;
+    let host = fixture.host::<[&str; 0], _>([])?;
+    let addr = host.addr.to_string();
+    let cap = protocol::DEFAULT_MAX_FRAME;
+    // Warm up: the runtime's threads and buffers exist before the baseline.
+    let mut peers = vec![accepted(&addr).await?];
+    let (rss, size) = (host.memory("VmRSS")?, host.memory("VmSize")?);
+    for _ in 1..PEERS {
+        peers.push(accepted(&addr).await?);
+    }
+    for peer in &mut peers {
+        // A frame of exactly the cap is announced; 16 bytes of it arrive.
+        peer.write_all(&(cap as u32).to_be_bytes()).await?;
+        peer.write_all(&[0x81; 16]).await?;
+    }
+    // Give the host time to read what arrived.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grew_rss = host.memory("VmRSS")?.saturating_sub(rss);
+    let grew_size = host.memory("VmSize")?.saturating_sub(size);
+    eprintln!(
+        "{PEERS} connections with a {} MiB frame announced: RSS +{} KiB ({} KiB each), address space +{} MiB",
+        cap >> 20,
+        grew_rss >> 10,
+        (grew_rss / PEERS) >> 10,
+        grew_size >> 20
+    );
+    // The declared 200 × 32 MiB is neither resident nor reserved.
+    assert!(grew_rss < cap as u64, "resident memory grew by {} MiB", grew_rss >> 20);
+    assert!(grew_size < 8 * cap as u64, "address space grew by {} MiB", grew_size >> 20);
+    drop(peers);
+    host.stop()
+}
+
+#[tokio::test]
+async fn frames_at_the_cap_are_read_and_over_it_are_refused_unread() -> Result<()> {
+    let fixture = roam_tests::Fixture::new()?;
+    let config = HostConfig::new(fixture.trust_dir(), fixture.path().join("data"));
+    let cap = config.limits.frame_kib << 10;
+    let running = RunningHost::start(Host::open(&config)?, "127.0.0.1:0".parse()?).await?;
+    let addr = running.addr().to_string();
+
+    // An evaluation whose input fills the frame to exactly the cap is read and answered.
+    let hash = roam_keys::hash_module(b"not held");
+    let frame = |input: usize| {
+        let mut buf = Vec::new();
+        ciborium::into_writer(&Request::Eval { module: ModuleRef::Hash(hash), input: vec![0; input] }, &mut buf)
+            .map(|()| buf)
+    };
+    let overhead = frame(cap / 2)?.len() - cap / 2;
+    let body = frame(cap - overhead)?;
+    assert_eq!(body.len(), cap);
+    let mut stream = accepted(&addr).await?;
+    stream.write_all(&(cap as u32).to_be_bytes()).await?;
+    stream.write_all(&body).await?;
+    let answer: Response = protocol::read_message(&mut stream, 64 << 10, FRAME_TIMEOUT).await?;
+    assert!(matches!(answer, Response::NeedModule(h) if h == hash), "{answer:?}");
+
+    // One byte more, or u32::MAX, is refused from the length alone, without its body.
+    for declared in [cap as u32 + 1, u32::MAX] {
+        let mut stream = accepted(&addr).await?;
+        stream.write_all(&declared.to_be_bytes()).await?;
+        match protocol::read_message(&mut stream, 64 << 10, FRAME_TIMEOUT).await? {
+            Response::Error(e) => {
+                assert_eq!(e.kind, ErrorKind::Protocol, "{e:?}");
+                assert!(e.message.contains(&format!("frame of {declared} bytes is over the limit of {cap} bytes")), "{e:?}");
+            }
+            other => bail!("a frame of {declared} bytes was answered with {other:?}"),
+        }
+    }
+    running.shutdown().await;
+    Ok(())
+}
