@@ -33,7 +33,8 @@ commands:
   bench [--smoke] [--only GROUP]
                  print the performance figures (--smoke: a seconds-long run; GROUP is
                  instantiate, aggregate, round-trip, snapshot, hops, shipping,
-                 code-on-demand, throughput or parked)";
+                 code-on-demand, throughput, parked, or hostile: other clients' latency
+                 while hostile modules run)";
 
 /// The wasm32 target the example modules are built for.
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
@@ -158,8 +159,8 @@ fn step(what: &str) {
 
 /// `cargo xtask agents`: builds the example query modules into
 /// `agents/target/wasm32-unknown-unknown/release/`.
-/// `cargo xtask bench [--smoke] [--only GROUP]`: the figures of host/benches/figures.rs; the
-/// arguments go to the benchmark.
+/// `cargo xtask bench [--smoke] [--only GROUP]`: the figures of host/benches/figures.rs, then
+/// host/benches/hostile.rs; the arguments go to the benchmark.
 fn bench(args: &[OsString]) -> Result<()> {
     build_agents()?;
     let smoke = args.iter().any(|a| a == "--smoke");
@@ -178,10 +179,23 @@ fn measure(smoke: bool, args: &[OsString]) -> Result<()> {
     step(&format!("Building the roam binary ({profile} profile)"));
     // `--workspace`, as in `test`: the same features, so the artifacts the tests built are reused.
     run(cargo().args(["build", "--profile", profile, "--workspace", "--bin", "roam"]))?;
-    step("Measuring (host/benches/figures.rs)");
-    run(cargo()
-        .args(["bench", "--profile", profile, "--workspace", "--bench", "figures", "--"])
-        .args(args))
+    // `--only hostile` is the neighbours' latency under hostile modules (host/benches/hostile.rs);
+    // any other group is one of figures.rs; without `--only`, both run.
+    let only = args.iter().skip_while(|a| *a != "--only").nth(1).map(|g| g.to_string_lossy().into_owned());
+    if only.as_deref() != Some("hostile") {
+        step("Measuring (host/benches/figures.rs)");
+        run(cargo()
+            .args(["bench", "--profile", profile, "--workspace", "--bench", "figures", "--"])
+            .args(args))?;
+    }
+    if only.is_none() || only.as_deref() == Some("hostile") {
+        step("Measuring other clients' latency while hostile modules run (host/benches/hostile.rs)");
+        let smoke: &[&str] = if smoke { &["--smoke"] } else { &[] };
+        run(cargo()
+            .args(["bench", "--profile", profile, "--workspace", "--bench", "hostile", "--"])
+            .args(smoke))?;
+    }
+    Ok(())
 }
 
 fn agents() -> Result<()> {
