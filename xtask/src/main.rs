@@ -30,7 +30,8 @@ commands:
                  agent (everything is written under demo/, which is wiped first)
   bench [--smoke] [--only GROUP]
                  print the performance figures (--smoke: a seconds-long run; GROUP is
-                 instantiate, aggregate, round-trip, snapshot or hops)";
+                 instantiate, aggregate, round-trip, snapshot, hops or extism, the
+                 comparison with Extism, which the full run prints after the table)";
 
 /// The wasm32 target the example modules are built for.
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
@@ -156,11 +157,39 @@ fn step(what: &str) {
 /// `cargo xtask agents`: builds the example query modules into
 /// `agents/target/wasm32-unknown-unknown/release/`.
 /// `cargo xtask bench [--smoke] [--only GROUP]`: the figures of host/benches/figures.rs, in
-/// release mode; the arguments go to the benchmark.
+/// release mode (the arguments go to the benchmark), then the comparison with Extism.
+///
+/// The comparison (`--only extism`) is its own workspace, host/benches/extism, with its own
+/// target directory: Extism brings another wasmtime, whose build the main workspace and
+/// `cargo xtask test` should not pay for, so no test builds it.
 fn bench(args: &[OsString]) -> Result<()> {
     build_agents()?;
-    step("Measuring (host/benches/figures.rs)");
-    run(cargo().args(["bench", "-p", "roam-host", "--bench", "figures", "--"]).args(args))
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1));
+    if only.is_none_or(|o| o != "extism") {
+        step("Measuring (host/benches/figures.rs)");
+        run(cargo().args(["bench", "-p", "roam-host", "--bench", "figures", "--"]).args(args))?;
+    }
+    if only.is_some_and(|o| o != "extism") {
+        return Ok(());
+    }
+    let dir = repo_root().join("host/benches/extism");
+    let target = dir.join("target");
+    step("Building the Extism plugin (host/benches/extism/plugin, wasm32)");
+    run(cargo().args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
+        .arg(dir.join("plugin/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target))?;
+    step("Measuring roam's code on demand against Extism (host/benches/extism)");
+    let modules = |dir: &Path, file: &str| dir.join(WASM_TARGET).join("release").join(file);
+    let smoke = args.iter().filter(|a| *a == "--smoke");
+    run(cargo().args(["run", "--release", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .arg("--")
+        .args(smoke)
+        .arg(modules(&repo_root().join("agents/target"), "count_vowels.wasm"))
+        .arg(modules(&target, "count_vowels_extism.wasm")))
 }
 
 fn agents() -> Result<()> {
