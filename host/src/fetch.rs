@@ -248,6 +248,13 @@ impl CodeCache {
         Ok(roam_keys::verify(bytes, &ctx)?)
     }
 
+    /// Verifies a signed module the caller already holds (bundled with an application, say)
+    /// and only then caches it. Returns it with its hash.
+    pub fn add(&self, bytes: Vec<u8>, kind: Kind) -> Result<(ModuleHash, VerifiedModule), FetchError> {
+        let hash = roam_keys::hash_module(&bytes);
+        Ok((hash, self.admit(hash, bytes, kind)?))
+    }
+
     /// Verifies downloaded bytes and only then caches them.
     fn admit(&self, hash: ModuleHash, bytes: Vec<u8>, kind: Kind) -> Result<VerifiedModule, FetchError> {
         let module = self.verify(bytes, kind)?;

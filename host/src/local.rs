@@ -24,7 +24,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use roam_keys::{Kind, ModuleHash, Policy, TrustStore};
+use roam_keys::{Kind, ModuleHash, Policy, TrustStore, VerifiedModule};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -171,6 +171,19 @@ impl CodeOnDemand {
         progress: Option<&(dyn Fn(u64, u64) + Sync)>,
     ) -> Result<LocalModule, LocalError> {
         let (hash, verified) = self.cache.get(source, spec, Kind::Code, self.refresh, progress).await?;
+        self.ready(hash, &verified)
+    }
+
+    /// Verifies a signed code module the application already holds (bundled with it, or
+    /// obtained some other way), caches it, and compiles it: the checks of
+    /// [`fetch`](Self::fetch), without a host.
+    pub fn load(&self, bytes: Vec<u8>) -> Result<LocalModule, LocalError> {
+        let (hash, verified) = self.cache.add(bytes, Kind::Code)?;
+        self.ready(hash, &verified)
+    }
+
+    /// Checks that a verified module asks only for granted capabilities, and compiles it.
+    fn ready(&self, hash: ModuleHash, verified: &VerifiedModule) -> Result<LocalModule, LocalError> {
         let missing: Vec<String> = verified
             .claims()
             .capabilities
@@ -181,7 +194,7 @@ impl CodeOnDemand {
         if !missing.is_empty() {
             return Err(LocalError::NotGranted { missing });
         }
-        let runnable = self.engine.load(hash, &verified)?;
+        let runnable = self.engine.load(hash, verified)?;
         Ok(LocalModule { hash, runnable })
     }
 

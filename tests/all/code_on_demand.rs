@@ -145,6 +145,25 @@ fn verify_error(result: Result<roam_host::local::LocalModule, LocalError>) -> Re
 }
 
 #[tokio::test]
+async fn a_module_in_hand_is_verified_cached_and_then_loads_without_a_host() -> Result<()> {
+    let w = World::new()?;
+    let cod = w.client("cache")?;
+    let e = verify_error(cod.load(w.sign(&w.mallory, "mallory-tool", "1.0.0", 3600)?))?;
+    assert!(matches!(e, VerifyError::UntrustedSigner { .. }), "{e}");
+    assert_eq!(files_in(&w.path("cache/modules")), 0, "a refused module was cached");
+
+    let module = cod.load(w.sign(&w.alice, "doubler", "1.0.0", 3600)?)?;
+    let out: u8 = cod.call(&module, &serde_json::json!({ "n": 6 }))?;
+    assert_eq!(out, 12);
+    // A later run finds it by hash in the cache; the address is never contacted.
+    let again = w.client("cache")?;
+    let cached = again.fetch("127.0.0.1:1", &ModuleSpec::Hash(module.hash())).await?;
+    let out: u8 = again.call(&cached, &serde_json::json!({ "n": 3 }))?;
+    assert_eq!(out, 6);
+    Ok(())
+}
+
+#[tokio::test]
 async fn untrusted_expired_and_rolled_back_modules_are_refused_and_not_cached() -> Result<()> {
     let w = World::new()?;
     let (host, running) = w.host("host").await?;

@@ -33,8 +33,9 @@ commands:
   bench [--smoke] [--only GROUP]
                  print the performance figures (--smoke: a seconds-long run; GROUP is
                  instantiate, aggregate, round-trip, snapshot, hops, shipping,
-                 code-on-demand, throughput, parked, or hostile: other clients' latency
-                 while hostile modules run)";
+                 code-on-demand, throughput, parked, hostile (other clients' latency
+                 while hostile modules run) or extism (the comparison with Extism,
+                 which the full run prints last; --smoke leaves it out unless asked))";
 
 /// The wasm32 target the example modules are built for.
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
@@ -159,12 +160,25 @@ fn step(what: &str) {
 
 /// `cargo xtask agents`: builds the example query modules into
 /// `agents/target/wasm32-unknown-unknown/release/`.
-/// `cargo xtask bench [--smoke] [--only GROUP]`: the figures of host/benches/figures.rs, then
-/// host/benches/hostile.rs; the arguments go to the benchmark.
+/// `cargo xtask bench [--smoke] [--only GROUP]`: the figures of host/benches/figures.rs and
+/// host/benches/hostile.rs (the arguments go to the benchmark), then the comparison with Extism.
+///
+/// The comparison (`--only extism`) is its own workspace, host/benches/extism, with its own
+/// target directory: Extism brings another wasmtime, whose build the main workspace and
+/// `cargo xtask test` should not pay for, so no test builds it, and a smoke run leaves it out
+/// unless it is asked for by name.
 fn bench(args: &[OsString]) -> Result<()> {
     build_agents()?;
     let smoke = args.iter().any(|a| a == "--smoke");
-    measure(smoke, args)
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1));
+    if only.is_none_or(|o| o != "extism") {
+        measure(smoke, args)?;
+    }
+    let extism = match only {
+        Some(o) => o == "extism",
+        None => !smoke,
+    };
+    if extism { compare_with_extism(smoke) } else { Ok(()) }
 }
 
 /// Builds the `roam` binary the benchmark starts as a separate host, then runs the benchmark.
@@ -196,6 +210,27 @@ fn measure(smoke: bool, args: &[OsString]) -> Result<()> {
             .args(smoke))?;
     }
     Ok(())
+}
+
+/// Roam's code on demand against Extism on the same logic (host/benches/extism).
+fn compare_with_extism(smoke: bool) -> Result<()> {
+    let dir = repo_root().join("host/benches/extism");
+    let target = dir.join("target");
+    step("Building the Extism plugin (host/benches/extism/plugin, wasm32)");
+    run(cargo().args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
+        .arg(dir.join("plugin/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target))?;
+    step("Measuring roam's code on demand against Extism (host/benches/extism)");
+    let modules = |dir: &Path, file: &str| dir.join(WASM_TARGET).join("release").join(file);
+    run(cargo().args(["run", "--release", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .arg("--")
+        .args(smoke.then_some("--smoke"))
+        .arg(modules(&repo_root().join("agents/target"), "count_vowels.wasm"))
+        .arg(modules(&target, "count_vowels_extism.wasm")))
 }
 
 fn agents() -> Result<()> {
