@@ -355,8 +355,9 @@ fn fuzz_target(target: &str, seconds: u64) -> Result<String> {
     if let Some(stderr) = child.stderr.take() {
         for l in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
             let l = l?;
-            // Progress lines (new inputs, reductions) would bury the rest.
-            if l.contains("\tNEW ") || l.contains("\tREDUCE ") {
+            // Progress lines (new inputs, reductions) and the dictionary it recommends would
+            // bury the rest.
+            if l.contains("\tNEW ") || l.contains("\tREDUCE ") || l.contains("# Uses: ") {
                 continue;
             }
             eprintln!("{l}");
