@@ -188,7 +188,7 @@ pub fn json_to_cbor(value: &serde_json::Value) -> Vec<u8> {
 }
 
 /// Decodes a CBOR value (a module's result) as JSON. Byte strings become arrays of numbers,
-/// and map keys that are not text are written as text.
+/// and map keys that are not text are written as text (see [`key_text`]).
 pub fn cbor_to_json(bytes: &[u8]) -> Result<serde_json::Value, String> {
     let value: ciborium::Value = ciborium::from_reader(bytes).map_err(|e| format!("the result is not valid CBOR: {e}"))?;
     Ok(to_json(value))
@@ -214,15 +214,81 @@ fn to_json(v: ciborium::Value) -> serde_json::Value {
         C::Map(m) => J::Object(
             m.into_iter()
                 .map(|(k, v)| {
-                    let key = match k {
-                        C::Text(s) => s,
-                        other => to_json(other).to_string(),
-                    };
+                    let mut key = String::new();
+                    key_text(&k, &mut key);
                     (key, to_json(v))
                 })
                 .collect(),
         ),
         C::Tag(_, inner) => to_json(*inner),
         _ => J::Null,
+    }
+}
+
+/// Writes a map key as text, in JSON-like notation but with nothing escaped: escaping a key that
+/// holds a key that holds a key... doubles it at every level, so a result of a few hundred bytes
+/// would take exabytes. Unescaped, the text grows linearly with the key.
+fn key_text(v: &ciborium::Value, out: &mut String) {
+    use ciborium::Value as C;
+    match v {
+        C::Text(s) => out.push_str(s),
+        C::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                key_text(item, out);
+            }
+            out.push(']');
+        }
+        C::Map(entries) => {
+            out.push('{');
+            for (i, (k, item)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                key_text(k, out);
+                out.push(':');
+                key_text(item, out);
+            }
+            out.push('}');
+        }
+        C::Tag(_, inner) => key_text(inner, out),
+        // Scalars and byte strings: their JSON text, which holds no string to escape.
+        other => out.push_str(&to_json(other.clone()).to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_nested_in_keys_grow_linearly() -> Result<(), String> {
+        // {{{...{"a": 1}: 1}...: 1}: 1}, 60 levels deep: escaped at each level, the outer key
+        // would be about 2^60 bytes long.
+        let mut value = ciborium::Value::Map(vec![(ciborium::Value::Text("a\"b".into()), 1.into())]);
+        for _ in 0..60 {
+            value = ciborium::Value::Map(vec![(value, 1.into())]);
+        }
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&value, &mut bytes).map_err(|e| e.to_string())?;
+        let json = cbor_to_json(&bytes)?.to_string();
+        assert!(json.len() < 10 * bytes.len(), "{} bytes of JSON from {} of CBOR", json.len(), bytes.len());
+        assert!(json.contains(r#"a\"b:1}"#), "{json}");
+        Ok(())
+    }
+
+    #[test]
+    fn keys_that_are_not_text_are_written_as_text() -> Result<(), String> {
+        let value = ciborium::Value::Map(vec![
+            (1.into(), "one".into()),
+            (ciborium::Value::Array(vec![true.into(), ciborium::Value::Bytes(vec![7])]), 2.into()),
+        ]);
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&value, &mut bytes).map_err(|e| e.to_string())?;
+        assert_eq!(cbor_to_json(&bytes)?, serde_json::json!({"1": "one", "[true,[7]]": 2}));
+        Ok(())
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! - `agents`: builds the example query modules (a separate wasm32 workspace in `agents/`).
 //! - `test`: builds the modules and the `roam` binary, runs every test, then the benchmark's
-//!   smoke run.
+//!   smoke run and a brief pass of each fuzzer.
 //! - `demo`: data hosts on loopback: remote evaluation, code on demand and a mobile agent.
 //! - `bench`: builds the modules and prints the table of performance figures.
+//! - `fuzz`: builds the fuzz targets of `host/fuzz` (cargo fuzz, libFuzzer) and runs each for a
+//!   while from its committed seed corpus, printing executions and exec/s; `test` ends with a
+//!   brief pass of it unless `ROAM_SKIP_FUZZ=1`.
 //!
 //! Only the standard library and anyhow: xtask must build quickly and never depend on the host,
 //! so the sample data generator is shared with the tests by path, not as a crate.
@@ -25,9 +28,10 @@ usage: cargo xtask <command> [args]
 
 commands:
   agents         build the example query modules (agents/, for wasm32-unknown-unknown)
-  test [ARGS]    build the modules and the roam binary, run every test, then the
-                 benchmark's smoke run (unless ROAM_SKIP_BENCH=1); ARGS go to the
-                 test runner (cargo nextest run, or cargo test)
+  test [ARGS]    build the modules and the roam binary, then run every test; ARGS go
+                 to the test runner (cargo nextest run, or cargo test); without ARGS,
+                 then the benchmark's smoke run (skipped if ROAM_SKIP_BENCH=1) and 10 s
+                 of fuzzing per target (skipped if ROAM_SKIP_FUZZ=1)
   demo           start hosts on loopback: remote evaluation, code on demand and a mobile
                  agent (everything is written under demo/, which is wiped first)
   bench [--smoke] [--only GROUP]
@@ -35,7 +39,11 @@ commands:
                  instantiate, aggregate, round-trip, snapshot, hops, shipping,
                  code-on-demand, throughput, parked, hostile (other clients' latency
                  while hostile modules run) or extism (the comparison with Extism,
-                 which the full run prints last; --smoke leaves it out unless asked))";
+                 which the full run prints last; --smoke leaves it out unless asked))
+  fuzz [--time SECONDS] [TARGET...]
+                 build the fuzz targets (host/fuzz; installs cargo-fuzz if missing) and
+                 run each TARGET (default: all of frame, message, snapshot, signature) for
+                 SECONDS (default 60); fails if any target crashes";
 
 /// The wasm32 target the example modules are built for.
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
@@ -49,6 +57,7 @@ fn main() -> ExitCode {
         Some("test") => test(&rest),
         Some("demo") => no_args("demo", &rest).and_then(|()| demo::main()),
         Some("bench") => bench(&rest),
+        Some("fuzz") => fuzz_command(&rest),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -244,9 +253,15 @@ fn build_agents() -> Result<()> {
     ensure_wasm_target(&dir)?;
     let mut build = cargo();
     build.current_dir(&dir).args(["build", "--release"]);
-    // agents/ is its own workspace with its own target and flags (agents/.cargo/config.toml).
-    // Settings meant for the host build must not leak into it: RUSTFLAGS would replace the
-    // wasm32 rustflags, a target directory would move the modules where the tests do not look.
+    // agents/ is its own workspace with its own target and flags (agents/.cargo/config.toml):
+    // RUSTFLAGS would replace the wasm32 rustflags, a target directory would move the modules
+    // where the tests do not look.
+    run(own_build(&mut build))
+}
+
+/// Keeps settings meant for the host build out of a build of another workspace (agents/,
+/// host/fuzz/), which has its own target directory and flags.
+fn own_build(cmd: &mut Command) -> &mut Command {
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         let leaks = matches!(
@@ -256,10 +271,10 @@ fn build_agents() -> Result<()> {
             || key.starts_with("CARGO_TARGET_")
             || key.starts_with("CARGO_PROFILE_");
         if leaks {
-            build.env_remove(key);
+            cmd.env_remove(key);
         }
     }
-    run(&mut build)
+    cmd
 }
 
 /// Installs the wasm32 target with rustup if it is missing. Without rustup (a toolchain from a
@@ -310,11 +325,135 @@ fn test(extra: &[OsString]) -> Result<()> {
         run(cargo().args(["test", "--workspace"]).args(extra))?;
     }
     println!("\nAll tests passed.");
+    if !extra.is_empty() {
+        return Ok(());
+    }
     // The smoke run of the benchmark, so that it never rots; ROAM_SKIP_BENCH=1 leaves it out.
     if std::env::var_os("ROAM_SKIP_BENCH").is_some_and(|v| v == "1") {
         println!("Benchmark smoke run skipped (ROAM_SKIP_BENCH=1).");
+    } else {
+        step("Smoke run of the benchmark (cargo xtask bench --smoke; ROAM_SKIP_BENCH=1 skips it)");
+        measure(true, &["--smoke".into()])?;
+    }
+    if std::env::var_os("ROAM_SKIP_FUZZ").is_some_and(|v| v == "1") {
+        println!("Fuzzing skipped (ROAM_SKIP_FUZZ=1).");
         return Ok(());
     }
-    step("Smoke run of the benchmark (cargo xtask bench --smoke; ROAM_SKIP_BENCH=1 skips it)");
-    measure(true, &["--smoke".into()])
+    fuzz(&FUZZ_TARGETS, TEST_FUZZ_SECONDS)
+}
+
+/// The fuzz targets of host/fuzz, in the order they run.
+const FUZZ_TARGETS: [&str; 4] = ["frame", "message", "snapshot", "signature"];
+/// How long `cargo xtask fuzz` runs each target by default.
+const FUZZ_SECONDS: u64 = 60;
+/// How long `cargo xtask test` runs each target: a smoke test of the targets and the corpus.
+const TEST_FUZZ_SECONDS: u64 = 10;
+
+/// `cargo xtask fuzz [--time SECONDS] [TARGET...]`.
+fn fuzz_command(args: &[OsString]) -> Result<()> {
+    let mut seconds = FUZZ_SECONDS;
+    let mut targets = Vec::new();
+    let mut args = args.iter().map(|a| a.to_string_lossy());
+    while let Some(arg) = args.next() {
+        if arg == "--time" {
+            let value = args.next().context("--time needs a number of seconds")?;
+            seconds = value
+                .parse()
+                .ok()
+                .filter(|&s| s > 0)
+                .with_context(|| format!("--time takes a positive number of seconds, got {value:?}"))?;
+        } else if let Some(&target) = FUZZ_TARGETS.iter().find(|t| **t == arg) {
+            targets.push(target);
+        } else {
+            bail!("unknown fuzz target or option {arg:?}; the targets are {FUZZ_TARGETS:?}");
+        }
+    }
+    if targets.is_empty() {
+        targets.extend(FUZZ_TARGETS);
+    }
+    fuzz(&targets, seconds)
+}
+
+/// `cargo fuzz` on host/fuzz. libFuzzer's instrumentation needs nightly compiler flags, which
+/// RUSTC_BOOTSTRAP=1 allows on a stable toolchain. No sanitizer: every roam crate denies
+/// `unsafe`, so AddressSanitizer would mostly slow the runs; the targets look for panics, broken
+/// round trips and runaway allocation. The build uses host/fuzz/target, never the shared one.
+fn cargo_fuzz(subcommand: &str) -> Command {
+    let mut cmd = cargo();
+    own_build(&mut cmd)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["fuzz", subcommand, "--fuzz-dir", "host/fuzz", "--sanitizer", "none"]);
+    cmd
+}
+
+/// Builds the fuzz targets, then runs each for `seconds` and prints libFuzzer's figures.
+fn fuzz(targets: &[&str], seconds: u64) -> Result<()> {
+    if !succeeds(cargo().args(["fuzz", "--version"])) {
+        step("Installing cargo-fuzz");
+        run(own_build(cargo().args(["install", "cargo-fuzz", "--locked"])))?;
+    }
+    step("Building the fuzz targets (host/fuzz, instrumented for libFuzzer)");
+    run(&mut cargo_fuzz("build"))?;
+    let mut figures = Vec::new();
+    for target in targets {
+        step(&format!("Fuzzing {target} for {seconds} s"));
+        figures.push((target, fuzz_target(target, seconds)?));
+    }
+    println!("\n{:<10} {:>12} {:>9} {:>8} {:>8}", "target", "executions", "exec/s", "corpus", "cov");
+    for (target, done) in figures {
+        let field = |key| stat(&done, key).unwrap_or("?");
+        println!(
+            "{target:<10} {:>12} {:>9} {:>8} {:>8}",
+            done.split_whitespace().next().unwrap_or("?").trim_start_matches('#'),
+            field("exec/s:"),
+            field("corp:"),
+            field("cov:")
+        );
+    }
+    Ok(())
+}
+
+/// Runs one target from its committed seeds (host/fuzz/corpus/TARGET, read only) and a working
+/// corpus that is kept between runs (host/fuzz/target/corpus/TARGET, where new inputs go).
+/// Returns libFuzzer's final `DONE` line; a crash fails, naming the input that caused it.
+fn fuzz_target(target: &str, seconds: u64) -> Result<String> {
+    let working = format!("host/fuzz/target/corpus/{target}");
+    std::fs::create_dir_all(repo_root().join(&working))?;
+    let mut cmd = cargo_fuzz("run");
+    cmd.args([target, &working, &format!("host/fuzz/corpus/{target}"), "--"])
+        .arg(format!("-max_total_time={seconds}"))
+        // A decoder that takes seconds on one input is a finding too.
+        .arg("-timeout=10")
+        .stderr(Stdio::piped());
+    let line = display(&cmd);
+    println!("$ {line}");
+    let mut child = cmd.spawn().with_context(|| format!("cannot run `{line}`"))?;
+    let mut done = None;
+    if let Some(stderr) = child.stderr.take() {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let l = l?;
+            // Progress lines (new inputs, reductions) and the dictionary it recommends would
+            // bury the rest.
+            if l.contains("\tNEW ") || l.contains("\tREDUCE ") || l.contains("# Uses: ") {
+                continue;
+            }
+            eprintln!("{l}");
+            if l.contains("\tDONE ") {
+                done = Some(l);
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(Failed { command: line, code: status.code() })
+            .with_context(|| format!("fuzz target {target} failed: the input that broke it is under host/fuzz/artifacts/{target}/"));
+    }
+    done.with_context(|| format!("libFuzzer printed no summary for {target}"))
+}
+
+/// The value after `key` in a libFuzzer status line (`... corp: 210/45Kb ... exec/s: 4115 ...`).
+fn stat<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == key)?;
+    words.next()
 }
