@@ -543,14 +543,16 @@ impl Flow {
 
     /// The requests the client sent after its hello: each a 4-byte length and a CBOR body.
     fn requests(&self) -> Result<Vec<Request>> {
-        let (mut rest, mut out, mut hello) = (self.up.as_slice(), Vec::new(), true);
+        // The client's first two frames are the handshake: its hello, then its identity.
+        let (mut rest, mut out, mut handshake) = (self.up.as_slice(), Vec::new(), 2);
         while let Some((len, tail)) = rest.split_first_chunk::<4>() {
             let len = u32::from_be_bytes(*len) as usize;
             let body = tail.get(..len).context("a truncated frame")?;
-            if !hello {
+            if handshake == 0 {
                 out.push(roam_host::protocol::decode(body)?);
+            } else {
+                handshake -= 1;
             }
-            hello = false;
             rest = &tail[len..];
         }
         Ok(out)
