@@ -26,13 +26,16 @@ use roam_host::protocol::{ModuleRef, Request, Response};
 use roam_host::resources::{Attachment, Resources};
 use roam_host::server::RunningHost;
 use roam_host::snapshot::{PAGE, Snapshot};
-use roam_keys::{Kind, SecretKey, SignRequest, TrustStore, VerifyContext};
+use roam_keys::{Kind, SecretKey, TrustStore, VerifyContext};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 #[path = "../../tests/sample.rs"]
 mod sample;
+mod common;
+
+use common::{Stats, bytes, sign, time};
 
 /// A query that answers CBOR `true` at once.
 const QUICK: &str = r#"(module
@@ -98,41 +101,6 @@ const SMOKE: Scale = Scale {
     parked: 50,
 };
 
-/// Sorted samples, in seconds.
-struct Stats(Vec<f64>);
-
-impl Stats {
-    fn new(mut v: Vec<f64>) -> Self {
-        v.sort_by(f64::total_cmp);
-        Self(v)
-    }
-    fn q(&self, p: f64) -> f64 {
-        let i = ((self.0.len() - 1) as f64 * p).round() as usize;
-        self.0[i]
-    }
-    fn median(&self) -> f64 {
-        self.q(0.5)
-    }
-}
-
-fn time(d: f64) -> String {
-    match d {
-        d if d < 1e-6 => format!("{:.0} ns", d * 1e9),
-        d if d < 1e-3 => format!("{:.1} µs", d * 1e6),
-        d if d < 1.0 => format!("{:.2} ms", d * 1e3),
-        d => format!("{d:.2} s"),
-    }
-}
-
-fn bytes(n: f64) -> String {
-    match n {
-        n if n < 10_000.0 => format!("{n:.0} B"),
-        n if n < 10e6 => format!("{:.1} KB", n / 1e3),
-        n if n < 10e9 => format!("{:.1} MB", n / 1e6),
-        n => format!("{:.2} GB", n / 1e9),
-    }
-}
-
 /// One row of the table.
 struct Row {
     figure: String,
@@ -192,20 +160,6 @@ fn repo() -> PathBuf {
 fn built(name: &str) -> Result<Vec<u8>> {
     let path = repo().join("agents/target/wasm32-unknown-unknown/release").join(format!("{name}.wasm"));
     std::fs::read(&path).with_context(|| format!("{} is missing: run `cargo xtask agents`", path.display()))
-}
-
-fn sign(key: &SecretKey, wasm: &[u8], kind: Kind, name: &str, caps: &[&str]) -> Result<Vec<u8>> {
-    let now = roam_host::state::now_secs();
-    let request = SignRequest {
-        kind,
-        name: name.into(),
-        version: semver::Version::new(1, 0, 0),
-        issued_at: now,
-        not_before: now,
-        expires: now + 3600,
-        capabilities: caps.iter().map(|c| c.to_string()).collect(),
-    };
-    Ok(roam_keys::sign_module(wasm, key, request)?)
 }
 
 /// What every group shares: a scratch directory, the signing key and a trust store holding it.

@@ -18,10 +18,15 @@ use roam_host::config::HostConfig;
 use roam_host::host::Host;
 use roam_host::protocol::{ModuleRef, Request, Response};
 use roam_host::server::RunningHost;
-use roam_keys::{Kind, SecretKey, SignRequest};
+use roam_keys::{Kind, SecretKey};
 
+// Each benchmark uses only part of what they share.
+#[allow(dead_code)]
+mod common;
 #[path = "../../tests/sample.rs"]
 mod sample;
+
+use common::{Stats, time};
 
 /// A query that answers CBOR `true` at once: the neighbours' request.
 const QUICK: &str = r#"(module
@@ -95,40 +100,8 @@ const SMOKE: Scale = Scale { window: Duration::from_millis(1500) };
 const NEIGHBOURS: usize = 3;
 const EVERY: Duration = Duration::from_millis(4);
 
-/// Sorted latencies, in seconds.
-struct Stats(Vec<f64>);
-
-impl Stats {
-    fn new(mut v: Vec<f64>) -> Self {
-        v.sort_by(f64::total_cmp);
-        Self(v)
-    }
-    fn q(&self, p: f64) -> f64 {
-        let i = ((self.0.len() - 1) as f64 * p).round() as usize;
-        self.0[i]
-    }
-}
-
-fn time(d: f64) -> String {
-    match d {
-        d if d < 1e-3 => format!("{:.0} µs", d * 1e6),
-        d if d < 1.0 => format!("{:.2} ms", d * 1e3),
-        d => format!("{d:.2} s"),
-    }
-}
-
 fn sign(key: &SecretKey, wat: &str, name: &str, caps: &[&str]) -> Result<Vec<u8>> {
-    let now = roam_host::state::now_secs();
-    let request = SignRequest {
-        kind: Kind::Query,
-        name: name.into(),
-        version: semver::Version::new(1, 0, 0),
-        issued_at: now,
-        not_before: now,
-        expires: now + 3600,
-        capabilities: caps.iter().map(|c| c.to_string()).collect(),
-    };
-    Ok(roam_keys::sign_module(&wat::parse_str(wat)?, key, request)?)
+    common::sign(key, &wat::parse_str(wat)?, Kind::Query, name, caps)
 }
 
 /// Small evaluations from the neighbours, each paced at [`EVERY`], for `window`.
@@ -222,8 +195,8 @@ fn main() -> Result<()> {
             under.q(0.99) / baseline.q(0.99),
             time(under.q(0.99)),
             time(baseline.q(0.99)),
-            time(under.q(0.5)),
-            time(baseline.q(0.5)),
+            time(under.median()),
+            time(baseline.median()),
         ));
         alone.extend(baseline.0);
     }
@@ -233,7 +206,7 @@ fn main() -> Result<()> {
         format!(
             "| small evaluations, {NEIGHBOURS} clients every {} ms, alone ({workers} workers) | p50 {} | p99 {} | baseline |",
             EVERY.as_millis(),
-            time(alone.q(0.5)),
+            time(alone.median()),
             time(alone.q(0.99)),
         ),
     );
