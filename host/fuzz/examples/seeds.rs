@@ -11,7 +11,7 @@ use roam_fuzz::{NOW, agent_layout, cbor, module_signer, peer, revoked_signer, st
 use roam_host::agents::wire::{
     AgentInfo, AgentLimits, AgentRecord, Anchor, Call, CallOp, Ending, Envelope, Event, Recall, Report, Signed, Visit, domain,
 };
-use roam_host::protocol::{self, ErrorKind, Hello, ModuleInfo, ModuleRef, RemoteError, Request, Response, Welcome};
+use roam_host::protocol::{self, ErrorKind, Hello, Identity, ModuleInfo, ModuleRef, RemoteError, Request, Response, Welcome};
 use roam_host::resources::{Attachment, ResourceType, TableCopy};
 use roam_host::snapshot::{GlobalValue, PAGE, Snapshot};
 use roam_keys::{Kind, ModuleHash, SecretKey, SignRequest, sign_module};
@@ -154,11 +154,21 @@ fn responses() -> Vec<(&'static str, Response)> {
 fn welcome() -> Welcome {
     let host = peer();
     let proof = host.sign(&protocol::handshake_message(&hello().nonce, &host.public())).to_vec();
-    Welcome::Accepted { version: protocol::VERSION, host: "d1".into(), host_key: host.public(), proof }
+    Welcome::Accepted { version: protocol::VERSION, host: "d1".into(), host_key: host.public(), proof, challenge: vec![9; protocol::NONCE_LEN] }
+}
+
+/// A host's answer to the welcome's challenge, proving its key.
+fn identity() -> Identity {
+    Identity::prove(&peer(), &[9; protocol::NONCE_LEN], &peer().public())
 }
 
 fn messages() -> Result<Seeds, Box<dyn std::error::Error>> {
-    let mut seeds: Seeds = vec![("hello", cbor(&hello())), ("welcome", cbor(&welcome()))];
+    let mut seeds: Seeds = vec![
+        ("hello", cbor(&hello())),
+        ("welcome", cbor(&welcome())),
+        ("identity-key", cbor(&identity())),
+        ("identity-anonymous", cbor(&Identity::Anonymous)),
+    ];
     seeds.extend(requests()?.into_iter().map(|(name, r)| (name, cbor(&r))));
     seeds.extend(responses().into_iter().map(|(name, r)| (name, cbor(&r))));
     let [signed_envelope, signed_report, signed_recall, signed_call] = signed()?;
@@ -175,13 +185,14 @@ fn messages() -> Result<Seeds, Box<dyn std::error::Error>> {
     Ok(seeds)
 }
 
-/// Whole connections: a hello frame, then request frames.
+/// Whole connections: a hello frame, an identity frame, then request frames.
 fn frames() -> Result<Seeds, Box<dyn std::error::Error>> {
     let runtime = roam_fuzz::runtime();
     let frame = |messages: Vec<Request>| -> Result<Vec<u8>, Box<dyn std::error::Error>> {
         runtime.block_on(async {
             let mut out = Vec::new();
             protocol::write_message(&mut out, &hello()).await?;
+            protocol::write_message(&mut out, &identity()).await?;
             for m in &messages {
                 protocol::write_message(&mut out, m).await?;
             }

@@ -1,16 +1,16 @@
-//! The frame reader a host runs on every connection, fed arbitrary bytes: the handshake frame
-//! under its 64 KiB cap decoded as a `Hello`, then frames under the default cap decoded as
-//! `Request`s until the input ends or a frame is refused, as `server.rs` does.
+//! The frame reader a host runs on every connection, fed arbitrary bytes: the handshake frames
+//! under their 64 KiB cap decoded as a `Hello` and an `Identity`, then frames under the default
+//! cap decoded as `Request`s until the input ends or a frame is refused, as `server.rs` does.
 #![no_main]
 
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use roam_host::protocol::{self, DEFAULT_MAX_FRAME, FrameError, Hello, Request};
+use roam_host::protocol::{self, DEFAULT_MAX_FRAME, FRAME_TIMEOUT, FrameError, Hello, Identity, Request};
 use roam_fuzz::cbor;
 use tokio::runtime::Runtime;
 
-/// The cap on the handshake frame (`server.rs`).
+/// The cap on the handshake frames (`server.rs`).
 const HELLO_MAX: usize = 64 << 10;
 
 static RUNTIME: LazyLock<Runtime> = LazyLock::new(roam_fuzz::runtime);
@@ -18,7 +18,7 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(roam_fuzz::runtime);
 fuzz_target!(|data: &[u8]| {
     RUNTIME.block_on(async {
         let mut reader = data;
-        if read::<Hello>(&mut reader, HELLO_MAX).await.is_err() {
+        if read::<Hello>(&mut reader, HELLO_MAX).await.is_err() || read::<Identity>(&mut reader, HELLO_MAX).await.is_err() {
             return;
         }
         while read::<Request>(&mut reader, DEFAULT_MAX_FRAME).await.is_ok() {}
@@ -31,7 +31,7 @@ where
     T: serde::Serialize + for<'de> serde::Deserialize<'de>,
 {
     let before = reader.len();
-    let body = match protocol::read_frame(reader, max).await {
+    let body = match protocol::read_frame(reader, max, FRAME_TIMEOUT).await {
         Ok(body) => body,
         Err(e @ FrameError::TooLarge { size, max: cap }) => {
             // Refused from the header alone: nothing past it was read.
@@ -48,7 +48,7 @@ where
     let mut frame = Vec::new();
     let encoded = protocol::write_message(&mut frame, &message).await;
     assert!(encoded.is_ok(), "a decoded message does not encode: {encoded:?}");
-    let again: Result<T, _> = protocol::read_message(&mut frame.as_slice(), usize::MAX).await;
+    let again: Result<T, _> = protocol::read_message(&mut frame.as_slice(), usize::MAX, FRAME_TIMEOUT).await;
     let again = again.unwrap_or_else(|e| panic!("a re-encoded message does not decode: {e}"));
     assert_eq!(cbor(&again), frame[4..], "re-encoding does not round-trip");
     Ok(())

@@ -1,5 +1,5 @@
 //! Every CBOR message the network can deliver, decoded from the same arbitrary bytes: the
-//! handshake (`Hello`, `Welcome`), `Request` and `Response`, a result as the client shows it
+//! handshake (`Hello`, `Welcome`, `Identity`), `Request` and `Response`, a result as the client shows it
 //! (`cbor_to_json`), and the host-to-host messages of `agents/wire.rs`: `Signed`, opened
 //! (signer, signature, domain, then the body) as the receiving host does, and the bodies
 //! (`Envelope`, `Report`, `Recall`, `Call`) decoded directly, since a mutated body no longer
@@ -9,13 +9,14 @@
 use libfuzzer_sys::fuzz_target;
 use roam_fuzz::{cbor, peer};
 use roam_host::agents::wire::{Call, Envelope, Recall, Report, Signed, SignedError, domain, from_cbor};
-use roam_host::protocol::{self, Hello, Request, Response, Welcome};
+use roam_host::protocol::{self, Hello, Identity, Request, Response, Welcome};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 fuzz_target!(|data: &[u8]| {
     round_trip(protocol::decode::<Hello>(data));
     round_trip(protocol::decode::<Welcome>(data));
+    round_trip(protocol::decode::<Identity>(data));
     round_trip(protocol::decode::<Response>(data));
     if let Some(request) = round_trip(protocol::decode::<Request>(data)) {
         // What `Host::handle` opens, each with its own domain.
