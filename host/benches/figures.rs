@@ -420,11 +420,12 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Arrivals {
 /// how many came back: the bytes actually on the wire, handshake and framing included.
 struct Relay {
     addr: SocketAddr,
-    flows: Arc<Mutex<Vec<Flow>>>,
+    flows: Arc<Mutex<Vec<Arc<Mutex<Flow>>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// One connection through a [`Relay`], once closed.
+/// One connection through a [`Relay`], as far as it has gone.
+#[derive(Clone, Default)]
 struct Flow {
     up: Vec<u8>,
     down: u64,
@@ -434,53 +435,47 @@ impl Relay {
     async fn start(target: SocketAddr) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let flows = Arc::new(Mutex::new(Vec::new()));
-        let done = flows.clone();
+        let flows: Arc<Mutex<Vec<Arc<Mutex<Flow>>>>> = Arc::default();
+        let seen = flows.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let done = done.clone();
+                let flow = Arc::new(Mutex::new(Flow::default()));
+                lock(&seen).push(flow.clone());
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else { return };
                     let _ = (client.set_nodelay(true), server.set_nodelay(true));
                     let ((mut cr, mut cw), (mut sr, mut sw)) = (client.into_split(), server.into_split());
                     let up = async {
-                        let (mut kept, mut buf) = (Vec::new(), vec![0u8; 64 << 10]);
+                        let mut buf = vec![0u8; 64 << 10];
                         while let Ok(n @ 1..) = cr.read(&mut buf).await {
-                            kept.extend_from_slice(&buf[..n]);
+                            lock(&flow).up.extend_from_slice(&buf[..n]);
                             if sw.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
                         }
                         let _ = sw.shutdown().await;
-                        kept
                     };
                     let down = async {
-                        let (mut total, mut buf) = (0u64, vec![0u8; 64 << 10]);
+                        let mut buf = vec![0u8; 64 << 10];
                         while let Ok(n @ 1..) = sr.read(&mut buf).await {
-                            total += n as u64;
+                            lock(&flow).down += n as u64;
                             if cw.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
                         }
                         let _ = cw.shutdown().await;
-                        total
                     };
-                    let (up, down) = tokio::join!(up, down);
-                    lock(&done).push(Flow { up, down });
+                    tokio::join!(up, down);
                 });
             }
         });
         Ok(Self { addr, flows, task })
     }
 
-    /// The first `n` connections, once they have closed.
-    async fn flows(&self, n: usize) -> Result<Vec<Flow>> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while lock(&self.flows).len() < n {
-            ensure!(Instant::now() < deadline, "only {} of {n} connections closed", lock(&self.flows).len());
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(std::mem::take(&mut *lock(&self.flows)))
+    /// Every connection so far, open or closed, as far as it has gone: call it once the
+    /// exchanges to count have been answered.
+    fn flows(&self) -> Vec<Flow> {
+        lock(&self.flows).iter().map(|f| lock(f).clone()).collect()
     }
 }
 
@@ -495,15 +490,16 @@ impl Flow {
         self.up.len() as u64 + self.down
     }
 
-    /// The requests the client sent after its hello: each a 4-byte length and a CBOR body.
-    fn requests(&self) -> Result<Vec<Request>> {
+    /// The requests the client sent after its handshake, each with its size on the wire (a
+    /// 4-byte length and a CBOR body).
+    fn requests(&self) -> Result<Vec<(Request, usize)>> {
         // The client's first two frames are the handshake: its hello, then its identity.
         let (mut rest, mut out, mut handshake) = (self.up.as_slice(), Vec::new(), 2);
         while let Some((len, tail)) = rest.split_first_chunk::<4>() {
             let len = u32::from_be_bytes(*len) as usize;
             let body = tail.get(..len).context("a truncated frame")?;
             if handshake == 0 {
-                out.push(roam_host::protocol::decode(body)?);
+                out.push((roam_host::protocol::decode(body)?, 4 + len));
             } else {
                 handshake -= 1;
             }
@@ -599,25 +595,37 @@ async fn hops(s: &Setup, arrivals: &Arrivals) -> Result<Vec<Row>> {
 }
 
 /// Bytes on the wire per hop: the agent goes through relays in front of a and b, which count
-/// every byte of each transfer connection (handshake, envelope, snapshot, answer).
+/// every byte of the connections to them (handshakes, envelopes, snapshots, answers). Hosts keep
+/// connections to their peers, so one connection may carry several transfers: each hop is
+/// charged its own transfer and an equal share of its connection's handshake.
 async fn wire_per_hop(s: &Setup, home: &str, module: &[u8], hosts: [SocketAddr; 2]) -> Result<Row> {
     let relays = [Relay::start(hosts[0]).await?, Relay::start(hosts[1]).await?];
     let route: Vec<String> = (0..s.scale.wire_hops).map(|i| relays[i % 2].addr.to_string()).collect();
     journey(home, module, &route).await?;
-    let mut flows = relays[0].flows(route.len().div_ceil(2)).await?;
-    flows.extend(relays[1].flows(route.len() / 2).await?);
     let (mut total, mut pages) = (Vec::new(), Vec::new());
-    for flow in &flows {
-        let mut changed = None;
-        for request in flow.requests()? {
+    for flow in relays.iter().flat_map(Relay::flows) {
+        let requests = flow.requests()?;
+        let transfers: Vec<usize> = requests
+            .iter()
+            .filter_map(|(request, size)| match request {
+                Request::Transfer { .. } => Some(*size),
+                _ => None,
+            })
+            .collect();
+        if transfers.is_empty() {
+            continue;
+        }
+        // What is not a transfer request (the handshake, the answers) is shared out equally.
+        let rest = flow.total() as f64 - transfers.iter().sum::<usize>() as f64;
+        for (request, _) in &requests {
             if let Request::Transfer { snapshot, .. } = request {
-                let snap: Snapshot = roam_host::agents::wire::from_cbor(&snapshot, "the snapshot").map_err(anyhow::Error::msg)?;
-                changed = Some(snap.chunks.iter().map(|c| c.bytes.len() / PAGE).sum::<usize>());
+                let snap: Snapshot = roam_host::agents::wire::from_cbor(snapshot, "the snapshot").map_err(anyhow::Error::msg)?;
+                pages.push(snap.chunks.iter().map(|c| c.bytes.len() / PAGE).sum::<usize>() as f64);
             }
         }
-        pages.push(changed.context("a connection through the relay carried no transfer")? as f64);
-        total.push(flow.total() as f64);
+        total.extend(transfers.iter().map(|&t| t as f64 + rest / transfers.len() as f64));
     }
+    ensure!(total.len() == route.len(), "{} transfers went through the relays, not {}", total.len(), route.len());
     let (total, pages) = (Stats::new(total), Stats::new(pages));
     let page_bytes = pages.median() * PAGE as f64;
     Ok(Row::new(
@@ -710,7 +718,8 @@ async fn shipping(s: &Setup) -> Result<Vec<Row>> {
     let mut client = Client::connect(&relay.addr.to_string()).await?;
     pull_and_aggregate(&mut client, &dump, s.scale.page_rows).await?;
     drop(client);
-    let flows = relay.flows(2).await?;
+    let flows = relay.flows();
+    ensure!(flows.len() == 2, "{} connections went through the relay, not 2", flows.len());
     let (rev_bytes, ship_bytes) = (flows[0].total() as f64, flows[1].total() as f64);
     running.shutdown().await;
     let (rev, ship) = (Stats::new(rev), Stats::new(ship));

@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) wake: Notify,
     /// Transfers and report deliveries under way, so each runs once at a time.
     in_flight: Mutex<std::collections::HashSet<String>>,
+    /// Idle proven connections to peers, by address, with when each was last used.
+    pub(crate) peer_pool: Mutex<HashMap<String, Vec<(crate::client::Client, std::time::Instant)>>>,
     /// Bounds how many modules run at once, so slow modules never starve the accept loop.
     workers: Arc<Semaphore>,
     queue_timeout: Duration,
@@ -111,6 +113,7 @@ impl Host {
                 agent_code: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 in_flight: Mutex::new(std::collections::HashSet::new()),
+                peer_pool: Mutex::new(HashMap::new()),
                 workers: Arc::new(Semaphore::new(config.limits.workers())),
                 queue_timeout: Duration::from_millis(config.limits.queue_ms),
                 max_module: config.limits.module_kib << 10,

@@ -40,6 +40,10 @@ use crate::state::now_secs;
 const CLOCK_SKEW: u64 = 300;
 /// How often the driver retries parked agents and unsent reports.
 pub const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// How long a connection to a peer is kept for reuse: well inside the peer's idle timeout.
+const KEEP_CONNECTION: Duration = Duration::from_secs(30);
+/// How many idle connections are kept per peer.
+const KEPT_PER_PEER: usize = 4;
 /// How long a peer may take to answer one host-to-host request (a transfer includes fetching
 /// the code, if the peer lacks it), so a hung peer never stalls the driver.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -129,9 +133,29 @@ impl Inner {
         Ok(())
     }
 
-    /// Connects to another host, proving this host's key.
-    pub(crate) async fn connect(&self, addr: &str) -> Result<Client, ClientError> {
-        Client::connect_as(addr, &self.key).await
+    /// A connection to another host, proving this host's key: one kept from an earlier
+    /// exchange if there is one (then `true`), else a new one. A handshake costs each side a
+    /// signature and a verification, more than a small agent's whole transfer.
+    pub(crate) async fn connect(&self, addr: &str) -> Result<(Client, bool), ClientError> {
+        let kept = {
+            let mut pool = crate::engine::lock(&self.peer_pool);
+            let conns = pool.entry(addr.to_owned()).or_default();
+            conns.retain(|(_, since)| since.elapsed() < KEEP_CONNECTION);
+            conns.pop()
+        };
+        match kept {
+            Some((client, _)) => Ok((client, true)),
+            None => Client::connect_as(addr, &self.key).await.map(|c| (c, false)),
+        }
+    }
+
+    /// Keeps a connection whose last exchange succeeded, for the next one to `addr`.
+    fn keep(&self, addr: &str, client: Client) {
+        let mut pool = crate::engine::lock(&self.peer_pool);
+        let conns = pool.entry(addr.to_owned()).or_default();
+        if conns.len() < KEPT_PER_PEER {
+            conns.push((client, std::time::Instant::now()));
+        }
     }
 
     /// Loads (once) an agent module this host holds.
@@ -372,7 +396,7 @@ impl Inner {
         let snapshot = row.snapshot.clone().unwrap_or_default();
         let mut unreachable = mv.unreachable.clone();
         for dest in mv.dests.clone() {
-            let client = match self.connect(&dest).await {
+            let (mut client, kept) = match self.connect(&dest).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::info!(agent = %row.id, %dest, "destination unreachable: {e}");
@@ -392,8 +416,18 @@ impl Inner {
                     return tracing::error!(agent = %row.id, "cannot record the destination: {e}");
                 }
             }
-            match self.send(client, &record, row.hop + 1, &snapshot, &mv, &unreachable).await {
+            let mut sent = self.send(&mut client, &record, row.hop + 1, &snapshot, &mv, &unreachable).await;
+            if kept && matches!(sent, Err(SendError::Unreachable(_))) {
+                // A kept connection may have gone stale (the peer restarted, say): once more on
+                // a new one. The receiver acknowledges a repeated transfer without running it twice.
+                if let Ok(fresh) = Client::connect_as(&dest, &self.key).await {
+                    client = fresh;
+                    sent = self.send(&mut client, &record, row.hop + 1, &snapshot, &mv, &unreachable).await;
+                }
+            }
+            match sent {
                 Ok(()) => {
+                    self.keep(&dest, client);
                     fault_point(self, "sender-acked");
                     let released = self
                         .state
@@ -434,7 +468,7 @@ impl Inner {
 
     async fn send(
         &self,
-        mut client: Client,
+        client: &mut Client,
         record: &AgentRecord,
         hop: u32,
         snapshot: &[u8],
@@ -597,8 +631,11 @@ impl Inner {
                         return;
                     }
                 }
-                _ => return,
+                _ => break,
             }
+        }
+        if let Some(client) = client {
+            self.keep(dest, client);
         }
     }
 
@@ -611,7 +648,7 @@ impl Inner {
             };
             let sent = async {
                 if client.is_none() {
-                    *client = Some(self.connect(dest).await?);
+                    *client = Some(self.connect(dest).await?.0);
                 }
                 match client.as_mut() {
                     Some(c) => c.request(&Request::Report(signed)).await,
@@ -650,8 +687,7 @@ impl Inner {
         let location = route.last().map(|v| v.address.clone()).unwrap_or_else(|| self.address());
         let order = Signed::sign(domain::RECALL, &Recall { agent: id.to_owned(), at: now_secs() }, &self.key)
             .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
-        let mut client = self
-            .connect(&location)
+        let mut client = Client::connect_as(&location, &self.key)
             .await
             .map_err(|e| RemoteError::new(ErrorKind::NotFound, format!("cannot reach {location}, where agent {id} was last seen: {e}")))?;
         let answer = tokio::time::timeout(PEER_TIMEOUT, client.request(&Request::RecallAgent(order)))
