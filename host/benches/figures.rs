@@ -35,14 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 mod sample;
 mod common;
 
-use common::{Stats, bytes, sign, time};
-
-/// A query that answers CBOR `true` at once.
-const QUICK: &str = r#"(module
-  (import "roam" "finish" (func $finish (param i32 i32 i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 0) "\f5")
-  (func (export "roam_query") (call $finish (i32.const 0) (i32.const 0) (i32.const 1))))"#;
+use common::{QUICK, Stats, bytes, sign, time};
 
 /// The groups of figures, in the order they run; `--only GROUP` measures one.
 const GROUPS: [&str; 9] =

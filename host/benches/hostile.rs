@@ -26,14 +26,7 @@ mod common;
 #[path = "../../tests/sample.rs"]
 mod sample;
 
-use common::{Stats, time};
-
-/// A query that answers CBOR `true` at once: the neighbours' request.
-const QUICK: &str = r#"(module
-  (import "roam" "finish" (func $finish (param i32 i32 i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 0) "\f5")
-  (func (export "roam_query") (call $finish (i32.const 0) (i32.const 0) (i32.const 1))))"#;
+use common::{QUICK, Stats, time};
 
 /// The hostile modules, each stopped by a limit.
 const HOSTILE: &[(&str, &str)] = &[

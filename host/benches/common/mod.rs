@@ -3,6 +3,13 @@
 use anyhow::Result;
 use roam_keys::{Kind, SecretKey, SignRequest};
 
+/// A query that answers CBOR `true` at once: the smallest evaluation.
+pub const QUICK: &str = r#"(module
+  (import "roam" "finish" (func $finish (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "\f5")
+  (func (export "roam_query") (call $finish (i32.const 0) (i32.const 0) (i32.const 1))))"#;
+
 /// Signs `wasm` with `key` as version 1.0.0 of `name`, valid for an hour.
 pub fn sign(key: &SecretKey, wasm: &[u8], kind: Kind, name: &str, caps: &[&str]) -> Result<Vec<u8>> {
     let now = roam_host::state::now_secs();
