@@ -394,7 +394,12 @@ pub(crate) fn write_file(path: &Path, parts: &[&[u8]], sync: bool) -> std::io::R
         if sync {
             file.sync_all()?;
         }
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // The new name is durable only once its directory is.
+        match path.parent() {
+            Some(dir) if sync => std::fs::File::open(dir)?.sync_all(),
+            _ => Ok(()),
+        }
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

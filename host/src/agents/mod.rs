@@ -38,11 +38,12 @@ use crate::state::now_secs;
 
 /// How far apart two hosts' clocks (and a message's age) may be.
 const CLOCK_SKEW: u64 = 300;
-/// How often the driver retries parked agents and unsent reports.
+/// How often the driver looks for work even when nothing woke it: unsent reports, and parked
+/// agents whose backoff is over.
 pub const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// How long a connection to a peer is kept for reuse: well inside the peer's idle timeout.
 const KEEP_CONNECTION: Duration = Duration::from_secs(30);
-/// How many idle connections are kept per peer.
+/// How many idle connections are kept per peer address.
 const KEPT_PER_PEER: usize = 4;
 /// How long a peer may take to answer one host-to-host request (a transfer includes fetching
 /// the code, if the peer lacks it), so a hung peer never stalls the driver.
@@ -139,9 +140,12 @@ impl Inner {
     pub(crate) async fn connect(&self, addr: &str) -> Result<(Client, bool), ClientError> {
         let kept = {
             let mut pool = crate::engine::lock(&self.peer_pool);
-            let conns = pool.entry(addr.to_owned()).or_default();
-            conns.retain(|(_, since)| since.elapsed() < KEEP_CONNECTION);
-            conns.pop()
+            // Connections past their time are dropped for every address, so none lingers.
+            pool.retain(|_, conns| {
+                conns.retain(|(_, since)| since.elapsed() < KEEP_CONNECTION);
+                !conns.is_empty()
+            });
+            pool.get_mut(addr).and_then(Vec::pop)
         };
         match kept {
             Some((client, _)) => Ok((client, true)),
@@ -417,10 +421,13 @@ impl Inner {
                 }
             }
             let mut sent = self.send(&mut client, &record, row.hop + 1, &snapshot, &mv, &unreachable).await;
-            if kept && matches!(sent, Err(SendError::Unreachable(_))) {
+            if kept && matches!(sent, Err(SendError::Broken(_))) {
                 // A kept connection may have gone stale (the peer restarted, say): once more on
-                // a new one. The receiver acknowledges a repeated transfer without running it twice.
-                if let Ok(fresh) = Client::connect_as(&dest, &self.key).await {
+                // a new one to the same host. The receiver acknowledges a repeated transfer
+                // without running it twice.
+                if let Ok(fresh) = Client::connect_as(&dest, &self.key).await
+                    && fresh.host_key() == client.host_key()
+                {
                     client = fresh;
                     sent = self.send(&mut client, &record, row.hop + 1, &snapshot, &mv, &unreachable).await;
                 }
@@ -438,7 +445,7 @@ impl Inner {
                     tracing::info!(agent = %row.id, hop = row.hop + 1, %dest, "agent handed off");
                     return;
                 }
-                Err(SendError::Unreachable(e)) => {
+                Err(SendError::Unreachable(e) | SendError::Broken(e)) => {
                     tracing::info!(agent = %row.id, %dest, "no answer from the destination: {e}");
                     unreachable.push(dest);
                     break;
@@ -500,7 +507,7 @@ impl Inner {
             }
             Ok(Response::Error(e)) => Err(SendError::Refused(e.message)),
             Ok(other) => Err(SendError::Refused(format!("unexpected answer {other:?}"))),
-            Err(e) => Err(SendError::Unreachable(e.to_string())),
+            Err(e) => Err(SendError::Broken(e.to_string())),
         }
     }
 
@@ -643,7 +650,9 @@ impl Inner {
     async fn send_reports(&self, dest: &str, queued: Vec<(i64, Vec<u8>)>, client: &mut Option<Client>) -> bool {
         for (seq, message) in queued {
             let Ok(signed) = from_cbor::<Signed>(&message, "a report") else {
-                let _ = store::delete_outbox(&self.state, seq);
+                if store::delete_outbox(&self.state, seq).is_err() {
+                    return false;
+                }
                 continue;
             };
             let sent = async {
@@ -656,14 +665,16 @@ impl Inner {
                 }
             };
             match tokio::time::timeout(PEER_TIMEOUT, sent).await {
-                Ok(Ok(Response::Accepted)) => {
-                    let _ = store::delete_outbox(&self.state, seq);
-                }
-                Ok(Ok(Response::Error(e))) if e.kind == ErrorKind::Refused => {
+                Ok(Ok(Response::Accepted)) => {}
+                Ok(Ok(Response::Error(e))) if matches!(e.kind, ErrorKind::Refused | ErrorKind::Unauthenticated) => {
                     tracing::warn!(%dest, "home refused a report: {}", e.message);
-                    let _ = store::delete_outbox(&self.state, seq);
                 }
                 _ => return false,
+            }
+            // A report that cannot be deleted would be sent again and again: stop here, and
+            // let the next round try.
+            if store::delete_outbox(&self.state, seq).is_err() {
+                return false;
             }
         }
         true
@@ -878,6 +889,9 @@ fn apply_report(tx: &rusqlite::Transaction<'_>, report: &Report) -> rusqlite::Re
 enum SendError {
     /// Worth trying another destination, or again later.
     Unreachable(String),
+    /// The connection failed before an answer came: as unreachable, but a kept connection may
+    /// just have gone stale.
+    Broken(String),
     /// The destination will not take the agent.
     Refused(String),
 }

@@ -259,7 +259,8 @@ pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<Listing>, 
 pub(crate) fn mark_recall(state: &State, id: &str) -> Result<bool, StateError> {
     state.transaction(|tx| {
         let n = tx.execute(
-            "UPDATE agents SET recall = 1 WHERE id = ?1 AND state IN ('ready', 'leaving', 'parked')",
+            // A parked agent goes home at the next round, not after its backoff.
+            "UPDATE agents SET recall = 1, retry_at = 0 WHERE id = ?1 AND state IN ('ready', 'leaving', 'parked')",
             [id],
         )?;
         Ok(n > 0)
