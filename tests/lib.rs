@@ -11,6 +11,7 @@
 //!   capabilities, `mallory` untrusted), a trust store, and helpers to sign and write modules.
 //! - [`HostProcess`]: a `roam host` process on `127.0.0.1:0`, killed when dropped.
 
+pub mod hostile;
 pub mod sample;
 
 use std::cell::Cell;

@@ -23,6 +23,8 @@ use roam_keys::{Kind, SecretKey};
 // Each benchmark uses only part of what they share.
 #[allow(dead_code)]
 mod common;
+#[path = "../../tests/hostile.rs"]
+mod hostile_modules;
 #[path = "../../tests/sample.rs"]
 mod sample;
 
@@ -47,26 +49,11 @@ const HOSTILE: &[(&str, &str)] = &[
     ),
     (
         "host-call storm: log",
-        r#"(module
-  (import "roam" "log" (func $log (param i32 i32 i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 0) "storm")
-  (func (export "roam_query") (loop $l (call $log (i32.const 2) (i32.const 0) (i32.const 5)) (br $l))))"#,
+        hostile_modules::LOG_STORM,
     ),
     (
         "host-call storm: table queries",
-        r#"(module
-  (import "roam" "resource_open" (func $open (param i32 i32) (result i64)))
-  (import "roam" "table_query" (func $query (param i32 i32 i32 i32 i32) (result i64)))
-  (import "roam" "cursor_close" (func $close (param i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 0) "sales")
-  (data (i32.const 16) "SELECT 1")
-  (func (export "roam_query") (local $h i32)
-    (local.set $h (i32.wrap_i64 (call $open (i32.const 0) (i32.const 5))))
-    (loop $l
-      (call $close (i32.wrap_i64 (call $query (local.get $h) (i32.const 16) (i32.const 8) (i32.const 0) (i32.const 0))))
-      (br $l))))"#,
+        hostile_modules::CURSOR_STORM,
     ),
     // A result of exactly the default cap (8 MiB), returned and sent in full every time.
     (

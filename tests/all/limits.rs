@@ -10,6 +10,7 @@ use roam_host::host::Host;
 use roam_host::protocol::ErrorKind;
 use roam_host::server::RunningHost;
 use roam_keys::{Kind, SecretKey};
+use roam_tests::hostile;
 
 /// A host with small limits and a trusted key to sign test modules with.
 struct Small {
@@ -231,31 +232,13 @@ async fn connections_over_the_cap_are_told_so_and_closed() -> Result<()> {
     Ok(())
 }
 
-/// Storms of cheap host calls, each in a tight loop until something stops it.
-const LOG_STORM: &str = r#"(module
-  (import "roam" "log" (func $log (param i32 i32 i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 0) "storm")
-  (func (export "roam_query") (loop $l (call $log (i32.const 2) (i32.const 0) (i32.const 5)) (br $l))))"#;
-
+/// Storms of cheap host calls, each in a tight loop until something stops it (two more are
+/// shared with the benchmark: `roam_tests::hostile`).
 const OPEN_STORM: &str = r#"(module
   (import "roam" "resource_open" (func $open (param i32 i32) (result i64)))
   (memory (export "memory") 1)
   (data (i32.const 0) "audit")
   (func (export "roam_query") (loop $l (drop (call $open (i32.const 0) (i32.const 5))) (br $l))))"#;
-
-const CURSOR_STORM: &str = r#"(module
-  (import "roam" "resource_open" (func $open (param i32 i32) (result i64)))
-  (import "roam" "table_query" (func $query (param i32 i32 i32 i32 i32) (result i64)))
-  (import "roam" "cursor_close" (func $close (param i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 0) "sales")
-  (data (i32.const 16) "SELECT 1")
-  (func (export "roam_query") (local $h i32)
-    (local.set $h (i32.wrap_i64 (call $open (i32.const 0) (i32.const 5))))
-    (loop $l
-      (call $close (i32.wrap_i64 (call $query (local.get $h) (i32.const 16) (i32.const 8) (i32.const 0) (i32.const 0))))
-      (br $l))))"#;
 
 const APPEND_STORM: &str = r#"(module
   (import "roam" "resource_open" (func $open (param i32 i32) (result i64)))
@@ -296,9 +279,9 @@ async fn host_call_storms_are_stopped_with_bounded_memory_and_logs() -> Result<(
     assert_eq!(Client::connect(&addr).await?.eval(&quick, vec![0xa0]).await?, vec![0xf5]);
     let before = host.memory("VmRSS")?;
     for (wat, name, expected, words) in [
-        (LOG_STORM, "log-storm", ErrorKind::OutOfTime, "out of time"),
+        (hostile::LOG_STORM, "log-storm", ErrorKind::OutOfTime, "out of time"),
         (OPEN_STORM, "open-storm", ErrorKind::OutOfTime, "out of time"),
-        (CURSOR_STORM, "cursor-storm", ErrorKind::OutOfTime, "out of time"),
+        (hostile::CURSOR_STORM, "cursor-storm", ErrorKind::OutOfTime, "out of time"),
         (APPEND_STORM, "append-storm", ErrorKind::Trap, "appended"),
     ] {
         let module = sign(wat, name)?;
