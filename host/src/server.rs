@@ -16,6 +16,8 @@ use tokio::task::JoinSet;
 use crate::host::Host;
 use crate::protocol::{self, ErrorKind, FrameError, Hello, Identity, RemoteError, Request, Response, VERSION, Welcome};
 
+/// How long a refused connection is drained before it is closed (see [`linger`]).
+const LINGER: Duration = Duration::from_millis(500);
 /// How long a connection may sit idle between requests.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests and responses with more bulk data than this are decoded and encoded off the async
@@ -123,6 +125,7 @@ async fn connection(
             if says_why(&e) {
                 let refused = Welcome::Refused(RemoteError::new(ErrorKind::Protocol, e.to_string()));
                 let _ = protocol::write_message(&mut stream, &refused).await;
+                linger(&mut stream).await;
             }
             return Err(e);
         }
@@ -193,6 +196,7 @@ async fn connection(
                         // connection can be trusted: say why, then close.
                         let reply = Response::Error(RemoteError::new(ErrorKind::Protocol, e.to_string()));
                         let _ = protocol::write_message(&mut stream, &reply).await;
+                        linger(&mut stream).await;
                     }
                     return Err(e);
                 }
@@ -205,6 +209,20 @@ async fn connection(
             .await
             .map_err(|_| FrameError::Slow(within))??;
     }
+}
+
+/// Closes a connection after a refusal so that the peer can read it: a socket closed with
+/// unread bytes from the peer (a frame still trickling in, say) sends a reset, which can throw
+/// away the refusal before the peer reads it. So: end our side, then read and drop what still
+/// comes, for a short while at most.
+async fn linger(stream: &mut TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let drain = async {
+        while let Ok(1..) = stream.read(&mut buf).await {}
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Runs `work` (decoding or encoding a message with `bytes` of bulk data) on a blocking thread if
