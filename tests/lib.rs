@@ -317,6 +317,18 @@ impl Fixture {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.host_in(&[], extra)
+    }
+
+    /// As [`Fixture::host`], with the host started through `wrapper` (e.g. `unshare --user`).
+    ///
+    /// # Errors
+    /// As [`HostProcess::spawn`].
+    pub fn host_in<I, S>(&self, wrapper: &[&str], extra: I) -> Result<HostProcess>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let n = self.hosts_started.get() + 1;
         self.hosts_started.set(n);
         let data_dir = self.path().join(format!("host-{n}"));
@@ -327,7 +339,7 @@ impl Fixture {
             data_dir.into_os_string(),
         ];
         args.extend(extra.into_iter().map(|a| a.as_ref().to_owned()));
-        HostProcess::spawn(&args)
+        HostProcess::spawn_in(wrapper, &args)
     }
 }
 
@@ -390,6 +402,20 @@ impl HostProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Self::spawn_in(&[], args)
+    }
+
+    /// As [`HostProcess::spawn`], with the host started through `wrapper`, a command that ends
+    /// by executing its arguments in its own place (`unshare --user`), so that the process
+    /// is still the host's.
+    ///
+    /// # Errors
+    /// As [`HostProcess::spawn`].
+    pub fn spawn_in<I, S>(wrapper: &[&str], args: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let scratch = tempfile::Builder::new()
             .prefix("roam-host-")
@@ -399,7 +425,14 @@ impl HostProcess {
             Some(i) => PathBuf::from(args.get(i + 1).context("--data-dir without a directory")?),
             None => scratch.path().join("data"),
         };
-        let mut command = Command::new(roam_bin()?);
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(roam_bin()?);
+                c
+            }
+            None => Command::new(roam_bin()?),
+        };
         command
             .args(["host", "--listen", "127.0.0.1:0"])
             .args(&args);
@@ -510,6 +543,36 @@ impl HostProcess {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .with_context(|| format!("/proc/{pid}/status has no {field} line"))?;
         Ok(kib << 10)
+    }
+
+    /// The host's threads whose names start with `prefix`: each one's id and nice value, from
+    /// `/proc/PID/task`.
+    ///
+    /// # Errors
+    /// If the process is gone or `/proc` cannot be read.
+    pub fn threads(&self, prefix: &str) -> Result<Vec<(u32, i32)>> {
+        let pid = self.pid().context("the host was already stopped")?;
+        let mut threads = Vec::new();
+        for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+            let task = task?.path();
+            // A thread may end between the listing and the reads.
+            let (Ok(name), Ok(stat)) = (fs::read_to_string(task.join("comm")), fs::read_to_string(task.join("stat"))) else {
+                continue;
+            };
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            // After the name in parentheses: state, then fields 4…; the nice value is field 19.
+            let nice = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split(' ').nth(16))
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("no nice value in {}: {stat}", task.display()))?;
+            let tid = task.file_name().and_then(|n| n.to_str()?.parse().ok()).context("a task without a number")?;
+            threads.push((tid, nice));
+        }
+        threads.sort_unstable();
+        Ok(threads)
     }
 
     /// The host's data directory.

@@ -23,6 +23,11 @@ use crate::snapshot::{GlobalSlots, GlobalValue, Snapshot, instrument};
 /// How often the epoch ticks; deadlines are rounded up to whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// How long a call runs at normal priority: past this, its thread is demoted (see
+/// [`crate::workers`]) so that other clients' short requests run first. Well above the time a
+/// typical query takes (tens of microseconds to a few milliseconds), so only long runs give way.
+pub const DEMOTE_AFTER: Duration = Duration::from_millis(20);
+
 /// The limits every call runs under.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -450,10 +455,24 @@ impl Engine {
     ) -> Result<(Vec<u8>, T), RunError> {
         let mut store = Store::new(&self.engine, guest);
         store.limiter(|g| g);
-        let ticks = self.limits.time.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
-        // One tick more: the current tick may be about to end.
-        store.set_epoch_deadline(ticks + 1);
-        store.epoch_deadline_trap();
+        // One tick more than the limit: the current tick may be about to end.
+        let ticks = |d: Duration| d.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64 + 1;
+        let (demote_at, end) = (ticks(DEMOTE_AFTER), ticks(self.limits.time));
+        if demote_at < end {
+            // The first deadline demotes the thread and sets the real one.
+            store.set_epoch_deadline(demote_at);
+            let mut demoted = false;
+            store.epoch_deadline_callback(move |_| {
+                if std::mem::replace(&mut demoted, true) {
+                    return Ok(wasmtime::UpdateDeadline::Interrupt);
+                }
+                crate::workers::demote();
+                Ok(wasmtime::UpdateDeadline::Continue(end - demote_at))
+            });
+        } else {
+            store.set_epoch_deadline(end);
+            store.epoch_deadline_trap();
+        }
 
         let instance = prepared.pre.instantiate(&mut store).map_err(|e| {
             let text = format!("{e:#}");

@@ -17,6 +17,7 @@ use crate::engine::{Engine, LoadError, RunError, Runnable, lock};
 use crate::protocol::{ErrorKind, ModuleInfo, ModuleRef, RemoteError, Request, Response};
 use crate::resources::{ResourceType, Resources};
 use crate::state::{State, now_secs};
+use crate::workers::Workers;
 
 /// A module admitted by this host: verified, stored and compiled.
 #[derive(Debug)]
@@ -56,6 +57,8 @@ pub(crate) struct Inner {
     pub(crate) peer_pool: Mutex<HashMap<String, Vec<(crate::client::Client, std::time::Instant)>>>,
     /// Bounds how many modules run at once, so slow modules never starve the accept loop.
     workers: Arc<Semaphore>,
+    /// The threads modules run on, one per worker permit.
+    threads: Workers,
     queue_timeout: Duration,
     pub(crate) max_module: usize,
     max_frame: usize,
@@ -115,6 +118,8 @@ impl Host {
                 in_flight: Mutex::new(std::collections::HashSet::new()),
                 peer_pool: Mutex::new(HashMap::new()),
                 workers: Arc::new(Semaphore::new(config.limits.workers())),
+                threads: Workers::start("roam-worker", config.limits.workers())
+                    .context("cannot start the worker threads")?,
                 queue_timeout: Duration::from_millis(config.limits.queue_ms),
                 max_module: config.limits.module_kib << 10,
                 max_frame: config.limits.frame_kib << 10,
@@ -189,7 +194,7 @@ impl Host {
             for row in ready {
                 let Ok(permit) = inner.workers.clone().acquire_owned().await else { return };
                 let worker = inner.clone();
-                running.push(tokio::task::spawn_blocking(move || {
+                running.push(inner.threads.run(move || {
                     let _permit = permit;
                     worker.run_ready(row);
                 }));
@@ -205,11 +210,12 @@ impl Host {
                 self.spawn_once(format!("report {dest}"), move |inner| async move { inner.flush_outbox_to(&dest).await });
             }
         }
-        if let Ok(moving) = store::due_to_move(&inner.state, MOVES_PER_ROUND) {
-            for row in moving {
-                let key = format!("transfer {} {}", row.id, row.hop);
-                self.spawn_once(key, move |inner| async move { inner.transfer(row).await });
-            }
+        let moving = store::due_to_move(&inner.state, MOVES_PER_ROUND, |id, hop| {
+            lock(&inner.in_flight).contains(&transfer_key(id, hop))
+        });
+        for row in moving.unwrap_or_default() {
+            let key = transfer_key(&row.id, row.hop);
+            self.spawn_once(key, move |inner| async move { inner.transfer(row).await });
         }
     }
 
@@ -301,7 +307,7 @@ impl Host {
             .map_err(|_| RemoteError::new(ErrorKind::Busy, "every worker stayed busy; retry shortly"))?
             .map_err(|_| RemoteError::new(ErrorKind::ShuttingDown, "the host is shutting down"))?;
         let inner = self.inner.clone();
-        let job = tokio::task::spawn_blocking(move || {
+        let job = self.inner.threads.run(move || {
             let _permit = permit;
             inner.eval_blocking(module, input)
         });
@@ -334,7 +340,12 @@ pub const MAX_CHUNK: u32 = 1 << 20;
 
 /// The most transfers one round of the agent driver starts: a host with many parked agents
 /// retries them a batch at a time instead of loading every one of them at once.
-const MOVES_PER_ROUND: u32 = 256;
+const MOVES_PER_ROUND: usize = 256;
+
+/// The key a transfer runs under in `in_flight`.
+fn transfer_key(id: &str, hop: u32) -> String {
+    format!("transfer {id} {hop}")
+}
 
 impl Inner {
     /// Stores a signed code or agent module in the code repository, after verifying it.

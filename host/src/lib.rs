@@ -29,3 +29,4 @@ pub mod resources;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+mod workers;

@@ -380,3 +380,64 @@ async fn results_over_the_cap_or_outside_memory_are_refused() -> Result<()> {
     host.running.shutdown().await;
     Ok(())
 }
+
+/// A module that runs long has its thread demoted to the lowest priority, so that other
+/// clients' short requests run first on a busy machine; afterwards the host's module threads
+/// are all back at normal priority. Once as the test runs (the thread is raised again if it may
+/// be, or replaced), once in a user namespace where raising a priority is never allowed (the
+/// demoted thread must be replaced).
+#[tokio::test]
+async fn a_long_run_gives_way_and_leaves_no_thread_at_low_priority() -> Result<()> {
+    let fixture = roam_tests::Fixture::new()?;
+    let config = fixture.write(
+        "slow.toml",
+        format!("trust = {:?}\n[limits]\ntime_ms = 600\nworkers = 2\n", fixture.trust_dir().display().to_string()),
+    )?;
+    let spin = fixture.sign(&wat::parse_str(LOOP)?, "alice", Kind::Query, "loop", "1.0.0", &[])?;
+    let quick = fixture.sign(&wat::parse_str(QUICK)?, "alice", Kind::Query, "quick", "1.0.0", &[])?;
+    for wrapper in [&[][..], &["unshare", "--user", "--map-root-user"][..]] {
+        let host = fixture.host_in(wrapper, roam_tests::args!["--config", &config])?;
+        let addr = host.addr.to_string();
+        // A first evaluation compiles, which starts the compiler's threads: they take the
+        // name of the thread that started them.
+        assert_eq!(Client::connect(&addr).await?.eval(&quick, vec![0xa0]).await?, vec![0xf5]);
+        let before = host.threads("roam-worker")?;
+        assert!(before.len() >= 2 && before.iter().all(|&(_, nice)| nice == 0), "{wrapper:?}: {before:?}");
+
+        let mut client = Client::connect(&addr).await?;
+        let spin = spin.clone();
+        let spinner = tokio::spawn(async move { client.eval(&spin, vec![0xa0]).await });
+        let mut demoted = None;
+        while !spinner.is_finished() {
+            demoted = demoted.or(host.threads("roam-worker")?.into_iter().find(|&(_, nice)| nice == 19));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(kind_of(spinner.await?)?.0, ErrorKind::OutOfTime);
+        let (tid, _) = demoted.with_context(|| format!("{wrapper:?}: no worker thread was demoted"))?;
+
+        // The pool is whole again, at normal priority, and serves.
+        let after = pool_at_normal_priority(&host, before.len()).await.with_context(|| format!("{wrapper:?}, after the run"))?;
+        if !wrapper.is_empty() {
+            assert!(after.iter().all(|&(t, _)| t != tid), "{wrapper:?}: demoted {tid}, now {after:?}");
+        }
+        assert_eq!(Client::connect(&addr).await?.eval(&quick, vec![0xa0]).await?, vec![0xf5]);
+        host.stop()?;
+    }
+    Ok(())
+}
+
+/// The host's module threads once there are `count` and all are at normal priority (a
+/// replaced thread takes a moment to end, and its replacement to be named); an error after 2 s.
+async fn pool_at_normal_priority(host: &roam_tests::HostProcess, count: usize) -> Result<Vec<(u32, i32)>> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let threads = host.threads("roam-worker")?;
+        if threads.len() == count && threads.iter().all(|&(_, nice)| nice == 0) {
+            return Ok(threads);
+        }
+        if Instant::now() > deadline {
+            bail!("the module threads are {threads:?} (id, nice), expected {count} at nice 0");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

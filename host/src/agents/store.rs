@@ -190,16 +190,27 @@ pub(crate) fn in_states(state: &State, states: &[&str]) -> Result<Vec<Row>, Stat
 }
 
 /// Rows that should move now: every `leaving` row, and the `parked` ones whose backoff is
-/// over; at most `limit`, oldest first.
-pub(crate) fn due_to_move(state: &State, limit: u32) -> Result<Vec<Row>, StateError> {
+/// over; at most `limit`, oldest first, leaving out those `busy` says are already moving (so
+/// that transfers hung on a dead peer never crowd out the rest).
+pub(crate) fn due_to_move(state: &State, limit: usize, busy: impl Fn(&str, u32) -> bool) -> Result<Vec<Row>, StateError> {
     state.transaction(|tx| {
         let mut stmt = tx.prepare_cached(&format!(
             "SELECT {ROW_COLUMNS} FROM agents
              WHERE state = 'leaving' OR (state = 'parked' AND retry_at <= ?1)
-             ORDER BY updated, id LIMIT ?2"
+             ORDER BY updated, id"
         ))?;
-        let rows = stmt.query_map(params![now_millis(), limit], row)?;
-        rows.collect()
+        let mut rows = stmt.query(params![now_millis()])?;
+        let mut due = Vec::new();
+        // Rows are stepped one at a time: a busy row's snapshot is never read.
+        while due.len() < limit
+            && let Some(r) = rows.next()?
+        {
+            let (id, hop): (String, u32) = (r.get(0)?, r.get(1)?);
+            if !busy(&id, hop) {
+                due.push(row(r)?);
+            }
+        }
+        Ok(due)
     })
 }
 
@@ -322,4 +333,43 @@ pub(crate) fn outbox_for(state: &State, dest: &str) -> Result<Vec<(i64, Vec<u8>)
 
 pub(crate) fn delete_outbox(state: &State, seq: i64) -> Result<(), StateError> {
     state.transaction(|tx| tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq]).map(|_| ()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaving(id: &str) -> Row {
+        Row {
+            id: id.to_owned(),
+            hop: 1,
+            state: row_state::LEAVING.to_owned(),
+            record: Vec::new(),
+            snapshot: Some(vec![0; 64]),
+            input: None,
+            next: None,
+            envelope: None,
+            detail: None,
+            recall: false,
+        }
+    }
+
+    #[test]
+    fn moves_already_under_way_do_not_crowd_out_the_rest() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let state = State::open(dir.path())?;
+        state.transaction(|tx| {
+            create(tx)?;
+            for n in 0..10 {
+                insert(tx, &leaving(&format!("agent-{n}")))?;
+            }
+            Ok(())
+        })?;
+        // The first three are hung on a dead peer: a round of three starts the next three.
+        let hung = |id: &str, _| ["agent-0", "agent-1", "agent-2"].contains(&id);
+        let due: Vec<_> = due_to_move(&state, 3, hung)?.into_iter().map(|r| r.id).collect();
+        assert_eq!(due, ["agent-3", "agent-4", "agent-5"]);
+        assert_eq!(due_to_move(&state, 100, |_, _| false)?.len(), 10);
+        Ok(())
+    }
 }

@@ -1,0 +1,189 @@
+//! The threads modules run on, and how a long run gives way to everyone else.
+//!
+//! A host runs modules on a fixed set of its own threads rather than on tokio's blocking pool,
+//! because a module that runs long has its thread's scheduling priority lowered ([`demote`],
+//! called by the engine once a call passes [`crate::engine::DEMOTE_AFTER`]): on a machine with
+//! few cores, a module spinning until its deadline would otherwise hold a core that other
+//! clients' short requests are waiting for. Only an idle-priority thread lets the kernel run
+//! those requests first. The priority cannot always be raised again (raising it takes
+//! `CAP_SYS_NICE` or an `RLIMIT_NICE` allowance), so a thread that stays demoted after its job
+//! hands its place to a new thread and ends; a thread is never reused at a lowered priority.
+
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use crate::engine::lock;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed number of threads that run jobs in the order they are given.
+#[derive(Debug)]
+pub(crate) struct Workers {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// A job ended without an answer: it panicked, or the pool is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("the job ended without an answer")]
+pub(crate) struct Lost;
+
+thread_local! {
+    /// Set on the pool's threads: only they are ever demoted.
+    static WORKER: Cell<bool> = const { Cell::new(false) };
+    /// Set while this thread runs at a lowered priority.
+    static DEMOTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The nice value of a demoted thread: the lowest priority an unprivileged thread can take.
+const LOWEST: i32 = 19;
+
+/// The queue the threads take jobs from.
+type Queue = Arc<Mutex<mpsc::Receiver<Job>>>;
+
+/// A thread's request to the keeper for its replacement.
+struct Replace {
+    /// Told whether the replacement started.
+    started: mpsc::SyncSender<bool>,
+    /// The requester's way to the keeper, handed on to the replacement: the keeper holds none
+    /// itself, so it ends with the last thread.
+    keeper: mpsc::Sender<Replace>,
+}
+
+impl Workers {
+    /// Starts `threads` threads, named `{name}-N`, and a keeper thread (`{name}s`) that starts
+    /// their replacements: a thread started by a demoted one would inherit its priority.
+    pub(crate) fn start(name: &str, threads: usize) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        let (keeper, requests) = mpsc::channel::<Replace>();
+        for n in 0..threads.max(1) {
+            spawn(format!("{name}-{n}"), queue.clone(), keeper.clone())?;
+        }
+        drop(keeper);
+        let name = name.to_owned();
+        std::thread::Builder::new().name(format!("{name}s")).spawn(move || {
+            // Ends once every worker has ended (each holds a sender): after the pool is dropped.
+            for (n, Replace { started, keeper }) in requests.into_iter().enumerate() {
+                let spawned = spawn(format!("{name}-r{n}"), queue.clone(), keeper);
+                if let Err(e) = &spawned {
+                    tracing::warn!("a module thread stays at low priority: cannot start its replacement: {e}");
+                }
+                let _ = started.send(spawned.is_ok());
+            }
+        })?;
+        Ok(Self { jobs })
+    }
+
+    /// Queues `job` at once, for the next free thread; the future is its answer.
+    pub(crate) fn run<T, F>(&self, job: F) -> impl Future<Output = Result<T, Lost>> + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let queued = self.jobs.send(Box::new(move || {
+            let _ = answer.send(job());
+        }));
+        async move {
+            queued.map_err(|_| Lost)?;
+            answered.await.map_err(|_| Lost)
+        }
+    }
+}
+
+fn spawn(name: String, queue: Queue, keeper: mpsc::Sender<Replace>) -> std::io::Result<()> {
+    std::thread::Builder::new().name(name).spawn(move || {
+        WORKER.set(true);
+        loop {
+            // The lock is held only while waiting; the job runs after it is released.
+            let job = lock(&queue).recv();
+            let Ok(job) = job else { return };
+            // A job that panics has already answered with `Lost` (its sender is dropped); the
+            // thread carries on.
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+            if DEMOTED.get() && !restore() {
+                // Without a replacement the pool would shrink: then this thread keeps serving,
+                // demoted.
+                let (started, replaced) = mpsc::sync_channel(1);
+                if keeper.send(Replace { started, keeper: keeper.clone() }).is_ok() && replaced.recv() == Ok(true) {
+                    return;
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// Lowers the calling thread's priority to the lowest, if it is one of the pool's threads and
+/// not already lowered. Any other thread (a client's, a test's) is left alone.
+pub(crate) fn demote() {
+    if WORKER.get() && !DEMOTED.get() && set_nice(LOWEST) {
+        DEMOTED.set(true);
+    }
+}
+
+/// Raises a demoted thread back to normal priority; false if the system does not allow it.
+fn restore() -> bool {
+    let restored = set_nice(0);
+    if restored {
+        DEMOTED.set(false);
+    }
+    restored
+}
+
+/// Sets the calling thread's nice value (on Linux, nice values belong to threads).
+#[cfg(target_os = "linux")]
+fn set_nice(value: i32) -> bool {
+    rustix::process::setpriority_process(Some(rustix::thread::gettid()), value).is_ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_nice(_: i32) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    fn nice() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(i32::MIN)
+    }
+
+    #[tokio::test]
+    async fn a_demoted_worker_is_never_reused_at_low_priority() -> Result<(), Lost> {
+        let workers = Workers::start("test", 1).map_err(|_| Lost)?;
+        let first = workers
+            .run(|| {
+                demote();
+                (DEMOTED.get(), nice())
+            })
+            .await?;
+        let (demoted, lowered) = first;
+        assert!(demoted, "a worker is demoted");
+        assert_eq!(lowered, LOWEST);
+        // The next job runs at normal priority: on the same thread raised again, or on its
+        // replacement (tests/all/limits.rs covers a host that cannot raise it).
+        assert_eq!(workers.run(nice).await?, 0, "the next job runs at normal priority");
+        assert_eq!(workers.run(nice).await?, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn only_workers_are_demoted() {
+        demote();
+        assert!(!DEMOTED.get());
+        assert_eq!(nice(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_answers_lost_and_the_worker_goes_on() -> Result<(), Lost> {
+        let workers = Workers::start("test", 1).map_err(|_| Lost)?;
+        assert!(workers.run(|| panic!("a job panics")).await.is_err());
+        assert_eq!(workers.run(|| 7).await?, 7);
+        Ok(())
+    }
+}
