@@ -545,12 +545,12 @@ impl HostProcess {
         Ok(kib << 10)
     }
 
-    /// The host's threads whose names start with `prefix`: each one's id and nice value, from
-    /// `/proc/PID/task`.
+    /// The host's threads whose names start with `prefix`: each one's id and scheduling policy
+    /// (0 normal, 5 idle), from `/proc/PID/task`.
     ///
     /// # Errors
     /// If the process is gone or `/proc` cannot be read.
-    pub fn threads(&self, prefix: &str) -> Result<Vec<(u32, i32)>> {
+    pub fn threads(&self, prefix: &str) -> Result<Vec<(u32, u32)>> {
         let pid = self.pid().context("the host was already stopped")?;
         let mut threads = Vec::new();
         for task in fs::read_dir(format!("/proc/{pid}/task"))? {
@@ -562,14 +562,14 @@ impl HostProcess {
             if !name.starts_with(prefix) {
                 continue;
             }
-            // After the name in parentheses: state, then fields 4…; the nice value is field 19.
-            let nice = stat
+            // After the name in parentheses: field 3 (the state), 4, …; the policy is field 41.
+            let policy = stat
                 .rsplit_once(") ")
-                .and_then(|(_, rest)| rest.split(' ').nth(16))
+                .and_then(|(_, rest)| rest.split(' ').nth(41 - 3))
                 .and_then(|n| n.parse().ok())
-                .with_context(|| format!("no nice value in {}: {stat}", task.display()))?;
+                .with_context(|| format!("no scheduling policy in {}: {stat}", task.display()))?;
             let tid = task.file_name().and_then(|n| n.to_str()?.parse().ok()).context("a task without a number")?;
-            threads.push((tid, nice));
+            threads.push((tid, policy));
         }
         threads.sort_unstable();
         Ok(threads)

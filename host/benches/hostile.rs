@@ -4,7 +4,7 @@
 //! baseline measured just before it, as a ratio (goal ≤ 2×).
 //!
 //! `cargo bench -p roam-host --bench hostile` runs it in full (about two minutes);
-//! `-- --smoke` runs it for seconds. The host runs on its own runtime, as in `roam host`, with
+//! `-- --smoke` runs it for seconds, and `-- WORD` only the hostile modules whose names have WORD. The host runs on its own runtime, as in `roam host`, with
 //! the default limits except a 1 s deadline, so each hostile module is stopped and started
 //! again many times while the neighbours are measured.
 
@@ -135,6 +135,8 @@ fn attack(addr: String, module: Vec<u8>, stop: Arc<AtomicBool>) -> std::thread::
 
 fn main() -> Result<()> {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    // A word given on the command line measures only the hostile modules it names.
+    let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let scale = if smoke { SMOKE } else { FULL };
     let dir = tempfile::tempdir()?;
     let (key_path, _, _) = roam_keys::write_keypair(&dir.path().join("keys"), "bench")?;
@@ -160,7 +162,7 @@ fn main() -> Result<()> {
     // Each attack is compared with a baseline measured just before it, so that load from
     // elsewhere on a shared machine drifts into both sides of a ratio alike.
     let (mut rows, mut alone) = (Vec::new(), Vec::new());
-    for (i, (what, wat)) in HOSTILE.iter().enumerate() {
+    for (i, (what, wat)) in HOSTILE.iter().enumerate().filter(|(_, (what, _))| only.as_ref().is_none_or(|w| what.contains(w.as_str()))) {
         let module = sign(&key, wat, &format!("hostile-{i}"), &["table:sales"])?;
         let baseline = clients.block_on(neighbours(&addr, &quick, scale.window))?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -26,7 +26,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// How long a call runs at normal priority: past this, its thread is demoted (see
 /// [`crate::workers`]) so that other clients' short requests run first. Well above the time a
 /// typical query takes (tens of microseconds to a few milliseconds), so only long runs give way.
-pub const DEMOTE_AFTER: Duration = Duration::from_millis(20);
+pub const DEMOTE_AFTER: Duration = Duration::from_millis(5);
 
 /// The limits every call runs under.
 #[derive(Clone, Debug)]
@@ -113,6 +113,10 @@ pub enum RunError {
 /// A module compiled and linked, ready to instantiate cheaply.
 pub struct Prepared {
     pre: InstancePre<Guest>,
+    /// Whether the last call ran past [`DEMOTE_AFTER`]: the next one then starts demoted, so a
+    /// module that runs long again and again never takes the first part of each run from
+    /// others (the way a multilevel feedback queue treats jobs that use up their slice).
+    long: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -316,7 +320,7 @@ impl Engine {
             .linker
             .instantiate_pre(&compiled)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let prepared = Arc::new(Prepared { pre });
+        let prepared = Arc::new(Prepared { pre, long: AtomicBool::new(false) });
         lock(&self.prepared).insert(key.to_owned(), prepared.clone());
         Ok(prepared)
     }
@@ -458,7 +462,13 @@ impl Engine {
         // One tick more than the limit: the current tick may be about to end.
         let ticks = |d: Duration| d.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64 + 1;
         let (demote_at, end) = (ticks(DEMOTE_AFTER), ticks(self.limits.time));
-        if demote_at < end {
+        let started = Instant::now();
+        let _long = RecordLength { started, long: &prepared.long };
+        if prepared.long.load(Ordering::Relaxed) {
+            crate::workers::demote();
+            store.set_epoch_deadline(end);
+            store.epoch_deadline_trap();
+        } else if demote_at < end {
             // The first deadline demotes the thread and sets the real one.
             store.set_epoch_deadline(demote_at);
             let mut demoted = false;
@@ -520,6 +530,18 @@ impl Engine {
                 message: guest.module_error(),
             },
         }
+    }
+}
+
+/// Records, when a call ends however it ends, whether it ran past [`DEMOTE_AFTER`].
+struct RecordLength<'a> {
+    started: Instant,
+    long: &'a AtomicBool,
+}
+
+impl Drop for RecordLength<'_> {
+    fn drop(&mut self) {
+        self.long.store(self.started.elapsed() >= DEMOTE_AFTER, Ordering::Relaxed);
     }
 }
 

@@ -1,11 +1,11 @@
 //! The threads modules run on, and how a long run gives way to everyone else.
 //!
 //! A host runs modules on a fixed set of its own threads rather than on tokio's blocking pool,
-//! because a module that runs long has its thread's scheduling priority lowered ([`demote`],
+//! because a module that runs long has its thread's scheduling class lowered ([`demote`],
 //! called by the engine once a call passes [`crate::engine::DEMOTE_AFTER`]): on a machine with
 //! few cores, a module spinning until its deadline would otherwise hold a core that other
 //! clients' short requests are waiting for. Only an idle-priority thread lets the kernel run
-//! those requests first. The priority cannot always be raised again (raising it takes
+//! those requests first. The class cannot always be raised again (leaving `SCHED_IDLE` takes
 //! `CAP_SYS_NICE` or an `RLIMIT_NICE` allowance), so a thread that stays demoted after its job
 //! hands its place to a new thread and ends; a thread is never reused at a lowered priority.
 
@@ -35,9 +35,6 @@ thread_local! {
     /// Set while this thread runs at a lowered priority.
     static DEMOTED: Cell<bool> = const { Cell::new(false) };
 }
-
-/// The nice value of a demoted thread: the lowest priority an unprivileged thread can take.
-const LOWEST: i32 = 19;
 
 /// The queue the threads take jobs from.
 type Queue = Arc<Mutex<mpsc::Receiver<Job>>>;
@@ -83,7 +80,11 @@ impl Workers {
         F: FnOnce() -> T + Send + 'static,
     {
         let (answer, answered) = tokio::sync::oneshot::channel();
+        // The job runs inside the caller's runtime, as on tokio's own blocking threads: host
+        // functions that reach other hosts (forwarded calls) drive their requests with it.
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let queued = self.jobs.send(Box::new(move || {
+            let _inside = runtime.as_ref().map(tokio::runtime::Handle::enter);
             let _ = answer.send(job());
         }));
         async move {
@@ -116,59 +117,60 @@ fn spawn(name: String, queue: Queue, keeper: mpsc::Sender<Replace>) -> std::io::
     Ok(())
 }
 
-/// Lowers the calling thread's priority to the lowest, if it is one of the pool's threads and
-/// not already lowered. Any other thread (a client's, a test's) is left alone.
+/// Lowers the calling thread to the idle scheduling class, if it is one of the pool's threads
+/// and not already lowered. Any other thread (a client's, a test's) is left alone.
 pub(crate) fn demote() {
-    if WORKER.get() && !DEMOTED.get() && set_nice(LOWEST) {
+    if WORKER.get() && !DEMOTED.get() && set_idle(true) {
         DEMOTED.set(true);
     }
 }
 
-/// Raises a demoted thread back to normal priority; false if the system does not allow it.
+/// Raises a demoted thread back to the normal class; false if the system does not allow it.
 fn restore() -> bool {
-    let restored = set_nice(0);
+    let restored = set_idle(false);
     if restored {
         DEMOTED.set(false);
     }
     restored
 }
 
-/// Sets the calling thread's nice value (on Linux, nice values belong to threads).
-#[cfg(target_os = "linux")]
-fn set_nice(value: i32) -> bool {
-    rustix::process::setpriority_process(Some(rustix::thread::gettid()), value).is_ok()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_nice(_: i32) -> bool {
-    false
+/// Moves the calling thread into the idle scheduling class (Linux's `SCHED_IDLE`: it runs only
+/// when nothing else wants the core, and any other thread that wakes up preempts it at once,
+/// which the lowest nice value does not promise), or back into the normal one at nice 0.
+fn set_idle(idle: bool) -> bool {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy};
+    let (priority, policy) = if idle {
+        (ThreadPriority::Min, NormalThreadSchedulePolicy::Idle)
+    } else {
+        (ThreadPriority::Os(ThreadPriorityOsValue::default()), NormalThreadSchedulePolicy::Other)
+    };
+    let thread = thread_priority::thread_native_id();
+    thread_priority::set_thread_priority_and_policy(thread, priority, ThreadSchedulePolicy::Normal(policy)).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
 
-    #[cfg(target_os = "linux")]
-    fn nice() -> i32 {
-        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(i32::MIN)
+    fn idle() -> bool {
+        thread_priority::thread_schedule_policy().ok() == Some(ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle))
     }
 
     #[tokio::test]
     async fn a_demoted_worker_is_never_reused_at_low_priority() -> Result<(), Lost> {
         let workers = Workers::start("test", 1).map_err(|_| Lost)?;
-        let first = workers
+        let (demoted, lowered) = workers
             .run(|| {
                 demote();
-                (DEMOTED.get(), nice())
+                (DEMOTED.get(), idle())
             })
             .await?;
-        let (demoted, lowered) = first;
-        assert!(demoted, "a worker is demoted");
-        assert_eq!(lowered, LOWEST);
+        assert!(demoted && lowered, "a worker is demoted");
         // The next job runs at normal priority: on the same thread raised again, or on its
         // replacement (tests/all/limits.rs covers a host that cannot raise it).
-        assert_eq!(workers.run(nice).await?, 0, "the next job runs at normal priority");
-        assert_eq!(workers.run(nice).await?, 0);
+        assert!(!workers.run(idle).await?, "the next job runs at normal priority");
+        assert!(!workers.run(idle).await?);
         Ok(())
     }
 
@@ -176,7 +178,7 @@ mod tests {
     fn only_workers_are_demoted() {
         demote();
         assert!(!DEMOTED.get());
-        assert_eq!(nice(), 0);
+        assert!(!idle());
     }
 
     #[tokio::test]

@@ -381,7 +381,11 @@ async fn results_over_the_cap_or_outside_memory_are_refused() -> Result<()> {
     Ok(())
 }
 
-/// A module that runs long has its thread demoted to the lowest priority, so that other
+/// Linux's scheduling policies, as `/proc` shows them.
+const NORMAL: u32 = 0;
+const IDLE: u32 = 5;
+
+/// A module that runs long has its thread demoted to the idle scheduling class, so that other
 /// clients' short requests run first on a busy machine; afterwards the host's module threads
 /// are all back at normal priority. Once as the test runs (the thread is raised again if it may
 /// be, or replaced), once in a user namespace where raising a priority is never allowed (the
@@ -402,14 +406,14 @@ async fn a_long_run_gives_way_and_leaves_no_thread_at_low_priority() -> Result<(
         // name of the thread that started them.
         assert_eq!(Client::connect(&addr).await?.eval(&quick, vec![0xa0]).await?, vec![0xf5]);
         let before = host.threads("roam-worker")?;
-        assert!(before.len() >= 2 && before.iter().all(|&(_, nice)| nice == 0), "{wrapper:?}: {before:?}");
+        assert!(before.len() >= 2 && before.iter().all(|&(_, policy)| policy == NORMAL), "{wrapper:?}: {before:?}");
 
         let mut client = Client::connect(&addr).await?;
         let spin = spin.clone();
         let spinner = tokio::spawn(async move { client.eval(&spin, vec![0xa0]).await });
         let mut demoted = None;
         while !spinner.is_finished() {
-            demoted = demoted.or(host.threads("roam-worker")?.into_iter().find(|&(_, nice)| nice == 19));
+            demoted = demoted.or(host.threads("roam-worker")?.into_iter().find(|&(_, policy)| policy == IDLE));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(kind_of(spinner.await?)?.0, ErrorKind::OutOfTime);
@@ -428,15 +432,15 @@ async fn a_long_run_gives_way_and_leaves_no_thread_at_low_priority() -> Result<(
 
 /// The host's module threads once there are `count` and all are at normal priority (a
 /// replaced thread takes a moment to end, and its replacement to be named); an error after 2 s.
-async fn pool_at_normal_priority(host: &roam_tests::HostProcess, count: usize) -> Result<Vec<(u32, i32)>> {
+async fn pool_at_normal_priority(host: &roam_tests::HostProcess, count: usize) -> Result<Vec<(u32, u32)>> {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let threads = host.threads("roam-worker")?;
-        if threads.len() == count && threads.iter().all(|&(_, nice)| nice == 0) {
+        if threads.len() == count && threads.iter().all(|&(_, policy)| policy == NORMAL) {
             return Ok(threads);
         }
         if Instant::now() > deadline {
-            bail!("the module threads are {threads:?} (id, nice), expected {count} at nice 0");
+            bail!("the module threads are {threads:?} (id, policy), expected {count} in the normal class");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

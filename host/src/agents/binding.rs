@@ -150,7 +150,7 @@ impl Forwarder {
         let signed = Signed::sign(domain::CALL, &call, &self.key).map_err(|e| ResourceError::Sql(e.to_string()))?;
         let owner = self.owner.clone();
         let wait = deadline.saturating_duration_since(Instant::now());
-        // Host functions run on blocking threads of the host's runtime, so it can drive the call.
+        // Host functions run on the host's module threads, inside its runtime, which drives the call.
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| ResourceError::Sql("global references need the host's runtime".into()))?;
         handle.block_on(async move {
