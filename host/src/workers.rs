@@ -184,7 +184,9 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_job_answers_lost_and_the_worker_goes_on() -> Result<(), Lost> {
         let workers = Workers::start("test", 1).map_err(|_| Lost)?;
-        assert!(workers.run(|| panic!("a job panics")).await.is_err());
+        #[allow(clippy::panic)]
+        let panics = || panic!("a job panics");
+        assert!(workers.run(panics).await.is_err());
         assert_eq!(workers.run(|| 7).await?, 7);
         Ok(())
     }
