@@ -24,8 +24,8 @@ use crate::snapshot::{GlobalSlots, GlobalValue, Snapshot, instrument};
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// How long a call runs at normal priority: past this, its thread is demoted (see
-/// [`crate::workers`]) so that other clients' short requests run first. Well above the time a
-/// typical query takes (tens of microseconds to a few milliseconds), so only long runs give way.
+/// [`crate::workers`]) so that other clients' short requests run first. Small queries take tens
+/// to hundreds of microseconds; a call past a few milliseconds is a long one on a busy host.
 pub const DEMOTE_AFTER: Duration = Duration::from_millis(5);
 
 /// The limits every call runs under.

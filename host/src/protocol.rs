@@ -144,20 +144,10 @@ where
 
 /// Writes a frame made by [`encode_frame`].
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
-    // A large frame goes out a slice at a time, letting other connections' tasks run between
-    // slices: one write of megabytes can hold a runtime thread in the kernel for milliseconds.
-    for slice in frame.chunks(WRITE_SLICE) {
-        w.write_all(slice).await?;
-        if frame.len() > WRITE_SLICE {
-            tokio::task::yield_now().await;
-        }
-    }
+    w.write_all(frame).await?;
     w.flush().await?;
     Ok(())
 }
-
-/// The most bytes of one frame written before other tasks get a turn.
-const WRITE_SLICE: usize = 128 << 10;
 
 /// Prefix of what a host signs to prove its key in the handshake.
 pub const HANDSHAKE_DOMAIN: &[u8] = b"roam-handshake-v1\0";

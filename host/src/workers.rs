@@ -4,8 +4,8 @@
 //! because a module that runs long has its thread's scheduling class lowered ([`demote`],
 //! called by the engine once a call passes [`crate::engine::DEMOTE_AFTER`]): on a machine with
 //! few cores, a module spinning until its deadline would otherwise hold a core that other
-//! clients' short requests are waiting for. Only an idle-priority thread lets the kernel run
-//! those requests first. The class cannot always be raised again (leaving `SCHED_IDLE` takes
+//! clients' short requests are waiting for, while any thread that wakes preempts one in the
+//! idle class. The class cannot always be raised again (leaving `SCHED_IDLE` takes
 //! `CAP_SYS_NICE` or an `RLIMIT_NICE` allowance), so a thread that stays demoted after its job
 //! hands its place to a new thread and ends; a thread is never reused at a lowered priority.
 
@@ -137,6 +137,7 @@ fn restore() -> bool {
 /// Moves the calling thread into the idle scheduling class (Linux's `SCHED_IDLE`: it runs only
 /// when nothing else wants the core, and any other thread that wakes up preempts it at once,
 /// which the lowest nice value does not promise), or back into the normal one at nice 0.
+#[cfg(target_os = "linux")]
 fn set_idle(idle: bool) -> bool {
     use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy};
     let (priority, policy) = if idle {
@@ -148,7 +149,13 @@ fn set_idle(idle: bool) -> bool {
     thread_priority::set_thread_priority_and_policy(thread, priority, ThreadSchedulePolicy::Normal(policy)).is_ok()
 }
 
-#[cfg(test)]
+/// Elsewhere, threads are never demoted.
+#[cfg(not(target_os = "linux"))]
+fn set_idle(_: bool) -> bool {
+    false
+}
+
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
