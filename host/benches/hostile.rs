@@ -137,6 +137,15 @@ fn main() -> Result<()> {
     let smoke = std::env::args().any(|a| a == "--smoke");
     // A word given on the command line measures only the hostile modules it names.
     let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let chosen: Vec<_> = HOSTILE
+        .iter()
+        .enumerate()
+        .filter(|(_, (what, _))| only.as_ref().is_none_or(|w| what.contains(w.as_str())))
+        .collect();
+    if chosen.is_empty() {
+        let names: Vec<_> = HOSTILE.iter().map(|(what, _)| *what).collect();
+        anyhow::bail!("no hostile module's name has {:?}; the modules are: {}", only.unwrap_or_default(), names.join(", "));
+    }
     let scale = if smoke { SMOKE } else { FULL };
     let dir = tempfile::tempdir()?;
     let (key_path, _, _) = roam_keys::write_keypair(&dir.path().join("keys"), "bench")?;
@@ -162,7 +171,7 @@ fn main() -> Result<()> {
     // Each attack is compared with a baseline measured just before it, so that load from
     // elsewhere on a shared machine drifts into both sides of a ratio alike.
     let (mut rows, mut alone) = (Vec::new(), Vec::new());
-    for (i, (what, wat)) in HOSTILE.iter().enumerate().filter(|(_, (what, _))| only.as_ref().is_none_or(|w| what.contains(w.as_str()))) {
+    for (i, (what, wat)) in chosen {
         let module = sign(&key, wat, &format!("hostile-{i}"), &["table:sales"])?;
         let baseline = clients.block_on(neighbours(&addr, &quick, scale.window))?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -462,13 +462,12 @@ impl Engine {
         // One tick more than the limit: the current tick may be about to end.
         let ticks = |d: Duration| d.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64 + 1;
         let (demote_at, end) = (ticks(DEMOTE_AFTER), ticks(self.limits.time));
-        let started = Instant::now();
-        let _long = RecordLength { started, long: &prepared.long };
-        if prepared.long.load(Ordering::Relaxed) {
+        let _long = RecordLength { started: Instant::now(), long: &prepared.long };
+        let demote_now = prepared.long.load(Ordering::Relaxed);
+        if demote_now {
             crate::workers::demote();
-            store.set_epoch_deadline(end);
-            store.epoch_deadline_trap();
-        } else if demote_at < end {
+        }
+        if !demote_now && demote_at < end {
             // The first deadline demotes the thread and sets the real one.
             store.set_epoch_deadline(demote_at);
             let mut demoted = false;
