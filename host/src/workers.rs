@@ -141,7 +141,7 @@ fn restore() -> bool {
 fn set_idle(idle: bool) -> bool {
     use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy};
     let (priority, policy) = if idle {
-        (ThreadPriority::Min, NormalThreadSchedulePolicy::Idle)
+        (ThreadPriority::Min, NormalThreadSchedulePolicy::Batch)
     } else {
         (ThreadPriority::Os(ThreadPriorityOsValue::default()), NormalThreadSchedulePolicy::Other)
     };
