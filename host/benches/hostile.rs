@@ -162,11 +162,11 @@ fn main() -> Result<()> {
     config.durable = false;
     config.add_table(&format!("sales={}", csv.display()))?;
     let workers = config.limits.workers();
-    let host_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let host_rt = tokio::runtime::Builder::new_multi_thread().thread_name("host-rt").enable_all().build()?;
     let running = host_rt.block_on(RunningHost::start(Host::open(&config)?, "127.0.0.1:0".parse()?))?;
     let addr = running.addr().to_string();
 
-    let clients = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let clients = tokio::runtime::Builder::new_multi_thread().thread_name("neighbours").enable_all().build()?;
     let quick = sign(&key, QUICK, "quick", &[])?;
     // Each attack is compared with a baseline measured just before it, so that load from
     // elsewhere on a shared machine drifts into both sides of a ratio alike.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,13 +20,23 @@ use crate::guest::{self, Guest, HostTrap};
 use crate::resources::Resources;
 use crate::snapshot::{GlobalSlots, GlobalValue, Snapshot, instrument};
 
-/// How often the epoch ticks; deadlines are rounded up to whole ticks.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// How often the epoch ticks: a call ends at the first tick past its deadline.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// How often the epoch ticks while a call runs demoted, and so how often such a call gives up
+/// its core to anything else runnable there. A lowered priority alone does not bound the wait:
+/// the kernel's scheduler (EEVDF) may pick a low-priority thread while a normal one is queued
+/// (one that just ran is briefly not "eligible") and then lets it run its whole slice, a few
+/// milliseconds; a yield at every tick makes it choose again.
+const YIELD_EVERY: Duration = Duration::from_micros(250);
 
 /// How long a call runs at normal priority: past this, its thread is demoted (see
 /// [`crate::workers`]) so that other clients' short requests run first. Small queries take tens
 /// to hundreds of microseconds; a call past a few milliseconds is a long one on a busy host.
 pub const DEMOTE_AFTER: Duration = Duration::from_millis(5);
+
+/// A call that runs this long is a long one: the module's next call starts demoted.
+pub const LONG_CALL: Duration = Duration::from_millis(1);
 
 /// The limits every call runs under.
 #[derive(Clone, Debug)]
@@ -246,6 +256,8 @@ pub struct Engine {
     prepared: Mutex<HashMap<String, Arc<Prepared>>>,
     /// Stops the epoch ticker when the engine is dropped.
     stop: Arc<AtomicBool>,
+    /// How many calls run demoted: while any does, the epoch ticks at [`YIELD_EVERY`].
+    demoted: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -292,7 +304,8 @@ impl Engine {
         }
 
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_ticker(engine.clone(), stop.clone())?;
+        let demoted = Arc::new(AtomicUsize::new(0));
+        spawn_ticker(engine.clone(), stop.clone(), demoted.clone())?;
         Ok(Self {
             engine,
             linker,
@@ -301,6 +314,7 @@ impl Engine {
             fingerprint,
             prepared: Mutex::new(HashMap::new()),
             stop,
+            demoted,
         })
     }
 
@@ -459,29 +473,28 @@ impl Engine {
     ) -> Result<(Vec<u8>, T), RunError> {
         let mut store = Store::new(&self.engine, guest);
         store.limiter(|g| g);
-        // One tick more than the limit: the current tick may be about to end.
-        let ticks = |d: Duration| d.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64 + 1;
-        let (demote_at, end) = (ticks(DEMOTE_AFTER), ticks(self.limits.time));
-        let _long = RecordLength { started: Instant::now(), long: &prepared.long };
-        let demote_now = prepared.long.load(Ordering::Relaxed);
-        if demote_now {
-            crate::workers::demote();
-        }
-        if !demote_now && demote_at < end {
-            // The first deadline demotes the thread and sets the real one.
-            store.set_epoch_deadline(demote_at);
-            let mut demoted = false;
-            store.epoch_deadline_callback(move |_| {
-                if std::mem::replace(&mut demoted, true) {
-                    return Ok(wasmtime::UpdateDeadline::Interrupt);
-                }
-                crate::workers::demote();
-                Ok(wasmtime::UpdateDeadline::Continue(end - demote_at))
-            });
-        } else {
-            store.set_epoch_deadline(end);
-            store.epoch_deadline_trap();
-        }
+        let started = Instant::now();
+        let (demote_at, end) = (started + DEMOTE_AFTER, started + self.limits.time);
+        let _long = RecordLength { started, long: &prepared.long };
+        // Held while the call runs demoted; the callback owns it, so it ends with the store.
+        let mut demoted = prepared.long.load(Ordering::Relaxed).then(|| Demoted::enter(&self.demoted));
+        let count = self.demoted.clone();
+        // Checked at every tick: the deadline, the demotion, and, once demoted, a turn for
+        // anything else runnable on this core (see `YIELD_EVERY`).
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            let now = Instant::now();
+            if now >= end {
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            if demoted.is_none() && now >= demote_at {
+                demoted = Some(Demoted::enter(&count));
+            }
+            if demoted.is_some() {
+                std::thread::yield_now();
+            }
+            Ok(wasmtime::UpdateDeadline::Continue(1))
+        });
 
         let instance = prepared.pre.instantiate(&mut store).map_err(|e| {
             let text = format!("{e:#}");
@@ -540,16 +553,35 @@ struct RecordLength<'a> {
 
 impl Drop for RecordLength<'_> {
     fn drop(&mut self) {
-        self.long.store(self.started.elapsed() >= DEMOTE_AFTER, Ordering::Relaxed);
+        self.long.store(self.started.elapsed() >= LONG_CALL, Ordering::Relaxed);
     }
 }
 
-fn spawn_ticker(engine: wasmtime::Engine, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// A call running demoted, counted in the engine's `demoted` while it lasts.
+struct Demoted(Arc<AtomicUsize>);
+
+impl Demoted {
+    /// Demotes the calling thread (see [`crate::workers::demote`]) and counts the call.
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        crate::workers::demote();
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Demoted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn spawn_ticker(engine: wasmtime::Engine, stop: Arc<AtomicBool>, demoted: Arc<AtomicUsize>) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("roam-epoch".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
+                let fast = demoted.load(Ordering::Relaxed) > 0;
+                std::thread::sleep(if fast { YIELD_EVERY } else { EPOCH_TICK });
                 engine.increment_epoch();
             }
         })

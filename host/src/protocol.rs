@@ -71,6 +71,13 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+/// The most bytes one read or write of a frame asks the kernel to move. A kernel built without
+/// preemption (`PREEMPT_NONE`, usual on servers) finishes a system call's copy before any other
+/// thread gets the core, so one call that moves megabytes holds its core for milliseconds
+/// whatever the calling thread's priority; a call of this size returns within tens of
+/// microseconds, and a thread woken meanwhile runs then.
+const IO_SLICE: usize = 64 << 10;
+
 /// Reads one frame's body. `Closed` if the peer closed cleanly before a new frame.
 ///
 /// The first byte may take as long as the caller waits (an idle connection); from then on the
@@ -99,9 +106,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize, within: Dur
             return Err(FrameError::TooLarge { size, max });
         }
         let mut body = Vec::with_capacity(size.min(FIRST_READ));
-        (&mut *r).take(size as u64).read_to_end(&mut body).await?;
-        if body.len() < size {
-            return Err(FrameError::Truncated { size, received: body.len() });
+        while body.len() < size {
+            let want = (size - body.len()).min(IO_SLICE);
+            body.reserve(want);
+            if (&mut *r).take(want as u64).read_buf(&mut body).await? == 0 {
+                return Err(FrameError::Truncated { size, received: body.len() });
+            }
         }
         Ok(body)
     };
@@ -144,7 +154,9 @@ where
 
 /// Writes a frame made by [`encode_frame`].
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
-    w.write_all(frame).await?;
+    for slice in frame.chunks(IO_SLICE) {
+        w.write_all(slice).await?;
+    }
     w.flush().await?;
     Ok(())
 }

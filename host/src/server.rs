@@ -20,8 +20,8 @@ use crate::protocol::{self, ErrorKind, FrameError, Hello, Identity, RemoteError,
 const LINGER: Duration = Duration::from_millis(500);
 /// How long a connection may sit idle between requests.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Requests and responses with more bulk data than this are decoded and encoded off the async
-/// runtime (see [`bulk`]).
+/// Requests and responses with more bulk data than this are decoded, encoded and written on the
+/// bulk lane (see [`Lane`]).
 const BULKY: usize = 256 << 10;
 /// How long shutdown waits for connections to finish their request in hand.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -43,8 +43,9 @@ impl RunningHost {
         let (stop, stopped) = watch::channel(false);
         let driver = host.clone();
         let driver_stop = stopped.clone();
+        let lane = Lane::start()?;
         tokio::spawn(async move { driver.drive_agents(driver_stop).await });
-        let task = tokio::spawn(serve(host, listener, stopped));
+        let task = tokio::spawn(serve(host, listener, lane, stopped));
         Ok(Self { addr, stop, task })
     }
 
@@ -60,7 +61,54 @@ impl RunningHost {
     }
 }
 
-async fn serve(host: Host, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
+/// A runtime of its own, on threads at the lowest priority, for the bulky part of requests:
+/// decoding a large request, encoding a large response and writing it out. That work grows
+/// with the bytes a client asks for (8 MiB results, back to back), and on the async runtime, or
+/// at normal priority anywhere, it takes the cores that other clients' small requests wait for;
+/// here it runs only when they leave a core free.
+#[derive(Debug)]
+struct Lane {
+    /// Taken only when the lane is dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl Lane {
+    fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("roam-bulk")
+            // Also run by the threads of its blocking pool.
+            .on_thread_start(crate::workers::lower_for_good)
+            .enable_time()
+            .build()?;
+        Ok(Self { handle: runtime.handle().clone(), runtime: Some(runtime) })
+    }
+
+    /// Runs `work` (decoding or encoding a message with `bytes` of bulk data) on the lane if it
+    /// is bulky, else here.
+    async fn run<T: Send + 'static>(
+        handle: &tokio::runtime::Handle,
+        bytes: usize,
+        work: impl FnOnce() -> Result<T, FrameError> + Send + 'static,
+    ) -> Result<T, FrameError> {
+        if bytes <= BULKY {
+            return work();
+        }
+        handle.spawn_blocking(work).await.map_err(|e| FrameError::Io(std::io::Error::other(e)))?
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks until its threads end, which an async task must not do.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+async fn serve(host: Host, listener: TcpListener, lane: Lane, mut stopped: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(host.max_connections()));
     let mut connections = JoinSet::new();
     loop {
@@ -69,11 +117,11 @@ async fn serve(host: Host, listener: TcpListener, mut stopped: watch::Receiver<b
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let permit = slots.clone().try_acquire_owned().ok();
-                    let host = host.clone();
+                    let (host, lane) = (host.clone(), lane.handle.clone());
                     let stopped = stopped.clone();
                     connections.spawn(async move {
                         let _permit = permit.as_ref();
-                        if let Err(e) = connection(host, stream, permit.is_some(), stopped).await {
+                        if let Err(e) = connection(host, stream, lane, permit.is_some(), stopped).await {
                             tracing::debug!(%peer, "connection ended: {e}");
                         }
                     });
@@ -101,6 +149,7 @@ async fn serve(host: Host, listener: TcpListener, mut stopped: watch::Receiver<b
 async fn connection(
     host: Host,
     mut stream: TcpStream,
+    lane: tokio::runtime::Handle,
     admitted: bool,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
@@ -183,7 +232,7 @@ async fn connection(
             // starts, it must arrive whole within the frame timeout.
             tokio::time::timeout(IDLE_TIMEOUT, stream.peek(&mut [0u8; 1])).await.map_err(|_| FrameError::Timeout)??;
             let body = protocol::read_frame(&mut stream, max, within).await?;
-            bulk(body.len(), move || protocol::decode::<Request>(&body)).await
+            Lane::run(&lane, body.len(), move || protocol::decode::<Request>(&body)).await
         };
         let request = tokio::select! {
             _ = stopped.changed() => return Ok(()),
@@ -203,11 +252,19 @@ async fn connection(
             },
         };
         let response = host.handle(request, peer).await;
-        let frame = bulk(response.bulk_bytes(), move || protocol::encode_frame(&response)).await?;
+        let bulky = response.bulk_bytes() > BULKY;
         // A peer that stops reading must not hold its connection either.
-        tokio::time::timeout(within, protocol::write_frame(&mut stream, &frame))
-            .await
-            .map_err(|_| FrameError::Slow(within))??;
+        let send = async move {
+            let frame = protocol::encode_frame(&response)?;
+            let written = tokio::time::timeout(within, protocol::write_frame(&mut stream, &frame)).await;
+            written.map_err(|_| FrameError::Slow(within))??;
+            Ok::<_, FrameError>(stream)
+        };
+        stream = if bulky {
+            lane.spawn(send).await.map_err(|e| FrameError::Io(std::io::Error::other(e)))??
+        } else {
+            send.await?
+        };
     }
 }
 
@@ -223,19 +280,6 @@ async fn linger(stream: &mut TcpStream) {
         while let Ok(1..) = stream.read(&mut buf).await {}
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
-}
-
-/// Runs `work` (decoding or encoding a message with `bytes` of bulk data) on a blocking thread if
-/// it is bulky: copying megabytes on the async runtime would stall the other connections it
-/// serves.
-async fn bulk<T: Send + 'static>(
-    bytes: usize,
-    work: impl FnOnce() -> Result<T, FrameError> + Send + 'static,
-) -> Result<T, FrameError> {
-    if bytes <= BULKY {
-        return work();
-    }
-    tokio::task::spawn_blocking(work).await.map_err(|e| FrameError::Io(std::io::Error::other(e)))?
 }
 
 /// Whether a failed read is the peer's fault and worth telling it about before closing (rather

@@ -1,13 +1,12 @@
 //! The threads modules run on, and how a long run gives way to everyone else.
 //!
 //! A host runs modules on a fixed set of its own threads rather than on tokio's blocking pool,
-//! because a module that runs long has its thread's scheduling class lowered ([`demote`],
-//! called by the engine once a call passes [`crate::engine::DEMOTE_AFTER`]): on a machine with
-//! few cores, a module spinning until its deadline would otherwise hold a core that other
-//! clients' short requests are waiting for, while any thread that wakes preempts one in the
-//! idle class. The class cannot always be raised again (leaving `SCHED_IDLE` takes
-//! `CAP_SYS_NICE` or an `RLIMIT_NICE` allowance), so a thread that stays demoted after its job
-//! hands its place to a new thread and ends; a thread is never reused at a lowered priority.
+//! because a module that runs long has its thread's priority lowered ([`demote`], called by the
+//! engine once a call passes [`crate::engine::DEMOTE_AFTER`]): on a machine with few cores, a
+//! module spinning until its deadline would otherwise hold a core that other clients' short
+//! requests are waiting for. The priority cannot always be raised again (going back to nice 0
+//! takes `CAP_SYS_NICE` or an `RLIMIT_NICE` allowance), so a thread that stays demoted after its
+//! job hands its place to a new thread and ends; a thread is never reused at a lowered priority.
 
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
@@ -117,31 +116,46 @@ fn spawn(name: String, queue: Queue, keeper: mpsc::Sender<Replace>) -> std::io::
     Ok(())
 }
 
-/// Lowers the calling thread to the idle scheduling class, if it is one of the pool's threads
-/// and not already lowered. Any other thread (a client's, a test's) is left alone.
+/// Lowers the calling thread's priority, if it is one of the pool's threads and not already
+/// lowered. Any other thread (a client's, a test's) is left alone.
 pub(crate) fn demote() {
-    if WORKER.get() && !DEMOTED.get() && set_idle(true) {
+    if WORKER.get() && !DEMOTED.get() && set_low(true) {
         DEMOTED.set(true);
     }
 }
 
-/// Raises a demoted thread back to the normal class; false if the system does not allow it.
+/// Lowers the calling thread's priority for as long as it lives: for threads that only ever do
+/// bulk work, which never need raising again.
+pub(crate) fn lower_for_good() {
+    if !set_low(true) {
+        tracing::debug!("cannot lower a bulk thread's priority; it runs at normal priority");
+    }
+}
+
+/// Raises a demoted thread back to the normal priority; false if the system does not allow it.
 fn restore() -> bool {
-    let restored = set_idle(false);
+    let restored = set_low(false);
     if restored {
         DEMOTED.set(false);
     }
     restored
 }
 
-/// Moves the calling thread into the idle scheduling class (Linux's `SCHED_IDLE`: it runs only
-/// when nothing else wants the core, and any other thread that wakes up preempts it at once,
-/// which the lowest nice value does not promise), or back into the normal one at nice 0.
+/// Moves the calling thread into Linux's idle scheduling class (`SCHED_IDLE`), or back to the
+/// normal one (`SCHED_OTHER` at nice 0).
+///
+/// In the idle class a thread has the least weight there is, any normal thread that wakes
+/// preempts it, and the kernel counts a core that runs only such threads as free when it places
+/// a woken thread. That last point is why it beats `SCHED_BATCH` at nice 19 here: with a
+/// batch thread spinning on one core, threads woken while the other core is held (by a kernel
+/// thread that does not yield for milliseconds, say) queue behind it instead of taking the
+/// spinning core. What neither class bounds is a queued thread's wait once the kernel has
+/// picked the low one to run; the engine's yields do (see `crate::engine::YIELD_EVERY`).
 #[cfg(target_os = "linux")]
-fn set_idle(idle: bool) -> bool {
+fn set_low(low: bool) -> bool {
     use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy};
-    let (priority, policy) = if idle {
-        (ThreadPriority::Min, NormalThreadSchedulePolicy::Batch)
+    let (priority, policy) = if low {
+        (ThreadPriority::Min, NormalThreadSchedulePolicy::Idle)
     } else {
         (ThreadPriority::Os(ThreadPriorityOsValue::default()), NormalThreadSchedulePolicy::Other)
     };
@@ -151,7 +165,7 @@ fn set_idle(idle: bool) -> bool {
 
 /// Elsewhere, threads are never demoted.
 #[cfg(not(target_os = "linux"))]
-fn set_idle(_: bool) -> bool {
+fn set_low(_: bool) -> bool {
     false
 }
 
@@ -160,7 +174,7 @@ mod tests {
     use super::*;
     use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
 
-    fn idle() -> bool {
+    fn low() -> bool {
         thread_priority::thread_schedule_policy().ok() == Some(ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle))
     }
 
@@ -170,14 +184,14 @@ mod tests {
         let (demoted, lowered) = workers
             .run(|| {
                 demote();
-                (DEMOTED.get(), idle())
+                (DEMOTED.get(), low())
             })
             .await?;
         assert!(demoted && lowered, "a worker is demoted");
         // The next job runs at normal priority: on the same thread raised again, or on its
         // replacement (tests/all/limits.rs covers a host that cannot raise it).
-        assert!(!workers.run(idle).await?, "the next job runs at normal priority");
-        assert!(!workers.run(idle).await?);
+        assert!(!workers.run(low).await?, "the next job runs at normal priority");
+        assert!(!workers.run(low).await?);
         Ok(())
     }
 
@@ -185,7 +199,7 @@ mod tests {
     fn only_workers_are_demoted() {
         demote();
         assert!(!DEMOTED.get());
-        assert!(!idle());
+        assert!(!low());
     }
 
     #[tokio::test]
