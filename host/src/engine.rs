@@ -23,11 +23,8 @@ use crate::snapshot::{GlobalSlots, GlobalValue, Snapshot, instrument};
 /// How often the epoch ticks: a call ends at the first tick past its deadline.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// How often the epoch ticks while a call runs demoted, and so how often such a call gives up
-/// its core to anything else runnable there. A lowered priority alone does not bound the wait:
-/// the kernel's scheduler (EEVDF) may pick a low-priority thread while a normal one is queued
-/// (one that just ran is briefly not "eligible") and then lets it run its whole slice, a few
-/// milliseconds; a yield at every tick makes it choose again.
+/// How often the epoch ticks while a call runs demoted, and so how often such a call gives way
+/// to other threads waiting for its core (see [`crate::workers::give_way`]).
 const YIELD_EVERY: Duration = Duration::from_micros(250);
 
 /// How long a call runs at normal priority: past this, its thread is demoted (see
@@ -123,7 +120,7 @@ pub enum RunError {
 /// A module compiled and linked, ready to instantiate cheaply.
 pub struct Prepared {
     pre: InstancePre<Guest>,
-    /// Whether the last call ran past [`DEMOTE_AFTER`]: the next one then starts demoted, so a
+    /// Whether the last call ran past [`LONG_CALL`]: the next one then starts demoted, so a
     /// module that runs long again and again never takes the first part of each run from
     /// others (the way a multilevel feedback queue treats jobs that use up their slice).
     long: std::sync::atomic::AtomicBool,
@@ -490,9 +487,7 @@ impl Engine {
             if demoted.is_none() && now >= demote_at {
                 demoted = Some(Demoted::enter(&count));
             }
-            if demoted.is_some() {
-                std::thread::yield_now();
-            }
+            crate::workers::give_way();
             Ok(wasmtime::UpdateDeadline::Continue(1))
         });
 
@@ -545,7 +540,7 @@ impl Engine {
     }
 }
 
-/// Records, when a call ends however it ends, whether it ran past [`DEMOTE_AFTER`].
+/// Records, when a call ends however it ends, whether it ran past [`LONG_CALL`].
 struct RecordLength<'a> {
     started: Instant,
     long: &'a AtomicBool,

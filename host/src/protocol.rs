@@ -156,6 +156,7 @@ where
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
     for slice in frame.chunks(IO_SLICE) {
         w.write_all(slice).await?;
+        crate::workers::give_way();
     }
     w.flush().await?;
     Ok(())

@@ -31,7 +31,7 @@ pub(crate) struct Lost;
 thread_local! {
     /// Set on the pool's threads: only they are ever demoted.
     static WORKER: Cell<bool> = const { Cell::new(false) };
-    /// Set while this thread runs at a lowered priority.
+    /// Set while this thread runs at a lowered priority (for a bulk thread, always).
     static DEMOTED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -127,8 +127,23 @@ pub(crate) fn demote() {
 /// Lowers the calling thread's priority for as long as it lives: for threads that only ever do
 /// bulk work, which never need raising again.
 pub(crate) fn lower_for_good() {
-    if !set_low(true) {
+    if set_low(true) {
+        DEMOTED.set(true);
+    } else {
         tracing::debug!("cannot lower a bulk thread's priority; it runs at normal priority");
+    }
+}
+
+/// Called between slices of long work (a long call, a large copy, a large write): on a thread
+/// at lowered priority, gives its core to any other thread waiting for it; elsewhere nothing.
+///
+/// A lowered priority alone does not bound that wait. The kernel's scheduler (EEVDF) may pick
+/// the lowered thread while a normal one is queued (one that has just run is briefly not
+/// "eligible") and then let it run out its slice, milliseconds, before choosing again; a yield
+/// makes it choose again at once.
+pub(crate) fn give_way() {
+    if DEMOTED.get() {
+        std::thread::yield_now();
     }
 }
 
@@ -150,7 +165,7 @@ fn restore() -> bool {
 /// batch thread spinning on one core, threads woken while the other core is held (by a kernel
 /// thread that does not yield for milliseconds, say) queue behind it instead of taking the
 /// spinning core. What neither class bounds is a queued thread's wait once the kernel has
-/// picked the low one to run; the engine's yields do (see `crate::engine::YIELD_EVERY`).
+/// picked the low one to run; [`give_way`] does.
 #[cfg(target_os = "linux")]
 fn set_low(low: bool) -> bool {
     use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy};
