@@ -595,3 +595,29 @@ fn write_artifact(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The epoch ticks fast only while some call runs demoted: each is counted until it ends,
+    /// however it ends.
+    #[test]
+    fn a_demoted_call_is_counted_until_it_ends() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let first = Demoted::enter(&count);
+        let second = Demoted::enter(&count);
+        assert_eq!(count.load(Ordering::Relaxed), 2);
+        drop(first);
+        assert_eq!(count.load(Ordering::Relaxed), 1);
+        let ended = std::panic::catch_unwind(move || {
+            let _second = second;
+            #[allow(clippy::panic)]
+            {
+                panic!("a call that ends in a panic");
+            }
+        });
+        assert!(ended.is_err());
+        assert_eq!(count.load(Ordering::Relaxed), 0);
+    }
+}

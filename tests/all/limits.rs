@@ -430,6 +430,26 @@ async fn a_long_run_gives_way_and_leaves_no_thread_at_low_priority() -> Result<(
     Ok(())
 }
 
+/// A bulky response (here a 1 MiB result) is encoded and written by the host's bulk threads,
+/// which run in the idle scheduling class, so that copying megabytes for one client never
+/// holds a core that other clients' small requests wait for.
+#[tokio::test]
+async fn bulky_responses_are_sent_by_threads_at_idle_priority() -> Result<()> {
+    let fixture = roam_tests::Fixture::new()?;
+    let config = fixture.write("bulk.toml", format!("trust = {:?}\n", fixture.trust_dir().display().to_string()))?;
+    let host = fixture.host_in(&[], roam_tests::args!["--config", &config])?;
+    let size = 1 << 20;
+    let bulky = fixture.sign(&wat::parse_str(finisher(17, 0, size))?, "alice", Kind::Query, "bulky", "1.0.0", &[])?;
+    let result = Client::connect(&host.addr.to_string()).await?.eval(&bulky, vec![0xa0]).await?;
+    assert_eq!(result.len(), size as usize);
+    let bulk = host.threads("roam-bulk")?;
+    assert!(!bulk.is_empty() && bulk.iter().all(|&(_, policy)| policy == IDLE), "the bulk threads are {bulk:?} (id, policy)");
+    // The module threads are not among them, and are back in the normal class.
+    pool_at_normal_priority(&host, host.threads("roam-worker")?.len()).await?;
+    host.stop()?;
+    Ok(())
+}
+
 /// The host's module threads once there are `count` and all are at normal priority (a
 /// replaced thread takes a moment to end, and its replacement to be named); an error after 2 s.
 async fn pool_at_normal_priority(host: &roam_tests::HostProcess, count: usize) -> Result<Vec<(u32, u32)>> {
