@@ -207,19 +207,10 @@ fn read(caller: &mut Ctx<'_>, what: &'static str, ptr: u32, len: u32) -> wasmtim
     let start = ptr as usize;
     let end = start.checked_add(len as usize).ok_or(HostTrap::OutOfBounds(what))?;
     let bytes = mem.data(&caller).get(start..end).ok_or(HostTrap::OutOfBounds(what))?;
-    // A copy of megabytes (a result at the cap) goes a slice at a time, giving way between
-    // slices when the call runs demoted: each page it touches is a page fault, so the copy is
-    // milliseconds of work.
-    let mut copy = Vec::with_capacity(bytes.len());
-    for slice in bytes.chunks(COPY_SLICE) {
-        copy.extend_from_slice(slice);
-        crate::workers::give_way();
-    }
+    let mut copy = Vec::new();
+    crate::workers::copy_giving_way(&mut copy, bytes);
     Ok(copy)
 }
-
-/// How much of a large copy out of a guest's memory goes between chances to give way.
-const COPY_SLICE: usize = 256 << 10;
 
 /// Reads a UTF-8 string argument; `None` (after setting the last error) if it is not UTF-8.
 fn read_str(caller: &mut Ctx<'_>, what: &'static str, ptr: u32, len: u32) -> wasmtime::Result<Result<String, i64>> {

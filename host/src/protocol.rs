@@ -136,11 +136,27 @@ pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError
 
 /// Encodes one message as a frame: its length, then its CBOR.
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let mut buf = vec![0u8; 4];
+    let mut buf = GivingWay(vec![0u8; 4]);
     ciborium::into_writer(msg, &mut buf).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let GivingWay(mut buf) = buf;
     let len = u32::try_from(buf.len() - 4).map_err(|_| FrameError::TooLarge { size: buf.len(), max: u32::MAX as usize })?;
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf)
+}
+
+/// A frame being encoded, which copies megabytes of bulk data in a slice at a time (see
+/// [`crate::workers::copy_giving_way`]).
+struct GivingWay(Vec<u8>);
+
+impl std::io::Write for GivingWay {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        crate::workers::copy_giving_way(&mut self.0, bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Encodes and writes one message as a frame.
@@ -154,9 +170,11 @@ where
 
 /// Writes a frame made by [`encode_frame`].
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
-    for slice in frame.chunks(IO_SLICE) {
+    for (n, slice) in frame.chunks(IO_SLICE).enumerate() {
+        if n > 0 {
+            crate::workers::give_way();
+        }
         w.write_all(slice).await?;
-        crate::workers::give_way();
     }
     w.flush().await?;
     Ok(())

@@ -147,6 +147,21 @@ pub(crate) fn give_way() {
     }
 }
 
+/// Appends `bytes` to `to` a slice at a time, giving way between slices (see [`give_way`]): a
+/// copy of megabytes is milliseconds of work, most of it page faults on memory touched first.
+pub(crate) fn copy_giving_way(to: &mut Vec<u8>, bytes: &[u8]) {
+    to.reserve(bytes.len());
+    for (n, slice) in bytes.chunks(COPY_SLICE).enumerate() {
+        if n > 0 {
+            give_way();
+        }
+        to.extend_from_slice(slice);
+    }
+}
+
+/// How much of a large copy goes between chances to give way.
+const COPY_SLICE: usize = 256 << 10;
+
 /// Raises a demoted thread back to the normal priority; false if the system does not allow it.
 fn restore() -> bool {
     let restored = set_low(false);
