@@ -200,12 +200,14 @@ impl LimitsConfig {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        // Deadlines are instants a call's length from now: a day keeps them far from overflow.
+        const MAX_TIME_MS: u64 = 86_400_000;
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
         if self.memory_mib == 0 || self.memory_mib > 4096 {
             return bad("limits.memory_mib must be between 1 and 4096");
         }
-        if self.time_ms == 0 {
-            return bad("limits.time_ms must be at least 1");
+        if self.time_ms == 0 || self.time_ms > MAX_TIME_MS {
+            return bad("limits.time_ms must be between 1 and 86400000 (a day)");
         }
         if self.stack_kib < 64 {
             return bad("limits.stack_kib must be at least 64");
@@ -374,5 +376,14 @@ mod tests {
         cfg.add_log("audit");
         assert!(matches!(cfg.check(), Err(ConfigError::Invalid(_))));
         Ok(())
+    }
+
+    #[test]
+    fn a_call_time_limit_must_be_between_a_millisecond_and_a_day() {
+        let mut cfg = HostConfig::new("t".into(), "d".into());
+        for (ms, ok) in [(0, false), (1, true), (86_400_000, true), (86_400_001, false), (u64::MAX, false)] {
+            cfg.limits.time_ms = ms;
+            assert_eq!(cfg.check().is_ok(), ok, "time_ms = {ms}");
+        }
     }
 }

@@ -85,18 +85,6 @@ impl Lane {
         Ok(Self { handle: runtime.handle().clone(), runtime: Some(runtime) })
     }
 
-    /// Runs `work` (decoding or encoding a message with `bytes` of bulk data) on the lane if it
-    /// is bulky, else here.
-    async fn run<T: Send + 'static>(
-        handle: &tokio::runtime::Handle,
-        bytes: usize,
-        work: impl FnOnce() -> Result<T, FrameError> + Send + 'static,
-    ) -> Result<T, FrameError> {
-        if bytes <= BULKY {
-            return work();
-        }
-        handle.spawn_blocking(work).await.map_err(|e| FrameError::Io(std::io::Error::other(e)))?
-    }
 }
 
 impl Drop for Lane {
@@ -232,7 +220,7 @@ async fn connection(
             // starts, it must arrive whole within the frame timeout.
             tokio::time::timeout(IDLE_TIMEOUT, stream.peek(&mut [0u8; 1])).await.map_err(|_| FrameError::Timeout)??;
             let body = protocol::read_frame(&mut stream, max, within).await?;
-            Lane::run(&lane, body.len(), move || protocol::decode::<Request>(&body)).await
+            bulk(&lane, body.len(), move || protocol::decode::<Request>(&body)).await
         };
         let request = tokio::select! {
             _ = stopped.changed() => return Ok(()),
@@ -280,6 +268,19 @@ async fn linger(stream: &mut TcpStream) {
         while let Ok(1..) = stream.read(&mut buf).await {}
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Runs `work` (decoding a message with `bytes` of bulk data) on the bulk `lane` if it is
+/// bulky, else here.
+async fn bulk<T: Send + 'static>(
+    lane: &tokio::runtime::Handle,
+    bytes: usize,
+    work: impl FnOnce() -> Result<T, FrameError> + Send + 'static,
+) -> Result<T, FrameError> {
+    if bytes <= BULKY {
+        return work();
+    }
+    lane.spawn_blocking(work).await.map_err(|e| FrameError::Io(std::io::Error::other(e)))?
 }
 
 /// Whether a failed read is the peer's fault and worth telling it about before closing (rather
