@@ -114,7 +114,7 @@ fn default_data_dir() -> PathBuf {
 pub struct LimitsConfig {
     /// Largest memory of one module, MiB.
     pub memory_mib: usize,
-    /// Wall-clock time of one call, milliseconds.
+    /// Wall-clock time of one call, milliseconds: from 1 to a day.
     pub time_ms: u64,
     /// Largest Wasm stack, KiB.
     pub stack_kib: usize,

@@ -142,14 +142,14 @@ async fn connection(
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
+    let within = host.frame_timeout();
     if !admitted {
         // Over the cap: say so at once, without waiting for the peer's hello.
         let busy = format!("the host is at its limit of {} connections; retry shortly", host.max_connections());
-        protocol::write_message(&mut stream, &Welcome::Refused(RemoteError::new(ErrorKind::Busy, busy))).await?;
+        send(&mut stream, &Welcome::Refused(RemoteError::new(ErrorKind::Busy, busy)), within).await?;
         return Ok(());
     }
     let max = host.max_frame();
-    let within = host.frame_timeout();
     let hello = tokio::select! {
         _ = stopped.changed() => return Ok(()),
         read = tokio::time::timeout(within, protocol::read_message::<_, Hello>(&mut stream, 64 << 10, within)) => {
@@ -161,7 +161,7 @@ async fn connection(
         Err(e) => {
             if says_why(&e) {
                 let refused = Welcome::Refused(RemoteError::new(ErrorKind::Protocol, e.to_string()));
-                let _ = protocol::write_message(&mut stream, &refused).await;
+                let _ = send(&mut stream, &refused, within).await;
                 linger(&mut stream).await;
             }
             return Err(e);
@@ -186,15 +186,11 @@ async fn connection(
         Welcome::Accepted { version: VERSION, host: host.name().to_owned(), host_key: host.public_key(), proof, challenge }
     };
     let Welcome::Accepted { challenge, .. } = &welcome else {
-        tokio::time::timeout(within, protocol::write_message(&mut stream, &welcome))
-            .await
-            .map_err(|_| FrameError::Slow(within))??;
+        send(&mut stream, &welcome, within).await?;
         return Ok(());
     };
     let challenge = challenge.clone();
-    tokio::time::timeout(within, protocol::write_message(&mut stream, &welcome))
-        .await
-        .map_err(|_| FrameError::Slow(within))??;
+    send(&mut stream, &welcome, within).await?;
     let identity: Identity = tokio::select! {
         _ = stopped.changed() => return Ok(()),
         read = tokio::time::timeout(within, protocol::read_message(&mut stream, 64 << 10, within)) => {
@@ -210,7 +206,7 @@ async fn connection(
         Err(e) => {
             tracing::warn!("refused a connection: {e}");
             let _ = tokio::time::timeout(within, protocol::read_frame(&mut stream, max, within)).await;
-            protocol::write_message(&mut stream, &Response::Error(e)).await?;
+            send(&mut stream, &Response::Error(e), within).await?;
             return Ok(());
         }
     };
@@ -232,7 +228,7 @@ async fn connection(
                         // The frame boundary may be lost, so no further request on this
                         // connection can be trusted: say why, then close.
                         let reply = Response::Error(RemoteError::new(ErrorKind::Protocol, e.to_string()));
-                        let _ = protocol::write_message(&mut stream, &reply).await;
+                        let _ = send(&mut stream, &reply, within).await;
                         linger(&mut stream).await;
                     }
                     return Err(e);
@@ -254,6 +250,12 @@ async fn connection(
             send.await?
         };
     }
+}
+
+/// Writes one message within `within`: a peer that stops reading, even to be told why it is
+/// refused, cannot hold its connection.
+async fn send<T: serde::Serialize>(stream: &mut TcpStream, msg: &T, within: Duration) -> Result<(), FrameError> {
+    tokio::time::timeout(within, protocol::write_message(stream, msg)).await.map_err(|_| FrameError::Slow(within))?
 }
 
 /// Closes a connection after a refusal so that the peer can read it: a socket closed with
