@@ -1,12 +1,13 @@
 //! The threads modules run on, and how a long run gives way to everyone else.
 //!
 //! A host runs modules on a fixed set of its own threads rather than on tokio's blocking pool,
-//! because a module that runs long has its thread's priority lowered ([`demote`], called by the
-//! engine once a call passes [`crate::engine::DEMOTE_AFTER`]): on a machine with few cores, a
-//! module spinning until its deadline would otherwise hold a core that other clients' short
-//! requests are waiting for. The priority cannot always be raised again (going back to nice 0
-//! takes `CAP_SYS_NICE` or an `RLIMIT_NICE` allowance), so a thread that stays demoted after its
-//! job hands its place to a new thread and ends; a thread is never reused at a lowered priority.
+//! because a module that runs long has its thread's scheduling class lowered ([`demote`],
+//! called by the engine once a call passes [`crate::engine::DEMOTE_AFTER`]): on a machine with
+//! few cores, a module spinning until its deadline would otherwise hold a core that other
+//! clients' short requests are waiting for, while any thread that wakes preempts one in the
+//! idle class. The class cannot always be raised again (leaving `SCHED_IDLE` takes
+//! `CAP_SYS_NICE` or an `RLIMIT_NICE` allowance), so a thread that stays demoted after its job
+//! hands its place to a new thread and ends; a thread is never reused at a lowered priority.
 
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
@@ -116,18 +117,18 @@ fn spawn(name: String, queue: Queue, keeper: mpsc::Sender<Replace>) -> std::io::
     Ok(())
 }
 
-/// Lowers the calling thread's priority, if it is one of the pool's threads and not already
-/// lowered. Any other thread (a client's, a test's) is left alone.
+/// Lowers the calling thread to the idle scheduling class, if it is one of the pool's threads
+/// and not already lowered. Any other thread (a client's, a test's) is left alone.
 pub(crate) fn demote() {
-    if WORKER.get() && !DEMOTED.get() && set_low(true) {
+    if WORKER.get() && !DEMOTED.get() && set_idle(true) {
         DEMOTED.set(true);
     }
 }
 
-/// Lowers the calling thread's priority for as long as it lives: for threads that only ever do
-/// bulk work, which never need raising again.
+/// Lowers the calling thread to the idle class for as long as it lives: for threads that only
+/// ever do bulk work, which never need raising again.
 pub(crate) fn lower_for_good() {
-    if set_low(true) {
+    if set_idle(true) {
         DEMOTED.set(true);
     } else {
         tracing::debug!("cannot lower a bulk thread's priority; it runs at normal priority");
@@ -162,9 +163,9 @@ pub(crate) fn copy_giving_way(to: &mut Vec<u8>, bytes: &[u8]) {
 /// How much of a large copy goes between chances to give way.
 const COPY_SLICE: usize = 256 << 10;
 
-/// Raises a demoted thread back to the normal priority; false if the system does not allow it.
+/// Raises a demoted thread back to the normal class; false if the system does not allow it.
 fn restore() -> bool {
-    let restored = set_low(false);
+    let restored = set_idle(false);
     if restored {
         DEMOTED.set(false);
     }
@@ -182,9 +183,9 @@ fn restore() -> bool {
 /// spinning core. What neither class bounds is a queued thread's wait once the kernel has
 /// picked the low one to run; [`give_way`] does.
 #[cfg(target_os = "linux")]
-fn set_low(low: bool) -> bool {
+fn set_idle(idle: bool) -> bool {
     use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy};
-    let (priority, policy) = if low {
+    let (priority, policy) = if idle {
         (ThreadPriority::Min, NormalThreadSchedulePolicy::Idle)
     } else {
         (ThreadPriority::Os(ThreadPriorityOsValue::default()), NormalThreadSchedulePolicy::Other)
@@ -195,7 +196,7 @@ fn set_low(low: bool) -> bool {
 
 /// Elsewhere, threads are never demoted.
 #[cfg(not(target_os = "linux"))]
-fn set_low(_: bool) -> bool {
+fn set_idle(_: bool) -> bool {
     false
 }
 
@@ -204,7 +205,7 @@ mod tests {
     use super::*;
     use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
 
-    fn low() -> bool {
+    fn idle() -> bool {
         thread_priority::thread_schedule_policy().ok() == Some(ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle))
     }
 
@@ -214,14 +215,14 @@ mod tests {
         let (demoted, lowered) = workers
             .run(|| {
                 demote();
-                (DEMOTED.get(), low())
+                (DEMOTED.get(), idle())
             })
             .await?;
         assert!(demoted && lowered, "a worker is demoted");
         // The next job runs at normal priority: on the same thread raised again, or on its
         // replacement (tests/all/limits.rs covers a host that cannot raise it).
-        assert!(!workers.run(low).await?, "the next job runs at normal priority");
-        assert!(!workers.run(low).await?);
+        assert!(!workers.run(idle).await?, "the next job runs at normal priority");
+        assert!(!workers.run(idle).await?);
         Ok(())
     }
 
@@ -229,7 +230,7 @@ mod tests {
     fn only_workers_are_demoted() {
         demote();
         assert!(!DEMOTED.get());
-        assert!(!low());
+        assert!(!idle());
     }
 
     #[tokio::test]
