@@ -6,7 +6,6 @@
 //! (an `InstancePre` per module hash) and on disk (keyed by module hash and engine), so a module
 //! is compiled once per host. Only a [`VerifiedModule`] can be compiled.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,6 +15,7 @@ use std::time::{Duration, Instant};
 use roam_keys::{ModuleHash, VerifiedModule};
 use wasmtime::{Instance, InstancePre, Linker, Module, Store, Trap, Val};
 
+use crate::cache::Bounded;
 use crate::guest::{self, Guest, HostTrap};
 use crate::resources::Resources;
 use crate::snapshot::{GlobalSlots, GlobalValue, Snapshot, instrument};
@@ -250,7 +250,7 @@ pub struct Engine {
     /// Identifies this engine's code format in cache file names.
     fingerprint: String,
     /// `InstancePre` per module hash: instantiation skips compilation and import resolution.
-    prepared: Mutex<HashMap<String, Arc<Prepared>>>,
+    prepared: Mutex<Bounded<String, Arc<Prepared>>>,
     /// Stops the epoch ticker when the engine is dropped.
     stop: Arc<AtomicBool>,
     /// How many calls run demoted: while any does, the epoch ticks at [`YIELD_EVERY`].
@@ -309,7 +309,7 @@ impl Engine {
             limits,
             code_dir,
             fingerprint,
-            prepared: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(Bounded::new(crate::cache::MODULES_KEPT)),
             stop,
             demoted,
         })

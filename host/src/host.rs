@@ -12,6 +12,7 @@ use std::time::Duration;
 use roam_keys::{Kind, ModuleHash, PublicKey, SecretKey, TrustStore, VerifiedModule, VerifyContext, VerifyError};
 use tokio::sync::{Notify, Semaphore};
 
+use crate::cache::{Bounded, MODULES_KEPT};
 use crate::config::HostConfig;
 use crate::engine::{Engine, LoadError, RunError, Runnable, lock};
 use crate::protocol::{ErrorKind, ModuleInfo, ModuleRef, RemoteError, Request, Response};
@@ -46,9 +47,9 @@ pub(crate) struct Inner {
     /// The address other hosts reach this one at; set once it listens.
     pub(crate) address: OnceLock<String>,
     /// Modules admitted since start, by the hash of their signed bytes.
-    admitted: Mutex<HashMap<ModuleHash, Arc<Admitted>>>,
+    admitted: Mutex<Bounded<ModuleHash, Arc<Admitted>>>,
     /// Agent modules loaded since start.
-    pub(crate) agent_code: Mutex<HashMap<ModuleHash, Arc<crate::agents::AgentCode>>>,
+    pub(crate) agent_code: Mutex<Bounded<ModuleHash, Arc<crate::agents::AgentCode>>>,
     /// Wakes the agent driver when there is work.
     pub(crate) wake: Notify,
     /// Transfers and report deliveries under way, so each runs once at a time.
@@ -112,8 +113,8 @@ impl Host {
                 engine,
                 data_dir: config.data_dir.clone(),
                 address: OnceLock::new(),
-                admitted: Mutex::new(HashMap::new()),
-                agent_code: Mutex::new(HashMap::new()),
+                admitted: Mutex::new(Bounded::new(MODULES_KEPT)),
+                agent_code: Mutex::new(Bounded::new(MODULES_KEPT)),
                 wake: Notify::new(),
                 in_flight: Mutex::new(std::collections::HashSet::new()),
                 peer_pool: Mutex::new(HashMap::new()),

@@ -17,6 +17,7 @@
 //! - [`state::State`]: the host's SQLite state and content-addressed module store.
 
 pub mod agents;
+mod cache;
 pub mod client;
 pub mod config;
 pub mod engine;
