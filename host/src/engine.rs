@@ -147,6 +147,11 @@ impl Runnable {
     pub fn capabilities(&self) -> &[String] {
         &self.capabilities
     }
+
+    /// Whether the module's last call ran past [`LONG_CALL`]: its next call will too, likely.
+    pub fn runs_long(&self) -> bool {
+        self.prepared.long.load(Ordering::Relaxed)
+    }
 }
 
 fn runnable(prepared: Arc<Prepared>, module: &VerifiedModule) -> Runnable {

@@ -60,6 +60,9 @@ pub(crate) struct Inner {
     workers: Arc<Semaphore>,
     /// The threads modules run on, one per worker permit.
     threads: Workers,
+    /// Permits for calls of modules that run long: one fewer than `workers` (but at least
+    /// one), so however many long calls arrive, a module thread stays free for short ones.
+    long_calls: Arc<Semaphore>,
     queue_timeout: Duration,
     pub(crate) max_module: usize,
     max_frame: usize,
@@ -121,6 +124,7 @@ impl Host {
                 workers: Arc::new(Semaphore::new(config.limits.workers())),
                 threads: Workers::start("roam-worker", config.limits.workers())
                     .context("cannot start the worker threads")?,
+                long_calls: Arc::new(Semaphore::new(config.limits.workers().saturating_sub(1).max(1))),
                 queue_timeout: Duration::from_millis(config.limits.queue_ms),
                 max_module: config.limits.module_kib << 10,
                 max_frame: config.limits.frame_kib << 10,
@@ -303,17 +307,28 @@ impl Host {
     }
 
     async fn eval(&self, module: ModuleRef, input: Vec<u8>) -> Result<Response, RemoteError> {
-        let permit = tokio::time::timeout(self.inner.queue_timeout, self.inner.workers.clone().acquire_owned())
-            .await
-            .map_err(|_| RemoteError::new(ErrorKind::Busy, "every worker stayed busy; retry shortly"))?
-            .map_err(|_| RemoteError::new(ErrorKind::ShuttingDown, "the host is shutting down"))?;
+        // A module known to run long waits here for a long-call permit, before it takes a module
+        // thread. (One sent whole is checked once admitted, in `eval_blocking`.)
+        let long = match &module {
+            ModuleRef::Hash(hash) if self.inner.runs_long(*hash) => Some(self.queue(&self.inner.long_calls).await?),
+            _ => None,
+        };
+        let permit = self.queue(&self.inner.workers).await?;
         let inner = self.inner.clone();
         let job = self.inner.threads.run(move || {
             let _permit = permit;
-            inner.eval_blocking(module, input)
+            inner.eval_blocking(module, input, long)
         });
         job.await
             .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("the evaluation failed inside the host: {e}")))?
+    }
+
+    /// Waits, at most the queue timeout, for one of `permits`.
+    async fn queue(&self, permits: &Arc<Semaphore>) -> Result<tokio::sync::OwnedSemaphorePermit, RemoteError> {
+        tokio::time::timeout(self.inner.queue_timeout, permits.clone().acquire_owned())
+            .await
+            .map_err(|_| RemoteError::new(ErrorKind::Busy, "every worker stayed busy; retry shortly"))?
+            .map_err(|_| RemoteError::new(ErrorKind::ShuttingDown, "the host is shutting down"))
     }
 }
 
@@ -414,7 +429,14 @@ impl Inner {
         self.state.accept_version(&claims.name, &claims.version).map_err(internal)
     }
 
-    fn eval_blocking(&self, module: ModuleRef, input: Vec<u8>) -> Result<Response, RemoteError> {
+    /// Runs a query module; `long` is the long-call permit it waited for, if it is known to run
+    /// long.
+    fn eval_blocking(
+        &self,
+        module: ModuleRef,
+        input: Vec<u8>,
+        long: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Response, RemoteError> {
         let admitted = match module {
             ModuleRef::Hash(hash) => match self.find(hash)? {
                 Some(a) => a,
@@ -428,11 +450,24 @@ impl Inner {
                 }
             }
         };
+        // A long module that arrived whole, without its long-call permit: it runs only if one
+        // is free now, since waiting here would hold a module thread.
+        let _long = match long {
+            None if admitted.runnable.runs_long() => Some(self.long_calls.clone().try_acquire_owned().map_err(|_| {
+                RemoteError::new(ErrorKind::Busy, "every module thread but one is running a long call; retry shortly")
+            })?),
+            long => long,
+        };
         let output = self
             .engine
             .run(&admitted.runnable, input, self.resources.clone())
             .map_err(run_error)?;
         Ok(Response::Result(output))
+    }
+
+    /// Whether the module with this hash is admitted here and its last call ran long.
+    fn runs_long(&self, hash: ModuleHash) -> bool {
+        lock(&self.admitted).get(&hash).is_some_and(|a| a.runnable.runs_long())
     }
 
     /// A module admitted earlier, still within its validity window.

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use roam_host::client::{Client, ClientError};
 use roam_host::config::HostConfig;
 use roam_host::host::Host;
-use roam_host::protocol::ErrorKind;
+use roam_host::protocol::{ErrorKind, ModuleRef, Request, Response};
 use roam_host::server::RunningHost;
 use roam_keys::{Kind, SecretKey};
 use roam_tests::hostile;
@@ -377,6 +377,40 @@ async fn results_over_the_cap_or_outside_memory_are_refused() -> Result<()> {
     // The host survived all of them.
     let quick = host.sign(QUICK, "quick", &[])?;
     assert_eq!(host.eval(&quick).await?, vec![0xf5]);
+    host.running.shutdown().await;
+    Ok(())
+}
+
+/// However many calls of a module that runs long arrive at once, one module thread stays free
+/// for short calls: long calls wait for each other (sent by hash), or are refused as busy when
+/// every long-call permit is taken (sent whole, which would otherwise hold a thread waiting).
+#[tokio::test]
+async fn long_calls_never_take_the_last_module_thread() -> Result<()> {
+    let host = Small::start().await?;
+    let spin = host.sign(LOOP, "loop", &[])?;
+    let quick = host.sign(QUICK, "quick", &[])?;
+    // The first call runs to its deadline, which marks the module as one that runs long.
+    assert_eq!(kind_of(host.eval(&spin).await)?.0, ErrorKind::OutOfTime);
+
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, spin) = (host.running.addr().to_string(), spin.clone());
+            tokio::spawn(async move { Client::connect(&addr).await?.eval(&spin, vec![0xa0]).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Two workers, two long calls: one runs, one waits, and a short call is served meanwhile.
+    assert_eq!(host.eval(&quick).await?, vec![0xf5]);
+    assert!(spinners.iter().all(|s| !s.is_finished()), "the short call waited for a long one to end");
+    let mut client = Client::connect(&host.running.addr().to_string()).await?;
+    let whole = Request::Eval { module: ModuleRef::Bytes(spin.clone()), input: vec![0xa0] };
+    match client.request(&whole).await? {
+        Response::Error(e) => assert_eq!(e.kind, ErrorKind::Busy, "{}", e.message),
+        other => bail!("a long call sent whole while the long-call permit is taken: {other:?}"),
+    }
+    for spinner in spinners {
+        assert_eq!(kind_of(spinner.await?)?.0, ErrorKind::OutOfTime);
+    }
     host.running.shutdown().await;
     Ok(())
 }
