@@ -450,8 +450,8 @@ impl Inner {
                 }
             }
         };
-        // A long module that arrived whole, without its long-call permit: it runs only if one
-        // is free now, since waiting here would hold a module thread.
+        // A long module without its long-call permit (sent whole, or found long only now): it
+        // runs only if one is free now, since waiting here would hold a module thread.
         let _long = match long {
             None if admitted.runnable.runs_long() => Some(self.long_calls.clone().try_acquire_owned().map_err(|_| {
                 RemoteError::new(ErrorKind::Busy, "every module thread but one is running a long call; retry shortly")
