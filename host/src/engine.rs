@@ -124,6 +124,8 @@ pub struct Prepared {
     /// module that runs long again and again never takes the first part of each run from
     /// others (the way a multilevel feedback queue treats jobs that use up their slice).
     long: std::sync::atomic::AtomicBool,
+    /// Whether the last call ran past [`DEMOTE_AFTER`]: see [`Runnable::runs_long`].
+    very_long: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -148,9 +150,12 @@ impl Runnable {
         &self.capabilities
     }
 
-    /// Whether the module's last call ran past [`LONG_CALL`]: its next call will too, likely.
+    /// Whether the module's last call ran past [`DEMOTE_AFTER`], long enough to be demoted: its
+    /// next call will likely run as long. (A higher bar than [`LONG_CALL`], which only decides
+    /// whether a call starts demoted: the host makes such calls wait for each other, and a
+    /// query of a few milliseconds, or a short one on a loaded machine, should not.)
     pub fn runs_long(&self) -> bool {
-        self.prepared.long.load(Ordering::Relaxed)
+        self.prepared.very_long.load(Ordering::Relaxed)
     }
 }
 
@@ -336,7 +341,7 @@ impl Engine {
             .linker
             .instantiate_pre(&compiled)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let prepared = Arc::new(Prepared { pre, long: AtomicBool::new(false) });
+        let prepared = Arc::new(Prepared { pre, long: AtomicBool::new(false), very_long: AtomicBool::new(false) });
         lock(&self.prepared).insert(key.to_owned(), prepared.clone());
         Ok(prepared)
     }
@@ -477,7 +482,7 @@ impl Engine {
         store.limiter(|g| g);
         let started = Instant::now();
         let (demote_at, end) = (started + DEMOTE_AFTER, started + self.limits.time);
-        let _long = RecordLength { started, long: &prepared.long };
+        let _long = RecordLength { started, prepared };
         // Held while the call runs demoted; the callback owns it, so it ends with the store.
         let mut demoted = prepared.long.load(Ordering::Relaxed).then(|| Demoted::enter(&self.demoted));
         let count = self.demoted.clone();
@@ -545,15 +550,18 @@ impl Engine {
     }
 }
 
-/// Records, when a call ends however it ends, whether it ran past [`LONG_CALL`].
+/// Records, when a call ends however it ends, whether it ran past [`LONG_CALL`] and past
+/// [`DEMOTE_AFTER`].
 struct RecordLength<'a> {
     started: Instant,
-    long: &'a AtomicBool,
+    prepared: &'a Prepared,
 }
 
 impl Drop for RecordLength<'_> {
     fn drop(&mut self) {
-        self.long.store(self.started.elapsed() >= LONG_CALL, Ordering::Relaxed);
+        let took = self.started.elapsed();
+        self.prepared.long.store(took >= LONG_CALL, Ordering::Relaxed);
+        self.prepared.very_long.store(took >= DEMOTE_AFTER, Ordering::Relaxed);
     }
 }
 

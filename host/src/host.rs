@@ -60,8 +60,9 @@ pub(crate) struct Inner {
     workers: Arc<Semaphore>,
     /// The threads modules run on, one per worker permit.
     threads: Workers,
-    /// Permits for calls of modules that run long: one fewer than `workers` (but at least
-    /// one), so however many long calls arrive, a module thread stays free for short ones.
+    /// Permits for calls of modules that run long (see `Runnable::runs_long`): one fewer than
+    /// `workers` (but at least one), so however many long calls arrive, a module thread stays
+    /// free for short ones.
     long_calls: Arc<Semaphore>,
     queue_timeout: Duration,
     pub(crate) max_module: usize,
@@ -437,6 +438,7 @@ impl Inner {
         input: Vec<u8>,
         long: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<Response, RemoteError> {
+        let whole = matches!(module, ModuleRef::Bytes(_));
         let admitted = match module {
             ModuleRef::Hash(hash) => match self.find(hash)? {
                 Some(a) => a,
@@ -450,10 +452,10 @@ impl Inner {
                 }
             }
         };
-        // A long module without its long-call permit (sent whole, or found long only now): it
-        // runs only if one is free now, since waiting here would hold a module thread.
+        // A long module sent whole, so without its long-call permit: it runs only if one is
+        // free now, since waiting here would hold a module thread.
         let _long = match long {
-            None if admitted.runnable.runs_long() => Some(self.long_calls.clone().try_acquire_owned().map_err(|_| {
+            None if whole && admitted.runnable.runs_long() => Some(self.long_calls.clone().try_acquire_owned().map_err(|_| {
                 RemoteError::new(ErrorKind::Busy, "every module thread but one is running a long call; retry shortly")
             })?),
             long => long,
