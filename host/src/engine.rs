@@ -8,7 +8,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -120,12 +120,18 @@ pub enum RunError {
 /// A module compiled and linked, ready to instantiate cheaply.
 pub struct Prepared {
     pre: InstancePre<Guest>,
-    /// Whether the last call ran past [`LONG_CALL`]: the next one then starts demoted, so a
-    /// module that runs long again and again never takes the first part of each run from
-    /// others (the way a multilevel feedback queue treats jobs that use up their slice).
-    long: std::sync::atomic::AtomicBool,
-    /// Whether the last call ran past [`DEMOTE_AFTER`]: see [`Runnable::runs_long`].
-    very_long: std::sync::atomic::AtomicBool,
+    /// How long the last call ran, in microseconds. Past [`LONG_CALL`], the next call starts
+    /// demoted, so a module that runs long again and again never takes the first part of each
+    /// run from others (the way a multilevel feedback queue treats jobs that use up their
+    /// slice); past [`DEMOTE_AFTER`], see [`Runnable::runs_long`].
+    last_call_us: AtomicU64,
+}
+
+impl Prepared {
+    /// Whether the last call ran at least `length`.
+    fn last_ran_past(&self, length: Duration) -> bool {
+        u128::from(self.last_call_us.load(Ordering::Relaxed)) >= length.as_micros()
+    }
 }
 
 impl std::fmt::Debug for Prepared {
@@ -155,7 +161,7 @@ impl Runnable {
     /// whether a call starts demoted: the host makes such calls wait for each other, and a
     /// query of a few milliseconds, or a short one on a loaded machine, should not.)
     pub fn runs_long(&self) -> bool {
-        self.prepared.very_long.load(Ordering::Relaxed)
+        self.prepared.last_ran_past(DEMOTE_AFTER)
     }
 }
 
@@ -341,7 +347,7 @@ impl Engine {
             .linker
             .instantiate_pre(&compiled)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let prepared = Arc::new(Prepared { pre, long: AtomicBool::new(false), very_long: AtomicBool::new(false) });
+        let prepared = Arc::new(Prepared { pre, last_call_us: AtomicU64::new(0) });
         lock(&self.prepared).insert(key.to_owned(), prepared.clone());
         Ok(prepared)
     }
@@ -484,7 +490,7 @@ impl Engine {
         let (demote_at, end) = (started + DEMOTE_AFTER, started + self.limits.time);
         let _long = RecordLength { started, prepared };
         // Held while the call runs demoted; the callback owns it, so it ends with the store.
-        let mut demoted = prepared.long.load(Ordering::Relaxed).then(|| Demoted::enter(&self.demoted));
+        let mut demoted = prepared.last_ran_past(LONG_CALL).then(|| Demoted::enter(&self.demoted));
         let count = self.demoted.clone();
         // Checked at every tick: the deadline, the demotion, and, once demoted, a turn for
         // anything else runnable on this core (see `YIELD_EVERY`).
@@ -550,8 +556,7 @@ impl Engine {
     }
 }
 
-/// Records, when a call ends however it ends, whether it ran past [`LONG_CALL`] and past
-/// [`DEMOTE_AFTER`].
+/// Records, when a call ends however it ends, how long it ran.
 struct RecordLength<'a> {
     started: Instant,
     prepared: &'a Prepared,
@@ -559,9 +564,8 @@ struct RecordLength<'a> {
 
 impl Drop for RecordLength<'_> {
     fn drop(&mut self) {
-        let took = self.started.elapsed();
-        self.prepared.long.store(took >= LONG_CALL, Ordering::Relaxed);
-        self.prepared.very_long.store(took >= DEMOTE_AFTER, Ordering::Relaxed);
+        let took = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.prepared.last_call_us.store(took, Ordering::Relaxed);
     }
 }
 

@@ -84,7 +84,6 @@ impl Lane {
             .build()?;
         Ok(Self { handle: runtime.handle().clone(), runtime: Some(runtime) })
     }
-
 }
 
 impl Drop for Lane {
@@ -238,16 +237,16 @@ async fn connection(
         let response = host.handle(request, peer).await;
         let bulky = response.bulk_bytes() > BULKY;
         // A peer that stops reading must not hold its connection either.
-        let send = async move {
+        let respond = async move {
             let frame = protocol::encode_frame(&response)?;
             let written = tokio::time::timeout(within, protocol::write_frame(&mut stream, &frame)).await;
             written.map_err(|_| FrameError::Slow(within))??;
             Ok::<_, FrameError>(stream)
         };
         stream = if bulky {
-            lane.spawn(send).await.map_err(|e| FrameError::Io(std::io::Error::other(e)))??
+            lane.spawn(respond).await.map_err(|e| FrameError::Io(std::io::Error::other(e)))??
         } else {
-            send.await?
+            respond.await?
         };
     }
 }

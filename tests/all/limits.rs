@@ -464,11 +464,11 @@ async fn a_long_run_gives_way_and_leaves_no_thread_at_low_priority() -> Result<(
     Ok(())
 }
 
-/// A bulky response (here a 1 MiB result) is encoded and written by the host's bulk threads,
-/// which run in the idle scheduling class, so that copying megabytes for one client never
-/// holds a core that other clients' small requests wait for.
+/// The host's bulk threads, which encode and write bulky responses, run in the idle scheduling
+/// class, so that copying megabytes for one client never holds a core that other clients'
+/// small requests wait for; a bulky result (here 1 MiB) still arrives whole.
 #[tokio::test]
-async fn bulky_responses_are_sent_by_threads_at_idle_priority() -> Result<()> {
+async fn the_bulk_threads_run_at_idle_priority_and_bulky_results_arrive_whole() -> Result<()> {
     let fixture = roam_tests::Fixture::new()?;
     let config = fixture.write("bulk.toml", format!("trust = {:?}\n", fixture.trust_dir().display().to_string()))?;
     let host = fixture.host_in(&[], roam_tests::args!["--config", &config])?;
