@@ -39,9 +39,7 @@ pub const ALICE_CAPABILITIES: [&str; 2] = ["table:sales", "log:*"];
 
 /// The repository root (the workspace that holds `tests/`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
 }
 
 /// The `roam` binary the tests run: `$ROAM_BIN` if set, otherwise `roam` in the target directory
@@ -61,9 +59,7 @@ pub fn roam_bin() -> Result<PathBuf> {
         return Ok(path);
     }
     let exe = std::env::current_exe().context("cannot find the running test executable")?;
-    let mut dir = exe
-        .parent()
-        .context("the test executable has no parent directory")?;
+    let mut dir = exe.parent().context("the test executable has no parent directory")?;
     if dir.file_name() == Some(OsStr::new("deps")) {
         dir = dir.parent().context("the deps directory has no parent")?;
     }
@@ -84,9 +80,7 @@ pub fn roam_bin() -> Result<PathBuf> {
 /// # Errors
 /// If the module has not been built, with what to run to build it.
 pub fn agent_wasm(name: &str) -> Result<PathBuf> {
-    let path = repo_root()
-        .join("agents/target/wasm32-unknown-unknown/release")
-        .join(format!("{name}.wasm"));
+    let path = repo_root().join("agents/target/wasm32-unknown-unknown/release").join(format!("{name}.wasm"));
     if !path.is_file() {
         bail!(
             "the example module {name}.wasm is missing at {}; run `cargo xtask agents` (or \
@@ -136,12 +130,7 @@ where
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let output = roam(&args)?;
     if !output.status.success() {
-        bail!(
-            "{} failed ({}){}",
-            command_line(&args),
-            output.status,
-            describe(&output)
-        );
+        bail!("{} failed ({}){}", command_line(&args), output.status, describe(&output));
     }
     String::from_utf8(output.stdout).context("roam printed something that is not UTF-8")
 }
@@ -159,11 +148,7 @@ where
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let output = roam(&args)?;
     match output.status.code() {
-        Some(0) => bail!(
-            "{} succeeded, but it was expected to fail{}",
-            command_line(&args),
-            describe(&output)
-        ),
+        Some(0) => bail!("{} succeeded, but it was expected to fail{}", command_line(&args), describe(&output)),
         None => bail!(
             "{} was killed ({}) instead of failing with an error{}",
             command_line(&args),
@@ -174,12 +159,7 @@ where
     }
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     if stderr.trim().is_empty() {
-        bail!(
-            "{} failed ({}) without a reason on stderr{}",
-            command_line(&args),
-            output.status,
-            describe(&output)
-        );
+        bail!("{} failed ({}) without a reason on stderr{}", command_line(&args), output.status, describe(&output));
     }
     Ok(stderr)
 }
@@ -204,9 +184,7 @@ fn describe(output: &Output) -> String {
 
 /// Seconds since the Unix epoch, the clock signatures are checked against.
 pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A temporary directory with keys, a trust store, and room for modules and host data.
@@ -230,20 +208,14 @@ impl Fixture {
     /// # Errors
     /// If the temporary directory or a key cannot be written.
     pub fn new() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("roam-test-")
-            .tempdir()
-            .context("cannot create a temporary directory")?;
-        let fixture = Self {
-            dir,
-            hosts_started: Cell::new(0),
-        };
+        let dir =
+            tempfile::Builder::new().prefix("roam-test-").tempdir().context("cannot create a temporary directory")?;
+        let fixture = Self { dir, hosts_started: Cell::new(0) };
         let keys = fixture.keys_dir();
         let trust = fixture.trust_dir();
         fs::create_dir_all(&trust).with_context(|| format!("cannot create {}", trust.display()))?;
         for name in ["alice", "bob", "mallory"] {
-            roam_keys::write_keypair(&keys, name)
-                .with_context(|| format!("cannot create the test key {name}"))?;
+            roam_keys::write_keypair(&keys, name).with_context(|| format!("cannot create the test key {name}"))?;
         }
         for name in ["alice", "bob"] {
             let file = format!("{name}.pub");
@@ -292,8 +264,8 @@ impl Fixture {
         version: &str,
         caps: &[&str],
     ) -> Result<Vec<u8>> {
-        let key = SecretKey::load(&self.key_path(signer))
-            .with_context(|| format!("cannot load the test key {signer}"))?;
+        let key =
+            SecretKey::load(&self.key_path(signer)).with_context(|| format!("cannot load the test key {signer}"))?;
         sign_with(&key, wasm, kind, name, version, caps, (0, 3600))
     }
 
@@ -332,12 +304,8 @@ impl Fixture {
         let n = self.hosts_started.get() + 1;
         self.hosts_started.set(n);
         let data_dir = self.path().join(format!("host-{n}"));
-        let mut args = vec![
-            "--trust".into(),
-            self.trust_dir().into_os_string(),
-            "--data-dir".into(),
-            data_dir.into_os_string(),
-        ];
+        let mut args =
+            vec!["--trust".into(), self.trust_dir().into_os_string(), "--data-dir".into(), data_dir.into_os_string()];
         args.extend(extra.into_iter().map(|a| a.as_ref().to_owned()));
         HostProcess::spawn_in(wrapper, &args)
     }
@@ -433,17 +401,14 @@ impl HostProcess {
             }
             None => Command::new(roam_bin()?),
         };
-        command
-            .args(["host", "--listen", "127.0.0.1:0"])
-            .args(&args);
+        command.args(["host", "--listen", "127.0.0.1:0"]).args(&args);
         if !args.iter().any(|a| a == "--data-dir") {
             command.arg("--data-dir").arg(&data_dir);
         }
         // A file rather than a pipe: a pipe nobody reads would fill up and block the host's
         // logging, and the file is still there to read when the host has died.
         let log = scratch.path().join("stderr.log");
-        let stderr =
-            File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let stderr = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = command
             // The log is a file, read by people and by assertions: no colour codes in it.
             .env("NO_COLOR", "1")
@@ -452,10 +417,7 @@ impl HostProcess {
             .stderr(stderr)
             .spawn()
             .context("cannot start `roam host`")?;
-        let stdout = child
-            .stdout
-            .take()
-            .context("the host's stdout was not captured")?;
+        let stdout = child.stdout.take().context("the host's stdout was not captured")?;
 
         let mut host = Self {
             child: Some(child),
@@ -488,9 +450,10 @@ impl HostProcess {
             match lines.recv_timeout(left) {
                 Ok(line) => match line.strip_prefix("listening on ") {
                     Some(addr) => {
-                        return addr.trim().parse().with_context(|| {
-                            format!("the host printed {line:?}, which has no valid address")
-                        });
+                        return addr
+                            .trim()
+                            .parse()
+                            .with_context(|| format!("the host printed {line:?}, which has no valid address"));
                     }
                     None => other.push(line),
                 },
@@ -501,19 +464,14 @@ impl HostProcess {
                     ));
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(self.failed_to_start(
-                        "closed its stdout without printing `listening on ADDR`",
-                        &other,
-                    ));
+                    return Err(self.failed_to_start("closed its stdout without printing `listening on ADDR`", &other));
                 }
             }
         }
     }
 
     fn failed_to_start(&mut self, what: &str, stdout: &[String]) -> anyhow::Error {
-        let status = self
-            .kill()
-            .map_or_else(|e| format!("{e:#}"), |s| s.to_string());
+        let status = self.kill().map_or_else(|e| format!("{e:#}"), |s| s.to_string());
         anyhow!(
             "`roam host` {what} ({status})\n--- stdout ---\n{}\n--- stderr ---\n{}",
             stdout.join("\n"),
@@ -556,7 +514,8 @@ impl HostProcess {
         for task in fs::read_dir(format!("/proc/{pid}/task"))? {
             let task = task?.path();
             // A thread may end between the listing and the reads.
-            let (Ok(name), Ok(stat)) = (fs::read_to_string(task.join("comm")), fs::read_to_string(task.join("stat"))) else {
+            let (Ok(name), Ok(stat)) = (fs::read_to_string(task.join("comm")), fs::read_to_string(task.join("stat")))
+            else {
                 continue;
             };
             if !name.starts_with(prefix) {
@@ -646,10 +605,7 @@ impl Drop for HostProcess {
 /// Waits for `child` to exit until `deadline`; `None` if it is still running then.
 fn wait_until(child: &mut Child, deadline: Instant) -> Result<Option<ExitStatus>> {
     loop {
-        if let Some(status) = child
-            .try_wait()
-            .context("cannot wait for the host process")?
-        {
+        if let Some(status) = child.try_wait().context("cannot wait for the host process")? {
             return Ok(Some(status));
         }
         if Instant::now() >= deadline {

@@ -12,10 +12,8 @@ use std::path::Path;
 pub const REGIONS: [&str; 5] = ["north", "south", "east", "west", "central"];
 
 /// The products on sale.
-pub const PRODUCTS: [&str; 12] = [
-    "anvil", "bellows", "chisel", "drill", "easel", "file", "gauge", "hammer", "level", "mallet",
-    "pliers", "saw",
-];
+pub const PRODUCTS: [&str; 12] =
+    ["anvil", "bellows", "chisel", "drill", "easel", "file", "gauge", "hammer", "level", "mallet", "pliers", "saw"];
 
 /// The CSV header, in the column order of [`Sale`].
 pub const CSV_HEADER: &str = "id,day,region,product,quantity,amount_cents";
@@ -61,15 +59,9 @@ pub fn write_csv(path: &Path, sales: &[Sale]) -> io::Result<()> {
     writeln!(out, "{CSV_HEADER}")?;
     for s in sales {
         // Region and product names are plain words, so no field needs quoting.
-        writeln!(
-            out,
-            "{},{},{},{},{},{}",
-            s.id, s.day, s.region, s.product, s.quantity, s.amount_cents
-        )?;
+        writeln!(out, "{},{},{},{},{},{}", s.id, s.day, s.region, s.product, s.quantity, s.amount_cents)?;
     }
-    out.into_inner()
-        .map_err(io::IntoInnerError::into_error)?
-        .sync_all()
+    out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()
 }
 
 /// SplitMix64 (Steele, Lea and Flood): tiny, fast, and good enough for sample data. Written out

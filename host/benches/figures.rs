@@ -31,15 +31,24 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod common;
 #[path = "../../tests/sample.rs"]
 mod sample;
-mod common;
 
 use common::{QUICK, Stats, bytes, sign, time};
 
 /// The groups of figures, in the order they run; `--only GROUP` measures one.
-const GROUPS: [&str; 9] =
-    ["instantiate", "aggregate", "round-trip", "snapshot", "hops", "shipping", "code-on-demand", "throughput", "parked"];
+const GROUPS: [&str; 9] = [
+    "instantiate",
+    "aggregate",
+    "round-trip",
+    "snapshot",
+    "hops",
+    "shipping",
+    "code-on-demand",
+    "throughput",
+    "parked",
+];
 
 /// Concurrent clients in the throughput figure.
 const CLIENTS: [usize; 4] = [1, 4, 16, 64];
@@ -263,11 +272,12 @@ fn aggregate(s: &Setup) -> Result<Vec<Row>> {
     let query = sign(&s.key, &built("sales_by_region")?, Kind::Query, "sales-by-region", &["table:sales"])?;
     let agg = engine.load(roam_keys::hash_module(&query), &s.verify(&query)?)?;
     let input = json_to_cbor(&serde_json::json!({}));
-    let wasm = sample(s.scale.samples, || engine.run(&agg, input.clone(), resources.clone()).map(drop).map_err(Into::into))?;
+    let wasm =
+        sample(s.scale.samples, || engine.run(&agg, input.clone(), resources.clone()).map(drop).map_err(Into::into))?;
     let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let native = sample(s.scale.samples, || {
-        let mut stmt =
-            conn.prepare_cached("SELECT region, amount_cents FROM sales WHERE quantity >= ?1 AND day BETWEEN ?2 AND ?3")?;
+        let mut stmt = conn
+            .prepare_cached("SELECT region, amount_cents FROM sales WHERE quantity >= ?1 AND day BETWEEN ?2 AND ?3")?;
         let mut totals = BTreeMap::<String, (u64, i64)>::new();
         let mut rows = stmt.query((1, 1, 365))?;
         while let Some(r) = rows.next()? {
@@ -612,7 +622,8 @@ async fn wire_per_hop(s: &Setup, home: &str, module: &[u8], hosts: [SocketAddr; 
         let rest = flow.total() as f64 - transfers.iter().sum::<usize>() as f64;
         for (request, _) in &requests {
             if let Request::Transfer { snapshot, .. } = request {
-                let snap: Snapshot = roam_host::agents::wire::from_cbor(snapshot, "the snapshot").map_err(anyhow::Error::msg)?;
+                let snap: Snapshot =
+                    roam_host::agents::wire::from_cbor(snapshot, "the snapshot").map_err(anyhow::Error::msg)?;
                 pages.push(snap.chunks.iter().map(|c| c.bytes.len() / PAGE).sum::<usize>() as f64);
             }
         }
@@ -717,12 +728,7 @@ async fn shipping(s: &Setup) -> Result<Vec<Row>> {
     running.shutdown().await;
     let (rev, ship) = (Stats::new(rev), Stats::new(ship));
     Ok(vec![
-        ratio(
-            format!("remote evaluation vs data shipping, {} rows: wall time", s.scale.rows),
-            &ship,
-            &rev,
-            "≥ 20×",
-        ),
+        ratio(format!("remote evaluation vs data shipping, {} rows: wall time", s.scale.rows), &ship, &rev, "≥ 20×"),
         Row::new(
             "  … bytes on the wire",
             format!("{:.0}×", ship_bytes / rev_bytes),
@@ -785,12 +791,20 @@ async fn code_on_demand(s: &Setup) -> Result<Vec<Row>> {
         }
         let size = bytes(module.len() as f64);
         rows.push(
-            row(format!("code on demand: cold fetch + verify + compile, {name} ({size})"), &Stats::new(cold), "≤ 150 ms")
-                .reference("Cranelift ~8–11 MB of Wasm per second (wasmtime #6798, #5328)"),
+            row(
+                format!("code on demand: cold fetch + verify + compile, {name} ({size})"),
+                &Stats::new(cold),
+                "≤ 150 ms",
+            )
+            .reference("Cranelift ~8–11 MB of Wasm per second (wasmtime #6798, #5328)"),
         );
         rows.push(
-            row(format!("code on demand: warm start from the verified cache, {name} ({size})"), &Stats::new(warm), "≤ 100 µs")
-                .reference("load a precompiled module from disk ~90–110 µs (wasmtime #6420)"),
+            row(
+                format!("code on demand: warm start from the verified cache, {name} ({size})"),
+                &Stats::new(warm),
+                "≤ 100 µs",
+            )
+            .reference("load a precompiled module from disk ~90–110 µs (wasmtime #6420)"),
         );
     }
     running.shutdown().await;
@@ -834,7 +848,8 @@ impl HostProcess {
         let mut stdout = std::io::BufReader::new(child.stdout.take().context("no stdout")?);
         let mut line = String::new();
         stdout.read_line(&mut line)?;
-        let addr = line.trim().strip_prefix("listening on ").with_context(|| format!("roam host said {line:?}"))?.parse();
+        let addr =
+            line.trim().strip_prefix("listening on ").with_context(|| format!("roam host said {line:?}"))?.parse();
         // Built first, so that the host is killed if its answer does not parse.
         let mut host = Self { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), _stdout: stdout };
         host.addr = addr?;

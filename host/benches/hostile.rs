@@ -47,14 +47,8 @@ const HOSTILE: &[(&str, &str)] = &[
         (br_if $touch (i32.lt_u (local.get $p) (local.get $end))))
       (br $grow))))"#,
     ),
-    (
-        "host-call storm: log",
-        hostile_modules::LOG_STORM,
-    ),
-    (
-        "host-call storm: table queries",
-        hostile_modules::CURSOR_STORM,
-    ),
+    ("host-call storm: log", hostile_modules::LOG_STORM),
+    ("host-call storm: table queries", hostile_modules::CURSOR_STORM),
     // A result of exactly the default cap (8 MiB), returned and sent in full every time.
     (
         "huge result (8 MiB, the cap)",
@@ -127,8 +121,12 @@ fn attack(addr: String, module: Vec<u8>, stop: Arc<AtomicBool>) -> std::thread::
         {
             use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
             let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-            thread_priority::set_thread_priority_and_policy(thread_priority::thread_native_id(), ThreadPriority::Min, idle)
-                .map_err(|e| anyhow::anyhow!("cannot lower the attacking client's priority: {e:?}"))?;
+            thread_priority::set_thread_priority_and_policy(
+                thread_priority::thread_native_id(),
+                ThreadPriority::Min,
+                idle,
+            )
+            .map_err(|e| anyhow::anyhow!("cannot lower the attacking client's priority: {e:?}"))?;
         }
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async {
@@ -155,7 +153,11 @@ fn main() -> Result<()> {
         .collect();
     if chosen.is_empty() {
         let names: Vec<_> = HOSTILE.iter().map(|(what, _)| *what).collect();
-        anyhow::bail!("no hostile module's name has {:?}; the modules are: {}", only.unwrap_or_default(), names.join(", "));
+        anyhow::bail!(
+            "no hostile module's name has {:?}; the modules are: {}",
+            only.unwrap_or_default(),
+            names.join(", ")
+        );
     }
     let scale = if smoke { SMOKE } else { FULL };
     let dir = tempfile::tempdir()?;

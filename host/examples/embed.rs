@@ -61,7 +61,10 @@ async fn main() -> Result<()> {
         }
         let remote = started.elapsed();
         println!("remote evaluation: the same {ORDERS} checks as round trips in {remote:?} ({invalid} invalid)");
-        println!("code on demand was {:.1}x faster", remote.as_secs_f64() / local.as_secs_f64().max(Duration::from_nanos(1).as_secs_f64()));
+        println!(
+            "code on demand was {:.1}x faster",
+            remote.as_secs_f64() / local.as_secs_f64().max(Duration::from_nanos(1).as_secs_f64())
+        );
     }
     Ok(())
 }

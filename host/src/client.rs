@@ -5,7 +5,9 @@ use std::time::Duration;
 use roam_keys::{ModuleHash, PublicKey, SecretKey};
 use tokio::net::TcpStream;
 
-use crate::protocol::{self, FrameError, Hello, Identity, ModuleInfo, ModuleRef, RemoteError, Request, Response, Welcome};
+use crate::protocol::{
+    self, FrameError, Hello, Identity, ModuleInfo, ModuleRef, RemoteError, Request, Response, Welcome,
+};
 
 /// How long connecting and the handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,13 +76,17 @@ impl Client {
         stream.set_nodelay(true).map_err(connect_err)?;
         let hello = Hello::new(concat!("roam/", env!("CARGO_PKG_VERSION")))?;
         protocol::write_message(&mut stream, &hello).await?;
-        let welcome: Welcome = tokio::time::timeout(CONNECT_TIMEOUT, protocol::read_message(&mut stream, 64 << 10, protocol::FRAME_TIMEOUT))
-            .await
-            .map_err(|_| FrameError::Timeout)??;
+        let welcome: Welcome = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            protocol::read_message(&mut stream, 64 << 10, protocol::FRAME_TIMEOUT),
+        )
+        .await
+        .map_err(|_| FrameError::Timeout)??;
         match welcome {
             Welcome::Accepted { host, host_key, proof, challenge, .. } => {
-                let proven = <[u8; 64]>::try_from(proof.as_slice())
-                    .is_ok_and(|sig| host_key.verify_strict(&protocol::handshake_message(&hello.nonce, &host_key), &sig));
+                let proven = <[u8; 64]>::try_from(proof.as_slice()).is_ok_and(|sig| {
+                    host_key.verify_strict(&protocol::handshake_message(&hello.nonce, &host_key), &sig)
+                });
                 if !proven {
                     return Err(ClientError::Unauthenticated { addr: addr.to_owned(), key: host_key });
                 }
@@ -154,7 +160,12 @@ impl Client {
     }
 
     /// Reads part of a module's signed file: `(total size, bytes from offset)`.
-    pub async fn fetch_chunk(&mut self, hash: ModuleHash, offset: u64, max: u32) -> Result<(u64, Vec<u8>), ClientError> {
+    pub async fn fetch_chunk(
+        &mut self,
+        hash: ModuleHash,
+        offset: u64,
+        max: u32,
+    ) -> Result<(u64, Vec<u8>), ClientError> {
         match self.request(&Request::Fetch { hash, offset, max }).await? {
             Response::Chunk { total, bytes } => Ok((total, bytes)),
             other => Err(unexpected(other)),
@@ -190,7 +201,8 @@ pub fn json_to_cbor(value: &serde_json::Value) -> Vec<u8> {
 /// Decodes a CBOR value (a module's result) as JSON. Byte strings become arrays of numbers,
 /// and map keys that are not text are written as text (see [`key_text`]).
 pub fn cbor_to_json(bytes: &[u8]) -> Result<serde_json::Value, String> {
-    let value: ciborium::Value = ciborium::from_reader(bytes).map_err(|e| format!("the result is not valid CBOR: {e}"))?;
+    let value: ciborium::Value =
+        ciborium::from_reader(bytes).map_err(|e| format!("the result is not valid CBOR: {e}"))?;
     Ok(to_json(value))
 }
 

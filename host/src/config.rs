@@ -171,9 +171,7 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// How many modules run at once.
     pub fn workers(&self) -> usize {
-        self.workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .max(1)
+        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1)
     }
 
     /// The engine limits these settings give.
@@ -222,7 +220,9 @@ impl LimitsConfig {
             return bad("limits.max_connections must be at least 1");
         }
         if ((self.agent_snapshot_mib as usize) << 10) + 64 > self.frame_kib {
-            return bad("limits.agent_snapshot_mib must leave 64 KiB of limits.frame_kib for the envelope, so a snapshot fits in a frame");
+            return bad(
+                "limits.agent_snapshot_mib must leave 64 KiB of limits.frame_kib for the envelope, so a snapshot fits in a frame",
+            );
         }
         if self.frame_kib < self.module_kib + 64 {
             return bad("limits.frame_kib must exceed limits.module_kib by 64 KiB, so a module fits in a frame");
@@ -267,10 +267,8 @@ impl HostConfig {
     /// Reads a configuration file; relative paths in it are taken from its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let mut cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        let mut cfg: Self = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim_end().to_owned() })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let rebase = |p: &mut PathBuf| {
             if p.is_relative() {

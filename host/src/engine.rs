@@ -206,11 +206,14 @@ impl AgentRunnable {
 }
 
 /// Writes a checked snapshot into a fresh instance.
-fn restore(store: &mut Store<Guest>, instance: &Instance, snapshot: &Snapshot, agent: &AgentRunnable) -> Result<(), RunError> {
+fn restore(
+    store: &mut Store<Guest>,
+    instance: &Instance,
+    snapshot: &Snapshot,
+    agent: &AgentRunnable,
+) -> Result<(), RunError> {
     let broken = |m: String| RunError::Contract(format!("cannot restore the agent: {m}"));
-    let memory = instance
-        .get_memory(&mut *store, roam_abi::MEMORY_EXPORT)
-        .ok_or_else(|| broken("no memory".into()))?;
+    let memory = instance.get_memory(&mut *store, roam_abi::MEMORY_EXPORT).ok_or_else(|| broken("no memory".into()))?;
     let current = memory.data_size(&*store) as u64;
     if snapshot.memory_bytes > current {
         let pages = (snapshot.memory_bytes - current) / crate::snapshot::WASM_PAGE;
@@ -275,10 +278,7 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("limits", &self.limits)
-            .field("code_dir", &self.code_dir)
-            .finish_non_exhaustive()
+        f.debug_struct("Engine").field("limits", &self.limits).field("code_dir", &self.code_dir).finish_non_exhaustive()
     }
 }
 
@@ -301,8 +301,8 @@ impl Engine {
         pool.max_memory_size(limits.memory_bytes);
         pool.table_elements(limits.table_elements);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
-        let engine = wasmtime::Engine::new(&config)
-            .map_err(|e| anyhow::anyhow!("cannot configure the Wasm engine: {e}"))?;
+        let engine =
+            wasmtime::Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot configure the Wasm engine: {e}"))?;
 
         let mut linker = Linker::new(&engine);
         guest::register(&mut linker).map_err(|e| anyhow::anyhow!("cannot link host functions: {e}"))?;
@@ -343,10 +343,7 @@ impl Engine {
             return Ok(p.clone());
         }
         let compiled = self.compile(key, bytes)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&compiled)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = self.linker.instantiate_pre(&compiled).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let prepared = Arc::new(Prepared { pre, last_call_us: AtomicU64::new(0) });
         lock(&self.prepared).insert(key.to_owned(), prepared.clone());
         Ok(prepared)
@@ -361,9 +358,8 @@ impl Engine {
             return Ok(m);
         }
         let compiled = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let artifact = compiled
-            .serialize()
-            .map_err(|e| LoadError::Compile(format!("cannot serialize compiled code: {e:#}")))?;
+        let artifact =
+            compiled.serialize().map_err(|e| LoadError::Compile(format!("cannot serialize compiled code: {e:#}")))?;
         // The cache only saves a later compile: a host whose disk is full still runs the code.
         if let Err(e) = write_artifact(&path, &artifact) {
             tracing::warn!(path = %path.display(), "cannot write the code cache: {e}");
@@ -400,7 +396,8 @@ impl Engine {
     /// limits. Hosts (remote evaluation) and clients (code on demand) both run modules here.
     pub fn run(&self, module: &Runnable, input: Vec<u8>, resources: Arc<Resources>) -> Result<Vec<u8>, RunError> {
         let guest = self.guest(module, input, resources);
-        let (output, ()) = self.call(&module.prepared, guest, roam_abi::QUERY_EXPORT, |_, _| Ok(()), |_, _, _| Ok(()))?;
+        let (output, ()) =
+            self.call(&module.prepared, guest, roam_abi::QUERY_EXPORT, |_, _| Ok(()), |_, _, _| Ok(()))?;
         Ok(output)
     }
 
@@ -412,11 +409,7 @@ impl Engine {
         let runnable = runnable(prepared, module);
         let mut store = Store::new(&self.engine, self.guest(&runnable, Vec::new(), Arc::default()));
         store.limiter(|g| g);
-        let instance = runnable
-            .prepared
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let instance = runnable.prepared.pre.instantiate(&mut store).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let memory = instance
             .get_memory(&mut store, roam_abi::MEMORY_EXPORT)
             .ok_or_else(|| LoadError::Link("an agent module must export its memory as `memory`".into()))?;
@@ -544,14 +537,8 @@ impl Engine {
         match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => RunError::OutOfTime(self.limits.time),
             Some(Trap::StackOverflow) => RunError::StackOverflow(self.limits.stack_bytes),
-            Some(trap) => RunError::Trap {
-                reason: trap.to_string(),
-                message: guest.module_error(),
-            },
-            None => RunError::Trap {
-                reason: format!("{e:#}"),
-                message: guest.module_error(),
-            },
+            Some(trap) => RunError::Trap { reason: trap.to_string(), message: guest.module_error() },
+            None => RunError::Trap { reason: format!("{e:#}"), message: guest.module_error() },
         }
     }
 }

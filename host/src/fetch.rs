@@ -96,9 +96,8 @@ pub async fn download(
             }
         }
     };
-    let bytes = tokio::time::timeout(DOWNLOAD_TIMEOUT, work)
-        .await
-        .map_err(|_| FetchError::Timeout(started.elapsed()))??;
+    let bytes =
+        tokio::time::timeout(DOWNLOAD_TIMEOUT, work).await.map_err(|_| FetchError::Timeout(started.elapsed()))??;
     let got = roam_keys::hash_module(&bytes);
     if got != hash {
         return Err(FetchError::HashMismatch { expected: hash, got });
@@ -158,12 +157,7 @@ pub struct CodeCache {
 impl CodeCache {
     /// Opens (creating) a cache under `dir`, verifying against `trust`.
     pub fn open(dir: &Path, trust: TrustStore) -> Result<Self, FetchError> {
-        Ok(Self {
-            dir: dir.to_owned(),
-            state: State::open(dir)?,
-            trust,
-            max_size: roam_keys::DEFAULT_MAX_MODULE_SIZE,
-        })
+        Ok(Self { dir: dir.to_owned(), state: State::open(dir)?, trust, max_size: roam_keys::DEFAULT_MAX_MODULE_SIZE })
     }
 
     /// `$ROAM_CACHE`, else `$XDG_CACHE_HOME/roam`, else `~/.cache/roam`.

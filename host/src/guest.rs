@@ -215,7 +215,8 @@ fn read(caller: &mut Ctx<'_>, what: &'static str, ptr: u32, len: u32) -> wasmtim
 /// Reads a UTF-8 string argument; `None` (after setting the last error) if it is not UTF-8.
 fn read_str(caller: &mut Ctx<'_>, what: &'static str, ptr: u32, len: u32) -> wasmtime::Result<Result<String, i64>> {
     let bytes = read(caller, what, ptr, len)?;
-    Ok(String::from_utf8(bytes).map_err(|_| caller.data_mut().fail(ErrorCode::InvalidArgument, format!("{what}: not UTF-8"))))
+    Ok(String::from_utf8(bytes)
+        .map_err(|_| caller.data_mut().fail(ErrorCode::InvalidArgument, format!("{what}: not UTF-8"))))
 }
 
 /// Copies `bytes` into the guest's memory at `ptr`.
@@ -223,10 +224,7 @@ fn write(caller: &mut Ctx<'_>, what: &'static str, ptr: u32, bytes: &[u8]) -> wa
     let mem = memory(caller)?;
     let start = ptr as usize;
     let end = start.checked_add(bytes.len()).ok_or(HostTrap::OutOfBounds(what))?;
-    mem.data_mut(caller)
-        .get_mut(start..end)
-        .ok_or(HostTrap::OutOfBounds(what))?
-        .copy_from_slice(bytes);
+    mem.data_mut(caller).get_mut(start..end).ok_or(HostTrap::OutOfBounds(what))?.copy_from_slice(bytes);
     Ok(())
 }
 
@@ -316,7 +314,9 @@ mod data {
             if !g.may_use(&needed) {
                 return Ok(g.fail(
                     ErrorCode::Denied,
-                    format!("the module's signature does not grant capability {needed:?}; re-sign it with --cap {needed}"),
+                    format!(
+                        "the module's signature does not grant capability {needed:?}; re-sign it with --cap {needed}"
+                    ),
                 ));
             }
             // One handle per resource, however often it is opened: the handle table stays as
@@ -352,7 +352,10 @@ mod data {
                     return Ok(g.fail(ErrorCode::WrongType, format!("{} is not a table", resource.name)));
                 }
                 if g.cursors.iter().flatten().count() >= MAX_CURSORS {
-                    return Ok(g.fail(ErrorCode::TooLarge, format!("at most {MAX_CURSORS} cursors may be open at once; close one")));
+                    return Ok(g.fail(
+                        ErrorCode::TooLarge,
+                        format!("at most {MAX_CURSORS} cursors may be open at once; close one"),
+                    ));
                 }
                 match resource.query(&sql, params, g.deadline) {
                     // A closed cursor's slot is reused, so the table never outgrows MAX_CURSORS.

@@ -74,8 +74,6 @@ pub(crate) struct Inner {
     pub(crate) agent_limits: crate::agents::wire::AgentLimits,
     /// Largest table an agent carries by copy or move.
     pub(crate) max_copy: usize,
-    /// A step to crash at, for fault-injection tests (`ROAM_FAULT_ABORT_AT`).
-    pub(crate) fault: Option<String>,
 }
 
 impl Host {
@@ -133,7 +131,6 @@ impl Host {
                 max_connections: config.limits.max_connections,
                 agent_limits: config.limits.agents(),
                 max_copy: config.limits.copy_kib << 10,
-                fault: std::env::var("ROAM_FAULT_ABORT_AT").ok().filter(|s| !s.is_empty()),
             }),
         })
     }
@@ -213,7 +210,10 @@ impl Host {
         // agent, so a slow or dead peer holds up only what is bound for it.
         if let Ok(dests) = store::outbox_destinations(&inner.state) {
             for dest in dests {
-                self.spawn_once(format!("report {dest}"), move |inner| async move { inner.flush_outbox_to(&dest).await });
+                self.spawn_once(
+                    format!("report {dest}"),
+                    move |inner| async move { inner.flush_outbox_to(&dest).await },
+                );
             }
         }
         let moving = store::due_to_move(&inner.state, MOVES_PER_ROUND, |id, hop| {
@@ -258,7 +258,9 @@ impl Host {
                 let inner = self.inner.clone();
                 blocking(move || inner.publish(module).map(Response::Published)).await
             }
-            Request::List => self.inner.state.modules().map_or_else(|e| Response::Error(internal(e)), Response::Modules),
+            Request::List => {
+                self.inner.state.modules().map_or_else(|e| Response::Error(internal(e)), Response::Modules)
+            }
             Request::Resolve { name, version } => match self.inner.state.resolve(&name, version.as_ref()) {
                 Ok(Some(info)) => Response::Resolved(info),
                 Ok(None) => Response::Error(RemoteError::new(
@@ -337,7 +339,9 @@ impl Host {
 async fn blocking(f: impl FnOnce() -> Result<Response, RemoteError> + Send + 'static) -> Response {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.unwrap_or_else(Response::Error),
-        Err(e) => Response::Error(RemoteError::new(ErrorKind::Internal, format!("the request failed inside the host: {e}"))),
+        Err(e) => {
+            Response::Error(RemoteError::new(ErrorKind::Internal, format!("the request failed inside the host: {e}")))
+        }
     }
 }
 
@@ -390,9 +394,10 @@ impl Inner {
         }
         self.store(hash, &verified)?;
         tracing::info!(%hash, name = %claims.name, version = %claims.version, kind = %claims.kind, "published module");
-        self.state.module(&hash).map_err(internal)?.ok_or_else(|| {
-            RemoteError::new(ErrorKind::Internal, "the module was stored but cannot be read back")
-        })
+        self.state
+            .module(&hash)
+            .map_err(internal)?
+            .ok_or_else(|| RemoteError::new(ErrorKind::Internal, "the module was stored but cannot be read back"))
     }
 
     fn fetch(&self, hash: ModuleHash, offset: u64, max: u32) -> Result<Response, RemoteError> {
@@ -419,7 +424,13 @@ impl Inner {
         kind: Option<Kind>,
         history: &dyn roam_keys::VersionHistory,
     ) -> Result<VerifiedModule, RemoteError> {
-        let ctx = VerifyContext { trust: &self.trust, now: now_secs(), max_size: self.max_module, expected_kind: kind, history };
+        let ctx = VerifyContext {
+            trust: &self.trust,
+            now: now_secs(),
+            max_size: self.max_module,
+            expected_kind: kind,
+            history,
+        };
         roam_keys::verify(bytes, &ctx).map_err(|e| verify_error(&e))
     }
 
@@ -455,15 +466,17 @@ impl Inner {
         // A long module sent whole, so without its long-call permit: it runs only if one is
         // free now, since waiting here would hold a module thread.
         let _long = match long {
-            None if whole && admitted.runnable.runs_long() => Some(self.long_calls.clone().try_acquire_owned().map_err(|_| {
-                RemoteError::new(ErrorKind::Busy, "every module thread but one is running a long call; retry shortly")
-            })?),
+            None if whole && admitted.runnable.runs_long() => {
+                Some(self.long_calls.clone().try_acquire_owned().map_err(|_| {
+                    RemoteError::new(
+                        ErrorKind::Busy,
+                        "every module thread but one is running a long call; retry shortly",
+                    )
+                })?)
+            }
             long => long,
         };
-        let output = self
-            .engine
-            .run(&admitted.runnable, input, self.resources.clone())
-            .map_err(run_error)?;
+        let output = self.engine.run(&admitted.runnable, input, self.resources.clone()).map_err(run_error)?;
         Ok(Response::Result(output))
     }
 
@@ -495,10 +508,7 @@ impl Inner {
         if let Some(a) = self.cached(hash)? {
             return Ok(Some(a));
         }
-        let stored = self
-            .state
-            .load_module(&hash)
-            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
+        let stored = self.state.load_module(&hash).map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
         match stored {
             // A stored file whose hash no longer matches is treated as missing: the client
             // sends the module again and the good copy replaces it.

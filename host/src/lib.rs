@@ -21,6 +21,7 @@ mod cache;
 pub mod client;
 pub mod config;
 pub mod engine;
+mod fault;
 pub mod fetch;
 pub mod guest;
 pub mod host;

@@ -42,7 +42,9 @@ pub enum LocalError {
     #[error(transparent)]
     Load(#[from] LoadError),
     /// The module asks for capabilities the application did not grant.
-    #[error("the module asks for {missing:?}, which were not granted; grant them with --allow if you trust it with them")]
+    #[error(
+        "the module asks for {missing:?}, which were not granted; grant them with --allow if you trust it with them"
+    )]
     NotGranted {
         /// The requested capabilities not granted.
         missing: Vec<String>,
@@ -118,7 +120,8 @@ impl Builder {
     pub fn build(self) -> Result<CodeOnDemand, LocalError> {
         let dir = self.cache.unwrap_or_else(CodeCache::default_dir);
         let cache = CodeCache::open(&dir, self.trust)?;
-        let engine = Engine::new(self.limits, Some(cache.code_dir())).map_err(|e| LocalError::Setup(format!("{e:#}")))?;
+        let engine =
+            Engine::new(self.limits, Some(cache.code_dir())).map_err(|e| LocalError::Setup(format!("{e:#}")))?;
         Ok(CodeOnDemand {
             cache,
             engine,
@@ -206,8 +209,10 @@ impl CodeOnDemand {
     /// Calls a module with any serializable input and decodes its result. No network.
     pub fn call<I: Serialize, O: DeserializeOwned>(&self, module: &LocalModule, input: &I) -> Result<O, LocalError> {
         let mut bytes = Vec::new();
-        ciborium::into_writer(input, &mut bytes).map_err(|e| LocalError::Codec(format!("cannot encode the input: {e}")))?;
+        ciborium::into_writer(input, &mut bytes)
+            .map_err(|e| LocalError::Codec(format!("cannot encode the input: {e}")))?;
         let output = self.call_raw(module, bytes)?;
-        ciborium::from_reader(output.as_slice()).map_err(|e| LocalError::Codec(format!("cannot decode the result: {e}")))
+        ciborium::from_reader(output.as_slice())
+            .map_err(|e| LocalError::Codec(format!("cannot decode the result: {e}")))
     }
 }

@@ -220,9 +220,7 @@ struct HostArgs {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ROAM_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ROAM_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -295,12 +293,21 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Modules { host } => {
             let list = runtime()?.block_on(async { Client::connect(&host).await?.list().await })?;
-            println!("{:<24} {:<10} {:<6} {:>9} {:>9}  {:<16} hash", "name", "version", "kind", "size", "downloads", "signer");
+            println!(
+                "{:<24} {:<10} {:<6} {:>9} {:>9}  {:<16} hash",
+                "name", "version", "kind", "size", "downloads", "signer"
+            );
             for m in list {
                 let signer = m.signer.to_hex();
                 println!(
                     "{:<24} {:<10} {:<6} {:>9} {:>9}  {:<16} {}",
-                    m.name, m.version.to_string(), m.kind.to_string(), m.size, m.downloads, &signer[..16], m.hash
+                    m.name,
+                    m.version.to_string(),
+                    m.kind.to_string(),
+                    m.size,
+                    m.downloads,
+                    &signer[..16],
+                    m.hash
                 );
             }
             Ok(())
@@ -351,7 +358,12 @@ fn run(cli: Cli) -> Result<()> {
                 for a in list {
                     println!(
                         "{:<32}  {:<24} {:<11} {:>4}  {:<20} {}",
-                        a.id, a.label, a.state, a.hops, a.location, a.detail.unwrap_or_default()
+                        a.id,
+                        a.label,
+                        a.state,
+                        a.hops,
+                        a.location,
+                        a.detail.unwrap_or_default()
                     );
                 }
                 return Ok(());
@@ -364,7 +376,13 @@ fn run(cli: Cli) -> Result<()> {
             if a.home {
                 println!("route:");
                 for v in &a.route {
-                    println!("  hop {:>3}  {} ({})  {}", v.hop, v.host, v.address, roam_host::agents::describe_bindings(&v.bindings));
+                    println!(
+                        "  hop {:>3}  {} ({})  {}",
+                        v.hop,
+                        v.host,
+                        v.address,
+                        roam_host::agents::describe_bindings(&v.bindings)
+                    );
                 }
             }
             if !a.result.is_empty() {
@@ -390,7 +408,8 @@ fn run(cli: Cli) -> Result<()> {
             let cache_dir = cache.unwrap_or_else(roam_host::fetch::CodeCache::default_dir);
             let mut resources = roam_host::resources::Resources::default();
             for spec in &tables {
-                let (name, file) = spec.split_once('=').with_context(|| format!("--table {spec:?}: expected NAME=FILE"))?;
+                let (name, file) =
+                    spec.split_once('=').with_context(|| format!("--table {spec:?}: expected NAME=FILE"))?;
                 resources.add_table(name, Default::default(), file.as_ref(), &cache_dir)?;
             }
             let mut builder = roam_host::local::CodeOnDemand::builder(trust)

@@ -139,7 +139,8 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut buf = GivingWay(vec![0u8; 4]);
     ciborium::into_writer(msg, &mut buf).map_err(|e| FrameError::Malformed(e.to_string()))?;
     let GivingWay(mut buf) = buf;
-    let len = u32::try_from(buf.len() - 4).map_err(|_| FrameError::TooLarge { size: buf.len(), max: u32::MAX as usize })?;
+    let len =
+        u32::try_from(buf.len() - 4).map_err(|_| FrameError::TooLarge { size: buf.len(), max: u32::MAX as usize })?;
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf)
 }
@@ -191,7 +192,8 @@ pub const NONCE_LEN: usize = 32;
 /// A fresh random challenge.
 pub fn nonce() -> Result<Vec<u8>, FrameError> {
     let mut nonce = vec![0u8; NONCE_LEN];
-    getrandom::getrandom(&mut nonce).map_err(|e| FrameError::Malformed(format!("no randomness for the handshake: {e}")))?;
+    getrandom::getrandom(&mut nonce)
+        .map_err(|e| FrameError::Malformed(format!("no randomness for the handshake: {e}")))?;
     Ok(nonce)
 }
 

@@ -139,9 +139,9 @@ impl Resource {
     /// Appends a line to a log resource.
     pub fn append(&self, module: &str, line: &str) -> Result<(), ResourceError> {
         match &self.backend {
-            Backend::Log(state) => state
-                .append_log(&self.name, module, line)
-                .map_err(|e| ResourceError::Sql(e.to_string())),
+            Backend::Log(state) => {
+                state.append_log(&self.name, module, line).map_err(|e| ResourceError::Sql(e.to_string()))
+            }
             Backend::Remote(f) => f.append(line),
             Backend::Table(_) => Err(ResourceError::Sql(format!("{} is a table, not a log", self.name))),
         }
@@ -217,11 +217,7 @@ impl Resources {
         source: &Path,
         data_dir: &Path,
     ) -> Result<(), ResourceError> {
-        let load_err = |reason: String| ResourceError::Load {
-            name: name.to_owned(),
-            path: source.to_owned(),
-            reason,
-        };
+        let load_err = |reason: String| ResourceError::Load { name: name.to_owned(), path: source.to_owned(), reason };
         let is_csv = source.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
         let db = if is_csv {
             let db = data_dir.join("tables").join(format!("{name}.db"));
@@ -246,7 +242,13 @@ impl Resources {
     }
 
     /// Adds a table holding a copy that travelled with an agent, written to `path`.
-    pub fn add_copy(&mut self, name: &str, attachment: Attachment, copy: &TableCopy, path: &Path) -> Result<(), ResourceError> {
+    pub fn add_copy(
+        &mut self,
+        name: &str,
+        attachment: Attachment,
+        copy: &TableCopy,
+        path: &Path,
+    ) -> Result<(), ResourceError> {
         let load_err = |reason: String| ResourceError::Load { name: name.to_owned(), path: path.to_owned(), reason };
         write_copy(copy, path, name).map_err(load_err)?;
         let pool = TablePool::open(path.to_owned(), name).map_err(load_err)?;
@@ -327,10 +329,7 @@ impl TablePool {
         let cancel = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let stop = cancel.clone();
-        conn.progress_handler(
-            1000,
-            Some(move || stop.load(Ordering::Relaxed) || Instant::now() >= deadline),
-        );
+        conn.progress_handler(1000, Some(move || stop.load(Ordering::Relaxed) || Instant::now() >= deadline));
         let pool = self.clone();
         std::thread::Builder::new()
             .name("roam-query".into())
@@ -633,14 +632,9 @@ fn import_csv_if_stale(csv_path: &Path, db: &Path, table: &str) -> Result<(), St
     let tmp = db.with_extension("loading");
     let _ = std::fs::remove_file(&tmp);
     let mut conn = Connection::open(&tmp).map_err(|e| e.to_string())?;
-    conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
-        .map_err(|e| e.to_string())?;
+    conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;").map_err(|e| e.to_string())?;
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let cols: Vec<String> = headers
-        .iter()
-        .zip(&types)
-        .map(|(h, t)| format!("{} {}", quote(h), t.sql()))
-        .collect();
+    let cols: Vec<String> = headers.iter().zip(&types).map(|(h, t)| format!("{} {}", quote(h), t.sql())).collect();
     let create = format!("CREATE TABLE {} ({})", quote(table), cols.join(", "));
     let marks = vec!["?"; headers.len()].join(", ");
     let insert = format!("INSERT INTO {} VALUES ({marks})", quote(table));
@@ -676,7 +670,8 @@ fn write_copy(copy: &TableCopy, path: &Path, table: &str) -> Result<(), String> 
     tx.execute(&format!("CREATE TABLE {} ({})", quote(table), cols.join(", ")), []).map_err(|e| e.to_string())?;
     {
         let marks = vec!["?"; cols.len()].join(", ");
-        let mut stmt = tx.prepare(&format!("INSERT INTO {} VALUES ({marks})", quote(table))).map_err(|e| e.to_string())?;
+        let mut stmt =
+            tx.prepare(&format!("INSERT INTO {} VALUES ({marks})", quote(table))).map_err(|e| e.to_string())?;
         for row in &copy.rows {
             if row.len() != cols.len() {
                 return Err(format!("a row of {} cells in a table of {} columns", row.len(), cols.len()));
@@ -755,7 +750,11 @@ mod tests {
         let resources = sales_table(dir.path())?;
         let table = resources.get("sales").ok_or("no table")?;
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        let mut cursor = table.query("SELECT id, amount FROM sales WHERE region = ?1 ORDER BY id", vec!["north".into()], deadline)?;
+        let mut cursor = table.query(
+            "SELECT id, amount FROM sales WHERE region = ?1 ORDER BY id",
+            vec!["north".into()],
+            deadline,
+        )?;
         assert_eq!(
             rows(&mut cursor)?,
             vec![vec![Value::Integer(1), Value::Real(10.0)], vec![Value::Integer(3), Value::Null]]

@@ -123,10 +123,7 @@ async fn serve(host: Host, listener: TcpListener, lane: Lane, mut stopped: watch
         }
     }
     drop(listener);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!("shutdown: connections still open after {DRAIN_TIMEOUT:?}; closing them");
         connections.abort_all();
@@ -182,7 +179,13 @@ async fn connection(
     } else {
         let proof = host.prove(&hello.nonce).to_vec();
         let challenge = protocol::nonce()?;
-        Welcome::Accepted { version: VERSION, host: host.name().to_owned(), host_key: host.public_key(), proof, challenge }
+        Welcome::Accepted {
+            version: VERSION,
+            host: host.name().to_owned(),
+            host_key: host.public_key(),
+            proof,
+            challenge,
+        }
     };
     let Welcome::Accepted { challenge, .. } = &welcome else {
         send(&mut stream, &welcome, within).await?;
@@ -265,9 +268,7 @@ async fn linger(stream: &mut TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = stream.shutdown().await;
     let mut buf = [0u8; 4096];
-    let drain = async {
-        while let Ok(1..) = stream.read(&mut buf).await {}
-    };
+    let drain = async { while let Ok(1..) = stream.read(&mut buf).await {} };
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 

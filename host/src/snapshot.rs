@@ -27,7 +27,9 @@ pub enum SnapshotError {
     #[error("agent modules may not import globals")]
     ImportedGlobal,
     /// The module can change its tables, which snapshots do not carry.
-    #[error("agent modules may not change their tables at run time (the module uses {0}); build the agent with the roam SDK")]
+    #[error(
+        "agent modules may not change their tables at run time (the module uses {0}); build the agent with the roam SDK"
+    )]
     MutableTable(&'static str),
     /// The snapshot does not fit the module or the host's limits.
     #[error("snapshot refused: {0}")]
@@ -105,7 +107,11 @@ pub fn instrument(module: &[u8]) -> Result<(Vec<u8>, GlobalSlots), SnapshotError
                             ValType::I64 => GlobalKind::I64,
                             ValType::F32 => GlobalKind::F32,
                             ValType::F64 => GlobalKind::F64,
-                            other => return Err(SnapshotError::Parse(format!("mutable global of type {other} cannot be carried"))),
+                            other => {
+                                return Err(SnapshotError::Parse(format!(
+                                    "mutable global of type {other} cannot be carried"
+                                )));
+                            }
                         };
                         mutable.push((index as u32, kind));
                     }
@@ -164,7 +170,8 @@ pub fn instrument(module: &[u8]) -> Result<(Vec<u8>, GlobalSlots), SnapshotError
     }
 
     // Rewrite the export section: the old entries as they are, then the new ones.
-    let entries_start = range.start + leb_len(&module[range.start..]).ok_or_else(|| SnapshotError::Parse("bad export count".into()))?;
+    let entries_start =
+        range.start + leb_len(&module[range.start..]).ok_or_else(|| SnapshotError::Parse("bad export count".into()))?;
     let mut body = Vec::new();
     roam_keys::write_leb_u32(&mut body, export_count + added.len() as u32);
     body.extend_from_slice(&module[entries_start..range.end]);
@@ -328,7 +335,10 @@ mod tests {
             Snapshot { chunks: vec![Chunk { offset: 3, bytes: vec![0; PAGE] }], ..good.clone() },
             Snapshot { chunks: vec![Chunk { offset: 0, bytes: vec![0; 10] }], ..good.clone() },
             Snapshot {
-                chunks: vec![Chunk { offset: PAGE as u64, bytes: vec![0; PAGE] }, Chunk { offset: 0, bytes: vec![0; PAGE] }],
+                chunks: vec![
+                    Chunk { offset: PAGE as u64, bytes: vec![0; PAGE] },
+                    Chunk { offset: 0, bytes: vec![0; PAGE] },
+                ],
                 ..good.clone()
             },
             Snapshot { chunks: vec![Chunk { offset: u64::MAX - 100, bytes: vec![0; PAGE] }], ..good.clone() },

@@ -72,11 +72,7 @@ impl StateError {
     /// An I/O failure on `path`; a full disk says so.
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         let path = path.to_path_buf();
-        if source.kind() == std::io::ErrorKind::StorageFull {
-            Self::Full { path }
-        } else {
-            Self::Io { path, source }
-        }
+        if source.kind() == std::io::ErrorKind::StorageFull { Self::Full { path } } else { Self::Io { path, source } }
     }
 }
 
@@ -204,10 +200,7 @@ impl State {
     /// The module of `name` with `version`, or with the highest version if `None`.
     pub fn resolve(&self, name: &str, version: Option<&semver::Version>) -> Result<Option<ModuleInfo>, StateError> {
         let all = self.select("WHERE name = ?1", &[&name])?;
-        Ok(all
-            .into_iter()
-            .filter(|m| version.is_none_or(|v| &m.version == v))
-            .max_by(|a, b| a.version.cmp(&b.version)))
+        Ok(all.into_iter().filter(|m| version.is_none_or(|v| &m.version == v)).max_by(|a, b| a.version.cmp(&b.version)))
     }
 
     /// Forgets a stored module (its file and its index row), e.g. after it was found corrupt.
@@ -218,9 +211,7 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(StateError::io(&path, e)),
         }
-        lock(&self.conn)
-            .execute("DELETE FROM modules WHERE hash = ?1", [hash.to_string()])
-            .map_err(|e| self.db(e))?;
+        lock(&self.conn).execute("DELETE FROM modules WHERE hash = ?1", [hash.to_string()]).map_err(|e| self.db(e))?;
         Ok(())
     }
 
@@ -280,13 +271,26 @@ impl State {
             else {
                 continue;
             };
-            out.push(ModuleInfo { hash, kind, name, version, signer, size: size.max(0) as u64, downloads: downloads.max(0) as u64 });
+            out.push(ModuleInfo {
+                hash,
+                kind,
+                name,
+                version,
+                signer,
+                size: size.max(0) as u64,
+                downloads: downloads.max(0) as u64,
+            });
         }
         Ok(out)
     }
 
     /// Reads up to `max` bytes of a stored module from `offset`, with the file's total size.
-    pub fn read_module_chunk(&self, hash: &ModuleHash, offset: u64, max: usize) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+    pub fn read_module_chunk(
+        &self,
+        hash: &ModuleHash,
+        offset: u64,
+        max: usize,
+    ) -> Result<Option<(u64, Vec<u8>)>, StateError> {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.module_path(hash);
         let io = |e| StateError::io(&path, e);
@@ -310,9 +314,7 @@ impl State {
             .query_row("SELECT version FROM accepted_versions WHERE name = ?1", [name], |r| r.get(0))
             .optional()
             .map_err(|e| self.db(e))?;
-        let newer = current
-            .and_then(|v| semver::Version::parse(&v).ok())
-            .is_none_or(|v| *version > v);
+        let newer = current.and_then(|v| semver::Version::parse(&v).ok()).is_none_or(|v| *version > v);
         if newer {
             conn.execute(
                 "INSERT INTO accepted_versions (name, version) VALUES (?1, ?2)
@@ -326,7 +328,10 @@ impl State {
 
     /// Runs `f` in one transaction on the state database: it commits (and, with
     /// `synchronous = FULL`, is on disk) when `f` returns `Ok`, and rolls back otherwise.
-    pub fn transaction<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T, StateError> {
+    pub fn transaction<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StateError> {
         let mut conn = lock(&self.conn);
         let tx = conn.transaction().map_err(|e| self.db(e))?;
         let out = f(&tx).map_err(|e| self.db(e))?;
@@ -348,9 +353,8 @@ impl State {
     /// The lines of a log resource, oldest first.
     pub fn log_lines(&self, resource: &str) -> Result<Vec<String>, StateError> {
         let conn = lock(&self.conn);
-        let mut stmt = conn
-            .prepare("SELECT line FROM log_entries WHERE resource = ?1 ORDER BY id")
-            .map_err(|e| self.db(e))?;
+        let mut stmt =
+            conn.prepare("SELECT line FROM log_entries WHERE resource = ?1 ORDER BY id").map_err(|e| self.db(e))?;
         let lines = stmt
             .query_map([resource], |r| r.get(0))
             .and_then(|rows| rows.collect::<Result<Vec<String>, _>>())

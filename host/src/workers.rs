@@ -206,7 +206,8 @@ mod tests {
     use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
 
     fn idle() -> bool {
-        thread_priority::thread_schedule_policy().ok() == Some(ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle))
+        thread_priority::thread_schedule_policy().ok()
+            == Some(ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle))
     }
 
     #[tokio::test]

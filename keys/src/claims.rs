@@ -63,12 +63,7 @@ impl FromStr for Kind {
     type Err = ParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| ParseError::UnknownKind {
-                input: s.to_owned(),
-            })
+        Kind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| ParseError::UnknownKind { input: s.to_owned() })
     }
 }
 
@@ -101,10 +96,7 @@ impl FromStr for ModuleHash {
     type Err = ParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = |reason| ParseError::InvalidHash {
-            input: s.chars().take(80).collect(),
-            reason,
-        };
+        let invalid = |reason| ParseError::InvalidHash { input: s.chars().take(80).collect(), reason };
         if s.len() != 64 {
             return Err(invalid("it is not 64 characters long"));
         }

@@ -139,10 +139,7 @@ impl SecretKey {
     /// [`KeyError::Io`] if the file cannot be read; [`KeyError::WrongHeader`],
     /// [`KeyError::BadHex`] or [`KeyError::WrongLength`] if its contents are malformed.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let mut text = fs::read(path).map_err(|source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let mut text = fs::read(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
         let parsed = parse_key_file(&text, path, KeyFile::Secret);
         // The file's copy of the secret would otherwise linger in freed memory.
         wipe(&mut text);
@@ -172,9 +169,7 @@ impl SecretKey {
 
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretKey")
-            .field("public", &self.public().to_hex())
-            .finish_non_exhaustive()
+        f.debug_struct("SecretKey").field("public", &self.public().to_hex()).finish_non_exhaustive()
     }
 }
 
@@ -209,10 +204,7 @@ impl PublicKey {
     /// # Errors
     /// [`KeyError::InvalidHex`] if `s` is not exactly 64 hex characters.
     pub fn from_hex(s: &str) -> Result<Self, KeyError> {
-        let invalid = |reason| KeyError::InvalidHex {
-            input: s.chars().take(80).collect(),
-            reason,
-        };
+        let invalid = |reason| KeyError::InvalidHex { input: s.chars().take(80).collect(), reason };
         if s.len() != KEY_HEX_LEN {
             return Err(invalid("it is not 64 characters long"));
         }
@@ -227,10 +219,7 @@ impl PublicKey {
     /// [`KeyError::Io`] if the file cannot be read; [`KeyError::WrongHeader`],
     /// [`KeyError::BadHex`] or [`KeyError::WrongLength`] if its contents are malformed.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = fs::read(path).map_err(|source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = fs::read(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
         parse_key_file(&text, path, KeyFile::Public).map(Self)
     }
 
@@ -289,47 +278,27 @@ impl KeyFile {
 
 /// Parses `<header> <64 hex>` with an optional trailing newline (LF or CRLF).
 fn parse_key_file(text: &[u8], path: &Path, kind: KeyFile) -> Result<[u8; 32], KeyError> {
-    let line = text
-        .strip_suffix(b"\n")
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .unwrap_or(text);
+    let line = text.strip_suffix(b"\n").map(|l| l.strip_suffix(b"\r").unwrap_or(l)).unwrap_or(text);
     let header = kind.header().as_bytes();
-    let Some(hex_part) = line
-        .strip_prefix(header)
-        .and_then(|rest| rest.strip_prefix(b" "))
-    else {
+    let Some(hex_part) = line.strip_prefix(header).and_then(|rest| rest.strip_prefix(b" ")) else {
         let hint = if line.starts_with(kind.other().header().as_bytes()) {
             match kind {
                 KeyFile::Secret => "; this is a public key file (.pub), give the .key file",
-                KeyFile::Public => {
-                    "; this is a SECRET key file, give the .pub file and keep this one private"
-                }
+                KeyFile::Public => "; this is a SECRET key file, give the .pub file and keep this one private",
             }
         } else {
             ""
         };
-        return Err(KeyError::WrongHeader {
-            path: path.to_owned(),
-            what: kind.what(),
-            expected: kind.header(),
-            hint,
-        });
+        return Err(KeyError::WrongHeader { path: path.to_owned(), what: kind.what(), expected: kind.header(), hint });
     };
     if !hex_part.iter().all(u8::is_ascii_hexdigit) {
-        return Err(KeyError::BadHex {
-            path: path.to_owned(),
-        });
+        return Err(KeyError::BadHex { path: path.to_owned() });
     }
     if hex_part.len() != KEY_HEX_LEN {
-        return Err(KeyError::WrongLength {
-            path: path.to_owned(),
-            len: hex_part.len(),
-        });
+        return Err(KeyError::WrongLength { path: path.to_owned(), len: hex_part.len() });
     }
     let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_part, &mut out).map_err(|_| KeyError::BadHex {
-        path: path.to_owned(),
-    })?;
+    hex::decode_to_slice(hex_part, &mut out).map_err(|_| KeyError::BadHex { path: path.to_owned() })?;
     Ok(out)
 }
 
@@ -353,10 +322,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), KeyError> {
     } else {
         return Ok(());
     };
-    Err(KeyError::InvalidName {
-        name: name.to_owned(),
-        reason,
-    })
+    Err(KeyError::InvalidName { name: name.to_owned(), reason })
 }
 
 /// Generates a key pair and writes `DIR/NAME.key` and `DIR/NAME.pub`.
@@ -412,16 +378,10 @@ fn create_dir(dir: &Path) -> Result<(), KeyError> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(dir).map_err(|source| KeyError::Io {
-        path: dir.to_owned(),
-        source,
-    })
+    builder.create(dir).map_err(|source| KeyError::Io { path: dir.to_owned(), source })
 }
 
-fn create_new(
-    path: &Path,
-    #[cfg_attr(not(unix), allow(unused))] mode: u32,
-) -> Result<File, KeyError> {
+fn create_new(path: &Path, #[cfg_attr(not(unix), allow(unused))] mode: u32) -> Result<File, KeyError> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -431,14 +391,9 @@ fn create_new(
     }
     options.open(path).map_err(|source| {
         if source.kind() == io::ErrorKind::AlreadyExists {
-            KeyError::Exists {
-                path: path.to_owned(),
-            }
+            KeyError::Exists { path: path.to_owned() }
         } else {
-            KeyError::Io {
-                path: path.to_owned(),
-                source,
-            }
+            KeyError::Io { path: path.to_owned(), source }
         }
     })
 }
@@ -446,10 +401,5 @@ fn create_new(
 /// Writes and flushes to disk: a key that vanishes in a crash after being handed out is worse
 /// than a slow key generation.
 fn write_synced(file: &mut File, path: &Path, data: &[u8]) -> Result<(), KeyError> {
-    file.write_all(data)
-        .and_then(|()| file.sync_all())
-        .map_err(|source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        })
+    file.write_all(data).and_then(|()| file.sync_all()).map_err(|source| KeyError::Io { path: path.to_owned(), source })
 }

@@ -47,6 +47,7 @@
 mod claims;
 mod key;
 mod sign;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
 mod trust;
@@ -58,8 +59,7 @@ pub use key::{KeyError, PublicKey, SecretKey, write_keypair};
 pub use sign::{SignError, SignRequest, sign_module};
 pub use trust::{KeyPolicy, POLICY_FILE, Policy, TrustError, TrustStore, TrustedKey};
 pub use verify::{
-    NoHistory, VerifiedModule, VerifyContext, VerifyError, VersionHistory, read_claims_unverified,
-    verify,
+    NoHistory, VerifiedModule, VerifyContext, VerifyError, VersionHistory, read_claims_unverified, verify,
 };
 pub use wasm::{Section, WasmError, sections, write_u32 as write_leb_u32};
 

@@ -147,19 +147,10 @@ fn check_request(req: &SignRequest) -> Result<(), SignError> {
         return Err(SignError::EmptyName);
     }
     if req.expires <= req.not_before {
-        return Err(SignError::EmptyValidity {
-            not_before: req.not_before,
-            expires: req.expires,
-        });
+        return Err(SignError::EmptyValidity { not_before: req.not_before, expires: req.expires });
     }
-    if let Some(bad) = req
-        .capabilities
-        .iter()
-        .find(|c| c.is_empty() || c.chars().any(char::is_whitespace))
-    {
-        return Err(SignError::BadCapability {
-            capability: bad.clone(),
-        });
+    if let Some(bad) = req.capabilities.iter().find(|c| c.is_empty() || c.chars().any(char::is_whitespace)) {
+        return Err(SignError::BadCapability { capability: bad.clone() });
     }
     Ok(())
 }

@@ -18,11 +18,7 @@ pub fn custom_section(name: &str, contents: &[u8]) -> Vec<u8> {
 /// The byte ranges of a module's sections (the signature section first, in a signed module),
 /// owned so that the module can then be modified.
 pub fn ranges(module: &[u8]) -> Vec<Range<usize>> {
-    sections(module)
-        .expect("the test module walks")
-        .into_iter()
-        .map(|s| s.range)
-        .collect()
+    sections(module).expect("the test module walks").into_iter().map(|s| s.range).collect()
 }
 
 /// [`DOMAIN`] followed by the CBOR of `claims`: the payload the signer signs.

@@ -130,15 +130,9 @@ impl Policy {
 
     fn parse_file(text: &str, path: &Path) -> Result<Policy, TrustError> {
         toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .and_then(|span| text.get(..span.start))
-                .map_or(1, |before| before.matches('\n').count() + 1);
-            TrustError::BadPolicy {
-                path: path.to_owned(),
-                line,
-                message: e.message().trim_end().to_owned(),
-            }
+            let line =
+                e.span().and_then(|span| text.get(..span.start)).map_or(1, |before| before.matches('\n').count() + 1);
+            TrustError::BadPolicy { path: path.to_owned(), line, message: e.message().trim_end().to_owned() }
         })
     }
 
@@ -241,9 +235,7 @@ impl TrustStore {
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(TrustError::MissingDir {
-                    path: dir.to_owned(),
-                });
+                return Err(TrustError::MissingDir { path: dir.to_owned() });
             }
             Err(e) => return Err(io_err(dir)(e)),
         };
@@ -254,9 +246,7 @@ impl TrustStore {
         for entry in entries {
             let path = entry.map_err(io_err(dir))?.path();
             let is_pub = path.extension().is_some_and(|e| e == PUBLIC_EXT);
-            let hidden = path
-                .file_name()
-                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+            let hidden = path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
             if is_pub && !hidden {
                 paths.push(path);
             }
@@ -271,11 +261,7 @@ impl TrustStore {
             };
             let key = PublicKey::load(&path)?;
             if let Some(first) = origin.get(&key) {
-                return Err(TrustError::DuplicateKey {
-                    key,
-                    first: first.clone(),
-                    second: path,
-                });
+                return Err(TrustError::DuplicateKey { key, first: first.clone(), second: path });
             }
             store = store.with_key(name, key);
             origin.insert(key, path);
@@ -298,13 +284,7 @@ impl TrustStore {
     /// name previously given to that key, as replacing the `.pub` file would.
     pub fn with_key(mut self, name: &str, key: PublicKey) -> Self {
         self.keys.retain(|_, k| k.name != name);
-        self.keys.insert(
-            key,
-            TrustedKey {
-                name: name.to_owned(),
-                key,
-            },
-        );
+        self.keys.insert(key, TrustedKey { name: name.to_owned(), key });
         self
     }
 
@@ -327,9 +307,7 @@ impl TrustStore {
 
     /// Whether the policy revokes `key`.
     pub fn is_revoked(&self, key: &PublicKey) -> bool {
-        self.policy
-            .as_ref()
-            .is_some_and(|p| p.revoked.contains(key))
+        self.policy.as_ref().is_some_and(|p| p.revoked.contains(key))
     }
 
     /// Whether `key` is trusted, not revoked, and may use `capability`.
@@ -337,11 +315,10 @@ impl TrustStore {
         match self.usable(key) {
             None => false,
             Some((_, None)) => true,
-            Some((trusted, Some(policy))) => policy.keys.get(&trusted.name).is_some_and(|k| {
-                k.capabilities
-                    .iter()
-                    .any(|pattern| Policy::pattern_allows(pattern, capability))
-            }),
+            Some((trusted, Some(policy))) => policy
+                .keys
+                .get(&trusted.name)
+                .is_some_and(|k| k.capabilities.iter().any(|pattern| Policy::pattern_allows(pattern, capability))),
         }
     }
 
@@ -350,11 +327,9 @@ impl TrustStore {
         match self.usable(key) {
             None => false,
             Some((_, None)) => true,
-            Some((trusted, Some(policy))) => policy
-                .keys
-                .get(&trusted.name)
-                .and_then(|k| k.kinds.as_ref())
-                .is_none_or(|kinds| kinds.contains(&kind)),
+            Some((trusted, Some(policy))) => {
+                policy.keys.get(&trusted.name).and_then(|k| k.kinds.as_ref()).is_none_or(|kinds| kinds.contains(&kind))
+            }
         }
     }
 

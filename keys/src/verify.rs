@@ -47,13 +47,7 @@ pub struct VerifyContext<'a> {
 impl<'a> VerifyContext<'a> {
     /// A context with the default size cap, any kind, and no version history.
     pub fn new(trust: &'a TrustStore, now: u64) -> Self {
-        Self {
-            trust,
-            now,
-            max_size: DEFAULT_MAX_MODULE_SIZE,
-            expected_kind: None,
-            history: &NoHistory,
-        }
+        Self { trust, now, max_size: DEFAULT_MAX_MODULE_SIZE, expected_kind: None, history: &NoHistory }
     }
 }
 
@@ -276,18 +270,12 @@ impl VerifiedModule {
 ///
 /// # Errors
 /// The [`VerifyError`] of the first check that fails.
-pub fn verify(
-    bytes: impl Into<Arc<[u8]>>,
-    ctx: &VerifyContext<'_>,
-) -> Result<VerifiedModule, VerifyError> {
+pub fn verify(bytes: impl Into<Arc<[u8]>>, ctx: &VerifyContext<'_>) -> Result<VerifiedModule, VerifyError> {
     let bytes: Arc<[u8]> = bytes.into();
 
     // 1. Size, before parsing anything.
     if bytes.len() > ctx.max_size {
-        return Err(VerifyError::TooLarge {
-            size: bytes.len(),
-            max: ctx.max_size,
-        });
+        return Err(VerifyError::TooLarge { size: bytes.len(), max: ctx.max_size });
     }
 
     // 2. Exactly one signature section, first.
@@ -317,36 +305,23 @@ pub fn verify(
     };
 
     // 5. The signature, checked with the trusted copy of the key.
-    if !trusted
-        .key
-        .verify_strict(&envelope.payload, &envelope.signature)
-    {
+    if !trusted.key.verify_strict(&envelope.payload, &envelope.signature) {
         return Err(VerifyError::BadSignature);
     }
 
     // 6. Validity window, against the single clock reading in the context.
     if ctx.now < claims.not_before {
-        return Err(VerifyError::NotYetValid {
-            not_before: claims.not_before,
-            now: ctx.now,
-        });
+        return Err(VerifyError::NotYetValid { not_before: claims.not_before, now: ctx.now });
     }
     if ctx.now >= claims.expires {
-        return Err(VerifyError::Expired {
-            expires: claims.expires,
-            now: ctx.now,
-        });
+        return Err(VerifyError::Expired { expires: claims.expires, now: ctx.now });
     }
 
     // 7. Rollback.
     if let Some(accepted) = ctx.history.highest_accepted(&claims.name)
         && claims.version < accepted
     {
-        return Err(VerifyError::Rollback {
-            name: claims.name,
-            version: claims.version,
-            accepted,
-        });
+        return Err(VerifyError::Rollback { name: claims.name, version: claims.version, accepted });
     }
 
     // 8. The hash of everything but the signature section, without copying the module.
@@ -366,35 +341,17 @@ pub fn verify(
     if let Some(expected) = ctx.expected_kind
         && expected != claims.kind
     {
-        return Err(VerifyError::WrongKind {
-            expected,
-            found: claims.kind,
-        });
+        return Err(VerifyError::WrongKind { expected, found: claims.kind });
     }
     if !ctx.trust.allows_kind(&signer, claims.kind) {
-        return Err(VerifyError::KindDenied {
-            kind: claims.kind,
-            signer: trusted.name.clone(),
-        });
+        return Err(VerifyError::KindDenied { kind: claims.kind, signer: trusted.name.clone() });
     }
-    if let Some(denied) = claims
-        .capabilities
-        .iter()
-        .find(|c| !ctx.trust.allows(&signer, c))
-    {
-        return Err(VerifyError::CapabilityDenied {
-            capability: denied.clone(),
-            signer: trusted.name.clone(),
-        });
+    if let Some(denied) = claims.capabilities.iter().find(|c| !ctx.trust.allows(&signer, c)) {
+        return Err(VerifyError::CapabilityDenied { capability: denied.clone(), signer: trusted.name.clone() });
     }
 
     let signer_name = trusted.name.clone();
-    Ok(VerifiedModule {
-        bytes,
-        claims,
-        hash,
-        signer_name,
-    })
+    Ok(VerifiedModule { bytes, claims, hash, signer_name })
 }
 
 /// Reads the claims of a signed module without checking anything: not the signer, the
@@ -409,10 +366,7 @@ pub fn verify(
 /// [`VerifyError::BadPayload`].
 pub fn read_claims_unverified(bytes: &[u8]) -> Result<Claims, VerifyError> {
     let sections = wasm::sections(bytes)?;
-    let section = sections
-        .iter()
-        .find(|s| is_signature(s))
-        .ok_or(VerifyError::MissingSignature)?;
+    let section = sections.iter().find(|s| is_signature(s)).ok_or(VerifyError::MissingSignature)?;
     let envelope = decode_envelope(section.payload)?;
     decode_claims(&envelope.payload)
 }
@@ -431,9 +385,7 @@ fn decode_envelope(bytes: &[u8]) -> Result<Envelope, VerifyError> {
 }
 
 fn decode_claims(payload: &[u8]) -> Result<Claims, VerifyError> {
-    let cbor = payload
-        .strip_prefix(DOMAIN)
-        .ok_or(VerifyError::MissingDomainPrefix)?;
+    let cbor = payload.strip_prefix(DOMAIN).ok_or(VerifyError::MissingDomainPrefix)?;
     decode_exact(cbor).map_err(VerifyError::BadPayload)
 }
 
@@ -442,10 +394,7 @@ fn decode_claims(payload: &[u8]) -> Result<Claims, VerifyError> {
 fn decode_exact<T: serde::de::DeserializeOwned>(mut bytes: &[u8]) -> Result<T, String> {
     let value = ciborium::from_reader(&mut bytes).map_err(|e| e.to_string())?;
     if !bytes.is_empty() {
-        return Err(format!(
-            "{} unexpected bytes after the CBOR value",
-            bytes.len()
-        ));
+        return Err(format!("{} unexpected bytes after the CBOR value", bytes.len()));
     }
     Ok(value)
 }

@@ -143,9 +143,7 @@ fn check_header(bytes: &[u8]) -> Result<(), WasmError> {
     let version: [u8; 4] = bytes
         .get(MAGIC.len()..HEADER_LEN)
         .and_then(|v| v.try_into().ok())
-        .ok_or(WasmError::Truncated {
-            offset: bytes.len(),
-        })?;
+        .ok_or(WasmError::Truncated { offset: bytes.len() })?;
     if version == CORE_VERSION {
         return Ok(());
     }
@@ -153,16 +151,12 @@ fn check_header(bytes: &[u8]) -> Result<(), WasmError> {
     if version[2..] == [1, 0] {
         return Err(WasmError::Component);
     }
-    Err(WasmError::UnsupportedVersion {
-        version: u32::from_le_bytes(version),
-    })
+    Err(WasmError::UnsupportedVersion { version: u32::from_le_bytes(version) })
 }
 
 /// Reads the section that starts at `start`, which is within `bytes`.
 fn read_section(bytes: &[u8], start: usize) -> Result<Section<'_>, WasmError> {
-    let id = *bytes
-        .get(start)
-        .ok_or(WasmError::Truncated { offset: start })?;
+    let id = *bytes.get(start).ok_or(WasmError::Truncated { offset: start })?;
     let size_at = start + 1; // cannot overflow: `start` indexes a byte of a slice
     let (size, size_len) = read_u32(bytes, size_at)?;
     let contents_start = size_at + size_len; // at most bytes.len()
@@ -171,23 +165,11 @@ fn read_section(bytes: &[u8], start: usize) -> Result<Section<'_>, WasmError> {
         .ok()
         .filter(|&s| s <= remaining)
         .map(|s| contents_start + s)
-        .ok_or(WasmError::SectionOutOfBounds {
-            id,
-            offset: start,
-            size,
-            remaining,
-        })?;
-    let contents = bytes
-        .get(contents_start..end)
-        .ok_or(WasmError::Truncated { offset: end })?;
+        .ok_or(WasmError::SectionOutOfBounds { id, offset: start, size, remaining })?;
+    let contents = bytes.get(contents_start..end).ok_or(WasmError::Truncated { offset: end })?;
 
     if id != CUSTOM_SECTION_ID {
-        return Ok(Section {
-            id,
-            name: None,
-            range: start..end,
-            payload: contents,
-        });
+        return Ok(Section { id, name: None, range: start..end, payload: contents });
     }
 
     // The name length is read from the section contents only, so a bad length can never
@@ -195,25 +177,15 @@ fn read_section(bytes: &[u8], start: usize) -> Result<Section<'_>, WasmError> {
     let name_err = WasmError::NameOutOfBounds { offset: start };
     let (name_len, len_len) = read_u32(contents, 0).map_err(|e| match e {
         WasmError::Truncated { .. } => name_err.clone(),
-        WasmError::LebOverflow { offset } => WasmError::LebOverflow {
-            offset: contents_start + offset,
-        },
+        WasmError::LebOverflow { offset } => WasmError::LebOverflow { offset: contents_start + offset },
         other => other,
     })?;
-    let name_end = usize::try_from(name_len)
-        .ok()
-        .and_then(|n| len_len.checked_add(n))
-        .ok_or_else(|| name_err.clone())?;
+    let name_end =
+        usize::try_from(name_len).ok().and_then(|n| len_len.checked_add(n)).ok_or_else(|| name_err.clone())?;
     let name_bytes = contents.get(len_len..name_end).ok_or(name_err)?;
-    let name =
-        std::str::from_utf8(name_bytes).map_err(|_| WasmError::NameNotUtf8 { offset: start })?;
+    let name = std::str::from_utf8(name_bytes).map_err(|_| WasmError::NameNotUtf8 { offset: start })?;
     let payload = contents.get(name_end..).unwrap_or_default();
-    Ok(Section {
-        id,
-        name: Some(name),
-        range: start..end,
-        payload,
-    })
+    Ok(Section { id, name: Some(name), range: start..end, payload })
 }
 
 /// Decodes an unsigned LEB128 u32 at `at`, returning the value and how many bytes it took.
@@ -223,9 +195,7 @@ fn read_section(bytes: &[u8], start: usize) -> Result<Section<'_>, WasmError> {
 pub(crate) fn read_u32(bytes: &[u8], at: usize) -> Result<(u32, usize), WasmError> {
     let mut value: u32 = 0;
     for i in 0..MAX_LEB_BYTES {
-        let pos = at
-            .checked_add(i)
-            .ok_or(WasmError::Truncated { offset: at })?;
+        let pos = at.checked_add(i).ok_or(WasmError::Truncated { offset: at })?;
         let byte = *bytes.get(pos).ok_or(WasmError::Truncated { offset: pos })?;
         let bits = u32::from(byte & 0x7f);
         if i == MAX_LEB_BYTES - 1 && (byte & 0x70 != 0 || byte & 0x80 != 0) {
@@ -275,19 +245,10 @@ mod tests {
     #[test]
     fn leb_refuses_overflow_and_overlong() {
         // Bits above 32 set in the fifth byte.
-        assert_eq!(
-            leb(&[0xff, 0xff, 0xff, 0xff, 0x1f]),
-            Err(WasmError::LebOverflow { offset: 0 })
-        );
-        assert_eq!(
-            leb(&[0xff, 0xff, 0xff, 0xff, 0x7f]),
-            Err(WasmError::LebOverflow { offset: 0 })
-        );
+        assert_eq!(leb(&[0xff, 0xff, 0xff, 0xff, 0x1f]), Err(WasmError::LebOverflow { offset: 0 }));
+        assert_eq!(leb(&[0xff, 0xff, 0xff, 0xff, 0x7f]), Err(WasmError::LebOverflow { offset: 0 }));
         // A sixth byte announced by the continuation bit.
-        assert_eq!(
-            leb(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00]),
-            Err(WasmError::LebOverflow { offset: 0 })
-        );
+        assert_eq!(leb(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00]), Err(WasmError::LebOverflow { offset: 0 }));
         assert_eq!(leb(&[0x80, 0x80]), Err(WasmError::Truncated { offset: 2 }));
         assert_eq!(leb(&[]), Err(WasmError::Truncated { offset: 0 }));
     }

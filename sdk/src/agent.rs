@@ -28,25 +28,18 @@ impl Next {
     /// Move to the host at the address `host`; if it cannot be reached, to the first of
     /// `alternates` that can. The arrival's [`Arrival::unreachable`] lists those that could not.
     pub fn go_with_alternates(host: impl Into<String>, alternates: Vec<String>) -> Next {
-        Next(roam_abi::Next::Go {
-            host: host.into(),
-            alternates,
-        })
+        Next(roam_abi::Next::Go { host: host.into(), alternates })
     }
 
     /// Travel home and finish there with `result`, which is encoded as CBOR now (so this fails
     /// only if `result` cannot be encoded).
     pub fn home<T: Serialize>(result: &T) -> Result<Next> {
-        Ok(Next(roam_abi::Next::Home {
-            result: cbor::encode(result)?,
-        }))
+        Ok(Next(roam_abi::Next::Home { result: cbor::encode(result)? }))
     }
 
     /// Finish here with `result` (encoded as CBOR now), which the host reports home.
     pub fn finish<T: Serialize>(result: &T) -> Result<Next> {
-        Ok(Next(roam_abi::Next::Finish {
-            result: cbor::encode(result)?,
-        }))
+        Ok(Next(roam_abi::Next::Finish { result: cbor::encode(result)? }))
     }
 
     /// The address the agent moves to, or `None` if it goes home or finishes.
@@ -117,26 +110,16 @@ struct Stop {
 impl Itinerary {
     /// A route with one host per stop and no alternates.
     pub fn new(stops: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        Self::from_stops(stops.into_iter().map(|host| Stop {
-            host: host.into(),
-            alternates: Vec::new(),
-        }))
+        Self::from_stops(stops.into_iter().map(|host| Stop { host: host.into(), alternates: Vec::new() }))
     }
 
     /// A route of `(host, alternates)` stops.
     pub fn with_alternates(stops: Vec<(String, Vec<String>)>) -> Self {
-        Self::from_stops(
-            stops
-                .into_iter()
-                .map(|(host, alternates)| Stop { host, alternates }),
-        )
+        Self::from_stops(stops.into_iter().map(|(host, alternates)| Stop { host, alternates }))
     }
 
     fn from_stops(stops: impl Iterator<Item = Stop>) -> Self {
-        Self {
-            stops: stops.collect(),
-            next: 0,
-        }
+        Self { stops: stops.collect(), next: 0 }
     }
 
     /// Moves on to the next stop: a [`Next::go_with_alternates`] to it, or `None` when the route
@@ -144,10 +127,7 @@ impl Itinerary {
     pub fn next_stop(&mut self) -> Option<Next> {
         let stop = self.stops.get(self.next)?;
         self.next += 1;
-        Some(Next::go_with_alternates(
-            stop.host.clone(),
-            stop.alternates.clone(),
-        ))
+        Some(Next::go_with_alternates(stop.host.clone(), stop.alternates.clone()))
     }
 
     /// How many stops [`Itinerary::next_stop`] has yet to hand out.
@@ -297,22 +277,10 @@ macro_rules! __agent_binding {
 
 // `agent!` spells the export names out (attributes take no constants): check them against the ABI.
 const _: () = {
-    assert!(
-        str_eq(roam_abi::AGENT_START, "roam_agent_start"),
-        "agent! must export roam_abi::AGENT_START"
-    );
-    assert!(
-        str_eq(roam_abi::AGENT_ARRIVE, "roam_agent_arrive"),
-        "agent! must export roam_abi::AGENT_ARRIVE"
-    );
-    assert!(
-        str_eq(roam_abi::AGENT_DEPART, "roam_agent_depart"),
-        "agent! must export roam_abi::AGENT_DEPART"
-    );
-    assert!(
-        str_eq(roam_abi::AGENT_MANIFEST, "roam_agent_manifest"),
-        "agent! must export roam_abi::AGENT_MANIFEST"
-    );
+    assert!(str_eq(roam_abi::AGENT_START, "roam_agent_start"), "agent! must export roam_abi::AGENT_START");
+    assert!(str_eq(roam_abi::AGENT_ARRIVE, "roam_agent_arrive"), "agent! must export roam_abi::AGENT_ARRIVE");
+    assert!(str_eq(roam_abi::AGENT_DEPART, "roam_agent_depart"), "agent! must export roam_abi::AGENT_DEPART");
+    assert!(str_eq(roam_abi::AGENT_MANIFEST, "roam_agent_manifest"), "agent! must export roam_abi::AGENT_MANIFEST");
 };
 
 /// Where `agent!` keeps the agent value: one static in the module's linear memory, which the
@@ -325,6 +293,14 @@ pub struct AgentCell<A> {
     /// The agent; a `RefCell` because entries are plain functions that reach it through a
     /// shared static.
     agent: RefCell<Option<A>>,
+}
+
+impl<A> core::fmt::Debug for AgentCell<A> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // The agent's own type need not be Debug; whether the cell holds one is what helps.
+        let holds = self.agent.try_borrow().map(|a| a.is_some());
+        f.debug_struct("AgentCell").field("holds_agent", &holds.ok()).finish()
+    }
 }
 
 // SAFETY: `Sync` lets `agent!` put an `AgentCell` in a static although `RefCell` is not `Sync`.
@@ -340,9 +316,7 @@ impl<A> AgentCell<A> {
     /// An empty cell, as the static starts out.
     #[allow(clippy::new_without_default)] // Must be const, for a static.
     pub const fn new() -> Self {
-        Self {
-            agent: RefCell::new(None),
-        }
+        Self { agent: RefCell::new(None) }
     }
 }
 
@@ -376,9 +350,7 @@ impl<A: Agent> AgentCell<A> {
     fn borrow(&self) -> Result<core::cell::RefMut<'_, Option<A>>> {
         // Entries do not call one another, and a trap ends the instance, so the cell is never
         // borrowed when an entry starts, unless the host resumed a snapshot taken mid-call.
-        self.agent
-            .try_borrow_mut()
-            .map_err(|_| Error::msg("the agent is in use by an entry that did not return"))
+        self.agent.try_borrow_mut().map_err(|_| Error::msg("the agent is in use by an entry that did not return"))
     }
 }
 
@@ -410,22 +382,16 @@ pub(crate) mod private {
     /// `roam_agent_start`: decodes the launch input and starts the agent.
     pub fn agent_start<A: Agent>(cell: &AgentCell<A>) {
         run_entry(|| {
-            let input =
-                crate::input::<A::Input>().map_err(|err| format!("invalid input: {err}"))?;
-            cell.start(input)
-                .map(roam_abi::Next::from)
-                .map_err(|err| err.to_string())
+            let input = crate::input::<A::Input>().map_err(|err| format!("invalid input: {err}"))?;
+            cell.start(input).map(roam_abi::Next::from).map_err(|err| err.to_string())
         });
     }
 
     /// `roam_agent_arrive`: decodes the arrival and resumes the agent.
     pub fn agent_arrive<A: Agent>(cell: &AgentCell<A>) {
         run_entry(|| {
-            let arrival = crate::input::<Arrival>()
-                .map_err(|err| format!("invalid arrival from the host: {err}"))?;
-            cell.arrive(&arrival)
-                .map(roam_abi::Next::from)
-                .map_err(|err| err.to_string())
+            let arrival = crate::input::<Arrival>().map_err(|err| format!("invalid arrival from the host: {err}"))?;
+            cell.arrive(&arrival).map(roam_abi::Next::from).map_err(|err| err.to_string())
         });
     }
 
@@ -488,10 +454,7 @@ mod tests {
 
     #[test]
     fn an_itinerary_round_trips_through_cbor_midway() {
-        let mut route = Itinerary::with_alternates(vec![
-            ("a:1".into(), vec!["a2:1".into()]),
-            ("b:2".into(), vec![]),
-        ]);
+        let mut route = Itinerary::with_alternates(vec![("a:1".into(), vec!["a2:1".into()]), ("b:2".into(), vec![])]);
         route.next_stop();
         let back: Itinerary = cbor::decode(&cbor::encode(&route).unwrap()).unwrap();
         assert_eq!(back, route);
@@ -509,9 +472,7 @@ mod tests {
         struct Route<'a> {
             stops: Vec<Stop<'a>>,
         }
-        let input = Route {
-            stops: vec![Stop { host: "a:1" }, Stop { host: "b:2" }],
-        };
+        let input = Route { stops: vec![Stop { host: "a:1" }, Stop { host: "b:2" }] };
         let route: Itinerary = cbor::decode(&cbor::encode(&input).unwrap()).unwrap();
         assert_eq!(route, Itinerary::new(["a:1", "b:2"]));
 
@@ -521,10 +482,7 @@ mod tests {
             stops: Vec<Stop<'a>>,
             next: usize,
         }
-        let past = Past {
-            stops: vec![Stop { host: "a:1" }],
-            next: 5,
-        };
+        let past = Past { stops: vec![Stop { host: "a:1" }], next: 5 };
         let mut route: Itinerary = cbor::decode(&cbor::encode(&past).unwrap()).unwrap();
         assert_eq!(route.remaining(), 0);
         assert_eq!(route.next_stop(), None);
@@ -533,30 +491,10 @@ mod tests {
     #[test]
     fn next_encodes_as_the_abi_decision() {
         let cases = [
-            (
-                Next::go("a:1"),
-                roam_abi::Next::Go {
-                    host: "a:1".into(),
-                    alternates: vec![],
-                },
-            ),
-            (
-                go("a:1", &["b:2"]),
-                roam_abi::Next::Go {
-                    host: "a:1".into(),
-                    alternates: vec!["b:2".into()],
-                },
-            ),
-            (
-                Next::home(&7_u8).unwrap(),
-                roam_abi::Next::Home { result: vec![0x07] },
-            ),
-            (
-                Next::finish(&"ok").unwrap(),
-                roam_abi::Next::Finish {
-                    result: vec![0x62, b'o', b'k'],
-                },
-            ),
+            (Next::go("a:1"), roam_abi::Next::Go { host: "a:1".into(), alternates: vec![] }),
+            (go("a:1", &["b:2"]), roam_abi::Next::Go { host: "a:1".into(), alternates: vec!["b:2".into()] }),
+            (Next::home(&7_u8).unwrap(), roam_abi::Next::Home { result: vec![0x07] }),
+            (Next::finish(&"ok").unwrap(), roam_abi::Next::Finish { result: vec![0x62, b'o', b'k'] }),
         ];
         for (next, abi) in cases {
             let bytes = cbor::encode(&roam_abi::Next::from(next.clone())).unwrap();
@@ -572,19 +510,14 @@ mod tests {
             rows_seen: u64,
             hosts: Vec<String>,
         }
-        let survey = Survey {
-            rows_seen: 3,
-            hosts: vec!["a".into()],
-        };
+        let survey = Survey { rows_seen: 3, hosts: vec!["a".into()] };
         let next = roam_abi::Next::from(Next::home(&survey).unwrap());
         // {"Home": {"result": h'…'}}: the result is a byte string (major type 2), not an array.
         let bytes = cbor::encode(&next).unwrap();
         let prefix = [&[0xa1, 0x64][..], b"Home", &[0xa1, 0x66], b"result"].concat();
         assert!(bytes.starts_with(&prefix), "{bytes:x?}");
         assert_eq!(bytes[prefix.len()] >> 5, 2);
-        let roam_abi::Next::Home { result } = next else {
-            panic!("not Home: {next:?}")
-        };
+        let roam_abi::Next::Home { result } = next else { panic!("not Home: {next:?}") };
         assert_eq!(cbor::decode::<Survey>(&result).unwrap(), survey);
     }
 
@@ -629,11 +562,7 @@ mod tests {
             host: host.into(),
             address: format!("{host}:7700"),
             hop,
-            bindings: vec![Bound {
-                name: "stock".into(),
-                action: Action::Rb,
-                error: None,
-            }],
+            bindings: vec![Bound { name: "stock".into(), action: Action::Rb, error: None }],
             unreachable: vec![],
         }
     }
@@ -646,10 +575,7 @@ mod tests {
         cell.depart().unwrap();
         assert_eq!(cell.arrive(&arrival("a", 1)).unwrap(), Next::go("b"));
         cell.depart().unwrap();
-        assert_eq!(
-            cell.arrive(&arrival("b", 2)).unwrap(),
-            Next::home(&2_u32).unwrap()
-        );
+        assert_eq!(cell.arrive(&arrival("b", 2)).unwrap(), Next::home(&2_u32).unwrap());
         let agent = cell.agent.borrow();
         let agent = agent.as_ref().unwrap();
         assert_eq!((agent.arrivals, agent.departures), (2, 2));
@@ -687,11 +613,7 @@ mod tests {
             table "config" by value,
             log "reports" by identifier,
         );
-        let decl = |name: &str, kind: &str, binding| ResourceDecl {
-            name: name.into(),
-            kind: kind.into(),
-            binding,
-        };
+        let decl = |name: &str, kind: &str, binding| ResourceDecl { name: name.into(), kind: kind.into(), binding };
         assert_eq!(
             manifest.resources,
             [

@@ -43,13 +43,7 @@ pub(crate) struct RowReader {
 impl RowReader {
     /// A reader with no batch: [`RowReader::next`] returns `None` until [`RowReader::start`].
     pub(crate) fn new() -> Self {
-        Self {
-            batch: Vec::new(),
-            pos: 0,
-            left: Some(0),
-            scratch: Vec::new(),
-            rows: 0,
-        }
+        Self { batch: Vec::new(), pos: 0, left: Some(0), scratch: Vec::new(), rows: 0 }
     }
 
     /// The buffer to fill with the next batch, then hand to [`RowReader::start`].
@@ -200,13 +194,7 @@ mod tests {
             amount_cents: i64,
         }
         let rows = read_all::<Sale>(batch(&[sale("north", 120)]));
-        assert_eq!(
-            rows.into_iter().next().unwrap().unwrap(),
-            Sale {
-                region: "north".into(),
-                amount_cents: 120
-            }
-        );
+        assert_eq!(rows.into_iter().next().unwrap().unwrap(), Sale { region: "north".into(), amount_cents: 120 });
     }
 
     #[test]
@@ -225,19 +213,12 @@ mod tests {
         #[derive(Debug, Deserialize, PartialEq)]
         struct Whole(Vec<Value>);
         let rows = read_all::<Whole>(batch(&[sale("north", 1)]));
-        assert_eq!(
-            rows.into_iter().next().unwrap().unwrap(),
-            Whole(sale("north", 1))
-        );
+        assert_eq!(rows.into_iter().next().unwrap().unwrap(), Whole(sale("north", 1)));
     }
 
     #[test]
     fn a_bad_row_is_named_and_ends_the_batch() {
-        let rows = [
-            sale("north", 1),
-            vec![Value::Null, 2.into()],
-            sale("south", 3),
-        ];
+        let rows = [sale("north", 1), vec![Value::Null, 2.into()], sale("south", 3)];
         let rows = read_all::<(String, i64)>(batch(&rows));
         assert_eq!(rows.len(), 2);
         assert!(rows[0].is_ok());
@@ -278,9 +259,6 @@ mod tests {
     #[test]
     fn blobs_encode_as_byte_strings() {
         // [h'0102'], not [[1, 2]]: a byte string, never a sequence of integers.
-        assert_eq!(
-            encode(&[Value::Blob(vec![1, 2])]).unwrap(),
-            [0x81, 0x42, 1, 2]
-        );
+        assert_eq!(encode(&[Value::Blob(vec![1, 2])]).unwrap(), [0x81, 0x42, 1, 2]);
     }
 }

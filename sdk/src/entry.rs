@@ -43,10 +43,7 @@ macro_rules! query {
 }
 
 // `query!` spells the export name out (attributes take no constants): check it against the ABI.
-const _: () = assert!(
-    str_eq(roam_abi::QUERY_EXPORT, "roam_query"),
-    "query! must export roam_abi::QUERY_EXPORT"
-);
+const _: () = assert!(str_eq(roam_abi::QUERY_EXPORT, "roam_query"), "query! must export roam_abi::QUERY_EXPORT");
 
 /// `a == b`, in a const context.
 pub(crate) const fn str_eq(a: &str, b: &str) -> bool {

@@ -23,10 +23,7 @@ pub type Result<T, E = Error> = core::result::Result<T, E>;
 impl Error {
     /// An error with a message and no code, for a query to return.
     pub fn msg(m: impl Display) -> Self {
-        Self {
-            code: None,
-            message: m.to_string(),
-        }
+        Self { code: None, message: m.to_string() }
     }
 
     /// An error a host call returned, with the host's explanation of it.
@@ -109,9 +106,6 @@ mod tests {
     #[test]
     fn context_goes_before_the_message() {
         let err = Error::msg("invalid type: null, expected a string").context("row 3");
-        assert_eq!(
-            err.to_string(),
-            "row 3: invalid type: null, expected a string"
-        );
+        assert_eq!(err.to_string(), "row 3: invalid type: null, expected a string");
     }
 }

@@ -81,9 +81,7 @@
 // helpful message. Unit tests build natively against a stand-in (`sys_test.rs`): from agents/,
 // `cargo test -p roam-sdk --lib --target x86_64-unknown-linux-gnu`.
 #[cfg(not(any(target_arch = "wasm32", test)))]
-compile_error!(
-    "roam-sdk builds for wasm32-unknown-unknown only: build guest code from the agents/ workspace"
-);
+compile_error!("roam-sdk builds for wasm32-unknown-unknown only: build guest code from the agents/ workspace");
 
 mod agent;
 mod cbor;

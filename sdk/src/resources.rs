@@ -35,12 +35,7 @@ impl Table {
     pub fn query<T: DeserializeOwned>(&self, sql: &str, params: &[Value]) -> Result<Rows<T>> {
         let params = cbor::encode(params)?;
         let cursor = sys::table_query(self.handle, sql, &params)?;
-        Ok(Rows {
-            cursor,
-            reader: RowReader::new(),
-            done: false,
-            row: PhantomData,
-        })
+        Ok(Rows { cursor, reader: RowReader::new(), done: false, row: PhantomData })
     }
 }
 
@@ -62,10 +57,7 @@ pub struct Rows<T> {
 
 impl<T> fmt::Debug for Rows<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Rows")
-            .field("cursor", &self.cursor)
-            .field("done", &self.done)
-            .finish_non_exhaustive()
+        f.debug_struct("Rows").field("cursor", &self.cursor).field("done", &self.done).finish_non_exhaustive()
     }
 }
 

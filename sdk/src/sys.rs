@@ -103,13 +103,7 @@ pub(crate) fn resource_open(name: &str) -> Result<u32> {
 pub(crate) fn table_query(handle: u32, sql: &str, params: &[u8]) -> Result<u32> {
     // SAFETY: the host only reads `sql` and `params`, each valid for its length.
     check(unsafe {
-        raw::table_query(
-            handle,
-            addr(sql.as_ptr()),
-            len(sql.as_bytes()),
-            addr(params.as_ptr()),
-            len(params),
-        )
+        raw::table_query(handle, addr(sql.as_ptr()), len(sql.as_bytes()), addr(params.as_ptr()), len(params))
     })
 }
 

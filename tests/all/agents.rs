@@ -12,7 +12,9 @@ use roam_host::agents::wire::{
 use roam_host::client::Client;
 use roam_host::config::HostConfig;
 use roam_host::host::Host;
-use roam_host::protocol::{ErrorKind, FRAME_TIMEOUT, Hello, Identity, Request, Response, Welcome, read_message, write_message};
+use roam_host::protocol::{
+    ErrorKind, FRAME_TIMEOUT, Hello, Identity, Request, Response, Welcome, read_message, write_message,
+};
 use roam_host::resources::{Attachment, ResourceType};
 use roam_host::server::RunningHost;
 use roam_keys::{Kind, SecretKey};
@@ -436,7 +438,10 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
     write_message(&mut stream, &transfer(good.clone(), snapshot.clone())).await?;
     let message = unauthenticated(read_message(&mut stream, 1 << 20, FRAME_TIMEOUT).await?)?;
     assert!(message.contains("handshake proof") && message.contains("is invalid"), "{message}");
-    assert!(read_message::<_, Response>(&mut stream, 1 << 20, FRAME_TIMEOUT).await.is_err(), "the connection stays open");
+    assert!(
+        read_message::<_, Response>(&mut stream, 1 << 20, FRAME_TIMEOUT).await.is_err(),
+        "the connection stays open"
+    );
     // Nothing of all that was persisted.
     match anonymous.request(&Request::Agents { id: None }).await? {
         Response::Agents(list) => assert!(list.is_empty(), "{list:?}"),
@@ -468,7 +473,8 @@ async fn host_to_host_messages_are_refused_without_a_peer_proven_in_the_handshak
     let agent = "00112233445566778899aabbccddeeff".to_owned();
     let at = roam_host::state::now_secs();
     let report = Report { agent: agent.clone(), hop: 1, event: Event::Failed { reason: "forged".into() } };
-    let call = Call { agent: agent.clone(), resource: "reports".into(), op: CallOp::Append { line: "forged".into() }, at };
+    let call =
+        Call { agent: agent.clone(), resource: "reports".into(), op: CallOp::Append { line: "forged".into() }, at };
     let messages = [
         Request::Report(Signed::sign(domain::REPORT, &report, &peer_key)?),
         Request::RecallAgent(Signed::sign(domain::RECALL, &Recall { agent, at }, &peer_key)?),
@@ -649,7 +655,8 @@ async fn impostor(claimed: roam_keys::PublicKey) -> Result<std::net::SocketAddr>
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let hello: Result<roam_host::protocol::Hello, _> = roam_host::protocol::read_message(&mut stream, 1 << 16, roam_host::protocol::FRAME_TIMEOUT).await;
+            let hello: Result<roam_host::protocol::Hello, _> =
+                roam_host::protocol::read_message(&mut stream, 1 << 16, roam_host::protocol::FRAME_TIMEOUT).await;
             if hello.is_err() {
                 continue;
             }
@@ -662,7 +669,13 @@ async fn impostor(claimed: roam_keys::PublicKey) -> Result<std::net::SocketAddr>
             };
             let _ = roam_host::protocol::write_message(&mut stream, &welcome).await;
             // Take whatever comes and claim it was accepted.
-            while let Ok(_req) = roam_host::protocol::read_message::<_, Request>(&mut stream, 64 << 20, roam_host::protocol::FRAME_TIMEOUT).await {
+            while let Ok(_req) = roam_host::protocol::read_message::<_, Request>(
+                &mut stream,
+                64 << 20,
+                roam_host::protocol::FRAME_TIMEOUT,
+            )
+            .await
+            {
                 let _ = roam_host::protocol::write_message(&mut stream, &Response::Accepted).await;
             }
         }

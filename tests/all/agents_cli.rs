@@ -15,7 +15,16 @@ fn launch_agents_and_recall_from_the_command_line() -> Result<()> {
         let key = net.path(&format!("host-keys/{name}.key"));
         let (trust, peers, data) = (net.path("trust"), net.path("peers"), net.path(&format!("data-{name}")));
         HostProcess::spawn(roam_tests::args![
-            "--name", name, "--key", key, "--trust", trust, "--peers", peers, "--data-dir", data
+            "--name",
+            name,
+            "--key",
+            key,
+            "--trust",
+            trust,
+            "--peers",
+            peers,
+            "--data-dir",
+            data
         ])
     };
     let home = host("home")?;

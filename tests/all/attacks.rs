@@ -11,7 +11,8 @@ use roam_host::host::Host;
 use roam_host::protocol::{ErrorKind, Request, Response};
 use roam_host::server::RunningHost;
 use roam_keys::testing::{
-    custom_section, duplicate_signature, move_signature_back, payload_for, ranges, replace_signature_section, reseal, reseal_raw,
+    custom_section, duplicate_signature, move_signature_back, payload_for, ranges, replace_signature_section, reseal,
+    reseal_raw,
 };
 use roam_keys::{DOMAIN, Kind, SIGNATURE_SECTION, SecretKey, read_claims_unverified, sections};
 
@@ -64,7 +65,15 @@ fn setup(dir: &Path) -> Result<Keys> {
     Ok(k)
 }
 
-fn sign(key: &SecretKey, wasm: &[u8], kind: Kind, name: &str, version: &str, valid: (i64, i64), caps: &[&str]) -> Result<Vec<u8>> {
+fn sign(
+    key: &SecretKey,
+    wasm: &[u8],
+    kind: Kind,
+    name: &str,
+    version: &str,
+    valid: (i64, i64),
+    caps: &[&str],
+) -> Result<Vec<u8>> {
     roam_tests::sign_with(key, wasm, kind, name, version, caps, valid)
 }
 
@@ -156,33 +165,183 @@ async fn every_signature_attack_is_refused_with_its_own_error_and_nothing_is_kep
     use Op::{Eval, Launch, Publish};
     let cases: Vec<(&str, Op, Vec<u8>, ErrorKind, &str)> = vec![
         ("missing signature", Eval, wasm.clone(), Verification, "is not signed"),
-        ("bit flipped in the header's magic", Eval, flip(&query, 1), Verification, "does not start with the magic bytes"),
-        ("bit flipped in the header's version", Eval, flip(&query, 4), Verification, "unsupported WebAssembly binary version"),
-        ("bit flipped in the code section", Eval, flip(&query, section(&query, 10)?.end - 2), Verification, "does not match the signed hash"),
-        ("bit flipped in the data section", Eval, flip(&query, section(&query, 11)?.end - 1), Verification, "does not match the signed hash"),
-        ("bit flipped in the claims (the name)", Eval, flip(&query, in_signature(&query, b"quick")?), Verification, "signature is invalid"),
+        (
+            "bit flipped in the header's magic",
+            Eval,
+            flip(&query, 1),
+            Verification,
+            "does not start with the magic bytes",
+        ),
+        (
+            "bit flipped in the header's version",
+            Eval,
+            flip(&query, 4),
+            Verification,
+            "unsupported WebAssembly binary version",
+        ),
+        (
+            "bit flipped in the code section",
+            Eval,
+            flip(&query, section(&query, 10)?.end - 2),
+            Verification,
+            "does not match the signed hash",
+        ),
+        (
+            "bit flipped in the data section",
+            Eval,
+            flip(&query, section(&query, 11)?.end - 1),
+            Verification,
+            "does not match the signed hash",
+        ),
+        (
+            "bit flipped in the claims (the name)",
+            Eval,
+            flip(&query, in_signature(&query, b"quick")?),
+            Verification,
+            "signature is invalid",
+        ),
         ("bit flipped in the signature bytes", Eval, flip(&query, sig.end - 1), Verification, "signature is invalid"),
-        ("bit flipped in the signer's key id", Eval, flip(&query, in_signature(&query, k.alice.public().as_bytes())?), Verification, "which this host does not trust"),
+        (
+            "bit flipped in the signer's key id",
+            Eval,
+            flip(&query, in_signature(&query, k.alice.public().as_bytes())?),
+            Verification,
+            "which this host does not trust",
+        ),
         ("truncated module", Eval, truncated, Verification, "truncated"),
-        ("unknown key", Eval, sign(&k.mallory, &wasm, Kind::Query, "quick", "1.0.0", (0, 3600), &[])?, Verification, "which this host does not trust"),
-        ("signer field forged (alice named, mallory signed)", Eval, reseal(&query, payload_for(&claims), &k.mallory), Verification, "signature is invalid"),
-        ("revoked key", Eval, sign(&k.eve, &wasm, Kind::Query, "quick", "1.0.0", (0, 3600), &[])?, Verification, "policy revokes"),
-        ("expired", Eval, sign(&k.alice, &wasm, Kind::Query, "quick", "1.0.0", (-7200, -3600), &[])?, Verification, "expired at"),
-        ("not yet valid", Eval, sign(&k.alice, &wasm, Kind::Query, "quick", "1.0.0", (3600, 7200), &[])?, Verification, "is not valid until"),
-        ("version rollback (2.0.0 published, then 1.0.0)", Publish, code("1.0.0")?, Verification, "looks like a rollback"),
-        ("same name and version, other content (mix-and-match)", Publish, other_content, Refused, "already published with other content"),
-        ("two signature sections", Eval, duplicate_signature(&query), Verification, "more than one \"roam.signature\" section"),
-        ("signature section misplaced", Eval, move_signature_back(&query), Verification, "is not the module's first section"),
-        ("capability escalation", Eval, sign(&k.alice, &wasm, Kind::Query, "quick", "1.0.0", (0, 3600), &["table:payroll"])?, Capability, "asks for capability \"table:payroll\""),
-        ("kind the policy denies the signer", Launch, sign(&k.bob, &wasm, Kind::Agent, "quick", "1.0.0", (0, 3600), &[])?, Verification, "does not let signer bob sign agent modules"),
-        ("oversized module", Eval, sign(&k.alice, &padded, Kind::Query, "quick", "1.0.0", (0, 3600), &[])?, Verification, "over the limit of"),
-        ("query launched as an agent", Launch, query.clone(), Verification, "is a query module, but an agent module is needed"),
-        ("agent sent as a query", Eval, sign(&k.alice, &wasm, Kind::Agent, "quick", "1.0.0", (0, 3600), &[])?, Verification, "is an agent module, but a query module is needed"),
-        ("query published to the code repository", Publish, sign(&k.alice, &wasm, Kind::Query, "quick-q", "1.0.0", (0, 3600), &[])?, Refused, "holds code and agent modules"),
-        ("payload signed without its domain prefix", Eval, reseal(&query, unprefixed, &k.alice), Verification, "does not start with the roam-module-v1 prefix"),
-        ("envelope that does not decode", Eval, replace_signature_section(&query, &custom_section(SIGNATURE_SECTION, b"not cbor")), Verification, "signature section cannot be decoded"),
-        ("signature of the wrong length", Eval, reseal_raw(&query, payload_for(&claims), vec![0; 63]), Verification, "signature section cannot be decoded"),
-        ("claims that do not decode", Eval, reseal(&query, bad_claims, &k.alice), Verification, "signed claims cannot be decoded"),
+        (
+            "unknown key",
+            Eval,
+            sign(&k.mallory, &wasm, Kind::Query, "quick", "1.0.0", (0, 3600), &[])?,
+            Verification,
+            "which this host does not trust",
+        ),
+        (
+            "signer field forged (alice named, mallory signed)",
+            Eval,
+            reseal(&query, payload_for(&claims), &k.mallory),
+            Verification,
+            "signature is invalid",
+        ),
+        (
+            "revoked key",
+            Eval,
+            sign(&k.eve, &wasm, Kind::Query, "quick", "1.0.0", (0, 3600), &[])?,
+            Verification,
+            "policy revokes",
+        ),
+        (
+            "expired",
+            Eval,
+            sign(&k.alice, &wasm, Kind::Query, "quick", "1.0.0", (-7200, -3600), &[])?,
+            Verification,
+            "expired at",
+        ),
+        (
+            "not yet valid",
+            Eval,
+            sign(&k.alice, &wasm, Kind::Query, "quick", "1.0.0", (3600, 7200), &[])?,
+            Verification,
+            "is not valid until",
+        ),
+        (
+            "version rollback (2.0.0 published, then 1.0.0)",
+            Publish,
+            code("1.0.0")?,
+            Verification,
+            "looks like a rollback",
+        ),
+        (
+            "same name and version, other content (mix-and-match)",
+            Publish,
+            other_content,
+            Refused,
+            "already published with other content",
+        ),
+        (
+            "two signature sections",
+            Eval,
+            duplicate_signature(&query),
+            Verification,
+            "more than one \"roam.signature\" section",
+        ),
+        (
+            "signature section misplaced",
+            Eval,
+            move_signature_back(&query),
+            Verification,
+            "is not the module's first section",
+        ),
+        (
+            "capability escalation",
+            Eval,
+            sign(&k.alice, &wasm, Kind::Query, "quick", "1.0.0", (0, 3600), &["table:payroll"])?,
+            Capability,
+            "asks for capability \"table:payroll\"",
+        ),
+        (
+            "kind the policy denies the signer",
+            Launch,
+            sign(&k.bob, &wasm, Kind::Agent, "quick", "1.0.0", (0, 3600), &[])?,
+            Verification,
+            "does not let signer bob sign agent modules",
+        ),
+        (
+            "oversized module",
+            Eval,
+            sign(&k.alice, &padded, Kind::Query, "quick", "1.0.0", (0, 3600), &[])?,
+            Verification,
+            "over the limit of",
+        ),
+        (
+            "query launched as an agent",
+            Launch,
+            query.clone(),
+            Verification,
+            "is a query module, but an agent module is needed",
+        ),
+        (
+            "agent sent as a query",
+            Eval,
+            sign(&k.alice, &wasm, Kind::Agent, "quick", "1.0.0", (0, 3600), &[])?,
+            Verification,
+            "is an agent module, but a query module is needed",
+        ),
+        (
+            "query published to the code repository",
+            Publish,
+            sign(&k.alice, &wasm, Kind::Query, "quick-q", "1.0.0", (0, 3600), &[])?,
+            Refused,
+            "holds code and agent modules",
+        ),
+        (
+            "payload signed without its domain prefix",
+            Eval,
+            reseal(&query, unprefixed, &k.alice),
+            Verification,
+            "does not start with the roam-module-v1 prefix",
+        ),
+        (
+            "envelope that does not decode",
+            Eval,
+            replace_signature_section(&query, &custom_section(SIGNATURE_SECTION, b"not cbor")),
+            Verification,
+            "signature section cannot be decoded",
+        ),
+        (
+            "signature of the wrong length",
+            Eval,
+            reseal_raw(&query, payload_for(&claims), vec![0; 63]),
+            Verification,
+            "signature section cannot be decoded",
+        ),
+        (
+            "claims that do not decode",
+            Eval,
+            reseal(&query, bad_claims, &k.alice),
+            Verification,
+            "signed claims cannot be decoded",
+        ),
     ];
     assert!(cases.len() >= 16);
     for (name, op, module, kind, words) in cases {

@@ -28,11 +28,7 @@ fn test_module() -> Result<Vec<u8>> {
 
 /// The `key: value` lines of `roam verify`'s output.
 fn fields(stdout: &str) -> BTreeMap<&str, &str> {
-    stdout
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim(), v.trim()))
-        .collect()
+    stdout.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim(), v.trim())).collect()
 }
 
 /// Signs the example module `agent` (e.g. `sales_by_region`) with `roam sign` as a query.
@@ -85,10 +81,7 @@ fn keys_new_writes_a_private_key_and_refuses_to_overwrite() -> Result<()> {
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&secret)?.permissions().mode() & 0o777;
-        assert_eq!(
-            mode, 0o600,
-            "carol.key has mode {mode:o}; a secret key must be 0600"
-        );
+        assert_eq!(mode, 0o600, "carol.key has mode {mode:o}; a secret key must be 0600");
     }
     // The files are the ones the library reads, and they belong together.
     let key = roam_keys::SecretKey::load(&secret)?;
@@ -96,15 +89,8 @@ fn keys_new_writes_a_private_key_and_refuses_to_overwrite() -> Result<()> {
 
     let before = fs::read(&secret)?;
     let stderr = roam_err(args!["keys", "new", "carol", "--dir", keys])?;
-    assert!(
-        stderr.contains("overwrite"),
-        "the refusal should say why: {stderr}"
-    );
-    assert_eq!(
-        fs::read(&secret)?,
-        before,
-        "a refused `keys new` changed carol.key"
-    );
+    assert!(stderr.contains("overwrite"), "the refusal should say why: {stderr}");
+    assert_eq!(fs::read(&secret)?, before, "a refused `keys new` changed carol.key");
     Ok(())
 }
 
@@ -138,45 +124,21 @@ fn sign_then_verify_prints_the_signed_claims() -> Result<()> {
     let fields = fields(&stdout);
     let alice = PublicKey::load(&fx.keys_dir().join("alice.pub"))?;
     let hash = roam_keys::hash_module(&fs::read(&signed)?).to_string();
-    assert_eq!(
-        fields.get("signer"),
-        Some(&format!("alice ({alice})").as_str()),
-        "{stdout}"
-    );
+    assert_eq!(fields.get("signer"), Some(&format!("alice ({alice})").as_str()), "{stdout}");
     assert_eq!(fields.get("kind"), Some(&"query"), "{stdout}");
     assert_eq!(fields.get("name"), Some(&"hello"), "{stdout}");
     assert_eq!(fields.get("version"), Some(&"1.2.3"), "{stdout}");
     assert_eq!(fields.get("hash"), Some(&hash.as_str()), "{stdout}");
     let caps = fields.get("capabilities").copied().unwrap_or_default();
-    assert!(
-        caps.contains("table:sales") && caps.contains("log:audit"),
-        "{stdout}"
-    );
+    assert!(caps.contains("table:sales") && caps.contains("log:audit"), "{stdout}");
 
     // --expires is honoured, and the module is otherwise the input, signed.
     let claims = roam_keys::read_claims_unverified(&fs::read(&signed)?)?;
     assert_eq!(claims.expires - claims.issued_at, 2 * 3600);
 
-    roam_ok(args![
-        "verify",
-        signed,
-        "--trust",
-        fx.trust_dir(),
-        "--kind",
-        "query"
-    ])?;
-    let stderr = roam_err(args![
-        "verify",
-        signed,
-        "--trust",
-        fx.trust_dir(),
-        "--kind",
-        "agent"
-    ])?;
-    assert!(
-        stderr.contains("agent"),
-        "the refusal should name the kind: {stderr}"
-    );
+    roam_ok(args!["verify", signed, "--trust", fx.trust_dir(), "--kind", "query"])?;
+    let stderr = roam_err(args!["verify", signed, "--trust", fx.trust_dir(), "--kind", "agent"])?;
+    assert!(stderr.contains("agent"), "the refusal should name the kind: {stderr}");
     Ok(())
 }
 
@@ -200,10 +162,7 @@ fn verify_refuses_a_signer_missing_from_the_trust_store() -> Result<()> {
         signed,
     ])?;
     let stderr = roam_err(args!["verify", signed, "--trust", fx.trust_dir()])?;
-    assert!(
-        stderr.contains("trust"),
-        "the refusal should say the signer is not trusted: {stderr}"
-    );
+    assert!(stderr.contains("trust"), "the refusal should say the signer is not trusted: {stderr}");
     Ok(())
 }
 
@@ -221,10 +180,7 @@ fn a_flipped_byte_anywhere_in_a_signed_module_fails_verification() -> Result<()>
         .context("the signed module has no signature section")?;
     let code = signature.range.end;
     let positions = [
-        (
-            "the middle of the signature section",
-            signature.range.start + signature.range.len() / 2,
-        ),
+        ("the middle of the signature section", signature.range.start + signature.range.len() / 2),
         // The envelope ends with the 64-byte signature itself.
         ("the signature's last byte", signature.range.end - 1),
         ("the middle of the code", code + (signed.len() - code) / 2),
@@ -275,10 +231,7 @@ struct ProductMedian {
 /// bit-identical (and serde_json's `float_roundtrip` feature parses the host's floats exactly).
 fn by_region_natively(sales: &[Sale], min_quantity: i64, from_day: i64, to_day: i64) -> ByRegion {
     let mut totals = BTreeMap::<&str, (u64, i64)>::new();
-    for s in sales
-        .iter()
-        .filter(|s| s.quantity >= min_quantity && (from_day..=to_day).contains(&s.day))
-    {
+    for s in sales.iter().filter(|s| s.quantity >= min_quantity && (from_day..=to_day).contains(&s.day)) {
         let (orders, total) = totals.entry(&s.region).or_default();
         *orders += 1;
         *total += s.amount_cents;
@@ -311,19 +264,14 @@ fn medians_natively(sales: &[Sale], min_quantity: i64) -> Medians {
             } else {
                 (cents[mid - 1] as f64 + cents[mid] as f64) / 2.0
             };
-            ProductMedian {
-                product: product.to_owned(),
-                orders: cents.len() as u64,
-                median_cents,
-            }
+            ProductMedian { product: product.to_owned(), orders: cents.len() as u64, median_cents }
         })
         .collect();
     Medians { products }
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(stdout: &str) -> Result<T> {
-    serde_json::from_str(stdout)
-        .with_context(|| format!("`roam eval` printed unexpected JSON:\n{stdout}"))
+    serde_json::from_str(stdout).with_context(|| format!("`roam eval` printed unexpected JSON:\n{stdout}"))
 }
 
 #[test]
@@ -336,9 +284,7 @@ fn remote_evaluation_matches_the_same_computation_done_locally() -> Result<()> {
     let addr = host.addr.to_string();
 
     let input = r#"{"min_quantity": 3, "from_day": 10, "to_day": 300}"#;
-    let got: ByRegion = parse(&roam_ok(args![
-        "eval", by_region, "--host", addr, "--input", input
-    ])?)?;
+    let got: ByRegion = parse(&roam_ok(args!["eval", by_region, "--host", addr, "--input", input])?)?;
     let expected = by_region_natively(&sales, 3, 10, 300);
     assert_eq!(got.regions.len(), sample::REGIONS.len(), "{got:?}");
     assert_eq!(got, expected);
@@ -349,14 +295,7 @@ fn remote_evaluation_matches_the_same_computation_done_locally() -> Result<()> {
     assert_eq!(got, by_region_natively(&sales, 1, 1, 365));
 
     let input = fx.write("median-input.json", r#"{"min_quantity": 3}"#)?;
-    let got: Medians = parse(&roam_ok(args![
-        "eval",
-        median,
-        "--host",
-        addr,
-        "--input-file",
-        input
-    ])?)?;
+    let got: Medians = parse(&roam_ok(args!["eval", median, "--host", addr, "--input-file", input])?)?;
     assert_eq!(got.products.len(), sample::PRODUCTS.len(), "{got:?}");
     assert_eq!(got, medians_natively(&sales, 3));
 
@@ -374,10 +313,7 @@ fn refused(module: &Path, addr: &str) -> Result<String> {
         module.display(),
         String::from_utf8_lossy(&output.stdout),
     );
-    assert!(
-        stderr.contains("error: "),
-        "no `error: <reason>` on stderr: {stderr}"
-    );
+    assert!(stderr.contains("error: "), "no `error: <reason>` on stderr: {stderr}");
     Ok(stderr)
 }
 
@@ -390,44 +326,23 @@ fn modules_a_host_must_not_run_are_refused_with_a_reason() -> Result<()> {
 
     let untrusted = sign_agent(&fx, "sales_by_region", "mallory", &["table:sales"])?;
     let stderr = refused(&untrusted, &addr)?;
-    assert!(
-        stderr.contains("trust"),
-        "the refusal should say the signer is not trusted: {stderr}"
-    );
+    assert!(stderr.contains("trust"), "the refusal should say the signer is not trusted: {stderr}");
 
     // bob is trusted, but the policy lets him grant no capability.
     let beyond_policy = sign_agent(&fx, "sales_by_region", "bob", &["table:sales"])?;
     let stderr = refused(&beyond_policy, &addr)?;
-    assert!(
-        stderr.contains("table:sales"),
-        "the refusal should name the capability: {stderr}"
-    );
+    assert!(stderr.contains("table:sales"), "the refusal should name the capability: {stderr}");
 
     // Signed by alice, but without asking for the table it then opens.
     let unrequested = sign_agent(&fx, "sales_by_region", "alice", &[])?;
     let stderr = refused(&unrequested, &addr)?;
-    assert!(
-        stderr.contains("table:sales"),
-        "the refusal should name the capability: {stderr}"
-    );
+    assert!(stderr.contains("table:sales"), "the refusal should name the capability: {stderr}");
 
     let wasm = fs::read(agent_wasm("sales_by_region")?)?;
     refused(&fx.write("unsigned.wasm", &wasm)?, &addr)?;
-    let not_a_query = fx.sign(
-        &wasm,
-        "alice",
-        Kind::Code,
-        "by-region-code",
-        "1.0.0",
-        &["table:sales"],
-    )?;
+    let not_a_query = fx.sign(&wasm, "alice", Kind::Code, "by-region-code", "1.0.0", &["table:sales"])?;
     refused(&fx.write("code.wasm", not_a_query)?, &addr)?;
-    let mut tampered = fs::read(sign_agent(
-        &fx,
-        "sales_by_region",
-        "alice",
-        &["table:sales"],
-    )?)?;
+    let mut tampered = fs::read(sign_agent(&fx, "sales_by_region", "alice", &["table:sales"])?)?;
     if let Some(last) = tampered.last_mut() {
         *last ^= 0x01;
     }
@@ -447,9 +362,7 @@ fn host_exits_cleanly_on_sigterm_with_a_client_connected() -> Result<()> {
     let addr = host.addr;
 
     // An idle client that has completed the handshake must not hold up the shutdown.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let client = runtime.block_on(roam_host::client::Client::connect(&addr.to_string()))?;
     assert_eq!(client.host_name(), "sigterm-test");
 

@@ -79,7 +79,8 @@ fn spec(s: &str) -> Result<ModuleSpec> {
 }
 
 fn files_in(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "wasm")).count())
+    std::fs::read_dir(dir)
+        .map_or(0, |d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "wasm")).count())
 }
 
 #[tokio::test]

@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use roam_host::client::Client;
 use roam_host::config::HostConfig;
 use roam_host::host::Host;
-use roam_host::protocol::{self, ErrorKind, FRAME_TIMEOUT, Hello, Identity, ModuleRef, RemoteError, Request, Response, Welcome};
+use roam_host::protocol::{
+    self, ErrorKind, FRAME_TIMEOUT, Hello, Identity, ModuleRef, RemoteError, Request, Response, Welcome,
+};
 use roam_host::server::RunningHost;
 use roam_keys::Kind;
 use tokio::io::AsyncWriteExt;
@@ -221,7 +223,10 @@ async fn frames_at_the_cap_are_read_and_over_it_are_refused_unread() -> Result<(
         match protocol::read_message(&mut stream, 64 << 10, FRAME_TIMEOUT).await? {
             Response::Error(e) => {
                 assert_eq!(e.kind, ErrorKind::Protocol, "{e:?}");
-                assert!(e.message.contains(&format!("frame of {declared} bytes is over the limit of {cap} bytes")), "{e:?}");
+                assert!(
+                    e.message.contains(&format!("frame of {declared} bytes is over the limit of {cap} bytes")),
+                    "{e:?}"
+                );
             }
             other => bail!("a frame of {declared} bytes was answered with {other:?}"),
         }

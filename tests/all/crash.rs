@@ -30,10 +30,8 @@ impl Drop for Proc {
 
 /// The arguments of `roam` that start host `name` of `net` on `port`.
 pub fn host_args(net: &Net, name: &str, port: u16) -> Vec<OsString> {
-    let mut args: Vec<OsString> = ["host", "--name", name, "--listen", &format!("127.0.0.1:{port}")]
-        .into_iter()
-        .map(OsString::from)
-        .collect();
+    let mut args: Vec<OsString> =
+        ["host", "--name", name, "--listen", &format!("127.0.0.1:{port}")].into_iter().map(OsString::from).collect();
     for (flag, path) in [
         ("--key", format!("host-keys/{name}.key")),
         ("--trust", "trust".into()),
@@ -118,7 +116,10 @@ async fn crash_at(victim: &str, step: &str) -> Result<()> {
             break;
         }
         if Instant::now() > deadline {
-            bail!("{victim} never reached {step}");
+            bail!(
+                "{victim} never reached {step}; is the roam binary built with the fault-injection feature \
+                 (`cargo xtask test` builds it so)?"
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -145,7 +146,10 @@ async fn crash_at(victim: &str, step: &str) -> Result<()> {
 
 /// The agents the home has recorded as launched.
 fn homed(net: &Net) -> Result<Vec<String>> {
-    let db = rusqlite::Connection::open_with_flags(net.path("data-home/state.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let db = rusqlite::Connection::open_with_flags(
+        net.path("data-home/state.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
     let mut stmt = db.prepare("SELECT id FROM homed")?;
     let ids = stmt.query_map([], |r| r.get(0))?;
     Ok(ids.collect::<Result<_, _>>()?)
@@ -231,7 +235,6 @@ async fn a_middle_host_killed_after_being_acknowledged() -> Result<()> {
 async fn the_last_receiver_killed_before_acknowledging() -> Result<()> {
     crash_at("b", "receiver-persisted").await
 }
-
 
 /// A small xorshift generator: the kill schedule needs no statistical quality, only a seed that
 /// a failing run prints so its choices can be replayed.

@@ -264,7 +264,14 @@ fn storm_host(fixture: &roam_tests::Fixture) -> Result<roam_tests::HostProcess> 
             fixture.trust_dir().display().to_string()
         ),
     )?;
-    fixture.host(roam_tests::args!["--config", &config, "--table", format!("sales={}", csv.display()), "--log", "audit"])
+    fixture.host(roam_tests::args![
+        "--config",
+        &config,
+        "--table",
+        format!("sales={}", csv.display()),
+        "--log",
+        "audit"
+    ])
 }
 
 #[tokio::test]
@@ -454,7 +461,9 @@ async fn a_long_run_gives_way_and_leaves_no_thread_at_low_priority() -> Result<(
         let (tid, _) = demoted.with_context(|| format!("{wrapper:?}: no worker thread was demoted"))?;
 
         // The pool is whole again, at normal priority, and serves.
-        let after = pool_at_normal_priority(&host, before.len()).await.with_context(|| format!("{wrapper:?}, after the run"))?;
+        let after = pool_at_normal_priority(&host, before.len())
+            .await
+            .with_context(|| format!("{wrapper:?}, after the run"))?;
         if !wrapper.is_empty() {
             assert!(after.iter().all(|&(t, _)| t != tid), "{wrapper:?}: demoted {tid}, now {after:?}");
         }
@@ -477,7 +486,10 @@ async fn the_bulk_threads_run_at_idle_priority_and_bulky_results_arrive_whole() 
     let result = Client::connect(&host.addr.to_string()).await?.eval(&bulky, vec![0xa0]).await?;
     assert_eq!(result.len(), size as usize);
     let bulk = host.threads("roam-bulk")?;
-    assert!(!bulk.is_empty() && bulk.iter().all(|&(_, policy)| policy == IDLE), "the bulk threads are {bulk:?} (id, policy)");
+    assert!(
+        !bulk.is_empty() && bulk.iter().all(|&(_, policy)| policy == IDLE),
+        "the bulk threads are {bulk:?} (id, policy)"
+    );
     // The module threads are not among them, and are back in the normal class.
     pool_at_normal_priority(&host, host.threads("roam-worker")?.len()).await?;
     host.stop()?;

@@ -12,3 +12,4 @@ mod connections;
 mod crash;
 mod limits;
 mod storage;
+mod tidy;

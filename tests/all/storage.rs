@@ -75,7 +75,15 @@ async fn a_full_disk_refuses_writes_clearly_and_loses_nothing() -> Result<()> {
     assert!(log.contains("the disk is full"), "a's log does not say its disk is full:\n{log}");
 
     // A publish is refused with a clear error, and nothing of it is kept.
-    let other = roam_tests::sign_with(&net.alice, &std::fs::read(roam_tests::agent_wasm("stock_survey")?)?, Kind::Agent, "survey", "1.0.0", &[], (0, 3600))?;
+    let other = roam_tests::sign_with(
+        &net.alice,
+        &std::fs::read(roam_tests::agent_wasm("stock_survey")?)?,
+        Kind::Agent,
+        "survey",
+        "1.0.0",
+        &[],
+        (0, 3600),
+    )?;
     let mut client = Client::connect(&addr(a_port)).await?;
     match client.request(&Request::Publish { module: other.clone() }).await? {
         Response::Error(e) => {

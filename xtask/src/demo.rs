@@ -33,11 +33,7 @@ const HOME: &str = "home";
 const CAPS: [&str; 4] = ["table:sales", "table:stock", "table:config", "log:reports"];
 /// The example queries: the built module's file stem and the name it is signed under.
 const QUERIES: [(&str, &str, &str); 2] = [
-    (
-        "sales_by_region",
-        "sales-by-region",
-        r#"{"min_quantity": 2, "from_day": 1, "to_day": 180}"#,
-    ),
+    ("sales_by_region", "sales-by-region", r#"{"min_quantity": 2, "from_day": 1, "to_day": 180}"#),
     ("sales_median", "sales-median", r#"{"min_quantity": 2}"#),
 ];
 /// How long a host may take to start listening.
@@ -48,8 +44,7 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 pub(crate) fn main() -> Result<()> {
     let root = repo_root();
     // Relative paths from here on, so that every command shown reads as one to type.
-    std::env::set_current_dir(&root)
-        .with_context(|| format!("cannot change to {}", root.display()))?;
+    std::env::set_current_dir(&root).with_context(|| format!("cannot change to {}", root.display()))?;
     let demo = PathBuf::from("demo");
     let show = |p: &Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
 
@@ -64,9 +59,7 @@ pub(crate) fn main() -> Result<()> {
 
     step("[3/11] Building the roam binary and the embedding example (release)");
     run(cargo().args(["build", "--release", "--bin", "roam", "--example", "embed", "-p", "roam-host"]))?;
-    let roam = target_dir(&root)
-        .join("release")
-        .join(format!("roam{}", std::env::consts::EXE_SUFFIX));
+    let roam = target_dir(&root).join("release").join(format!("roam{}", std::env::consts::EXE_SUFFIX));
     if !roam.is_file() {
         bail!("the build succeeded but {} is missing", roam.display());
     }
@@ -74,12 +67,9 @@ pub(crate) fn main() -> Result<()> {
     step("[4/11] Creating the signing key of alice, and a trust store that trusts her");
     let keys = demo.join("keys");
     let trust = demo.join("trust");
-    roam_run(&roam, |c| {
-        c.args(["keys", "new", "alice", "--dir"]).arg(&keys)
-    })?;
+    roam_run(&roam, |c| c.args(["keys", "new", "alice", "--dir"]).arg(&keys))?;
     fs::create_dir_all(&trust)?;
-    fs::copy(keys.join("alice.pub"), trust.join("alice.pub"))
-        .context("cannot install alice.pub")?;
+    fs::copy(keys.join("alice.pub"), trust.join("alice.pub")).context("cannot install alice.pub")?;
     let policy = format!(
         "# What alice's modules may ask for.\n[keys.alice]\ncapabilities = [{}]\n",
         CAPS.map(|c| format!("\"{c}\"")).join(", ")
@@ -95,9 +85,7 @@ pub(crate) fn main() -> Result<()> {
         fs::copy(host_keys.join(format!("{name}.pub")), peers.join(format!("{name}.pub")))?;
     }
 
-    step(&format!(
-        "[5/11] Generating {ROWS_PER_HOST} sales rows for each host"
-    ));
+    step(&format!("[5/11] Generating {ROWS_PER_HOST} sales rows for each host"));
     for (name, seed) in HOSTS {
         let dir = demo.join(name);
         fs::create_dir_all(&dir)?;
@@ -105,11 +93,7 @@ pub(crate) fn main() -> Result<()> {
         sample::write_csv(&csv, &sample::generate(ROWS_PER_HOST, seed))
             .with_context(|| format!("cannot write {}", csv.display()))?;
         let size = fs::metadata(&csv)?.len();
-        println!(
-            "{}: {ROWS_PER_HOST} rows, {} KiB (seed {seed})",
-            show(&csv),
-            size / 1024
-        );
+        println!("{}: {ROWS_PER_HOST} rows, {} KiB (seed {seed})", show(&csv), size / 1024);
         let stock = dir.join("stock.csv");
         fs::write(&stock, stock_csv(name, seed))?;
         println!("{}: this warehouse's stock", show(&stock));
@@ -188,14 +172,10 @@ pub(crate) fn main() -> Result<()> {
         for (host_name, host_addr) in &data_hosts {
             println!("\n{name} on {host_name} ({host_addr}), input {input}");
             let mut cmd = Command::new(&roam);
-            cmd.arg("eval")
-                .arg(module)
-                .args(["--host", host_addr, "--input", input]);
+            cmd.arg("eval").arg(module).args(["--host", host_addr, "--input", input]);
             let started = Instant::now();
-            let output = cmd
-                .stdin(Stdio::null())
-                .output()
-                .with_context(|| format!("cannot run `{}`", display(&cmd)))?;
+            let output =
+                cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot run `{}`", display(&cmd)))?;
             let elapsed = started.elapsed();
             if !output.status.success() {
                 bail!(
@@ -225,7 +205,10 @@ pub(crate) fn main() -> Result<()> {
     let as_query = modules.join("order_validator.query.wasm");
     for (kind, out) in [("code", &as_code), ("query", &as_query)] {
         roam_run(&roam, |c| {
-            c.arg("sign").arg(validator).arg("--key").arg(keys.join("alice.key"))
+            c.arg("sign")
+                .arg(validator)
+                .arg("--key")
+                .arg(keys.join("alice.key"))
                 .args(["--kind", kind, "--name", "order-validator", "--version", "1.0.0", "-o"])
                 .arg(out)
         })?;
@@ -263,7 +246,11 @@ pub(crate) fn main() -> Result<()> {
     let started = Instant::now();
     let output = launch.stdin(Stdio::null()).output().context("cannot run roam launch")?;
     if !output.status.success() {
-        bail!("roam launch failed: {}\n(home log: {})", String::from_utf8_lossy(&output.stderr).trim_end(), show(&home_log));
+        bail!(
+            "roam launch failed: {}\n(home log: {})",
+            String::from_utf8_lossy(&output.stderr).trim_end(),
+            show(&home_log)
+        );
     }
     let text = String::from_utf8_lossy(&output.stdout);
     let id = text.lines().next().unwrap_or_default().trim().to_owned();
@@ -277,10 +264,7 @@ pub(crate) fn main() -> Result<()> {
 
     println!();
     hosts.stop_all()?;
-    println!(
-        "\nDone. Keys, data, host logs and the signed modules are in {}.",
-        show(&demo)
-    );
+    println!("\nDone. Keys, data, host logs and the signed modules are in {}.", show(&demo));
     println!(
         "To try it by hand, start a host (it prints its address) and evaluate a query on it:\n  \
          {roam} host --trust demo/trust --data-dir demo/data-1/state --table sales=demo/data-1/sales.csv --listen 127.0.0.1:7700\n  \
@@ -334,8 +318,7 @@ impl Hosts {
     /// Starts `cmd` (a `roam host` command) with its logs in `log`, and waits for it to print
     /// `listening on ADDR`.
     fn start(&mut self, name: &str, mut cmd: Command, log: &Path) -> Result<String> {
-        let log_file =
-            File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let log_file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = cmd
             // The log is a file: no colour codes in it.
             .env("NO_COLOR", "1")
@@ -346,22 +329,10 @@ impl Hosts {
             .with_context(|| format!("cannot start `{}`", display(&cmd)))?;
         let stdout = child.stdout.take();
         // Guarded before waiting, so that a host that never gets ready is stopped too.
-        self.running.push(Host {
-            name: name.to_owned(),
-            addr: String::new(),
-            log: log.to_owned(),
-            child,
-        });
-        let Some(stdout) = stdout else {
-            bail!("{name}'s stdout was not captured")
-        };
-        let addr = wait_for_listening(stdout).with_context(|| {
-            format!(
-                "{name} did not start; its log {}:\n{}",
-                log.display(),
-                tail(log)
-            )
-        })?;
+        self.running.push(Host { name: name.to_owned(), addr: String::new(), log: log.to_owned(), child });
+        let Some(stdout) = stdout else { bail!("{name}'s stdout was not captured") };
+        let addr = wait_for_listening(stdout)
+            .with_context(|| format!("{name} did not start; its log {}:\n{}", log.display(), tail(log)))?;
         if let Some(host) = self.running.last_mut() {
             host.addr.clone_from(&addr);
         }
@@ -374,11 +345,7 @@ impl Hosts {
         for mut host in std::mem::take(&mut self.running) {
             match terminate(&mut host.child) {
                 Ok(status) if status.success() => println!("{} stopped ({status})", host.name),
-                Ok(status) => unclean.push(format!(
-                    "{} exited with {status}; see {}",
-                    host.name,
-                    host.log.display()
-                )),
+                Ok(status) => unclean.push(format!("{} exited with {status}; see {}", host.name, host.log.display())),
                 Err(e) => unclean.push(format!("{}: {e:#}", host.name)),
             }
         }
@@ -394,11 +361,7 @@ impl Drop for Hosts {
         for host in &mut self.running {
             eprintln!("stopping {}", host.name);
             if let Err(e) = terminate(&mut host.child) {
-                eprintln!(
-                    "could not stop {} (pid {}): {e:#}",
-                    host.name,
-                    host.child.id()
-                );
+                eprintln!("could not stop {} (pid {}): {e:#}", host.name, host.child.id());
             }
         }
     }
@@ -411,10 +374,7 @@ fn terminate(child: &mut Child) -> Result<ExitStatus> {
         return Ok(status);
     }
     let pid = child.id().to_string();
-    let signalled = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .is_ok_and(|s| s.success());
+    let signalled = Command::new("kill").args(["-TERM", &pid]).status().is_ok_and(|s| s.success());
     if signalled {
         let deadline = Instant::now() + STOP_DEADLINE;
         while Instant::now() < deadline {

@@ -1,8 +1,8 @@
 //! Project automation, run as `cargo xtask <command>` from anywhere in the repository.
 //!
 //! - `agents`: builds the example query modules (a separate wasm32 workspace in `agents/`).
-//! - `test`: builds the modules and the `roam` binary, runs every test, then the benchmark's
-//!   smoke run and a brief pass of each fuzzer.
+//! - `test`: builds the modules, checks style (fmt, clippy), builds the `roam` binary, runs every
+//!   test, then the benchmark's smoke run and a brief pass of each fuzzer.
 //! - `demo`: data hosts on loopback: remote evaluation, code on demand and a mobile agent.
 //! - `bench`: builds the modules and prints the table of performance figures.
 //! - `fuzz`: builds the fuzz targets of `host/fuzz` (cargo fuzz, libFuzzer) and runs each for a
@@ -28,9 +28,10 @@ usage: cargo xtask <command> [args]
 
 commands:
   agents         build the example query modules (agents/, for wasm32-unknown-unknown)
-  test [ARGS]    build the modules and the roam binary, then run every test; ARGS go
-                 to the test runner (cargo nextest run, or cargo test); without ARGS,
-                 then the benchmark's smoke run (skipped if ROAM_SKIP_BENCH=1) and 10 s
+  test [ARGS]    build the modules, check style (cargo fmt --check and cargo clippy
+                 -D warnings, both workspaces), build the roam binary, then run every
+                 test; ARGS go to the test runner (cargo nextest run, or cargo test) and
+                 skip the style check; without ARGS, then the benchmark's smoke run (skipped if ROAM_SKIP_BENCH=1) and 10 s
                  of fuzzing per target (skipped if ROAM_SKIP_FUZZ=1)
   demo           start hosts on loopback: remote evaluation, code on demand and a mobile
                  agent (everything is written under demo/, which is wiped first)
@@ -77,11 +78,7 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             // A failing test run exits with the runner's own code, as if it had been run directly.
             let code = e.downcast_ref::<Failed>().and_then(|f| f.code);
-            ExitCode::from(
-                code.and_then(|c| u8::try_from(c).ok())
-                    .filter(|&c| c != 0)
-                    .unwrap_or(1),
-            )
+            ExitCode::from(code.and_then(|c| u8::try_from(c).ok()).filter(|&c| c != 0).unwrap_or(1))
         }
     }
 }
@@ -95,9 +92,7 @@ fn no_args(command: &str, rest: &[OsString]) -> Result<()> {
 
 /// The repository root: xtask lives in `<root>/xtask`.
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// `cargo` (the one that runs xtask, when there is one), run in the repository root.
@@ -128,39 +123,24 @@ impl std::error::Error for Failed {}
 
 /// The command as a person would type it, for messages.
 fn display(cmd: &Command) -> String {
-    let program = Path::new(cmd.get_program())
-        .file_name()
-        .unwrap_or(cmd.get_program())
-        .to_string_lossy()
-        .into_owned();
-    cmd.get_args().fold(program, |line, arg| {
-        format!("{line} {}", arg.to_string_lossy())
-    })
+    let program = Path::new(cmd.get_program()).file_name().unwrap_or(cmd.get_program()).to_string_lossy().into_owned();
+    cmd.get_args().fold(program, |line, arg| format!("{line} {}", arg.to_string_lossy()))
 }
 
 /// Runs `cmd` with inherited stdio, after echoing it; a non-zero exit is a [`Failed`] error.
 fn run(cmd: &mut Command) -> Result<()> {
     let line = display(cmd);
     println!("$ {line}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run `{line}`; is it installed and on PATH?"))?;
+    let status = cmd.status().with_context(|| format!("cannot run `{line}`; is it installed and on PATH?"))?;
     if !status.success() {
-        return Err(Failed {
-            command: line,
-            code: status.code(),
-        }
-        .into());
+        return Err(Failed { command: line, code: status.code() }.into());
     }
     Ok(())
 }
 
 /// Whether `cmd` runs and succeeds, with its output discarded.
 fn succeeds(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn step(what: &str) {
@@ -207,16 +187,12 @@ fn measure(smoke: bool, args: &[OsString]) -> Result<()> {
     let only = args.iter().skip_while(|a| *a != "--only").nth(1).map(|g| g.to_string_lossy().into_owned());
     if only.as_deref() != Some("hostile") {
         step("Measuring (host/benches/figures.rs)");
-        run(cargo()
-            .args(["bench", "--profile", profile, "--workspace", "--bench", "figures", "--"])
-            .args(args))?;
+        run(cargo().args(["bench", "--profile", profile, "--workspace", "--bench", "figures", "--"]).args(args))?;
     }
     if only.is_none() || only.as_deref() == Some("hostile") {
         step("Measuring other clients' latency while hostile modules run (host/benches/hostile.rs)");
         let smoke: &[&str] = if smoke { &["--smoke"] } else { &[] };
-        run(cargo()
-            .args(["bench", "--profile", profile, "--workspace", "--bench", "hostile", "--"])
-            .args(smoke))?;
+        run(cargo().args(["bench", "--profile", profile, "--workspace", "--bench", "hostile", "--"]).args(smoke))?;
     }
     Ok(())
 }
@@ -226,13 +202,15 @@ fn compare_with_extism(smoke: bool) -> Result<()> {
     let dir = repo_root().join("host/benches/extism");
     let target = dir.join("target");
     step("Building the Extism plugin (host/benches/extism/plugin, wasm32)");
-    run(cargo().args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
+    run(cargo()
+        .args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
         .arg(dir.join("plugin/Cargo.toml"))
         .arg("--target-dir")
         .arg(&target))?;
     step("Measuring roam's code on demand against Extism (host/benches/extism)");
     let modules = |dir: &Path, file: &str| dir.join(WASM_TARGET).join("release").join(file);
-    run(cargo().args(["run", "--release", "--manifest-path"])
+    run(cargo()
+        .args(["run", "--release", "--manifest-path"])
         .arg(dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target)
@@ -264,12 +242,11 @@ fn build_agents() -> Result<()> {
 fn own_build(cmd: &mut Command) -> &mut Command {
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
-        let leaks = matches!(
-            key,
-            "RUSTFLAGS" | "CARGO_ENCODED_RUSTFLAGS" | "RUSTDOCFLAGS" | "CARGO_ENCODED_RUSTDOCFLAGS"
-        ) || key.starts_with("CARGO_BUILD_")
-            || key.starts_with("CARGO_TARGET_")
-            || key.starts_with("CARGO_PROFILE_");
+        let leaks =
+            matches!(key, "RUSTFLAGS" | "CARGO_ENCODED_RUSTFLAGS" | "RUSTDOCFLAGS" | "CARGO_ENCODED_RUSTDOCFLAGS")
+                || key.starts_with("CARGO_BUILD_")
+                || key.starts_with("CARGO_TARGET_")
+                || key.starts_with("CARGO_PROFILE_");
         if leaks {
             cmd.env_remove(key);
         }
@@ -290,23 +267,23 @@ fn ensure_wasm_target(agents_dir: &Path) -> Result<()> {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
         Ok(out) => bail!("`rustup target list --installed` failed ({})", out.status),
         Err(e) => {
-            println!(
-                "rustup is not available ({e}); assuming the {WASM_TARGET} target is installed"
-            );
+            println!("rustup is not available ({e}); assuming the {WASM_TARGET} target is installed");
             return Ok(());
         }
     };
     if installed.lines().any(|l| l.trim() == WASM_TARGET) {
         return Ok(());
     }
-    run(Command::new("rustup")
-        .current_dir(agents_dir)
-        .args(["target", "add", WASM_TARGET]))
+    run(Command::new("rustup").current_dir(agents_dir).args(["target", "add", WASM_TARGET]))
 }
 
 /// `cargo xtask test [ARGS]`: the modules, the `roam` binary, then every test.
 fn test(extra: &[OsString]) -> Result<()> {
     agents()?;
+    // With ARGS the caller is after some tests, not the whole check.
+    if extra.is_empty() {
+        style()?;
+    }
     step("Building the roam binary that the end-to-end tests run");
     // `--workspace` resolves features as the test build below will, so this build's artifacts
     // are reused by it instead of being compiled a second time with other features.
@@ -340,6 +317,46 @@ fn test(extra: &[OsString]) -> Result<()> {
         return Ok(());
     }
     fuzz(&FUZZ_TARGETS, TEST_FUZZ_SECONDS)
+}
+
+/// The workspaces whose style `cargo xtask test` checks: the host's, the guests', and the two
+/// built on their own (fuzz targets, the Extism comparison), which are only formatted, since
+/// linting them would mean building them.
+const LINTED: [&str; 2] = [".", "agents"];
+const FORMATTED_ONLY: [&str; 2] = ["host/fuzz", "host/benches/extism"];
+
+/// `cargo fmt --check` on every workspace and `cargo clippy --all-targets -D warnings` on the
+/// host's and the guests' (one lint table, rustfmt.toml at the root): style is enforced, not
+/// hoped for. Adds the rustfmt and clippy components with rustup if they are missing.
+fn style() -> Result<()> {
+    step("Checking style (cargo fmt --check, cargo clippy -D warnings)");
+    for (component, probe) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
+        if !succeeds(cargo().args([probe, "--version"])) {
+            run(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+    for dir in LINTED.iter().chain(&FORMATTED_ONLY) {
+        let mut fmt = cargo();
+        fmt.current_dir(repo_root().join(dir)).args(["fmt", "--all", "--check"]);
+        run(own_build(&mut fmt)).context("the code is not formatted; `cargo fmt --all` in that workspace fixes it")?;
+    }
+    for dir in LINTED {
+        let mut clippy = cargo();
+        clippy.current_dir(repo_root().join(dir)).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        // The root workspace shares the build's settings; agents/ has its own target and flags.
+        if dir != "." {
+            own_build(&mut clippy);
+        }
+        run(&mut clippy)?;
+    }
+    Ok(())
 }
 
 /// The fuzz targets of host/fuzz, in the order they run.
@@ -380,9 +397,14 @@ fn fuzz_command(args: &[OsString]) -> Result<()> {
 /// round trips and runaway allocation. The build uses host/fuzz/target, never the shared one.
 fn cargo_fuzz(subcommand: &str) -> Command {
     let mut cmd = cargo();
-    own_build(&mut cmd)
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["fuzz", subcommand, "--fuzz-dir", "host/fuzz", "--sanitizer", "none"]);
+    own_build(&mut cmd).env("RUSTC_BOOTSTRAP", "1").args([
+        "fuzz",
+        subcommand,
+        "--fuzz-dir",
+        "host/fuzz",
+        "--sanitizer",
+        "none",
+    ]);
     cmd
 }
 
@@ -445,8 +467,9 @@ fn fuzz_target(target: &str, seconds: u64) -> Result<String> {
     }
     let status = child.wait()?;
     if !status.success() {
-        return Err(Failed { command: line, code: status.code() })
-            .with_context(|| format!("fuzz target {target} failed: the input that broke it is under host/fuzz/artifacts/{target}/"));
+        return Err(Failed { command: line, code: status.code() }).with_context(|| {
+            format!("fuzz target {target} failed: the input that broke it is under host/fuzz/artifacts/{target}/")
+        });
     }
     done.with_context(|| format!("libFuzzer printed no summary for {target}"))
 }

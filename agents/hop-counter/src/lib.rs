@@ -46,12 +46,7 @@ struct Report<'a> {
 
 impl HopCounter {
     fn report(&self) -> Report<'_> {
-        Report {
-            arrivals: self.arrivals,
-            hosts: &self.hosts,
-            hops: &self.hops,
-            checksum: self.checksum(),
-        }
+        Report { arrivals: self.arrivals, hosts: &self.hosts, hops: &self.hops, checksum: self.checksum() }
     }
 
     /// FNV-1a over everything the agent recorded, as the crate documentation spells out.

@@ -18,11 +18,7 @@ struct Input {
 
 impl Default for Input {
     fn default() -> Self {
-        Self {
-            min_quantity: 1,
-            from_day: 1,
-            to_day: 365,
-        }
+        Self { min_quantity: 1, from_day: 1, to_day: 365 }
     }
 }
 

@@ -50,21 +50,14 @@ fn sales_median(input: Input) -> roam_sdk::Result<Output> {
     let mut amounts = BTreeMap::<String, Vec<i64>>::new();
     for sale in rows {
         let sale = sale?;
-        amounts
-            .entry(sale.product)
-            .or_default()
-            .push(sale.amount_cents);
+        amounts.entry(sale.product).or_default().push(sale.amount_cents);
     }
 
     let products = amounts
         .into_iter()
         .map(|(product, mut cents)| {
             cents.sort_unstable();
-            Product {
-                product,
-                orders: cents.len() as u64,
-                median_cents: median(&cents),
-            }
+            Product { product, orders: cents.len() as u64, median_cents: median(&cents) }
         })
         .collect();
     Ok(Output { products })
@@ -73,11 +66,7 @@ fn sales_median(input: Input) -> roam_sdk::Result<Output> {
 /// The median of sorted, non-empty `cents` (every product in the map has at least one sale).
 fn median(cents: &[i64]) -> f64 {
     let mid = cents.len() / 2;
-    if cents.len() % 2 == 1 {
-        cents[mid] as f64
-    } else {
-        (cents[mid - 1] as f64 + cents[mid] as f64) / 2.0
-    }
+    if cents.len() % 2 == 1 { cents[mid] as f64 } else { (cents[mid - 1] as f64 + cents[mid] as f64) / 2.0 }
 }
 
 roam_sdk::query!(sales_median);

@@ -79,9 +79,7 @@ impl Agent for StockSurvey {
 
     fn on_start(&mut self, input: Input) -> Result<Next> {
         if let Some(unknown) = input.alternates.keys().find(|h| !input.hosts.contains(h)) {
-            return Err(Error::msg(format!(
-                "alternates are given for {unknown}, which is not in hosts"
-            )));
+            return Err(Error::msg(format!("alternates are given for {unknown}, which is not in hosts")));
         }
         let stops = input
             .hosts
@@ -101,27 +99,19 @@ impl Agent for StockSurvey {
 
     fn on_arrival(&mut self, here: &Arrival) -> Result<Next> {
         if !here.unreachable.is_empty() {
-            roam_sdk::log::warn(&format!(
-                "stock-survey: could not reach {}",
-                here.unreachable.join(", ")
-            ));
+            roam_sdk::log::warn(&format!("stock-survey: could not reach {}", here.unreachable.join(", ")));
         }
         let low_stock_below = match self.survey.low_stock_below {
             Some(threshold) => threshold,
             None => *self.survey.low_stock_below.insert(read_threshold()?),
         };
-        let visit = read_stock(low_stock_below)
-            .map_err(|err| Error::msg(format!("reading stock on {}: {err}", here.host)))?;
+        let visit =
+            read_stock(low_stock_below).map_err(|err| Error::msg(format!("reading stock on {}: {err}", here.host)))?;
 
-        let line = format!(
-            "{}: {} rows, {} cents",
-            here.host, visit.rows, visit.value_cents
-        );
+        let line = format!("{}: {} rows, {} cents", here.host, visit.rows, visit.value_cents);
         self.survey.add(&here.host, visit)?;
         if let Err(err) = Log::open("reports").and_then(|reports| reports.append(&line)) {
-            self.survey
-                .report_errors
-                .push(format!("{}: {err}", here.host));
+            self.survey.report_errors.push(format!("{}: {err}", here.host));
         }
 
         match self.itinerary.next_stop() {
@@ -133,25 +123,15 @@ impl Agent for StockSurvey {
 
 /// Reads `low_stock_below` from the `config` table (home's, or the copy travelling by value).
 fn read_threshold() -> Result<i64> {
-    let fail = |why: &dyn std::fmt::Display| {
-        Error::msg(format!("cannot read low_stock_below from config: {why}"))
-    };
+    let fail = |why: &dyn std::fmt::Display| Error::msg(format!("cannot read low_stock_below from config: {why}"));
     let config = Table::open("config").map_err(|e| fail(&e))?;
     // The column is TEXT, but a host that loaded it from CSV may hold an integer: read it as
     // text either way, and parse it here, where a bad value is an error, not 0.
     let mut rows = config
-        .query::<(String,)>(
-            "SELECT CAST(value AS TEXT) FROM config WHERE key = ?1",
-            &["low_stock_below".into()],
-        )
+        .query::<(String,)>("SELECT CAST(value AS TEXT) FROM config WHERE key = ?1", &["low_stock_below".into()])
         .map_err(|e| fail(&e))?;
-    let (text,) = rows
-        .next()
-        .ok_or_else(|| fail(&"config has no row with that key"))?
-        .map_err(|e| fail(&e))?;
-    text.trim()
-        .parse()
-        .map_err(|_| fail(&format_args!("{text:?} is not an integer")))
+    let (text,) = rows.next().ok_or_else(|| fail(&"config has no row with that key"))?.map_err(|e| fail(&e))?;
+    text.trim().parse().map_err(|_| fail(&format_args!("{text:?} is not an integer")))
 }
 
 /// Reads this host's `stock` table into a [`Visit`].
@@ -160,19 +140,14 @@ fn read_stock(low_stock_below: i64) -> Result<Visit> {
     let mut visit = Visit::default();
     for row in stock.query::<StockRow>("SELECT sku, quantity, unit_cents FROM stock", &[])? {
         let row = row?;
-        let value = row
-            .quantity
-            .checked_mul(row.unit_cents)
-            .ok_or_else(|| overflow(&row.sku))?;
+        let value = row.quantity.checked_mul(row.unit_cents).ok_or_else(|| overflow(&row.sku))?;
         visit.rows += 1;
         visit.value_cents = checked_add(visit.value_cents, value, &row.sku)?;
         if row.quantity < low_stock_below {
             visit.low_stock_rows += 1;
         }
         let total = visit.quantity_by_sku.entry(row.sku).or_default();
-        *total = total
-            .checked_add(row.quantity)
-            .ok_or_else(|| overflow("a SKU"))?;
+        *total = total.checked_add(row.quantity).ok_or_else(|| overflow("a SKU"))?;
     }
     Ok(visit)
 }

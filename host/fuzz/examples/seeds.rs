@@ -9,9 +9,12 @@ use std::path::Path;
 use roam_abi::{Action, Bound, Value};
 use roam_fuzz::{NOW, agent_layout, cbor, module_signer, peer, revoked_signer, stranger};
 use roam_host::agents::wire::{
-    AgentInfo, AgentLimits, AgentRecord, Anchor, Call, CallOp, Ending, Envelope, Event, Recall, Report, Signed, Visit, domain,
+    AgentInfo, AgentLimits, AgentRecord, Anchor, Call, CallOp, Ending, Envelope, Event, Recall, Report, Signed, Visit,
+    domain,
 };
-use roam_host::protocol::{self, ErrorKind, Hello, Identity, ModuleInfo, ModuleRef, RemoteError, Request, Response, Welcome};
+use roam_host::protocol::{
+    self, ErrorKind, Hello, Identity, ModuleInfo, ModuleRef, RemoteError, Request, Response, Welcome,
+};
 use roam_host::resources::{Attachment, ResourceType, TableCopy};
 use roam_host::snapshot::{GlobalValue, PAGE, Snapshot};
 use roam_keys::{Kind, ModuleHash, SecretKey, SignRequest, sign_module};
@@ -20,7 +23,9 @@ type Seeds = Vec<(&'static str, Vec<u8>)>;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    for (target, seeds) in [("frame", frames()?), ("message", messages()?), ("snapshot", snapshots()), ("signature", modules()?)] {
+    for (target, seeds) in
+        [("frame", frames()?), ("message", messages()?), ("snapshot", snapshots()), ("signature", modules()?)]
+    {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir)?;
         for (name, bytes) in seeds {
@@ -72,7 +77,11 @@ fn envelope() -> Envelope {
 
 fn report() -> Report {
     let bindings = vec![Bound { name: "stock".into(), action: Action::Rb, error: None }];
-    Report { agent: record().id, hop: 1, event: Event::Arrived { host: "d1".into(), address: "127.0.0.1:7701".into(), bindings } }
+    Report {
+        agent: record().id,
+        hop: 1,
+        event: Event::Arrived { host: "d1".into(), address: "127.0.0.1:7701".into(), bindings },
+    }
 }
 
 fn recall() -> Recall {
@@ -80,7 +89,10 @@ fn recall() -> Recall {
 }
 
 fn call() -> Call {
-    let op = CallOp::Query { sql: "SELECT qty FROM stock WHERE item = ?1".into(), params: vec![Value::Text("bolt".into()), Value::Blob(vec![1, 2])] };
+    let op = CallOp::Query {
+        sql: "SELECT qty FROM stock WHERE item = ?1".into(),
+        params: vec![Value::Text("bolt".into()), Value::Blob(vec![1, 2])],
+    };
     Call { agent: record().id, resource: "stock".into(), op, at: NOW }
 }
 
@@ -95,7 +107,12 @@ fn signed() -> Result<[Signed; 4], Box<dyn std::error::Error>> {
 }
 
 fn hello() -> Hello {
-    Hello { protocol: protocol::PROTOCOL.into(), versions: vec![protocol::VERSION], client: "seed".into(), nonce: vec![7; protocol::NONCE_LEN] }
+    Hello {
+        protocol: protocol::PROTOCOL.into(),
+        versions: vec![protocol::VERSION],
+        client: "seed".into(),
+        nonce: vec![7; protocol::NONCE_LEN],
+    }
 }
 
 fn requests() -> Result<Vec<(&'static str, Request)>, Box<dyn std::error::Error>> {
@@ -105,7 +122,10 @@ fn requests() -> Result<Vec<(&'static str, Request)>, Box<dyn std::error::Error>
         ("eval-bytes", Request::Eval { module: ModuleRef::Bytes(b"\0asm\x01\0\0\0".to_vec()), input: vec![0xf6] }),
         ("publish", Request::Publish { module: b"\0asm\x01\0\0\0".to_vec() }),
         ("list", Request::List),
-        ("resolve", Request::Resolve { name: "validator".into(), version: Some(semver::Version::parse("1.2.3-rc.1+b5")?) }),
+        (
+            "resolve",
+            Request::Resolve { name: "validator".into(), version: Some(semver::Version::parse("1.2.3-rc.1+b5")?) },
+        ),
         ("fetch", Request::Fetch { hash: hash(4), offset: 65536, max: 1 << 20 }),
         ("launch", Request::Launch { module: b"\0asm\x01\0\0\0".to_vec(), input: vec![0x80] }),
         ("transfer", Request::Transfer { envelope: transfer, snapshot: cbor(&snapshot_seed()) }),
@@ -154,7 +174,13 @@ fn responses() -> Vec<(&'static str, Response)> {
 fn welcome() -> Welcome {
     let host = peer();
     let proof = host.sign(&protocol::handshake_message(&hello().nonce, &host.public())).to_vec();
-    Welcome::Accepted { version: protocol::VERSION, host: "d1".into(), host_key: host.public(), proof, challenge: vec![9; protocol::NONCE_LEN] }
+    Welcome::Accepted {
+        version: protocol::VERSION,
+        host: "d1".into(),
+        host_key: host.public(),
+        proof,
+        challenge: vec![9; protocol::NONCE_LEN],
+    }
 }
 
 /// A host's answer to the welcome's challenge, proving its key.

@@ -6,8 +6,8 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use roam_host::protocol::{self, DEFAULT_MAX_FRAME, FRAME_TIMEOUT, FrameError, Hello, Identity, Request};
 use roam_fuzz::cbor;
+use roam_host::protocol::{self, DEFAULT_MAX_FRAME, FRAME_TIMEOUT, FrameError, Hello, Identity, Request};
 use tokio::runtime::Runtime;
 
 /// The cap on the handshake frames (`server.rs`).
@@ -18,7 +18,9 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(roam_fuzz::runtime);
 fuzz_target!(|data: &[u8]| {
     RUNTIME.block_on(async {
         let mut reader = data;
-        if read::<Hello>(&mut reader, HELLO_MAX).await.is_err() || read::<Identity>(&mut reader, HELLO_MAX).await.is_err() {
+        if read::<Hello>(&mut reader, HELLO_MAX).await.is_err()
+            || read::<Identity>(&mut reader, HELLO_MAX).await.is_err()
+        {
             return;
         }
         while read::<Request>(&mut reader, DEFAULT_MAX_FRAME).await.is_ok() {}

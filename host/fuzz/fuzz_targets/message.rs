@@ -46,7 +46,8 @@ fuzz_target!(|data: &[u8]| {
 fn round_trip<T: Serialize + DeserializeOwned, E>(decoded: Result<T, E>) -> Option<T> {
     let value = decoded.ok()?;
     let bytes = cbor(&value);
-    let again: T = ciborium::from_reader(bytes.as_slice()).unwrap_or_else(|e| panic!("a re-encoded message does not decode: {e}"));
+    let again: T =
+        ciborium::from_reader(bytes.as_slice()).unwrap_or_else(|e| panic!("a re-encoded message does not decode: {e}"));
     assert_eq!(cbor(&again), bytes, "re-encoding does not round-trip");
     Some(value)
 }
@@ -59,7 +60,11 @@ fn open<T: Serialize + DeserializeOwned>(signed: &Signed, domain: &[u8]) {
         Ok(message) => {
             assert_eq!(signed.signer, peer);
             assert!(signed.body.starts_with(domain));
-            let signature: [u8; 64] = signed.signature.as_slice().try_into().unwrap_or_else(|_| panic!("accepted a signature that is not 64 bytes"));
+            let signature: [u8; 64] = signed
+                .signature
+                .as_slice()
+                .try_into()
+                .unwrap_or_else(|_| panic!("accepted a signature that is not 64 bytes"));
             assert!(peer.verify_strict(&signed.body, &signature));
             round_trip::<T, ()>(Ok(message));
         }

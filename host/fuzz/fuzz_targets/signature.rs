@@ -7,7 +7,9 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use roam_fuzz::{NOW, cbor, trust_store};
-use roam_keys::{Claims, SIGNATURE_SECTION, TrustStore, VerifyContext, hash_module, read_claims_unverified, sections, verify};
+use roam_keys::{
+    Claims, SIGNATURE_SECTION, TrustStore, VerifyContext, hash_module, read_claims_unverified, sections, verify,
+};
 
 static TRUST: LazyLock<TrustStore> = LazyLock::new(trust_store);
 
@@ -26,7 +28,8 @@ fuzz_target!(|data: &[u8]| {
 
     let unverified = read_claims_unverified(data);
     if let Ok(claims) = &unverified {
-        let again: Claims = ciborium::from_reader(cbor(claims).as_slice()).unwrap_or_else(|e| panic!("re-encoded claims do not decode: {e}"));
+        let again: Claims = ciborium::from_reader(cbor(claims).as_slice())
+            .unwrap_or_else(|e| panic!("re-encoded claims do not decode: {e}"));
         assert_eq!(&again, claims, "claims do not round-trip");
     }
 
@@ -40,7 +43,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(TRUST.allows_kind(&claims.signer, claims.kind));
     assert!(claims.capabilities.iter().all(|c| TRUST.allows(&claims.signer, c)));
     let all = sections(data).unwrap_or_else(|e| panic!("verified a module the walker refuses: {e}"));
-    let signatures: Vec<usize> = all.iter().enumerate().filter(|(_, s)| s.name == Some(SIGNATURE_SECTION)).map(|(i, _)| i).collect();
+    let signatures: Vec<usize> =
+        all.iter().enumerate().filter(|(_, s)| s.name == Some(SIGNATURE_SECTION)).map(|(i, _)| i).collect();
     assert_eq!(signatures, [0]);
     let without: Vec<u8> = [&data[..all[0].range.start], &data[all[0].range.end..]].concat();
     assert_eq!(hash_module(&without), verified.hash());

@@ -49,7 +49,9 @@ fn restore(snapshot: &Snapshot, initial: &[u8]) -> Vec<u8> {
     memory.resize(snapshot.memory_bytes as usize, 0);
     for chunk in &snapshot.chunks {
         let start = chunk.offset as usize;
-        let target = memory.get_mut(start..start + chunk.bytes.len()).unwrap_or_else(|| panic!("checked chunk at {start} is out of bounds"));
+        let target = memory
+            .get_mut(start..start + chunk.bytes.len())
+            .unwrap_or_else(|| panic!("checked chunk at {start} is out of bounds"));
         target.copy_from_slice(&chunk.bytes);
     }
     memory

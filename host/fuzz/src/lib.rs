@@ -65,7 +65,8 @@ pub fn agent_module() -> Vec<u8> {
 /// The agent module's layout as a receiving host sees it: the globals a snapshot carries
 /// (from the host's own instrumentation) and the size of its initial memory.
 pub fn agent_layout() -> (GlobalSlots, u64) {
-    let (_, slots) = instrument(&agent_module()).unwrap_or_else(|e| panic!("the fixture agent cannot be instrumented: {e}"));
+    let (_, slots) =
+        instrument(&agent_module()).unwrap_or_else(|e| panic!("the fixture agent cannot be instrumented: {e}"));
     (slots, AGENT_PAGES * WASM_PAGE)
 }
 

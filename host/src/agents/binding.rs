@@ -66,7 +66,13 @@ pub fn anchors(manifest: &Manifest, resources: &Resources, home: &str, max_copy:
             let copy = travels.then(|| resource.copy(max_copy)).and_then(|c| {
                 c.inspect_err(|e| tracing::info!(resource = %decl.name, "not copied with the agent: {e}")).ok()
             });
-            Some(Anchor { name: decl.name.clone(), kind, attachment: resource.attachment, owner: home.to_owned(), copy })
+            Some(Anchor {
+                name: decl.name.clone(),
+                kind,
+                attachment: resource.attachment,
+                owner: home.to_owned(),
+                copy,
+            })
         })
         .collect()
 }
@@ -86,8 +92,10 @@ pub(crate) fn bind(inner: &Inner, record: &AgentRecord, manifest: &Manifest, age
         };
         let local = inner.resources.get(&decl.name).filter(|r| r.kind == kind).cloned();
         let anchor = record.anchors.iter().find(|a| a.name == decl.name && a.kind == kind);
-        let owner_here = anchor.is_some_and(|a| a.owner == here) || (anchor.is_some() && record.home_key == inner.key.public());
-        let action = choose(decl.binding, anchor.map(|a| (a.attachment, a.copy.is_some())), local.is_some(), owner_here);
+        let owner_here =
+            anchor.is_some_and(|a| a.owner == here) || (anchor.is_some() && record.home_key == inner.key.public());
+        let action =
+            choose(decl.binding, anchor.map(|a| (a.attachment, a.copy.is_some())), local.is_some(), owner_here);
         let mut error = None;
         match (action, anchor) {
             (Action::Rb, _) => match local {
@@ -155,7 +163,9 @@ impl Forwarder {
             .map_err(|_| ResourceError::Sql("global references need the host's runtime".into()))?;
         handle.block_on(async move {
             let work = async {
-                let mut client = Client::connect_as(&owner, &self.key).await.map_err(|e| ResourceError::Sql(format!("owner unreachable: {e}")))?;
+                let mut client = Client::connect_as(&owner, &self.key)
+                    .await
+                    .map_err(|e| ResourceError::Sql(format!("owner unreachable: {e}")))?;
                 client.request(&Request::Call(signed)).await.map_err(|e| ResourceError::Sql(e.to_string()))
             };
             tokio::time::timeout(wait, work).await.map_err(|_| ResourceError::Deadline)?

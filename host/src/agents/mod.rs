@@ -90,15 +90,6 @@ fn getrandom(buf: &mut [u8]) -> Result<(), RemoteError> {
     getrandom::getrandom(buf).map_err(|e| RemoteError::new(ErrorKind::Internal, format!("no randomness: {e}")))
 }
 
-/// Aborts the process at a named step when `ROAM_FAULT_ABORT_AT` names it: a crash at that
-/// exact point, for the exactly-once tests. Unset in normal operation.
-pub(crate) fn fault_point(inner: &Inner, step: &str) {
-    if inner.fault.as_deref() == Some(step) {
-        tracing::error!(step, "fault injection: aborting");
-        std::process::abort();
-    }
-}
-
 impl Inner {
     /// The address other hosts reach this one at.
     pub(crate) fn address(&self) -> String {
@@ -113,7 +104,12 @@ impl Inner {
     /// proved `peer`: a host sends only its own messages, on a connection where it proved its
     /// key, and that key must be one of this host's peers. A recall order may also come from an
     /// agent's home that is not a peer; `receive_recall` checks that it is the agent's home.
-    pub(crate) fn check_sender(&self, signer: &PublicKey, peer: Option<PublicKey>, recall: bool) -> Result<(), RemoteError> {
+    pub(crate) fn check_sender(
+        &self,
+        signer: &PublicKey,
+        peer: Option<PublicKey>,
+        recall: bool,
+    ) -> Result<(), RemoteError> {
         let refuse = |m: String| Err(RemoteError::new(ErrorKind::Unauthenticated, m));
         let Some(peer) = peer else {
             return refuse(
@@ -167,11 +163,9 @@ impl Inner {
         if let Some(code) = crate::engine::lock(&self.agent_code).get(&hash) {
             return Ok(code.clone());
         }
-        let bytes = self
-            .state
-            .load_module(&hash)
-            .map_err(internal)?
-            .ok_or_else(|| RemoteError::new(ErrorKind::NotFound, format!("this host does not hold agent code {hash}")))?;
+        let bytes = self.state.load_module(&hash).map_err(internal)?.ok_or_else(|| {
+            RemoteError::new(ErrorKind::NotFound, format!("this host does not hold agent code {hash}"))
+        })?;
         // Rollback is checked when an agent is launched; agents already travelling keep the
         // version they were launched with, even after a newer one was accepted here.
         let verified = self.verify_with(bytes, Some(Kind::Agent), &roam_keys::NoHistory)?;
@@ -255,7 +249,8 @@ impl Inner {
         let (entry, input, from) = if row.hop == 0 {
             (roam_abi::AGENT_START, row.input.clone().unwrap_or_default(), None)
         } else {
-            let unreachable: Vec<String> = row.input.as_deref().map(|b| from_cbor(b, "unreachable")).transpose()?.unwrap_or_default();
+            let unreachable: Vec<String> =
+                row.input.as_deref().map(|b| from_cbor(b, "unreachable")).transpose()?.unwrap_or_default();
             let arrival = Arrival {
                 host: self.name.clone(),
                 address: self.address(),
@@ -295,11 +290,21 @@ impl Inner {
                 if record.home_key == self.key.public() {
                     return self.end_here(row, &record, Ending::Finished(result), arrived.take());
                 }
-                Move { dests: vec![record.home.clone()], pinned: false, ending: Some(Ending::Finished(result)), unreachable: vec![] }
+                Move {
+                    dests: vec![record.home.clone()],
+                    pinned: false,
+                    ending: Some(Ending::Finished(result)),
+                    unreachable: vec![],
+                }
             }
             Next::Finish { result } => return self.end_here(row, &record, Ending::Finished(result), arrived.take()),
         };
-        let home = Move { dests: vec![record.home.clone()], pinned: false, ending: Some(Ending::Recalled), unreachable: vec![] };
+        let home = Move {
+            dests: vec![record.home.clone()],
+            pinned: false,
+            ending: Some(Ending::Recalled),
+            unreachable: vec![],
+        };
         self.state
             .transaction(|tx| {
                 // A recall that came in during the visit sends the agent home instead.
@@ -308,22 +313,26 @@ impl Inner {
                 if let Some(event) = arrived.take() {
                     self.queue_report(tx, &record, row.hop, event)?;
                 }
-                store::set_state(tx, &row.id, row.hop, row_state::LEAVING, Some(&snapshot_bytes), Some(&to_cbor(&mv)), None)?;
+                store::set_state(
+                    tx,
+                    &row.id,
+                    row.hop,
+                    row_state::LEAVING,
+                    Some(&snapshot_bytes),
+                    Some(&to_cbor(&mv)),
+                    None,
+                )?;
                 let departed = Event::Departed { to: mv.dests.first().cloned().unwrap_or_default() };
                 self.queue_report(tx, &record, row.hop, departed)
             })
             .map_err(|e| e.to_string())?;
-        fault_point(self, "sender-persisted");
+        crate::fault::point("sender-persisted");
         self.wake.notify_one();
         Ok(())
     }
 
     fn recall_pending(&self, id: &str, hop: u32) -> bool {
-        self.state
-            .transaction(|tx| store::get(tx, id, hop))
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.recall)
+        self.state.transaction(|tx| store::get(tx, id, hop)).ok().flatten().is_some_and(|r| r.recall)
     }
 
     /// Ends the journey on this host: the row is done and the ending reported home.
@@ -370,7 +379,13 @@ impl Inner {
 
     /// Queues a report for the agent's home, in the caller's transaction. At home it is
     /// applied at once.
-    fn queue_report(&self, tx: &rusqlite::Transaction<'_>, record: &AgentRecord, hop: u32, event: Event) -> rusqlite::Result<()> {
+    fn queue_report(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        record: &AgentRecord,
+        hop: u32,
+        event: Event,
+    ) -> rusqlite::Result<()> {
         let report = Report { agent: record.id.clone(), hop, event };
         if record.home_key == self.key.public() {
             return apply_report(tx, &report);
@@ -435,7 +450,7 @@ impl Inner {
             match sent {
                 Ok(()) => {
                     self.keep(&dest, client);
-                    fault_point(self, "sender-acked");
+                    crate::fault::point("sender-acked");
                     let released = self
                         .state
                         .transaction(|tx| store::set_state(tx, &row.id, row.hop, row_state::DONE, None, None, None));
@@ -495,14 +510,17 @@ impl Inner {
             ending: mv.ending.clone(),
             unreachable: unreachable.to_vec(),
         };
-        let signed = Signed::sign(domain::ENVELOPE, &envelope, &self.key).map_err(|e| SendError::Refused(e.to_string()))?;
+        let signed =
+            Signed::sign(domain::ENVELOPE, &envelope, &self.key).map_err(|e| SendError::Refused(e.to_string()))?;
         let request = Request::Transfer { envelope: signed, snapshot: snapshot.to_vec() };
         let answer = tokio::time::timeout(PEER_TIMEOUT, client.request(&request))
             .await
             .map_err(|_| SendError::Unreachable(format!("no answer within {PEER_TIMEOUT:?}")))?;
         match answer {
             Ok(Response::Accepted) => Ok(()),
-            Ok(Response::Error(e)) if matches!(e.kind, ErrorKind::Busy | ErrorKind::ShuttingDown | ErrorKind::Internal) => {
+            Ok(Response::Error(e))
+                if matches!(e.kind, ErrorKind::Busy | ErrorKind::ShuttingDown | ErrorKind::Internal) =>
+            {
                 Err(SendError::Unreachable(e.message))
             }
             Ok(Response::Error(e)) => Err(SendError::Refused(e.message)),
@@ -513,10 +531,14 @@ impl Inner {
 
     /// Receives an agent: every check, then a durable write, then the acknowledgement.
     pub(crate) async fn receive(self: &Arc<Self>, signed: Signed, snapshot: Vec<u8>) -> Result<Response, RemoteError> {
-        let envelope: Envelope = signed.open(domain::ENVELOPE, |k| self.is_peer(k)).map_err(|e| refused(e.to_string()))?;
+        let envelope: Envelope =
+            signed.open(domain::ENVELOPE, |k| self.is_peer(k)).map_err(|e| refused(e.to_string()))?;
         let me = self.key.public();
         if envelope.destination != me {
-            return Err(refused(format!("the envelope is addressed to host {}, not to this host", envelope.destination)));
+            return Err(refused(format!(
+                "the envelope is addressed to host {}, not to this host",
+                envelope.destination
+            )));
         }
         let now = now_secs();
         if envelope.sent_at.saturating_add(CLOCK_SKEW) < now || envelope.sent_at > now.saturating_add(CLOCK_SKEW) {
@@ -531,10 +553,8 @@ impl Inner {
         }
         let hop = envelope.hop;
         // Dedupe before any work: a retry is acknowledged again, a replay refused.
-        let (seen, latest) = self
-            .state
-            .transaction(|tx| Ok((store::get(tx, &id, hop)?, store::max_hop(tx, &id)?)))
-            .map_err(internal)?;
+        let (seen, latest) =
+            self.state.transaction(|tx| Ok((store::get(tx, &id, hop)?, store::max_hop(tx, &id)?))).map_err(internal)?;
         if let Some(existing) = seen {
             return if existing.envelope.as_deref() == Some(signed.body.as_slice()) {
                 Err(refused(format!("replayed envelope for agent {id} hop {hop}")))
@@ -564,7 +584,7 @@ impl Inner {
 
         if self.state.module(&envelope.record.code).map_err(internal)?.is_none() {
             self.fetch_code(&envelope.sender_addr, envelope.record.code).await?;
-            fault_point(self, "receiver-fetched-code");
+            crate::fault::point("receiver-fetched-code");
         }
         // Compiling the code and checking the snapshot are CPU work: off the async runtime.
         let inner = self.clone();
@@ -590,7 +610,7 @@ impl Inner {
         let mut row = self.row_for(envelope, signed, Some(snapshot), row_state::READY);
         row.input = Some(to_cbor(&envelope.unreachable));
         self.state.transaction(|tx| store::insert(tx, &row)).map_err(internal)?;
-        fault_point(self, "receiver-persisted");
+        crate::fault::point("receiver-persisted");
         tracing::info!(agent = %id, hop, from = %envelope.sender_addr, "agent arrived");
         self.wake.notify_one();
         Ok(Response::Accepted)
@@ -612,9 +632,9 @@ impl Inner {
     }
 
     async fn fetch_code(&self, peer: &str, hash: ModuleHash) -> Result<(), RemoteError> {
-        let bytes = crate::fetch::download(peer, hash, self.max_module, Some(&self.key), None)
-            .await
-            .map_err(|e| RemoteError::new(ErrorKind::NotFound, format!("cannot fetch agent code {hash} from {peer}: {e}")))?;
+        let bytes = crate::fetch::download(peer, hash, self.max_module, Some(&self.key), None).await.map_err(|e| {
+            RemoteError::new(ErrorKind::NotFound, format!("cannot fetch agent code {hash} from {peer}: {e}"))
+        })?;
         let verified = self.verify_with(bytes, Some(Kind::Agent), &roam_keys::NoHistory)?;
         self.store(hash, &verified)
     }
@@ -682,11 +702,9 @@ impl Inner {
 
     /// `roam recall`: at the agent's home, asks the host that holds it to send it back.
     pub(crate) async fn recall(&self, id: &str) -> Result<Response, RemoteError> {
-        let homed = self
-            .state
-            .transaction(|tx| store::get_homed(tx, id))
-            .map_err(internal)?
-            .ok_or_else(|| RemoteError::new(ErrorKind::NotFound, format!("agent {id} does not have this host as its home")))?;
+        let homed = self.state.transaction(|tx| store::get_homed(tx, id)).map_err(internal)?.ok_or_else(|| {
+            RemoteError::new(ErrorKind::NotFound, format!("agent {id} does not have this host as its home"))
+        })?;
         if matches!(homed.state.as_str(), "finished" | "failed" | "recalled") {
             return Err(refused(format!("agent {id} has already ended ({})", homed.state)));
         }
@@ -698,12 +716,16 @@ impl Inner {
         let location = route.last().map(|v| v.address.clone()).unwrap_or_else(|| self.address());
         let order = Signed::sign(domain::RECALL, &Recall { agent: id.to_owned(), at: now_secs() }, &self.key)
             .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
-        let mut client = Client::connect_as(&location, &self.key)
-            .await
-            .map_err(|e| RemoteError::new(ErrorKind::NotFound, format!("cannot reach {location}, where agent {id} was last seen: {e}")))?;
-        let answer = tokio::time::timeout(PEER_TIMEOUT, client.request(&Request::RecallAgent(order)))
-            .await
-            .map_err(|_| RemoteError::new(ErrorKind::NotFound, format!("{location} did not answer within {PEER_TIMEOUT:?}")))?;
+        let mut client = Client::connect_as(&location, &self.key).await.map_err(|e| {
+            RemoteError::new(
+                ErrorKind::NotFound,
+                format!("cannot reach {location}, where agent {id} was last seen: {e}"),
+            )
+        })?;
+        let answer =
+            tokio::time::timeout(PEER_TIMEOUT, client.request(&Request::RecallAgent(order))).await.map_err(|_| {
+                RemoteError::new(ErrorKind::NotFound, format!("{location} did not answer within {PEER_TIMEOUT:?}"))
+            })?;
         match answer {
             Ok(Response::Accepted) => Ok(Response::Accepted),
             Ok(Response::Error(e)) => Err(e),
@@ -728,7 +750,10 @@ impl Inner {
         if !from_home {
             return Err(RemoteError::new(
                 ErrorKind::NotFound,
-                format!("agent {} is not here, or the order is not from its home (it may be moving; retry)", order.agent),
+                format!(
+                    "agent {} is not here, or the order is not from its home (it may be moving; retry)",
+                    order.agent
+                ),
             ));
         }
         store::mark_recall(&self.state, &order.agent).map_err(internal)?;
@@ -755,13 +780,15 @@ impl Inner {
             .ok_or_else(|| refused(format!("agent {} was not launched here", call.agent)))?;
         let record: AgentRecord = from_cbor(&row.record, "the agent record").map_err(refused)?;
         let code = self.agent_code(record.code)?;
-        let resource = self
-            .resources
-            .get(&call.resource)
-            .ok_or_else(|| RemoteError::new(ErrorKind::NotFound, format!("this host offers no resource {}", call.resource)))?;
+        let resource = self.resources.get(&call.resource).ok_or_else(|| {
+            RemoteError::new(ErrorKind::NotFound, format!("this host offers no resource {}", call.resource))
+        })?;
         let needed = resource.capability();
         if !code.runnable.capabilities().iter().any(|p| roam_keys::Policy::pattern_allows(p, &needed)) {
-            return Err(RemoteError::new(ErrorKind::Capability, format!("the agent's signature does not grant {needed}")));
+            return Err(RemoteError::new(
+                ErrorKind::Capability,
+                format!("the agent's signature does not grant {needed}"),
+            ));
         }
         match call.op {
             CallOp::Query { sql, params } => {
@@ -846,7 +873,12 @@ fn apply_report(tx: &rusqlite::Transaction<'_>, report: &Report) -> rusqlite::Re
         Event::Arrived { host, address, bindings } => {
             let mut route: Vec<Visit> = from_cbor(&h.route, "route").unwrap_or_default();
             if !route.iter().any(|v| v.hop == report.hop) {
-                route.push(Visit { hop: report.hop, host: host.clone(), address: address.clone(), bindings: bindings.clone() });
+                route.push(Visit {
+                    hop: report.hop,
+                    host: host.clone(),
+                    address: address.clone(),
+                    bindings: bindings.clone(),
+                });
                 route.sort_by_key(|v| v.hop);
                 h.route = to_cbor(&route);
             }

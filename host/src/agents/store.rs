@@ -183,7 +183,8 @@ pub(crate) fn max_hop(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Option
 pub(crate) fn in_states(state: &State, states: &[&str]) -> Result<Vec<Row>, StateError> {
     state.transaction(|tx| {
         let marks = vec!["?"; states.len()].join(", ");
-        let mut stmt = tx.prepare(&format!("SELECT {ROW_COLUMNS} FROM agents WHERE state IN ({marks}) ORDER BY updated, id"))?;
+        let mut stmt =
+            tx.prepare(&format!("SELECT {ROW_COLUMNS} FROM agents WHERE state IN ({marks}) ORDER BY updated, id"))?;
         let rows = stmt.query_map(rusqlite::params_from_iter(states), row)?;
         rows.collect()
     })
@@ -192,7 +193,11 @@ pub(crate) fn in_states(state: &State, states: &[&str]) -> Result<Vec<Row>, Stat
 /// Rows that should move now: every `leaving` row, and the `parked` ones whose backoff is
 /// over; at most `limit`, oldest first, leaving out those `busy` says are already moving (so
 /// that transfers hung on a dead peer never crowd out the rest).
-pub(crate) fn due_to_move(state: &State, limit: usize, busy: impl Fn(&str, u32) -> bool) -> Result<Vec<Row>, StateError> {
+pub(crate) fn due_to_move(
+    state: &State,
+    limit: usize,
+    busy: impl Fn(&str, u32) -> bool,
+) -> Result<Vec<Row>, StateError> {
     state.transaction(|tx| {
         let mut stmt = tx.prepare_cached(&format!(
             "SELECT {ROW_COLUMNS} FROM agents
@@ -278,7 +283,13 @@ pub(crate) fn mark_recall(state: &State, id: &str) -> Result<bool, StateError> {
     })
 }
 
-pub(crate) fn insert_homed(tx: &Transaction<'_>, id: &str, label: &str, location: &str, route: &[u8]) -> rusqlite::Result<()> {
+pub(crate) fn insert_homed(
+    tx: &Transaction<'_>,
+    id: &str,
+    label: &str,
+    location: &str,
+    route: &[u8],
+) -> rusqlite::Result<()> {
     let now = now_secs() as i64;
     tx.execute(
         "INSERT OR IGNORE INTO homed (id, label, state, location, hops, route, launched, updated)

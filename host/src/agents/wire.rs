@@ -58,7 +58,11 @@ impl Signed {
     }
 
     /// Checks the signer with `trusted`, the signature, and the domain, then decodes.
-    pub fn open<T: DeserializeOwned>(&self, domain: &[u8], trusted: impl Fn(&PublicKey) -> bool) -> Result<T, SignedError> {
+    pub fn open<T: DeserializeOwned>(
+        &self,
+        domain: &[u8],
+        trusted: impl Fn(&PublicKey) -> bool,
+    ) -> Result<T, SignedError> {
         if !trusted(&self.signer) {
             return Err(SignedError::UntrustedPeer(self.signer));
         }
@@ -66,10 +70,8 @@ impl Signed {
         if !self.signer.verify_strict(&self.body, &signature) {
             return Err(SignedError::BadSignature);
         }
-        let payload = self
-            .body
-            .strip_prefix(domain)
-            .ok_or_else(|| SignedError::Malformed("wrong message type".into()))?;
+        let payload =
+            self.body.strip_prefix(domain).ok_or_else(|| SignedError::Malformed("wrong message type".into()))?;
         ciborium::from_reader(payload).map_err(|e| SignedError::Malformed(e.to_string()))
     }
 }

@@ -63,17 +63,8 @@ fn public_key_hex_and_display() -> TestResult {
     assert_eq!(PublicKey::from_hex(&key.to_hex())?, key);
     assert_eq!(PublicKey::from_hex(&key.to_hex().to_uppercase())?, key);
     assert_eq!(PublicKey::from_bytes(*key.as_bytes()), key);
-    for bad in [
-        "",
-        "abcd",
-        &"g".repeat(64),
-        &"0".repeat(65),
-        &"é".repeat(32),
-    ] {
-        assert!(matches!(
-            PublicKey::from_hex(bad),
-            Err(KeyError::InvalidHex { .. })
-        ));
+    for bad in ["", "abcd", &"g".repeat(64), &"0".repeat(65), &"é".repeat(32)] {
+        assert!(matches!(PublicKey::from_hex(bad), Err(KeyError::InvalidHex { .. })));
     }
     Ok(())
 }
@@ -100,10 +91,7 @@ fn write_keypair_round_trips() -> TestResult {
     assert_eq!(pub_path, keys.join("alice.pub"));
     assert_eq!(SecretKey::load(&key_path)?.public(), public);
     assert_eq!(PublicKey::load(&pub_path)?, public);
-    assert_eq!(
-        fs::read_to_string(&pub_path)?,
-        format!("roam-public-key ed25519 {public}\n")
-    );
+    assert_eq!(fs::read_to_string(&pub_path)?, format!("roam-public-key ed25519 {public}\n"));
     let secret_text = fs::read_to_string(&key_path)?;
     assert!(secret_text.starts_with("roam-secret-key ed25519 "));
     assert!(secret_text.ends_with('\n'));
@@ -141,10 +129,7 @@ fn write_keypair_refuses_to_overwrite_a_lone_public_key() -> TestResult {
     let err = write_keypair(dir.path(), "bob").unwrap_err();
     assert!(matches!(err, KeyError::Exists { ref path } if *path == pub_path));
     assert_eq!(fs::read_to_string(&pub_path)?, "precious");
-    assert!(
-        !dir.path().join("bob.key").exists(),
-        "no half-written pair left behind"
-    );
+    assert!(!dir.path().join("bob.key").exists(), "no half-written pair left behind");
     Ok(())
 }
 
@@ -152,13 +137,7 @@ fn write_keypair_refuses_to_overwrite_a_lone_public_key() -> TestResult {
 fn write_keypair_rejects_bad_names() -> TestResult {
     let dir = tempfile::tempdir()?;
     for name in ["", "a/b", "../x", ".hidden", "nul\0byte", "back\\slash"] {
-        assert!(
-            matches!(
-                write_keypair(dir.path(), name),
-                Err(KeyError::InvalidName { .. })
-            ),
-            "{name:?} accepted"
-        );
+        assert!(matches!(write_keypair(dir.path(), name), Err(KeyError::InvalidName { .. })), "{name:?} accepted");
     }
     assert_eq!(fs::read_dir(dir.path())?.count(), 0);
     Ok(())
@@ -171,19 +150,10 @@ fn malformed_key_files_give_typed_errors_naming_the_file() -> TestResult {
     let cases: [(&str, String); 6] = [
         ("header.pub", format!("roam-public-key rsa {hex64}\n")),
         ("swapped.pub", format!("roam-secret-key ed25519 {hex64}\n")),
-        (
-            "hex.pub",
-            format!("roam-public-key ed25519 {}zz\n", "ab".repeat(31)),
-        ),
-        (
-            "short.pub",
-            format!("roam-public-key ed25519 {}\n", "ab".repeat(31)),
-        ),
+        ("hex.pub", format!("roam-public-key ed25519 {}zz\n", "ab".repeat(31))),
+        ("short.pub", format!("roam-public-key ed25519 {}\n", "ab".repeat(31))),
         ("long.pub", format!("roam-public-key ed25519 {hex64}00\n")),
-        (
-            "twolines.pub",
-            format!("roam-public-key ed25519 {hex64}\nmore\n"),
-        ),
+        ("twolines.pub", format!("roam-public-key ed25519 {hex64}\nmore\n")),
     ];
     for (file, text) in &cases {
         fs::write(dir.path().join(file), text)?;
@@ -196,14 +166,8 @@ fn malformed_key_files_give_typed_errors_naming_the_file() -> TestResult {
     let err = load("swapped.pub");
     assert!(err.to_string().contains("SECRET"), "{err}");
     assert!(matches!(load("hex.pub"), KeyError::BadHex { .. }));
-    assert!(matches!(
-        load("short.pub"),
-        KeyError::WrongLength { len: 62, .. }
-    ));
-    assert!(matches!(
-        load("long.pub"),
-        KeyError::WrongLength { len: 66, .. }
-    ));
+    assert!(matches!(load("short.pub"), KeyError::WrongLength { len: 62, .. }));
+    assert!(matches!(load("long.pub"), KeyError::WrongLength { len: 66, .. }));
     assert!(matches!(load("twolines.pub"), KeyError::BadHex { .. }));
     assert!(matches!(load("missing.pub"), KeyError::Io { .. }));
     for (file, _) in &cases {
@@ -211,10 +175,7 @@ fn malformed_key_files_give_typed_errors_naming_the_file() -> TestResult {
     }
 
     // A .pub given where a secret key is expected.
-    fs::write(
-        dir.path().join("ok.pub"),
-        format!("roam-public-key ed25519 {hex64}\n"),
-    )?;
+    fs::write(dir.path().join("ok.pub"), format!("roam-public-key ed25519 {hex64}\n"))?;
     let err = SecretKey::load(&dir.path().join("ok.pub")).unwrap_err();
     assert!(matches!(err, KeyError::WrongHeader { .. }));
     assert!(err.to_string().contains(".key"), "{err}");

@@ -9,13 +9,10 @@ mod verify;
 mod wasm;
 
 use roam_keys::{
-    Kind, NoHistory, SecretKey, SignRequest, TrustStore, VerifiedModule, VerifyContext,
-    VerifyError, sign_module,
+    Kind, NoHistory, SecretKey, SignRequest, TrustStore, VerifiedModule, VerifyContext, VerifyError, sign_module,
 };
 
-pub use roam_keys::testing::{
-    custom_section, payload_for, ranges, replace_signature_section, reseal, reseal_raw,
-};
+pub use roam_keys::testing::{custom_section, payload_for, ranges, replace_signature_section, reseal, reseal_raw};
 
 /// Every test returns this, so failures carry their error instead of a panic.
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -41,8 +38,7 @@ pub fn mallory() -> SecretKey {
 
 /// A tiny unsigned module with a type, function, export and code section.
 pub fn tiny_module() -> Vec<u8> {
-    wat::parse_str(r#"(module (func (export "answer") (result i32) i32.const 42))"#)
-        .expect("fixture WAT is valid")
+    wat::parse_str(r#"(module (func (export "answer") (result i32) i32.const 42))"#).expect("fixture WAT is valid")
 }
 
 /// The fixture signing request: a query module asking for two capabilities.

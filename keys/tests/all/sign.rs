@@ -1,8 +1,8 @@
 //! Signing: output layout, claims encoding, request validation, and a pinned known answer.
 
 use roam_keys::{
-    Claims, DOMAIN, Kind, ModuleHash, SIGNATURE_SECTION, SignError, hash_module,
-    read_claims_unverified, sections, sign_module,
+    Claims, DOMAIN, Kind, ModuleHash, SIGNATURE_SECTION, SignError, hash_module, read_claims_unverified, sections,
+    sign_module,
 };
 use sha2::{Digest, Sha256};
 
@@ -36,12 +36,7 @@ fn signature_section_comes_first_and_the_rest_is_unchanged() -> TestResult {
     let secs = sections(&output)?;
     assert_eq!(secs[0].id, 0);
     assert_eq!(secs[0].name, Some(SIGNATURE_SECTION));
-    assert_eq!(
-        secs.iter()
-            .filter(|s| s.name == Some(SIGNATURE_SECTION))
-            .count(),
-        1
-    );
+    assert_eq!(secs.iter().filter(|s| s.name == Some(SIGNATURE_SECTION)).count(), 1);
     // Header + everything after the signature section is exactly the input.
     let mut rest = output[..8].to_vec();
     rest.extend_from_slice(&output[secs[0].range.end..]);
@@ -77,24 +72,13 @@ fn envelope_and_claims_have_the_documented_cbor_shape() -> TestResult {
     let secs = sections(&output)?;
     let envelope: Value = ciborium::from_reader(secs[0].payload)?;
     let map = envelope.as_map().ok_or("envelope is a map")?;
-    let field = |name: &str| {
-        map.iter()
-            .find(|(k, _)| k.as_text() == Some(name))
-            .map(|(_, v)| v.clone())
-    };
-    let payload = field("payload")
-        .and_then(|v| v.into_bytes().ok())
-        .ok_or("payload bytes")?;
-    let signature = field("signature")
-        .and_then(|v| v.into_bytes().ok())
-        .ok_or("sig bytes")?;
+    let field = |name: &str| map.iter().find(|(k, _)| k.as_text() == Some(name)).map(|(_, v)| v.clone());
+    let payload = field("payload").and_then(|v| v.into_bytes().ok()).ok_or("payload bytes")?;
+    let signature = field("signature").and_then(|v| v.into_bytes().ok()).ok_or("sig bytes")?;
     assert_eq!(map.len(), 2);
     assert_eq!(signature.len(), 64);
     let sig: [u8; 64] = signature.as_slice().try_into()?;
-    assert!(
-        alice().public().verify_strict(&payload, &sig),
-        "signature covers the whole payload"
-    );
+    assert!(alice().public().verify_strict(&payload, &sig), "signature covers the whole payload");
     assert!(payload.starts_with(DOMAIN));
 
     let claims: Value = ciborium::from_reader(&payload[DOMAIN.len()..])?;
@@ -102,34 +86,13 @@ fn envelope_and_claims_have_the_documented_cbor_shape() -> TestResult {
     let names: Vec<&str> = claims.iter().filter_map(|(k, _)| k.as_text()).collect();
     assert_eq!(
         names,
-        [
-            "module_hash",
-            "kind",
-            "name",
-            "version",
-            "signer",
-            "issued_at",
-            "not_before",
-            "expires",
-            "capabilities"
-        ]
+        ["module_hash", "kind", "name", "version", "signer", "issued_at", "not_before", "expires", "capabilities"]
     );
-    let get = |name: &str| {
-        claims
-            .iter()
-            .find(|(k, _)| k.as_text() == Some(name))
-            .map(|(_, v)| v)
-    };
+    let get = |name: &str| claims.iter().find(|(k, _)| k.as_text() == Some(name)).map(|(_, v)| v);
     assert_eq!(get("version").and_then(Value::as_text), Some("1.2.3"));
     assert_eq!(get("kind").and_then(Value::as_text), Some("query"));
-    assert_eq!(
-        get("module_hash").and_then(Value::as_bytes).map(Vec::len),
-        Some(32)
-    );
-    assert_eq!(
-        get("signer").and_then(Value::as_bytes).map(Vec::len),
-        Some(32)
-    );
+    assert_eq!(get("module_hash").and_then(Value::as_bytes).map(Vec::len), Some(32));
+    assert_eq!(get("signer").and_then(Value::as_bytes).map(Vec::len), Some(32));
     Ok(())
 }
 
@@ -140,12 +103,7 @@ fn resigning_replaces_the_old_signature() -> TestResult {
     req.version = semver::Version::new(2, 0, 0);
     let twice = sign_module(&once, &alice(), req)?;
     let secs = sections(&twice)?;
-    assert_eq!(
-        secs.iter()
-            .filter(|s| s.name == Some(SIGNATURE_SECTION))
-            .count(),
-        1
-    );
+    assert_eq!(secs.iter().filter(|s| s.name == Some(SIGNATURE_SECTION)).count(), 1);
     let claims = read_claims_unverified(&twice)?;
     assert_eq!(claims.version, semver::Version::new(2, 0, 0));
     assert_eq!(claims.module_hash, hash_module(&tiny_module()));
@@ -179,10 +137,7 @@ fn bad_requests_are_refused() {
         );
     }
 
-    assert!(matches!(
-        sign_module(b"not wasm at all", &alice(), request()),
-        Err(SignError::NotWasm(_))
-    ));
+    assert!(matches!(sign_module(b"not wasm at all", &alice(), request()), Err(SignError::NotWasm(_))));
 }
 
 #[test]
@@ -198,10 +153,7 @@ fn kind_parses_and_displays() {
 fn module_hash_parses_and_displays() -> TestResult {
     let hash = hash_module(b"abc");
     // SHA-256("abc") from FIPS 180-2.
-    assert_eq!(
-        hash.to_string(),
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
+    assert_eq!(hash.to_string(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     assert_eq!(hash.to_string().parse::<ModuleHash>()?, hash);
     assert_eq!(ModuleHash::from_bytes(*hash.as_bytes()), hash);
     assert!("abc".parse::<ModuleHash>().is_err());

@@ -15,10 +15,7 @@ fn every_single_byte_flip_is_refused() {
             let mut flipped = module.clone();
             flipped[at] ^= mask;
             if let Ok(m) = verify(flipped, &c) {
-                panic!(
-                    "flipping byte {at} with {mask:#04x} still verified: {:?}",
-                    m.claims()
-                );
+                panic!("flipping byte {at} with {mask:#04x} still verified: {:?}", m.claims());
             }
         }
     }

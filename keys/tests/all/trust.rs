@@ -41,10 +41,7 @@ capabilities = ["*"]
     names.sort_unstable();
     assert_eq!(names, ["alice", "carol", "mallory"]);
     let a = alice().public();
-    assert_eq!(
-        trust.get(&a).map(|k| (k.name.as_str(), k.key)),
-        Some(("alice", a))
-    );
+    assert_eq!(trust.get(&a).map(|k| (k.name.as_str(), k.key)), Some(("alice", a)));
 
     assert!(trust.allows(&a, "table:sales"));
     assert!(trust.allows(&a, "log:audit"));
@@ -55,10 +52,7 @@ capabilities = ["*"]
     assert!(!trust.allows_kind(&a, Kind::Agent));
 
     assert!(trust.allows(&carol, "anything:at-all"));
-    assert!(
-        trust.allows_kind(&carol, Kind::Agent),
-        "kinds default to all"
-    );
+    assert!(trust.allows_kind(&carol, Kind::Agent), "kinds default to all");
 
     let m = mallory().public();
     assert!(trust.is_revoked(&m));
@@ -87,15 +81,9 @@ fn without_policy_trusted_keys_may_do_anything() -> TestResult {
 
 #[test]
 fn with_policy_unlisted_keys_get_no_capabilities_but_all_kinds() {
-    let trust = TrustStore::empty()
-        .with_key("alice", alice().public())
-        .with_policy(Policy::default());
+    let trust = TrustStore::empty().with_key("alice", alice().public()).with_policy(Policy::default());
     assert!(!trust.allows(&alice().public(), "log:audit"));
-    assert!(
-        Kind::ALL
-            .iter()
-            .all(|&k| trust.allows_kind(&alice().public(), k))
-    );
+    assert!(Kind::ALL.iter().all(|&k| trust.allows_kind(&alice().public(), k)));
 }
 
 #[test]
@@ -119,10 +107,7 @@ fn missing_directory_is_named() {
 fn bad_pub_file_is_named() -> TestResult {
     let dir = tempfile::tempdir()?;
     write_pub(dir.path(), "alice.pub", alice().public())?;
-    fs::write(
-        dir.path().join("broken.pub"),
-        "roam-public-key ed25519 xyz\n",
-    )?;
+    fs::write(dir.path().join("broken.pub"), "roam-public-key ed25519 xyz\n")?;
     let err = TrustStore::load(dir.path()).unwrap_err();
     assert!(matches!(err, TrustError::Key(_)), "{err}");
     assert!(err.to_string().contains("broken.pub"), "{err}");
@@ -143,17 +128,9 @@ fn the_same_key_under_two_names_is_refused() -> TestResult {
 fn unknown_policy_field_is_refused_with_file_and_line() -> TestResult {
     let dir = tempfile::tempdir()?;
     write_pub(dir.path(), "alice.pub", alice().public())?;
-    fs::write(
-        dir.path().join("policy.toml"),
-        "[keys.alice]\ncapabilities = [\"log:*\"]\ncapabilites = [\"*\"]\n",
-    )?;
+    fs::write(dir.path().join("policy.toml"), "[keys.alice]\ncapabilities = [\"log:*\"]\ncapabilites = [\"*\"]\n")?;
     let err = TrustStore::load(dir.path()).unwrap_err();
-    let TrustError::BadPolicy {
-        ref path,
-        line,
-        ref message,
-    } = err
-    else {
+    let TrustError::BadPolicy { ref path, line, ref message } = err else {
         panic!("expected BadPolicy, got {err}");
     };
     assert_eq!(path, &dir.path().join("policy.toml"));
@@ -161,10 +138,7 @@ fn unknown_policy_field_is_refused_with_file_and_line() -> TestResult {
     assert!(message.contains("capabilites"), "{message}");
     assert!(err.to_string().contains("policy.toml:3"), "{err}");
 
-    assert!(matches!(
-        Policy::parse("sandbox = true\n"),
-        Err(TrustError::BadPolicy { line: 1, .. })
-    ));
+    assert!(matches!(Policy::parse("sandbox = true\n"), Err(TrustError::BadPolicy { line: 1, .. })));
     Ok(())
 }
 

@@ -2,15 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use roam_keys::{
-    DOMAIN, Kind, Policy, SIGNATURE_SECTION, TrustStore, VerifyContext, VerifyError,
-    VersionHistory, WasmError, hash_module, read_claims_unverified, sign_module, verify,
-};
 use roam_keys::testing::{duplicate_signature, move_signature_back};
+use roam_keys::{
+    DOMAIN, Kind, Policy, SIGNATURE_SECTION, TrustStore, VerifyContext, VerifyError, VersionHistory, WasmError,
+    hash_module, read_claims_unverified, sign_module, verify,
+};
 
 use crate::{
-    EXPIRES, ISSUED, NOW, TestResult, alice, ctx, custom_section, mallory, payload_for, ranges,
-    refused, request, reseal, reseal_raw, signed, store, tiny_module,
+    EXPIRES, ISSUED, NOW, TestResult, alice, ctx, custom_section, mallory, payload_for, ranges, refused, request,
+    reseal, reseal_raw, signed, store, tiny_module,
 };
 
 /// A version history backed by a map, as a host's database would be.
@@ -55,10 +55,7 @@ fn too_large_is_refused_before_parsing() {
     assert!(verify(module, &c).is_ok());
     // Garbage over the limit is refused for its size, not parsed.
     c.max_size = 4;
-    assert!(matches!(
-        refused(verify(vec![0xff; 5], &c)),
-        VerifyError::TooLarge { .. }
-    ));
+    assert!(matches!(refused(verify(vec![0xff; 5], &c)), VerifyError::TooLarge { .. }));
 }
 
 #[test]
@@ -70,38 +67,26 @@ fn malformed_module_is_refused() {
     ));
     let mut truncated = signed();
     truncated.pop();
-    assert!(matches!(
-        refused(verify(truncated, &ctx(&trust))),
-        VerifyError::Malformed(_)
-    ));
+    assert!(matches!(refused(verify(truncated, &ctx(&trust))), VerifyError::Malformed(_)));
 }
 
 #[test]
 fn unsigned_module_is_refused() {
     let trust = store();
-    assert!(matches!(
-        refused(verify(tiny_module(), &ctx(&trust))),
-        VerifyError::MissingSignature
-    ));
+    assert!(matches!(refused(verify(tiny_module(), &ctx(&trust))), VerifyError::MissingSignature));
 }
 
 #[test]
 fn duplicate_signature_section_is_refused() {
     let trust = store();
-    assert!(matches!(
-        refused(verify(duplicate_signature(&signed()), &ctx(&trust))),
-        VerifyError::DuplicateSignature
-    ));
+    assert!(matches!(refused(verify(duplicate_signature(&signed()), &ctx(&trust))), VerifyError::DuplicateSignature));
 }
 
 #[test]
 fn signature_moved_after_another_section_is_refused() {
     let trust = store();
     // header, then the type section, then the signature, then the rest.
-    assert!(matches!(
-        refused(verify(move_signature_back(&signed()), &ctx(&trust))),
-        VerifyError::MisplacedSignature
-    ));
+    assert!(matches!(refused(verify(move_signature_back(&signed()), &ctx(&trust))), VerifyError::MisplacedSignature));
 }
 
 #[test]
@@ -109,12 +94,8 @@ fn undecodable_envelope_is_refused() {
     let trust = store();
     let module = signed();
     for contents in [&b""[..], b"\xff", b"\xa0", b"not cbor"] {
-        let broken =
-            crate::replace_signature_section(&module, &custom_section(SIGNATURE_SECTION, contents));
-        assert!(matches!(
-            refused(verify(broken, &ctx(&trust))),
-            VerifyError::BadEnvelope(_)
-        ));
+        let broken = crate::replace_signature_section(&module, &custom_section(SIGNATURE_SECTION, contents));
+        assert!(matches!(refused(verify(broken, &ctx(&trust))), VerifyError::BadEnvelope(_)));
     }
     // A well-formed envelope followed by trailing bytes.
     let payload = payload_for(&read_claims_unverified(&module).unwrap());
@@ -124,10 +105,7 @@ fn undecodable_envelope_is_refused() {
     section.push(0);
     section[1] += 1; // the section size, a one-byte LEB for this fixture
     resealed = crate::replace_signature_section(&resealed, &section);
-    assert!(matches!(
-        refused(verify(resealed, &ctx(&trust))),
-        VerifyError::BadEnvelope(_)
-    ));
+    assert!(matches!(refused(verify(resealed, &ctx(&trust))), VerifyError::BadEnvelope(_)));
 }
 
 #[test]
@@ -138,10 +116,7 @@ fn payload_signed_without_the_domain_prefix_is_refused() {
     let mut bare = Vec::new();
     ciborium::into_writer(&claims, &mut bare).unwrap();
     let forged = reseal(&module, bare, &alice());
-    assert!(matches!(
-        refused(verify(forged, &ctx(&trust))),
-        VerifyError::MissingDomainPrefix
-    ));
+    assert!(matches!(refused(verify(forged, &ctx(&trust))), VerifyError::MissingDomainPrefix));
 }
 
 #[test]
@@ -150,10 +125,7 @@ fn undecodable_claims_are_refused() {
     let module = signed();
     let mut garbage = DOMAIN.to_vec();
     garbage.extend_from_slice(b"\xa1\x61x\x01");
-    assert!(matches!(
-        refused(verify(reseal(&module, garbage, &alice()), &ctx(&trust))),
-        VerifyError::BadPayload(_)
-    ));
+    assert!(matches!(refused(verify(reseal(&module, garbage, &alice()), &ctx(&trust))), VerifyError::BadPayload(_)));
     // Claims with an extra field are refused rather than partly understood.
     let claims = read_claims_unverified(&module).unwrap();
     let mut value = ciborium::Value::serialized(&claims).unwrap();
@@ -162,18 +134,13 @@ fn undecodable_claims_are_refused() {
     }
     let mut payload = DOMAIN.to_vec();
     ciborium::into_writer(&value, &mut payload).unwrap();
-    assert!(matches!(
-        refused(verify(reseal(&module, payload, &alice()), &ctx(&trust))),
-        VerifyError::BadPayload(_)
-    ));
+    assert!(matches!(refused(verify(reseal(&module, payload, &alice()), &ctx(&trust))), VerifyError::BadPayload(_)));
 }
 
 #[test]
 fn revoked_key_is_refused_even_with_its_pub_file() {
-    let trust = store().with_policy(policy(&format!(
-        "revoked = [\"{}\"]\n[keys.alice]\ncapabilities = [\"*\"]\n",
-        alice().public()
-    )));
+    let trust = store()
+        .with_policy(policy(&format!("revoked = [\"{}\"]\n[keys.alice]\ncapabilities = [\"*\"]\n", alice().public())));
     assert!(matches!(
         refused(verify(signed(), &ctx(&trust))),
         VerifyError::Revoked { key } if key == alice().public()
@@ -189,10 +156,7 @@ fn unknown_signer_is_refused() {
         refused(verify(module, &ctx(&trust))),
         VerifyError::UntrustedSigner { key } if key == mallory().public()
     ));
-    assert!(matches!(
-        refused(verify(signed(), &ctx(&TrustStore::empty()))),
-        VerifyError::UntrustedSigner { .. }
-    ));
+    assert!(matches!(refused(verify(signed(), &ctx(&TrustStore::empty()))), VerifyError::UntrustedSigner { .. }));
 }
 
 #[test]
@@ -203,10 +167,7 @@ fn forged_signer_field_is_refused() {
     let claims = read_claims_unverified(&module).unwrap();
     assert_eq!(claims.signer, alice().public());
     let forged = reseal(&module, payload_for(&claims), &mallory());
-    assert!(matches!(
-        refused(verify(forged, &ctx(&trust))),
-        VerifyError::BadSignature
-    ));
+    assert!(matches!(refused(verify(forged, &ctx(&trust))), VerifyError::BadSignature));
 }
 
 #[test]
@@ -218,16 +179,10 @@ fn altered_claims_are_refused() {
     let signature = alice().sign(&original);
     claims.capabilities.push("table:salaries".to_owned());
     let altered = reseal_raw(&module, payload_for(&claims), signature.to_vec());
-    assert!(matches!(
-        refused(verify(altered, &ctx(&trust))),
-        VerifyError::BadSignature
-    ));
+    assert!(matches!(refused(verify(altered, &ctx(&trust))), VerifyError::BadSignature));
     // A signature of the wrong length cannot even be decoded.
     let short = reseal_raw(&module, original, signature[..63].to_vec());
-    assert!(matches!(
-        refused(verify(short, &ctx(&trust))),
-        VerifyError::BadEnvelope(_)
-    ));
+    assert!(matches!(refused(verify(short, &ctx(&trust))), VerifyError::BadEnvelope(_)));
 }
 
 #[test]
@@ -248,27 +203,15 @@ fn expired_is_refused() {
     let trust = store();
     let mut c = ctx(&trust);
     c.now = EXPIRES;
-    assert!(matches!(
-        refused(verify(signed(), &c)),
-        VerifyError::Expired {
-            expires: EXPIRES,
-            now: EXPIRES
-        }
-    ));
+    assert!(matches!(refused(verify(signed(), &c)), VerifyError::Expired { expires: EXPIRES, now: EXPIRES }));
     c.now = EXPIRES - 1;
-    assert!(
-        verify(signed(), &c).is_ok(),
-        "valid until just before expires"
-    );
+    assert!(verify(signed(), &c).is_ok(), "valid until just before expires");
 }
 
 #[test]
 fn rollback_is_refused() {
     let trust = store();
-    let history = History(BTreeMap::from([(
-        "sales-total".to_owned(),
-        semver::Version::new(1, 3, 0),
-    )]));
+    let history = History(BTreeMap::from([("sales-total".to_owned(), semver::Version::new(1, 3, 0))]));
     let mut c = ctx(&trust);
     c.history = &history;
     assert!(matches!(
@@ -278,16 +221,10 @@ fn rollback_is_refused() {
                 && *accepted == semver::Version::new(1, 3, 0)
     ));
     // The same version again, or a newer one, is not a rollback.
-    let same = History(BTreeMap::from([(
-        "sales-total".to_owned(),
-        semver::Version::new(1, 2, 3),
-    )]));
+    let same = History(BTreeMap::from([("sales-total".to_owned(), semver::Version::new(1, 2, 3))]));
     c.history = &same;
     assert!(verify(signed(), &c).is_ok());
-    let other = History(BTreeMap::from([(
-        "other".to_owned(),
-        semver::Version::new(9, 0, 0),
-    )]));
+    let other = History(BTreeMap::from([("other".to_owned(), semver::Version::new(9, 0, 0))]));
     c.history = &other;
     assert!(verify(signed(), &c).is_ok());
 }
@@ -299,19 +236,13 @@ fn code_altered_after_signing_is_refused() {
     // Appending a section keeps the module well-formed but changes what is hashed.
     let mut appended = module.clone();
     appended.extend_from_slice(&custom_section("extra", b"payload"));
-    assert!(matches!(
-        refused(verify(appended, &ctx(&trust))),
-        VerifyError::HashMismatch
-    ));
+    assert!(matches!(refused(verify(appended, &ctx(&trust))), VerifyError::HashMismatch));
     // Changing the constant the function returns (the last-but-one byte: 42 before `end`).
     let mut patched = module;
     let at = patched.len() - 2;
     assert_eq!(patched[at], 42);
     patched[at] = 43;
-    assert!(matches!(
-        refused(verify(patched, &ctx(&trust))),
-        VerifyError::HashMismatch
-    ));
+    assert!(matches!(refused(verify(patched, &ctx(&trust))), VerifyError::HashMismatch));
 }
 
 #[test]
@@ -321,10 +252,7 @@ fn wrong_kind_is_refused() {
     c.expected_kind = Some(Kind::Agent);
     assert!(matches!(
         refused(verify(signed(), &c)),
-        VerifyError::WrongKind {
-            expected: Kind::Agent,
-            found: Kind::Query
-        }
+        VerifyError::WrongKind { expected: Kind::Agent, found: Kind::Query }
     ));
     c.expected_kind = Some(Kind::Query);
     assert!(verify(signed(), &c).is_ok());
@@ -332,9 +260,7 @@ fn wrong_kind_is_refused() {
 
 #[test]
 fn kind_denied_by_policy_is_refused() {
-    let trust = store().with_policy(policy(
-        "[keys.alice]\ncapabilities = [\"*\"]\nkinds = [\"code\", \"agent\"]\n",
-    ));
+    let trust = store().with_policy(policy("[keys.alice]\ncapabilities = [\"*\"]\nkinds = [\"code\", \"agent\"]\n"));
     assert!(matches!(
         refused(verify(signed(), &ctx(&trust))),
         VerifyError::KindDenied { kind: Kind::Query, ref signer } if signer == "alice"
@@ -350,9 +276,7 @@ fn capability_escalation_is_refused() {
         VerifyError::CapabilityDenied { ref capability, ref signer }
             if capability == "log:audit" && signer == "alice"
     ));
-    let trust = store().with_policy(policy(
-        "[keys.alice]\ncapabilities = [\"table:*\", \"log:*\"]\n",
-    ));
+    let trust = store().with_policy(policy("[keys.alice]\ncapabilities = [\"table:*\", \"log:*\"]\n"));
     assert!(verify(signed(), &ctx(&trust)).is_ok());
 }
 
@@ -378,44 +302,28 @@ fn checks_run_in_the_documented_order() {
     let trust = store();
     let mut c = ctx(&trust);
     c.now = EXPIRES + 1;
-    assert!(matches!(
-        refused(verify(module, &c)),
-        VerifyError::UntrustedSigner { .. }
-    ));
+    assert!(matches!(refused(verify(module, &c)), VerifyError::UntrustedSigner { .. }));
 
     // Expired and altered: time is checked before the hash.
     let mut appended = signed();
     appended.extend_from_slice(&custom_section("extra", b""));
-    assert!(matches!(
-        refused(verify(appended.clone(), &c)),
-        VerifyError::Expired { .. }
-    ));
+    assert!(matches!(refused(verify(appended.clone(), &c)), VerifyError::Expired { .. }));
 
     // Altered and of the wrong kind: the hash is checked before the kind.
     let mut c = ctx(&trust);
     c.expected_kind = Some(Kind::Agent);
-    assert!(matches!(
-        refused(verify(appended, &c)),
-        VerifyError::HashMismatch
-    ));
+    assert!(matches!(refused(verify(appended, &c)), VerifyError::HashMismatch));
 
     // Revoked and untrusted: revocation is reported first.
-    let trust = TrustStore::empty()
-        .with_policy(policy(&format!("revoked = [\"{}\"]\n", mallory().public())));
+    let trust = TrustStore::empty().with_policy(policy(&format!("revoked = [\"{}\"]\n", mallory().public())));
     let module = sign_module(&tiny_module(), &mallory(), request()).unwrap();
-    assert!(matches!(
-        refused(verify(module, &ctx(&trust))),
-        VerifyError::Revoked { .. }
-    ));
+    assert!(matches!(refused(verify(module, &ctx(&trust))), VerifyError::Revoked { .. }));
 
     // Wrong kind and capability denied: kind first.
     let trust = store().with_policy(Policy::default());
     let mut c = ctx(&trust);
     c.expected_kind = Some(Kind::Code);
-    assert!(matches!(
-        refused(verify(signed(), &c)),
-        VerifyError::WrongKind { .. }
-    ));
+    assert!(matches!(refused(verify(signed(), &c)), VerifyError::WrongKind { .. }));
 }
 
 #[test]
@@ -434,13 +342,7 @@ fn error_messages_state_facts_and_a_next_step() {
     let mut c = ctx(&trust);
     c.now = EXPIRES + 5;
     let msg = refused(verify(signed(), &c)).to_string();
-    assert!(
-        msg.contains(&EXPIRES.to_string()) && msg.contains(&(EXPIRES + 5).to_string()),
-        "{msg}"
-    );
+    assert!(msg.contains(&EXPIRES.to_string()) && msg.contains(&(EXPIRES + 5).to_string()), "{msg}");
     let msg = refused(verify(signed(), &ctx(&TrustStore::empty()))).to_string();
-    assert!(
-        msg.contains(&alice().public().to_hex()) && msg.contains(".pub"),
-        "{msg}"
-    );
+    assert!(msg.contains(&alice().public().to_hex()) && msg.contains(".pub"), "{msg}");
 }

@@ -35,11 +35,7 @@ fn custom_sections_expose_name_and_payload() -> TestResult {
     assert_eq!(secs[0].name, Some("hello"));
     assert_eq!(secs[0].payload, b"world");
     assert_eq!(secs[0].range, 8..module.len());
-    assert_eq!(
-        sections(HEADER)?.len(),
-        0,
-        "a header alone is an empty module"
-    );
+    assert_eq!(sections(HEADER)?.len(), 0, "a header alone is an empty module");
     Ok(())
 }
 
@@ -48,24 +44,15 @@ fn headers_other_than_core_version_1_are_refused() {
     assert_eq!(sections(b""), Err(WasmError::BadMagic));
     assert_eq!(sections(b"\0as"), Err(WasmError::BadMagic));
     assert_eq!(sections(b"\x7fELF\x02\x01\x01\0"), Err(WasmError::BadMagic));
-    assert_eq!(
-        sections(b"\0asm\x01\0"),
-        Err(WasmError::Truncated { offset: 6 })
-    );
+    assert_eq!(sections(b"\0asm\x01\0"), Err(WasmError::Truncated { offset: 6 }));
     assert_eq!(sections(b"\0asm\x0d\0\x01\0"), Err(WasmError::Component));
-    assert_eq!(
-        sections(b"\0asm\x02\0\0\0"),
-        Err(WasmError::UnsupportedVersion { version: 2 })
-    );
+    assert_eq!(sections(b"\0asm\x02\0\0\0"), Err(WasmError::UnsupportedVersion { version: 2 }));
 }
 
 #[test]
 fn leb128_overflow_is_refused() {
     // Bits above 32 in the fifth byte.
-    assert_eq!(
-        sections(&module_with(&[1, 0xff, 0xff, 0xff, 0xff, 0x1f])),
-        Err(WasmError::LebOverflow { offset: 9 })
-    );
+    assert_eq!(sections(&module_with(&[1, 0xff, 0xff, 0xff, 0xff, 0x1f])), Err(WasmError::LebOverflow { offset: 9 }));
     // Six bytes.
     assert_eq!(
         sections(&module_with(&[1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00])),
@@ -86,48 +73,25 @@ fn leb128_overflow_is_refused() {
 #[test]
 fn custom_section_names_are_checked() {
     // Name longer than the section.
-    assert_eq!(
-        sections(&module_with(&[0, 3, 5, b'a', b'b'])),
-        Err(WasmError::NameOutOfBounds { offset: 8 })
-    );
+    assert_eq!(sections(&module_with(&[0, 3, 5, b'a', b'b'])), Err(WasmError::NameOutOfBounds { offset: 8 }));
     // Empty custom section: no room for a name length.
-    assert_eq!(
-        sections(&module_with(&[0, 0])),
-        Err(WasmError::NameOutOfBounds { offset: 8 })
-    );
+    assert_eq!(sections(&module_with(&[0, 0])), Err(WasmError::NameOutOfBounds { offset: 8 }));
     // A name length whose LEB runs past the section, into the next section.
-    assert_eq!(
-        sections(&module_with(&[0, 1, 0x80, 1, 0])),
-        Err(WasmError::NameOutOfBounds { offset: 8 })
-    );
-    assert_eq!(
-        sections(&module_with(&[0, 3, 2, 0xc3, 0x28])),
-        Err(WasmError::NameNotUtf8 { offset: 8 })
-    );
+    assert_eq!(sections(&module_with(&[0, 1, 0x80, 1, 0])), Err(WasmError::NameOutOfBounds { offset: 8 }));
+    assert_eq!(sections(&module_with(&[0, 3, 2, 0xc3, 0x28])), Err(WasmError::NameNotUtf8 { offset: 8 }));
 }
 
 #[test]
 fn every_prefix_of_a_module_is_handled() {
     let module = signed();
-    let boundaries: Vec<usize> = sections(&module)
-        .unwrap()
-        .iter()
-        .map(|s| s.range.end)
-        .chain([8])
-        .collect();
+    let boundaries: Vec<usize> = sections(&module).unwrap().iter().map(|s| s.range.end).chain([8]).collect();
     for len in 0..module.len() {
         match sections(&module[..len]) {
             Ok(secs) => {
-                assert!(
-                    boundaries.contains(&len),
-                    "prefix {len} parsed but is mid-section"
-                );
+                assert!(boundaries.contains(&len), "prefix {len} parsed but is mid-section");
                 assert_eq!(secs.last().map_or(8, |s| s.range.end), len);
             }
-            Err(_) => assert!(
-                !boundaries.contains(&len) || len < 8,
-                "prefix {len} refused"
-            ),
+            Err(_) => assert!(!boundaries.contains(&len) || len < 8, "prefix {len} refused"),
         }
     }
 }

@@ -143,7 +143,8 @@ fn main() -> Result<()> {
     let module = sign(&SecretKey::load(&key_path)?, &read(roam_wasm)?)?;
     let plugin = read(extism_wasm)?;
     // Extism's canonical input: 1 KiB of text.
-    let text: String = "Hello, World! The quick brown fox jumps over the lazy dog. ".chars().cycle().take(1024).collect();
+    let text: String =
+        "Hello, World! The quick brown fox jumps over the lazy dog. ".chars().cycle().take(1024).collect();
     let mut rows = Vec::new();
 
     // Cold load: bytes in memory to ready to call, nothing cached. roam: a new embedding verifies
@@ -184,7 +185,8 @@ fn main() -> Result<()> {
     // Warm load with the compiled code in memory. roam: the same embedding asked again (the
     // module is read from the cache and verified again; the compiled code is reused). Extism:
     // `Plugin::new_from_compiled` (its cached-plugin path).
-    let roam_memory = sample(scale.loads.max(scale.samples) * 10, || Ok(runtime.block_on(cod.fetch("127.0.0.1:1", &by_hash))?))?;
+    let roam_memory =
+        sample(scale.loads.max(scale.samples) * 10, || Ok(runtime.block_on(cod.fetch("127.0.0.1:1", &by_hash))?))?;
     let compiled = extism(&plugin).with_cache_disabled().compile()?;
     let extism_memory = sample(scale.loads.max(scale.samples) * 10, || Plugin::new_from_compiled(&compiled))?;
     rows.push(("warm load, compiled code in memory / `new_from_compiled`", roam_memory, extism_memory));
