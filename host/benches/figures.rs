@@ -623,7 +623,7 @@ async fn wire_per_hop(s: &Setup, home: &str, module: &[u8], hosts: [SocketAddr; 
         for (request, _) in &requests {
             if let Request::Transfer { snapshot, .. } = request {
                 let snap: Snapshot =
-                    roam_host::agents::wire::from_cbor(snapshot, "the snapshot").map_err(anyhow::Error::msg)?;
+                    roam_host::protocol::wire::from_cbor(snapshot, "the snapshot").map_err(anyhow::Error::msg)?;
                 pages.push(snap.chunks.iter().map(|c| c.bytes.len() / PAGE).sum::<usize>() as f64);
             }
         }

@@ -5,9 +5,8 @@ use std::time::Duration;
 use roam_keys::{ModuleHash, PublicKey, SecretKey};
 use tokio::net::TcpStream;
 
-use crate::protocol::{
-    self, FrameError, Hello, Identity, ModuleInfo, ModuleRef, RemoteError, Request, Response, Welcome,
-};
+use crate::handshake;
+use crate::protocol::{self, FrameError, ModuleInfo, ModuleRef, RemoteError, Request, Response};
 
 /// How long connecting and the handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,30 +73,13 @@ impl Client {
             .map_err(|_| connect_err(timeout()))?
             .map_err(connect_err)?;
         stream.set_nodelay(true).map_err(connect_err)?;
-        let hello = Hello::new(concat!("roam/", env!("CARGO_PKG_VERSION")))?;
-        protocol::write_message(&mut stream, &hello).await?;
-        let welcome: Welcome = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            protocol::read_message(&mut stream, 64 << 10, protocol::FRAME_TIMEOUT),
-        )
-        .await
-        .map_err(|_| FrameError::Timeout)??;
-        match welcome {
-            Welcome::Accepted { host, host_key, proof, challenge, .. } => {
-                let proven = <[u8; 64]>::try_from(proof.as_slice()).is_ok_and(|sig| {
-                    host_key.verify_strict(&protocol::handshake_message(&hello.nonce, &host_key), &sig)
-                });
-                if !proven {
-                    return Err(ClientError::Unauthenticated { addr: addr.to_owned(), key: host_key });
-                }
-                // No answer follows: the first request goes out right behind the identity, and a
-                // refused proof is the answer to that request.
-                let identity = key.map_or(Identity::Anonymous, |k| Identity::prove(k, &challenge, &host_key));
-                protocol::write_message(&mut stream, &identity).await?;
-                Ok(Self { stream, host, host_key, max_frame: protocol::DEFAULT_MAX_FRAME })
-            }
-            Welcome::Refused(e) => Err(ClientError::Refused(e)),
-        }
+        let client = concat!("roam/", env!("CARGO_PKG_VERSION"));
+        let opened = handshake::client_side(&mut stream, client, key, CONNECT_TIMEOUT).await.map_err(|e| match e {
+            handshake::Failed::Frame(e) => ClientError::Frame(e),
+            handshake::Failed::Unproven(key) => ClientError::Unauthenticated { addr: addr.to_owned(), key },
+            handshake::Failed::Refused(e) => ClientError::Refused(e),
+        })?;
+        Ok(Self { stream, host: opened.host, host_key: opened.host_key, max_frame: protocol::DEFAULT_MAX_FRAME })
     }
 
     /// The host's name, from the handshake.

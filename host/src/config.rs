@@ -189,8 +189,8 @@ impl LimitsConfig {
     }
 
     /// The limits agents launched here carry.
-    pub fn agents(&self) -> crate::agents::wire::AgentLimits {
-        crate::agents::wire::AgentLimits {
+    pub fn agents(&self) -> crate::protocol::wire::AgentLimits {
+        crate::protocol::wire::AgentLimits {
             max_hops: self.agent_hops,
             max_snapshot_bytes: self.agent_snapshot_mib << 20,
             lifetime_secs: self.agent_lifetime_s,

@@ -14,10 +14,11 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::cache::{Bounded, MODULES_KEPT};
 use crate::config::HostConfig;
-use crate::engine::{Engine, LoadError, RunError, Runnable, lock};
+use crate::engine::{Engine, LoadError, RunError, Runnable};
 use crate::protocol::{ErrorKind, ModuleInfo, ModuleRef, RemoteError, Request, Response};
 use crate::resources::{ResourceType, Resources};
 use crate::state::{State, now_secs};
+use crate::sync::lock;
 use crate::workers::Workers;
 
 /// A module admitted by this host: verified, stored and compiled.
@@ -71,7 +72,7 @@ pub(crate) struct Inner {
     frame_timeout: Duration,
     max_connections: usize,
     /// Limits given to agents launched here.
-    pub(crate) agent_limits: crate::agents::wire::AgentLimits,
+    pub(crate) agent_limits: crate::protocol::wire::AgentLimits,
     /// Largest table an agent carries by copy or move.
     pub(crate) max_copy: usize,
 }
@@ -145,9 +146,9 @@ impl Host {
         self.inner.key.public()
     }
 
-    /// Signs a client's handshake challenge, proving this host holds its key.
-    pub fn prove(&self, nonce: &[u8]) -> [u8; 64] {
-        self.inner.key.sign(&crate::protocol::handshake_message(nonce, &self.inner.key.public()))
+    /// The host's key, which it proves in every handshake and signs its messages to peers with.
+    pub(crate) fn key(&self) -> &SecretKey {
+        &self.inner.key
     }
 
     /// The largest frame the host reads.

@@ -5,12 +5,13 @@
 //! - [`config::HostConfig`]: what a host offers and the limits it enforces (`host.toml`).
 //! - [`host::Host`]: a host's key, trust store, state, resources and engine, and its handlers.
 //! - [`server::RunningHost`]: the TCP listener and connections in front of a `Host`.
-//! - [`protocol`]: length-prefixed CBOR frames, the handshake, requests and responses.
+//! - [`protocol`]: length-prefixed CBOR frames, requests and responses, host-to-host messages.
+//! - [`handshake`]: both sides of the handshake that opens every connection.
 //! - [`client::Client`]: connects to a host and sends requests (`roam eval`, `roam publish`).
 //! - [`fetch`]: code on demand: bounded, hash-checked downloads and the client's code cache.
 //! - [`local::CodeOnDemand`]: the embedding API: fetch a module once, call it many times locally.
 //! - [`engine::Engine`]: the only wrapper around wasmtime; limits and code caches live there.
-//! - [`guest`]: the host functions a module imports, defined against `roam_abi`.
+//! - [`engine::guest`]: the host functions a module imports, defined against `roam_abi`.
 //! - [`resources`]: read-only SQL tables and append-only logs that modules open by name.
 //! - [`agents`]: mobile agents: launch, snapshot, exactly-once transfer, binding, reports.
 //! - [`snapshot`]: an agent's memory and globals between hops, and the checks on arrival.
@@ -23,7 +24,7 @@ pub mod config;
 pub mod engine;
 mod fault;
 pub mod fetch;
-pub mod guest;
+pub mod handshake;
 pub mod host;
 pub mod local;
 pub mod protocol;
@@ -31,4 +32,5 @@ pub mod resources;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+mod sync;
 mod workers;

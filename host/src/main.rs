@@ -436,7 +436,7 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn one_agent(client: &mut Client, id: &str) -> Result<roam_host::agents::wire::AgentInfo> {
+async fn one_agent(client: &mut Client, id: &str) -> Result<roam_host::protocol::wire::AgentInfo> {
     match client.request(&Request::Agents { id: Some(id.to_owned()) }).await? {
         Response::Agents(mut list) if !list.is_empty() => Ok(list.remove(0)),
         Response::Agents(_) => bail!("the host knows no agent {id}"),

@@ -18,8 +18,8 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::lock;
 use crate::state::State;
+use crate::sync::lock;
 
 /// A batch stops growing past this many encoded bytes, so one batch never needs much memory.
 const BATCH_TARGET_BYTES: usize = 256 << 10;

@@ -13,8 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::handshake::{self, Hello, Identity, Welcome};
 use crate::host::Host;
-use crate::protocol::{self, ErrorKind, FrameError, Hello, Identity, RemoteError, Request, Response, VERSION, Welcome};
+use crate::protocol::{self, ErrorKind, FrameError, RemoteError, Request, Response};
 
 /// How long a refused connection is drained before it is closed (see [`linger`]).
 const LINGER: Duration = Duration::from_millis(500);
@@ -148,7 +149,7 @@ async fn connection(
     let max = host.max_frame();
     let hello = tokio::select! {
         _ = stopped.changed() => return Ok(()),
-        read = tokio::time::timeout(within, protocol::read_message::<_, Hello>(&mut stream, 64 << 10, within)) => {
+        read = tokio::time::timeout(within, protocol::read_message::<_, Hello>(&mut stream, handshake::MAX_MESSAGE, within)) => {
             read.unwrap_or(Err(FrameError::Timeout))
         }
     };
@@ -163,30 +164,7 @@ async fn connection(
             return Err(e);
         }
     };
-    let refuse = |kind, message: String| Welcome::Refused(RemoteError::new(kind, message));
-    let welcome = if hello.protocol != protocol::PROTOCOL {
-        refuse(ErrorKind::Protocol, format!("expected protocol {:?}, got {:?}", protocol::PROTOCOL, hello.protocol))
-    } else if hello.nonce.len() != protocol::NONCE_LEN {
-        refuse(ErrorKind::Protocol, format!("the handshake challenge must be {} bytes", protocol::NONCE_LEN))
-    } else if !hello.versions.contains(&VERSION) {
-        refuse(
-            ErrorKind::Protocol,
-            format!(
-                "this host speaks protocol version {VERSION}; the client offered {:?}: upgrade roam on the older side",
-                hello.versions
-            ),
-        )
-    } else {
-        let proof = host.prove(&hello.nonce).to_vec();
-        let challenge = protocol::nonce()?;
-        Welcome::Accepted {
-            version: VERSION,
-            host: host.name().to_owned(),
-            host_key: host.public_key(),
-            proof,
-            challenge,
-        }
-    };
+    let welcome = handshake::answer(&hello, host.name(), host.key())?;
     let Welcome::Accepted { challenge, .. } = &welcome else {
         send(&mut stream, &welcome, within).await?;
         return Ok(());
@@ -195,7 +173,7 @@ async fn connection(
     send(&mut stream, &welcome, within).await?;
     let identity: Identity = tokio::select! {
         _ = stopped.changed() => return Ok(()),
-        read = tokio::time::timeout(within, protocol::read_message(&mut stream, 64 << 10, within)) => {
+        read = tokio::time::timeout(within, protocol::read_message(&mut stream, handshake::MAX_MESSAGE, within)) => {
             read.unwrap_or(Err(FrameError::Timeout))?
         }
     };

@@ -9,12 +9,31 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use roam_keys::{Claims, ModuleHash, VersionHistory};
+use roam_keys::{Claims, Kind, ModuleHash, PublicKey, VersionHistory};
+use serde::{Deserialize, Serialize};
 
-use crate::protocol::ModuleInfo;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::engine::lock;
+use crate::sync::lock;
+
+/// A module a host holds, as listed and resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    /// SHA-256 of the signed file: what it is fetched by.
+    pub hash: ModuleHash,
+    /// Its signed kind.
+    pub kind: Kind,
+    /// Its signed name.
+    pub name: String,
+    /// Its signed version.
+    pub version: semver::Version,
+    /// Who signed it.
+    pub signer: PublicKey,
+    /// Size of the signed file.
+    pub size: u64,
+    /// How many times a client started downloading it.
+    pub downloads: u64,
+}
 
 /// A failure of the host's state database or module store.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use crate::engine::lock;
+use crate::sync::lock;
 
 type Job = Box<dyn FnOnce() + Send>;
 

@@ -6,15 +6,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use roam_abi::Action;
-use roam_host::agents::wire::{
-    AgentInfo, AgentLimits, AgentRecord, Call, CallOp, Envelope, Event, Recall, Report, Signed, domain,
-};
 use roam_host::client::Client;
 use roam_host::config::HostConfig;
+use roam_host::handshake::{Hello, Identity, Welcome};
 use roam_host::host::Host;
-use roam_host::protocol::{
-    ErrorKind, FRAME_TIMEOUT, Hello, Identity, Request, Response, Welcome, read_message, write_message,
+use roam_host::protocol::wire::{
+    AgentInfo, AgentLimits, AgentRecord, Call, CallOp, Envelope, Event, Recall, Report, Signed, domain,
 };
+use roam_host::protocol::{ErrorKind, FRAME_TIMEOUT, Request, Response, read_message, write_message};
 use roam_host::resources::{Attachment, ResourceType};
 use roam_host::server::RunningHost;
 use roam_keys::{Kind, SecretKey};
@@ -365,7 +364,7 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
         chunks: Vec::new(),
         globals: vec![roam_host::snapshot::GlobalValue::I32(65536)],
     };
-    let snapshot = roam_host::agents::wire::to_cbor(&snapshot);
+    let snapshot = roam_host::protocol::wire::to_cbor(&snapshot);
     let envelope = |destination, nonce, digest_of: &[u8]| Envelope {
         record: AgentRecord {
             id: "00112233445566778899aabbccddeeff".into(),
@@ -655,17 +654,17 @@ async fn impostor(claimed: roam_keys::PublicKey) -> Result<std::net::SocketAddr>
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let hello: Result<roam_host::protocol::Hello, _> =
+            let hello: Result<roam_host::handshake::Hello, _> =
                 roam_host::protocol::read_message(&mut stream, 1 << 16, roam_host::protocol::FRAME_TIMEOUT).await;
             if hello.is_err() {
                 continue;
             }
-            let welcome = roam_host::protocol::Welcome::Accepted {
+            let welcome = roam_host::handshake::Welcome::Accepted {
                 version: roam_host::protocol::VERSION,
                 host: "a".into(),
                 host_key: claimed,
                 proof: vec![0; 64],
-                challenge: vec![0; roam_host::protocol::NONCE_LEN],
+                challenge: vec![0; roam_host::handshake::NONCE_LEN],
             };
             let _ = roam_host::protocol::write_message(&mut stream, &welcome).await;
             // Take whatever comes and claim it was accepted.

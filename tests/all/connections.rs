@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use roam_host::client::Client;
 use roam_host::config::HostConfig;
+use roam_host::handshake::{Hello, Identity, Welcome};
 use roam_host::host::Host;
-use roam_host::protocol::{
-    self, ErrorKind, FRAME_TIMEOUT, Hello, Identity, ModuleRef, RemoteError, Request, Response, Welcome,
-};
+use roam_host::protocol::{self, ErrorKind, FRAME_TIMEOUT, ModuleRef, RemoteError, Request, Response};
 use roam_host::server::RunningHost;
 use roam_keys::Kind;
 use tokio::io::AsyncWriteExt;

@@ -8,13 +8,12 @@ use std::path::Path;
 
 use roam_abi::{Action, Bound, Value};
 use roam_fuzz::{NOW, agent_layout, cbor, module_signer, peer, revoked_signer, stranger};
-use roam_host::agents::wire::{
+use roam_host::handshake::{self, Hello, Identity, Welcome};
+use roam_host::protocol::wire::{
     AgentInfo, AgentLimits, AgentRecord, Anchor, Call, CallOp, Ending, Envelope, Event, Recall, Report, Signed, Visit,
     domain,
 };
-use roam_host::protocol::{
-    self, ErrorKind, Hello, Identity, ModuleInfo, ModuleRef, RemoteError, Request, Response, Welcome,
-};
+use roam_host::protocol::{self, ErrorKind, ModuleInfo, ModuleRef, RemoteError, Request, Response};
 use roam_host::resources::{Attachment, ResourceType, TableCopy};
 use roam_host::snapshot::{GlobalValue, PAGE, Snapshot};
 use roam_keys::{Kind, ModuleHash, SecretKey, SignRequest, sign_module};
@@ -111,7 +110,7 @@ fn hello() -> Hello {
         protocol: protocol::PROTOCOL.into(),
         versions: vec![protocol::VERSION],
         client: "seed".into(),
-        nonce: vec![7; protocol::NONCE_LEN],
+        nonce: vec![7; handshake::NONCE_LEN],
     }
 }
 
@@ -173,19 +172,19 @@ fn responses() -> Vec<(&'static str, Response)> {
 
 fn welcome() -> Welcome {
     let host = peer();
-    let proof = host.sign(&protocol::handshake_message(&hello().nonce, &host.public())).to_vec();
+    let proof = host.sign(&handshake::handshake_message(&hello().nonce, &host.public())).to_vec();
     Welcome::Accepted {
         version: protocol::VERSION,
         host: "d1".into(),
         host_key: host.public(),
         proof,
-        challenge: vec![9; protocol::NONCE_LEN],
+        challenge: vec![9; handshake::NONCE_LEN],
     }
 }
 
 /// A host's answer to the welcome's challenge, proving its key.
 fn identity() -> Identity {
-    Identity::prove(&peer(), &[9; protocol::NONCE_LEN], &peer().public())
+    Identity::prove(&peer(), &[9; handshake::NONCE_LEN], &peer().public())
 }
 
 fn messages() -> Result<Seeds, Box<dyn std::error::Error>> {

@@ -7,7 +7,8 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use roam_fuzz::cbor;
-use roam_host::protocol::{self, DEFAULT_MAX_FRAME, FRAME_TIMEOUT, FrameError, Hello, Identity, Request};
+use roam_host::handshake::{Hello, Identity};
+use roam_host::protocol::{self, DEFAULT_MAX_FRAME, FRAME_TIMEOUT, FrameError, Request};
 use tokio::runtime::Runtime;
 
 /// The cap on the handshake frames (`server.rs`).

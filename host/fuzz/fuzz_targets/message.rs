@@ -8,8 +8,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use roam_fuzz::{cbor, peer};
-use roam_host::agents::wire::{Call, Envelope, Recall, Report, Signed, SignedError, domain, from_cbor};
-use roam_host::protocol::{self, Hello, Identity, Request, Response, Welcome};
+use roam_host::handshake::{Hello, Identity, Welcome};
+use roam_host::protocol::wire::{Call, Envelope, Recall, Report, Signed, SignedError, domain, from_cbor};
+use roam_host::protocol::{self, Request, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

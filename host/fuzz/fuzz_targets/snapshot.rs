@@ -8,8 +8,8 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use roam_fuzz::{agent_layout, cbor};
-use roam_host::agents::wire::from_cbor;
 use roam_host::engine::Limits;
+use roam_host::protocol::wire::from_cbor;
 use roam_host::snapshot::{GlobalSlots, Snapshot, WASM_PAGE};
 
 static LAYOUT: LazyLock<(GlobalSlots, u64)> = LazyLock::new(agent_layout);

@@ -18,9 +18,9 @@ use std::time::Instant;
 
 use roam_abi::{Action, Binding, Bound, Manifest, Value};
 
-use super::wire::{AgentRecord, Anchor, Call, CallOp, Signed, domain};
 use crate::client::Client;
 use crate::host::Inner;
+use crate::protocol::wire::{AgentRecord, Anchor, Call, CallOp, Signed, domain};
 use crate::protocol::{Request, Response};
 use crate::resources::{Attachment, Forward, ResourceError, ResourceType, Resources};
 use crate::state::now_secs;

@@ -16,7 +16,6 @@
 
 pub mod binding;
 pub(crate) mod store;
-pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,13 +24,13 @@ use roam_abi::{Arrival, Bound, Next};
 use roam_keys::{Kind, ModuleHash, PublicKey};
 
 use self::store::{Homed, Row, row_state};
-use self::wire::{
-    AgentInfo, AgentLimits, AgentRecord, Call, CallOp, Ending, Envelope, Event, Recall, Report, Signed, Visit, domain,
-    from_cbor, to_cbor,
-};
 use crate::client::{Client, ClientError};
 use crate::engine::AgentRunnable;
 use crate::host::{Inner, internal};
+use crate::protocol::wire::{
+    AgentInfo, AgentRecord, Call, CallOp, Ending, Envelope, Event, Recall, Report, Signed, Visit, domain, from_cbor,
+    to_cbor,
+};
 use crate::protocol::{ErrorKind, RemoteError, Request, Response};
 use crate::snapshot::Snapshot;
 use crate::state::now_secs;
@@ -48,12 +47,6 @@ const KEPT_PER_PEER: usize = 4;
 /// How long a peer may take to answer one host-to-host request (a transfer includes fetching
 /// the code, if the peer lacks it), so a hung peer never stalls the driver.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(60);
-
-impl Default for AgentLimits {
-    fn default() -> Self {
-        Self { max_hops: 256, max_snapshot_bytes: 16 << 20, lifetime_secs: 24 * 3600 }
-    }
-}
 
 /// An agent module, loaded, with its declarations.
 #[derive(Debug)]
@@ -135,7 +128,7 @@ impl Inner {
     /// signature and a verification, more than a small agent's whole transfer.
     pub(crate) async fn connect(&self, addr: &str) -> Result<(Client, bool), ClientError> {
         let kept = {
-            let mut pool = crate::engine::lock(&self.peer_pool);
+            let mut pool = crate::sync::lock(&self.peer_pool);
             // Connections past their time are dropped for every address, so none lingers.
             pool.retain(|_, conns| {
                 conns.retain(|(_, since)| since.elapsed() < KEEP_CONNECTION);
@@ -151,7 +144,7 @@ impl Inner {
 
     /// Keeps a connection whose last exchange succeeded, for the next one to `addr`.
     fn keep(&self, addr: &str, client: Client) {
-        let mut pool = crate::engine::lock(&self.peer_pool);
+        let mut pool = crate::sync::lock(&self.peer_pool);
         let conns = pool.entry(addr.to_owned()).or_default();
         if conns.len() < KEPT_PER_PEER {
             conns.push((client, std::time::Instant::now()));
@@ -160,7 +153,7 @@ impl Inner {
 
     /// Loads (once) an agent module this host holds.
     fn agent_code(&self, hash: ModuleHash) -> Result<Arc<AgentCode>, RemoteError> {
-        if let Some(code) = crate::engine::lock(&self.agent_code).get(&hash) {
+        if let Some(code) = crate::sync::lock(&self.agent_code).get(&hash) {
             return Ok(code.clone());
         }
         let bytes = self.state.load_module(&hash).map_err(internal)?.ok_or_else(|| {
@@ -176,7 +169,7 @@ impl Inner {
             .map_err(crate::host::run_error)?;
         let manifest = from_cbor(&out, "the agent's manifest").map_err(refused)?;
         let code = Arc::new(AgentCode { runnable, manifest });
-        crate::engine::lock(&self.agent_code).insert(hash, code.clone());
+        crate::sync::lock(&self.agent_code).insert(hash, code.clone());
         Ok(code)
     }
 

@@ -6,6 +6,8 @@
 //! (an `InstancePre` per module hash) and on disk (keyed by module hash and engine), so a module
 //! is compiled once per host. Only a [`VerifiedModule`] can be compiled.
 
+pub mod guest;
+
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -15,10 +17,11 @@ use std::time::{Duration, Instant};
 use roam_keys::{ModuleHash, VerifiedModule};
 use wasmtime::{Instance, InstancePre, Linker, Module, Store, Trap, Val};
 
+use self::guest::{Guest, HostTrap};
 use crate::cache::Bounded;
-use crate::guest::{self, Guest, HostTrap};
 use crate::resources::Resources;
 use crate::snapshot::{GlobalSlots, GlobalValue, Snapshot, instrument};
+use crate::sync::lock;
 
 /// How often the epoch ticks: a call ends at the first tick past its deadline.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -592,12 +595,6 @@ fn spawn_ticker(engine: wasmtime::Engine, stop: Arc<AtomicBool>, demoted: Arc<At
 /// its hash and compiled again.
 fn write_artifact(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
     crate::state::write_file(path, &[artifact, roam_keys::hash_module(artifact).as_bytes()], false)
-}
-
-/// Locks a mutex, recovering the data if a thread panicked while holding it: every map guarded
-/// this way stays consistent after each single insert.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

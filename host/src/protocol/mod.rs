@@ -4,18 +4,17 @@
 //! agreed maximum is refused before it is read, and a frame must arrive whole within a deadline
 //! counted from its first byte.
 //!
-//! A connection opens with a versioned handshake of three messages: the client's [`Hello`]
-//! carries a fresh challenge; the host's [`Welcome`] signs it, proving the key the host names,
-//! and carries a fresh challenge of the host's own; the client's [`Identity`] answers that
-//! challenge with a signature by its key (a host connecting to a peer) or stays anonymous (a
-//! person's client). The client sends its first request right after its identity, so the
-//! handshake costs one round trip. Host-to-host requests are served only on a connection whose
-//! client proved a peer's key. Requests and responses then alternate in order. Every byte
-//! string goes through `serde_bytes`, never as a sequence of integers.
+//! A connection opens with the handshake ([`crate::handshake`]); then requests and responses
+//! alternate in order. Every byte string goes through `serde_bytes`, never as a sequence of
+//! integers.
+
+pub mod wire;
+
+pub use crate::state::ModuleInfo;
 
 use std::time::Duration;
 
-use roam_keys::{Kind, ModuleHash, PublicKey, SecretKey};
+use roam_keys::{ModuleHash, PublicKey};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -181,132 +180,6 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Resu
     Ok(())
 }
 
-/// Prefix of what a host signs to prove its key in the handshake.
-pub const HANDSHAKE_DOMAIN: &[u8] = b"roam-handshake-v1\0";
-/// Prefix of what a client signs to prove its key in the handshake; distinct from
-/// [`HANDSHAKE_DOMAIN`], so neither side's proof can be passed off as the other's.
-pub const IDENTITY_DOMAIN: &[u8] = b"roam-identity-v1\0";
-/// Length of each side's challenge.
-pub const NONCE_LEN: usize = 32;
-
-/// A fresh random challenge.
-pub fn nonce() -> Result<Vec<u8>, FrameError> {
-    let mut nonce = vec![0u8; NONCE_LEN];
-    getrandom::getrandom(&mut nonce)
-        .map_err(|e| FrameError::Malformed(format!("no randomness for the handshake: {e}")))?;
-    Ok(nonce)
-}
-
-/// The client's opening message.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Hello {
-    /// Must be [`PROTOCOL`].
-    pub protocol: String,
-    /// The versions the client speaks.
-    pub versions: Vec<u32>,
-    /// Who the client is, for the host's logs.
-    pub client: String,
-    /// A fresh random challenge the host signs, proving it holds the key it names.
-    #[serde(with = "serde_bytes")]
-    pub nonce: Vec<u8>,
-}
-
-impl Hello {
-    /// A hello for this build, with a fresh challenge.
-    pub fn new(client: &str) -> Result<Self, FrameError> {
-        Ok(Self { protocol: PROTOCOL.into(), versions: vec![VERSION], client: client.into(), nonce: nonce()? })
-    }
-}
-
-/// What a host signs in the handshake: the domain, the client's challenge, and its own key.
-pub fn handshake_message(nonce: &[u8], host_key: &PublicKey) -> Vec<u8> {
-    let mut m = Vec::with_capacity(HANDSHAKE_DOMAIN.len() + nonce.len() + 32);
-    m.extend_from_slice(HANDSHAKE_DOMAIN);
-    m.extend_from_slice(nonce);
-    m.extend_from_slice(host_key.as_bytes());
-    m
-}
-
-/// The host's answer to [`Hello`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Welcome {
-    /// The connection is open.
-    Accepted {
-        /// The version chosen.
-        version: u32,
-        /// The host's name.
-        host: String,
-        /// The host's public key.
-        host_key: PublicKey,
-        /// The host's signature over [`handshake_message`] of the client's challenge.
-        #[serde(with = "serde_bytes")]
-        proof: Vec<u8>,
-        /// A fresh challenge the client answers with its [`Identity`].
-        #[serde(with = "serde_bytes")]
-        challenge: Vec<u8>,
-    },
-    /// The host will not serve this connection.
-    Refused(RemoteError),
-}
-
-/// What a client signs to prove its key: the domain, the host's challenge, the client's key,
-/// and the key of the host it is talking to, so that a proof made for one host cannot be
-/// relayed to another.
-pub fn identity_message(challenge: &[u8], client_key: &PublicKey, host_key: &PublicKey) -> Vec<u8> {
-    let mut m = Vec::with_capacity(IDENTITY_DOMAIN.len() + challenge.len() + 64);
-    m.extend_from_slice(IDENTITY_DOMAIN);
-    m.extend_from_slice(challenge);
-    m.extend_from_slice(client_key.as_bytes());
-    m.extend_from_slice(host_key.as_bytes());
-    m
-}
-
-/// The client's answer to [`Welcome::Accepted`], sent once, before its first request.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Identity {
-    /// A client without a key; it may make every request but the host-to-host ones.
-    Anonymous,
-    /// A client (a host connecting to a peer) proving it holds `key`.
-    Key {
-        /// The key it proves.
-        key: PublicKey,
-        /// Its signature over [`identity_message`] of the host's challenge.
-        #[serde(with = "serde_bytes")]
-        proof: Vec<u8>,
-    },
-}
-
-impl Identity {
-    /// Proves `key` to the host `host_key`, which sent `challenge`.
-    pub fn prove(key: &SecretKey, challenge: &[u8], host_key: &PublicKey) -> Self {
-        let proof = key.sign(&identity_message(challenge, &key.public(), host_key)).to_vec();
-        Self::Key { key: key.public(), proof }
-    }
-
-    /// The key this identity proves to the host `host_key`, which sent `challenge`: `None` for
-    /// an anonymous client.
-    ///
-    /// # Errors
-    /// If the proof does not verify.
-    pub fn check(&self, challenge: &[u8], host_key: &PublicKey) -> Result<Option<PublicKey>, RemoteError> {
-        match self {
-            Self::Anonymous => Ok(None),
-            Self::Key { key, proof } => {
-                let proven = <[u8; 64]>::try_from(proof.as_slice())
-                    .is_ok_and(|sig| key.verify_strict(&identity_message(challenge, key, host_key), &sig));
-                if proven {
-                    Ok(Some(*key))
-                } else {
-                    Err(RemoteError::new(
-                        ErrorKind::Unauthenticated,
-                        format!("the handshake proof for key {key} is invalid: the client does not hold that key"),
-                    ))
-                }
-            }
-        }
-    }
-}
-
 /// A module named in a request.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ModuleRef {
@@ -363,13 +236,13 @@ pub enum Request {
     /// An agent moving here (host to host).
     Transfer {
         /// The sending host's signed envelope.
-        envelope: crate::agents::wire::Signed,
+        envelope: wire::Signed,
         /// The agent's snapshot, CBOR.
         #[serde(with = "serde_bytes")]
         snapshot: Vec<u8>,
     },
     /// A report about an agent whose home this is (host to host).
-    Report(crate::agents::wire::Signed),
+    Report(wire::Signed),
     /// The agents this host knows, or one of them.
     Agents {
         /// Only this agent.
@@ -381,9 +254,9 @@ pub enum Request {
         id: String,
     },
     /// A home's signed order to send its agent back (host to host).
-    RecallAgent(crate::agents::wire::Signed),
+    RecallAgent(wire::Signed),
     /// A call on a resource this host owns, forwarded for an agent elsewhere (host to host).
-    Call(crate::agents::wire::Signed),
+    Call(wire::Signed),
     /// Check that the host answers.
     Ping,
 }
@@ -398,25 +271,6 @@ impl Request {
             _ => None,
         }
     }
-}
-
-/// A module a host holds, as listed and resolved.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModuleInfo {
-    /// SHA-256 of the signed file: what it is fetched by.
-    pub hash: ModuleHash,
-    /// Its signed kind.
-    pub kind: Kind,
-    /// Its signed name.
-    pub name: String,
-    /// Its signed version.
-    pub version: semver::Version,
-    /// Who signed it.
-    pub signer: PublicKey,
-    /// Size of the signed file.
-    pub size: u64,
-    /// How many times a client started downloading it.
-    pub downloads: u64,
 }
 
 /// A host's answer to one [`Request`].
@@ -450,7 +304,7 @@ pub enum Response {
     /// The request was carried out (a transfer persisted, a report applied, a recall ordered).
     Accepted,
     /// Agents, as `roam agents` shows them.
-    Agents(Vec<crate::agents::wire::AgentInfo>),
+    Agents(Vec<wire::AgentInfo>),
     /// Rows a forwarded query returned, as cursor batches.
     Rows(Vec<serde_bytes::ByteBuf>),
     /// Answer to [`Request::Ping`].

@@ -87,6 +87,12 @@ pub struct AgentLimits {
     pub lifetime_secs: u64,
 }
 
+impl Default for AgentLimits {
+    fn default() -> Self {
+        Self { max_hops: 256, max_snapshot_bytes: 16 << 20, lifetime_secs: 24 * 3600 }
+    }
+}
+
 /// Where a resource the agent refers to by identifier or value lives, and how it is tied there.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Anchor {

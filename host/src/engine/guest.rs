@@ -13,7 +13,7 @@ use roam_abi::{ErrorCode, FINISH_ERR, FINISH_OK, LogLevel, MEMORY_EXPORT, Value,
 use roam_keys::Policy;
 use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 
-use crate::engine::{Limits, RunError};
+use super::{Limits, RunError};
 use crate::resources::{Cursor, MAX_LOG_LINE, Resource, ResourceError, ResourceType, Resources};
 
 /// Most bytes a module may write to the host's diagnostic log per call; the rest is dropped.
