@@ -8,12 +8,14 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use roam_keys::{Kind, ModuleHash, SecretKey, TrustStore, VerifiedModule, VerifyContext, VerifyError};
+use roam_keys::{Kind, ModuleHash, SecretKey, TrustStore, VerifiedModule, VerifyError};
 
+use crate::admission::{Admission, AdmitError, Rollback};
 use crate::client::{Client, ClientError};
-use crate::state::{State, StateError, now_secs};
+use crate::state::{State, StateError};
 
 /// How long one whole download may take.
 pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -54,6 +56,15 @@ pub enum FetchError {
     /// The local cache failed.
     #[error("code cache: {0}")]
     Cache(#[from] StateError),
+}
+
+impl From<AdmitError> for FetchError {
+    fn from(e: AdmitError) -> Self {
+        match e {
+            AdmitError::Verify(e) => Self::Verify(e),
+            AdmitError::State(e) => Self::Cache(e),
+        }
+    }
 }
 
 /// Downloads the signed module `hash` from the host at `addr`, in chunks, refusing more than
@@ -149,15 +160,16 @@ impl std::fmt::Display for ModuleSpec {
 #[derive(Debug)]
 pub struct CodeCache {
     dir: PathBuf,
-    state: State,
-    trust: TrustStore,
-    max_size: usize,
+    state: Arc<State>,
+    admission: Admission,
 }
 
 impl CodeCache {
     /// Opens (creating) a cache under `dir`, verifying against `trust`.
     pub fn open(dir: &Path, trust: TrustStore) -> Result<Self, FetchError> {
-        Ok(Self { dir: dir.to_owned(), state: State::open(dir)?, trust, max_size: roam_keys::DEFAULT_MAX_MODULE_SIZE })
+        let state = Arc::new(State::open(dir)?);
+        let admission = Admission::new(trust, state.clone(), roam_keys::DEFAULT_MAX_MODULE_SIZE);
+        Ok(Self { dir: dir.to_owned(), state, admission })
     }
 
     /// `$ROAM_CACHE`, else `$XDG_CACHE_HOME/roam`, else `~/.cache/roam`.
@@ -196,9 +208,8 @@ impl CodeCache {
         if let Some(module) = self.load(hash, kind)? {
             return Ok((hash, module));
         }
-        let bytes = download(source, hash, self.max_size, None, progress).await?;
-        let module = self.admit(hash, bytes, kind)?;
-        Ok((hash, module))
+        let bytes = download(source, hash, self.admission.max_size(), None, progress).await?;
+        self.add(bytes, kind)
     }
 
     async fn resolve(&self, source: &str, spec: &ModuleSpec, refresh: bool) -> Result<ModuleHash, FetchError> {
@@ -220,44 +231,13 @@ impl CodeCache {
     /// A cached module, checked against its hash and verified again; `None` if the cache does
     /// not hold it, or held a copy that no longer matches its hash (which is then dropped).
     pub fn load(&self, hash: ModuleHash, kind: Kind) -> Result<Option<VerifiedModule>, FetchError> {
-        let Some(bytes) = self.state.load_module(&hash)? else {
-            return Ok(None);
-        };
-        if roam_keys::hash_module(&bytes) != hash {
-            tracing::warn!(%hash, "cached module does not match its hash; fetching it again");
-            self.state.remove_module(&hash)?;
-            return Ok(None);
-        }
-        Ok(Some(self.verify(bytes, kind)?))
-    }
-
-    fn verify(&self, bytes: Vec<u8>, kind: Kind) -> Result<VerifiedModule, FetchError> {
-        let ctx = VerifyContext {
-            trust: &self.trust,
-            now: now_secs(),
-            max_size: self.max_size,
-            expected_kind: Some(kind),
-            history: &self.state,
-        };
-        Ok(roam_keys::verify(bytes, &ctx)?)
+        Ok(self.admission.load(hash, Some(kind), Rollback::Refuse)?)
     }
 
     /// Verifies a signed module the caller already holds (bundled with an application, say)
     /// and only then caches it. Returns it with its hash.
     pub fn add(&self, bytes: Vec<u8>, kind: Kind) -> Result<(ModuleHash, VerifiedModule), FetchError> {
-        let hash = roam_keys::hash_module(&bytes);
-        Ok((hash, self.admit(hash, bytes, kind)?))
-    }
-
-    /// Verifies downloaded bytes and only then caches them.
-    fn admit(&self, hash: ModuleHash, bytes: Vec<u8>, kind: Kind) -> Result<VerifiedModule, FetchError> {
-        let module = self.verify(bytes, kind)?;
-        let claims = module.claims();
-        // A corrupt copy may still be on disk under this hash; replace it.
-        self.state.remove_module(&hash)?;
-        self.state.store_module(hash, module.bytes(), claims)?;
-        self.state.accept_version(&claims.name, &claims.version)?;
-        Ok(module)
+        Ok(self.admission.admit(bytes, Some(kind), Rollback::Refuse)?)
     }
 }
 

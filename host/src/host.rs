@@ -2,20 +2,23 @@
 //! requests with them.
 //!
 //! Request path: `server` (listener → connection → frame → [`Request`]) → [`Host::handle`] →
-//! a worker from the bounded pool → module admission (verify, store, compile) → the engine.
+//! a module thread from the bounded pool → admission (verify, store, accept the version) and
+//! compilation → the engine. Agent requests go to [`Agents`].
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use roam_keys::{Kind, ModuleHash, PublicKey, SecretKey, TrustStore, VerifiedModule, VerifyContext, VerifyError};
-use tokio::sync::{Notify, Semaphore};
+use roam_keys::{Kind, ModuleHash, PublicKey, SecretKey, TrustStore, VerifiedModule, VerifyError};
+use tokio::sync::Semaphore;
 
+use crate::admission::{Admission, Rollback};
+use crate::agents::{Agents, Parts};
 use crate::cache::{Bounded, MODULES_KEPT};
 use crate::config::HostConfig;
-use crate::engine::{Engine, LoadError, RunError, Runnable};
+use crate::engine::{Engine, Runnable};
 use crate::protocol::{ErrorKind, ModuleInfo, ModuleRef, RemoteError, Request, Response};
+use crate::refusal::{admit_error, internal, load_error, run_error, verify_error};
 use crate::resources::{ResourceType, Resources};
 use crate::state::{State, now_secs};
 use crate::sync::lock;
@@ -35,46 +38,31 @@ pub struct Host {
 }
 
 #[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) name: String,
-    pub(crate) key: Arc<SecretKey>,
-    trust: TrustStore,
-    /// Host keys this host accepts agents, reports and forwarded calls from.
-    pub(crate) peers: TrustStore,
-    pub(crate) state: Arc<State>,
-    pub(crate) resources: Arc<Resources>,
-    pub(crate) engine: Engine,
-    pub(crate) data_dir: PathBuf,
-    /// The address other hosts reach this one at; set once it listens.
-    pub(crate) address: OnceLock<String>,
+struct Inner {
+    name: String,
+    key: Arc<SecretKey>,
+    state: Arc<State>,
+    resources: Arc<Resources>,
+    engine: Arc<Engine>,
+    /// How modules enter this host's store: verified against its trust store first.
+    admission: Arc<Admission>,
     /// Modules admitted since start, by the hash of their signed bytes.
     admitted: Mutex<Bounded<ModuleHash, Arc<Admitted>>>,
-    /// Agent modules loaded since start.
-    pub(crate) agent_code: Mutex<Bounded<ModuleHash, Arc<crate::agents::AgentCode>>>,
-    /// Wakes the agent driver when there is work.
-    pub(crate) wake: Notify,
-    /// Transfers and report deliveries under way, so each runs once at a time.
-    in_flight: Mutex<std::collections::HashSet<String>>,
-    /// Idle proven connections to peers, by address, with when each was last used.
-    pub(crate) peer_pool: Mutex<HashMap<String, Vec<(crate::client::Client, std::time::Instant)>>>,
+    /// The agents this host launched, holds or is home to.
+    agents: Arc<Agents>,
     /// Bounds how many modules run at once, so slow modules never starve the accept loop.
     workers: Arc<Semaphore>,
     /// The threads modules run on, one per worker permit.
-    threads: Workers,
+    threads: Arc<Workers>,
     /// Permits for calls of modules that run long (see `Runnable::runs_long`): one fewer than
     /// `workers` (but at least one), so however many long calls arrive, a module thread stays
     /// free for short ones.
     long_calls: Arc<Semaphore>,
     queue_timeout: Duration,
-    pub(crate) max_module: usize,
     max_frame: usize,
     /// How long a peer may take over one frame, from its first byte.
     frame_timeout: Duration,
     max_connections: usize,
-    /// Limits given to agents launched here.
-    pub(crate) agent_limits: crate::protocol::wire::AgentLimits,
-    /// Largest table an agent carries by copy or move.
-    pub(crate) max_copy: usize,
 }
 
 impl Host {
@@ -93,7 +81,6 @@ impl Host {
         };
         let state = Arc::new(State::open(&config.data_dir)?);
         state.set_durable(config.durable)?;
-        state.transaction(crate::agents::store::create)?;
         let mut resources = Resources::default();
         for r in &config.resources {
             match (r.kind, &r.source) {
@@ -103,35 +90,44 @@ impl Host {
                 _ => resources.add_log(&r.name, r.attachment, state.clone()),
             }
         }
-        let limits = config.limits.engine();
-        let engine = Engine::new(limits, Some(config.data_dir.join("code")))?;
+        let resources = Arc::new(resources);
+        let engine = Arc::new(Engine::new(config.limits.engine(), Some(config.data_dir.join("code")))?);
+        let admission = Arc::new(Admission::new(trust, state.clone(), config.limits.module_kib << 10));
+        let workers = Arc::new(Semaphore::new(config.limits.workers()));
+        let threads = Arc::new(
+            Workers::start("roam-worker", config.limits.workers()).context("cannot start the worker threads")?,
+        );
+        let agents = Agents::new(Parts {
+            name: config.name.clone(),
+            key: key.clone(),
+            peers,
+            state: state.clone(),
+            resources: resources.clone(),
+            engine: engine.clone(),
+            admission: admission.clone(),
+            data_dir: config.data_dir.clone(),
+            workers: workers.clone(),
+            threads: threads.clone(),
+            limits: config.limits.agents(),
+            max_copy: config.limits.copy_kib << 10,
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 name: config.name.clone(),
                 key,
-                trust,
-                peers,
                 state,
-                resources: Arc::new(resources),
+                resources,
                 engine,
-                data_dir: config.data_dir.clone(),
-                address: OnceLock::new(),
+                admission,
                 admitted: Mutex::new(Bounded::new(MODULES_KEPT)),
-                agent_code: Mutex::new(Bounded::new(MODULES_KEPT)),
-                wake: Notify::new(),
-                in_flight: Mutex::new(std::collections::HashSet::new()),
-                peer_pool: Mutex::new(HashMap::new()),
-                workers: Arc::new(Semaphore::new(config.limits.workers())),
-                threads: Workers::start("roam-worker", config.limits.workers())
-                    .context("cannot start the worker threads")?,
+                agents: Arc::new(agents),
+                workers,
+                threads,
                 long_calls: Arc::new(Semaphore::new(config.limits.workers().saturating_sub(1).max(1))),
                 queue_timeout: Duration::from_millis(config.limits.queue_ms),
-                max_module: config.limits.module_kib << 10,
                 max_frame: config.limits.frame_kib << 10,
                 frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
                 max_connections: config.limits.max_connections,
-                agent_limits: config.limits.agents(),
-                max_copy: config.limits.copy_kib << 10,
             }),
         })
     }
@@ -174,124 +170,46 @@ impl Host {
     /// Records the address other hosts reach this one at (its agents' home address). Only the
     /// first call counts.
     pub fn set_address(&self, address: String) {
-        let _ = self.inner.address.set(address);
+        self.inner.agents.set_address(address);
     }
 
-    /// Moves agents along until `stop` fires: runs ready agents on the worker pool, transfers
-    /// leaving ones, retries parked ones, and sends reports home.
-    pub async fn drive_agents(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            self.agent_round().await;
-            tokio::select! {
-                _ = self.inner.wake.notified() => {}
-                _ = tokio::time::sleep(crate::agents::RETRY_EVERY) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-
-    async fn agent_round(&self) {
-        use crate::agents::store::{self, row_state};
-        let inner = &self.inner;
-        if let Ok(ready) = store::in_states(&inner.state, &[row_state::READY]) {
-            let mut running = Vec::new();
-            for row in ready {
-                let Ok(permit) = inner.workers.clone().acquire_owned().await else { return };
-                let worker = inner.clone();
-                running.push(inner.threads.run(move || {
-                    let _permit = permit;
-                    worker.run_ready(row);
-                }));
-            }
-            for r in running {
-                let _ = r.await;
-            }
-        }
-        // Reports and transfers run as tasks of their own, one per destination and one per
-        // agent, so a slow or dead peer holds up only what is bound for it.
-        if let Ok(dests) = store::outbox_destinations(&inner.state) {
-            for dest in dests {
-                self.spawn_once(
-                    format!("report {dest}"),
-                    move |inner| async move { inner.flush_outbox_to(&dest).await },
-                );
-            }
-        }
-        let moving = store::due_to_move(&inner.state, MOVES_PER_ROUND, |id, hop| {
-            lock(&inner.in_flight).contains(&transfer_key(id, hop))
-        });
-        for row in moving.unwrap_or_default() {
-            let key = transfer_key(&row.id, row.hop);
-            self.spawn_once(key, move |inner| async move { inner.transfer(row).await });
-        }
-    }
-
-    /// Spawns `work` unless a task with the same key is still running.
-    fn spawn_once<F, Fut>(&self, key: String, work: F)
-    where
-        F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        if !lock(&self.inner.in_flight).insert(key.clone()) {
-            return;
-        }
-        let inner = self.inner.clone();
-        // No wake-up when it ends: work that leaves something new to do says so itself, and a
-        // wake-up per finished task made hosts with many parked agents spin.
-        tokio::spawn(async move {
-            work(inner.clone()).await;
-            lock(&inner.in_flight).remove(&key);
-        });
+    /// Moves agents along until `stop` fires: runs ready agents on the module threads,
+    /// transfers leaving ones, retries parked ones, and sends reports home.
+    pub async fn drive_agents(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        self.inner.agents.clone().drive(stop).await;
     }
 
     /// Serves one request from a client that proved the key `peer` in the handshake (`None`:
     /// an anonymous client).
     pub async fn handle(&self, request: Request, peer: Option<PublicKey>) -> Response {
+        let agents = &self.inner.agents;
         if let Some(signer) = request.host_signer()
-            && let Err(e) = self.inner.check_sender(signer, peer, matches!(request, Request::RecallAgent(_)))
+            && let Err(e) = agents.check_sender(signer, peer, matches!(request, Request::RecallAgent(_)))
         {
             return Response::Error(e);
         }
+        // Every handler that touches SQLite or runs Wasm leaves the async runtime: a commit
+        // waits for fsync, and the runtime's threads serve every other connection.
+        let inner = self.inner.clone();
+        let agents = agents.clone();
         match request {
             Request::Ping => Response::Pong,
             Request::Eval { module, input } => self.eval(module, input).await.unwrap_or_else(Response::Error),
-            Request::Publish { module } => {
-                let inner = self.inner.clone();
-                blocking(move || inner.publish(module).map(Response::Published)).await
-            }
-            Request::List => {
-                self.inner.state.modules().map_or_else(|e| Response::Error(internal(e)), Response::Modules)
-            }
-            Request::Resolve { name, version } => match self.inner.state.resolve(&name, version.as_ref()) {
-                Ok(Some(info)) => Response::Resolved(info),
-                Ok(None) => Response::Error(RemoteError::new(
-                    ErrorKind::NotFound,
-                    match version {
-                        Some(v) => format!("this host holds no module {name}@{v}"),
-                        None => format!("this host holds no module named {name}"),
-                    },
-                )),
-                Err(e) => Response::Error(internal(e)),
-            },
-            Request::Fetch { hash, offset, max } => {
-                let inner = self.inner.clone();
-                blocking(move || inner.fetch(hash, offset, max)).await
-            }
+            Request::Publish { module } => blocking(move || inner.publish(module).map(Response::Published)).await,
+            Request::List => blocking(move || inner.state.modules().map(Response::Modules).map_err(internal)).await,
+            Request::Resolve { name, version } => blocking(move || inner.resolve(&name, version.as_ref())).await,
+            Request::Fetch { hash, offset, max } => blocking(move || inner.fetch(hash, offset, max)).await,
             Request::Launch { module, input } => {
-                let inner = self.inner.clone();
-                blocking(move || inner.launch(module, input).map(|id| Response::Launched { id })).await
+                blocking(move || agents.launch(module, input).map(|id| Response::Launched { id })).await
             }
             Request::Transfer { envelope, snapshot } => {
-                self.inner.receive(envelope, snapshot).await.unwrap_or_else(Response::Error)
+                agents.receive(envelope, snapshot).await.unwrap_or_else(Response::Error)
             }
-            Request::Report(signed) => self.inner.receive_report(&signed).unwrap_or_else(Response::Error),
-            Request::Agents { id } => self.inner.agents(id.as_deref()).map_or_else(Response::Error, Response::Agents),
-            Request::Recall { id } => self.inner.recall(&id).await.unwrap_or_else(Response::Error),
-            Request::RecallAgent(signed) => self.inner.receive_recall(&signed).unwrap_or_else(Response::Error),
-            Request::Call(signed) => {
-                let inner = self.inner.clone();
-                blocking(move || inner.receive_call(&signed)).await
-            }
+            Request::Report(signed) => blocking(move || agents.receive_report(&signed)).await,
+            Request::Agents { id } => blocking(move || agents.agents(id.as_deref()).map(Response::Agents)).await,
+            Request::Recall { id } => agents.recall(&id).await.unwrap_or_else(Response::Error),
+            Request::RecallAgent(signed) => blocking(move || agents.receive_recall(&signed)).await,
+            Request::Call(signed) => blocking(move || agents.receive_call(&signed)).await,
         }
     }
 
@@ -301,7 +219,7 @@ impl Host {
         if let Some(info) = self.inner.state.module(&hash).map_err(internal)? {
             return Ok(info);
         }
-        let bytes = crate::fetch::download(peer, hash, self.inner.max_module, Some(&self.inner.key), None)
+        let bytes = crate::fetch::download(peer, hash, self.inner.admission.max_size(), Some(&self.inner.key), None)
             .await
             .map_err(|e| RemoteError::new(ErrorKind::NotFound, format!("cannot fetch {hash} from {peer}: {e}")))?;
         let inner = self.inner.clone();
@@ -346,28 +264,8 @@ async fn blocking(f: impl FnOnce() -> Result<Response, RemoteError> + Send + 'st
     }
 }
 
-/// The network form of a state failure: a full disk is worth retrying later, anything else is
-/// the host's own fault. Either way the operator hears of it, not only the peer.
-pub(crate) fn internal(e: crate::state::StateError) -> RemoteError {
-    tracing::warn!("{e}");
-    let kind = match e {
-        crate::state::StateError::Full { .. } => ErrorKind::Busy,
-        _ => ErrorKind::Internal,
-    };
-    RemoteError::new(kind, e.to_string())
-}
-
 /// The largest chunk a fetch returns, so one request never holds a whole large module.
 pub const MAX_CHUNK: u32 = 1 << 20;
-
-/// The most transfers one round of the agent driver starts: a host with many parked agents
-/// retries them a batch at a time instead of loading every one of them at once.
-const MOVES_PER_ROUND: usize = 256;
-
-/// The key a transfer runs under in `in_flight`.
-fn transfer_key(id: &str, hop: u32) -> String {
-    format!("transfer {id} {hop}")
-}
 
 impl Inner {
     /// Stores a signed code or agent module in the code repository, after verifying it.
@@ -376,7 +274,7 @@ impl Inner {
         if let Some(info) = self.state.module(&hash).map_err(internal)? {
             return Ok(info);
         }
-        let verified = self.verify(bytes, None)?;
+        let verified = self.admission.verify(bytes, None, Rollback::Refuse).map_err(|e| verify_error(&e))?;
         let claims = verified.claims();
         if claims.kind == Kind::Query {
             return Err(RemoteError::new(
@@ -393,7 +291,7 @@ impl Inner {
                 ),
             ));
         }
-        self.store(hash, &verified)?;
+        self.admission.keep(hash, &verified).map_err(internal)?;
         tracing::info!(%hash, name = %claims.name, version = %claims.version, kind = %claims.kind, "published module");
         self.state
             .module(&hash)
@@ -412,34 +310,18 @@ impl Inner {
         Ok(Response::Chunk { total, bytes })
     }
 
-    /// Runs every check on a module, with one clock reading.
-    pub(crate) fn verify(&self, bytes: Vec<u8>, kind: Option<Kind>) -> Result<VerifiedModule, RemoteError> {
-        self.verify_with(bytes, kind, &*self.state)
-    }
-
-    /// [`verify`](Self::verify) against another version history (none, for agents already
-    /// launched).
-    pub(crate) fn verify_with(
-        &self,
-        bytes: Vec<u8>,
-        kind: Option<Kind>,
-        history: &dyn roam_keys::VersionHistory,
-    ) -> Result<VerifiedModule, RemoteError> {
-        let ctx = VerifyContext {
-            trust: &self.trust,
-            now: now_secs(),
-            max_size: self.max_module,
-            expected_kind: kind,
-            history,
-        };
-        roam_keys::verify(bytes, &ctx).map_err(|e| verify_error(&e))
-    }
-
-    /// Stores a verified module and records its version as accepted.
-    pub(crate) fn store(&self, hash: ModuleHash, verified: &VerifiedModule) -> Result<(), RemoteError> {
-        let claims = verified.claims();
-        self.state.store_module(hash, verified.bytes(), claims).map_err(internal)?;
-        self.state.accept_version(&claims.name, &claims.version).map_err(internal)
+    /// `roam modules`' answer for one name (and version).
+    fn resolve(&self, name: &str, version: Option<&semver::Version>) -> Result<Response, RemoteError> {
+        match self.state.resolve(name, version).map_err(internal)? {
+            Some(info) => Ok(Response::Resolved(info)),
+            None => Err(RemoteError::new(
+                ErrorKind::NotFound,
+                match version {
+                    Some(v) => format!("this host holds no module {name}@{v}"),
+                    None => format!("this host holds no module named {name}"),
+                },
+            )),
+        }
     }
 
     /// Runs a query module; `long` is the long-call permit it waited for, if it is known to run
@@ -456,13 +338,10 @@ impl Inner {
                 Some(a) => a,
                 None => return Ok(Response::NeedModule(hash)),
             },
-            ModuleRef::Bytes(bytes) => {
-                let hash = roam_keys::hash_module(&bytes);
-                match self.cached(hash)? {
-                    Some(a) => a,
-                    None => self.admit(hash, bytes)?,
-                }
-            }
+            ModuleRef::Bytes(bytes) => match self.cached(roam_keys::hash_module(&bytes))? {
+                Some(a) => a,
+                None => self.admit(bytes)?,
+            },
         };
         // A long module sent whole, so without its long-call permit: it runs only if one is
         // free now, since waiting here would hold a module thread.
@@ -509,19 +388,22 @@ impl Inner {
         if let Some(a) = self.cached(hash)? {
             return Ok(Some(a));
         }
-        let stored = self.state.load_module(&hash).map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
-        match stored {
-            // A stored file whose hash no longer matches is treated as missing: the client
-            // sends the module again and the good copy replaces it.
-            Some(bytes) if roam_keys::hash_module(&bytes) == hash => self.admit(hash, bytes).map(Some),
-            _ => Ok(None),
+        // A stored copy that no longer matches its hash counts as missing: the client sends
+        // the module again and the good copy replaces it.
+        match self.admission.load(hash, Some(Kind::Query), Rollback::Refuse).map_err(admit_error)? {
+            Some(verified) => self.compile(hash, verified).map(Some),
+            None => Ok(None),
         }
     }
 
-    /// Verifies a module (every check, before anything is compiled), stores it, and compiles it.
-    fn admit(&self, hash: ModuleHash, bytes: Vec<u8>) -> Result<Arc<Admitted>, RemoteError> {
-        let verified = self.verify(bytes, Some(Kind::Query))?;
-        self.store(hash, &verified)?;
+    /// Admits a module sent whole (every check before anything is compiled), then compiles it.
+    fn admit(&self, bytes: Vec<u8>) -> Result<Arc<Admitted>, RemoteError> {
+        let (hash, verified) = self.admission.admit(bytes, Some(Kind::Query), Rollback::Refuse).map_err(admit_error)?;
+        self.compile(hash, verified)
+    }
+
+    /// Compiles an admitted query module and keeps it for the next call.
+    fn compile(&self, hash: ModuleHash, verified: VerifiedModule) -> Result<Arc<Admitted>, RemoteError> {
         let claims = verified.claims();
         let runnable = self.engine.load(hash, &verified).map_err(load_error)?;
         tracing::info!(%hash, name = %claims.name, version = %claims.version, signer = verified.signer_name(), "admitted module");
@@ -529,33 +411,6 @@ impl Inner {
         lock(&self.admitted).insert(hash, admitted.clone());
         Ok(admitted)
     }
-}
-
-fn verify_error(e: &VerifyError) -> RemoteError {
-    let kind = match e {
-        VerifyError::CapabilityDenied { .. } => ErrorKind::Capability,
-        _ => ErrorKind::Verification,
-    };
-    RemoteError::new(kind, format!("module refused: {e}"))
-}
-
-/// The network form of a load failure.
-pub fn load_error(e: LoadError) -> RemoteError {
-    RemoteError::new(ErrorKind::Load, e.to_string())
-}
-
-/// The network form of a run failure.
-pub fn run_error(e: RunError) -> RemoteError {
-    let kind = match &e {
-        RunError::OutOfTime(_) => ErrorKind::OutOfTime,
-        RunError::OutOfMemory(_) => ErrorKind::OutOfMemory,
-        RunError::StackOverflow(_) => ErrorKind::StackOverflow,
-        RunError::Trap { .. } | RunError::Contract(_) | RunError::NoResult => ErrorKind::Trap,
-        RunError::Module(_) => ErrorKind::Module,
-        RunError::Busy => ErrorKind::Busy,
-        RunError::Instantiate(_) => ErrorKind::Load,
-    };
-    RemoteError::new(kind, e.to_string())
 }
 
 fn load_or_create_key(config: &HostConfig) -> anyhow::Result<SecretKey> {

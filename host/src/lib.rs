@@ -8,6 +8,8 @@
 //! - [`protocol`]: length-prefixed CBOR frames, requests and responses, host-to-host messages.
 //! - [`handshake`]: both sides of the handshake that opens every connection.
 //! - [`client::Client`]: connects to a host and sends requests (`roam eval`, `roam publish`).
+//! - [`admission::Admission`]: the one way a module enters a store: verify, store, accept its
+//!   version; and comes back out verified again.
 //! - [`fetch`]: code on demand: bounded, hash-checked downloads and the client's code cache.
 //! - [`local::CodeOnDemand`]: the embedding API: fetch a module once, call it many times locally.
 //! - [`engine::Engine`]: the only wrapper around wasmtime; limits and code caches live there.
@@ -17,6 +19,7 @@
 //! - [`snapshot`]: an agent's memory and globals between hops, and the checks on arrival.
 //! - [`state::State`]: the host's SQLite state and content-addressed module store.
 
+pub mod admission;
 pub mod agents;
 mod cache;
 pub mod client;
@@ -28,6 +31,7 @@ pub mod handshake;
 pub mod host;
 pub mod local;
 pub mod protocol;
+mod refusal;
 pub mod resources;
 pub mod server;
 pub mod snapshot;

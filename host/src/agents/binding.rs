@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use roam_abi::{Action, Binding, Bound, Manifest, Value};
 
+use super::Agents;
 use crate::client::Client;
-use crate::host::Inner;
 use crate::protocol::wire::{AgentRecord, Anchor, Call, CallOp, Signed, domain};
 use crate::protocol::{Request, Response};
 use crate::resources::{Attachment, Forward, ResourceError, ResourceType, Resources};
@@ -79,7 +79,7 @@ pub fn anchors(manifest: &Manifest, resources: &Resources, home: &str, max_copy:
 
 /// Binds every declared resource on this host. Returns what the agent may open here and how
 /// each was bound.
-pub(crate) fn bind(inner: &Inner, record: &AgentRecord, manifest: &Manifest, agent: &str) -> (Resources, Vec<Bound>) {
+pub(crate) fn bind(inner: &Agents, record: &AgentRecord, manifest: &Manifest, agent: &str) -> (Resources, Vec<Bound>) {
     let mut bound = Resources::default();
     let mut report = Vec::new();
     let here = inner.address();

@@ -1,0 +1,117 @@
+//! The receiver's side of a move: every check on the sender, the envelope, the code and the
+//! snapshot, then a durable write, and only then the acknowledgement.
+
+use std::sync::Arc;
+
+use super::home::apply_report;
+use super::store::{self, Row, row_state};
+use super::{Agents, CLOCK_SKEW};
+use crate::protocol::wire::{Envelope, Report, Signed, domain, from_cbor, to_cbor};
+use crate::protocol::{ErrorKind, RemoteError, Response};
+use crate::refusal::{internal, refused};
+use crate::snapshot::Snapshot;
+use crate::state::now_secs;
+
+impl Agents {
+    /// Receives an agent: every check, then a durable write, then the acknowledgement.
+    pub(crate) async fn receive(self: &Arc<Self>, signed: Signed, snapshot: Vec<u8>) -> Result<Response, RemoteError> {
+        let envelope: Envelope =
+            signed.open(domain::ENVELOPE, |k| self.is_peer(k)).map_err(|e| refused(e.to_string()))?;
+        let me = self.key.public();
+        if envelope.destination != me {
+            return Err(refused(format!(
+                "the envelope is addressed to host {}, not to this host",
+                envelope.destination
+            )));
+        }
+        let now = now_secs();
+        if envelope.sent_at.saturating_add(CLOCK_SKEW) < now || envelope.sent_at > now.saturating_add(CLOCK_SKEW) {
+            return Err(refused("the envelope is stale or from the future; check the hosts' clocks"));
+        }
+        if roam_keys::hash_module(&snapshot) != envelope.snapshot_digest {
+            return Err(refused("the snapshot does not match the envelope's digest: it was altered in transit"));
+        }
+        let id = envelope.record.id.clone();
+        if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(refused("an agent id is 32 lowercase hex digits"));
+        }
+        let hop = envelope.hop;
+        // Dedupe before any work: a retry is acknowledged again, a replay refused.
+        let (seen, latest) =
+            self.state.transaction(|tx| Ok((store::get(tx, &id, hop)?, store::max_hop(tx, &id)?))).map_err(internal)?;
+        if let Some(existing) = seen {
+            return if existing.envelope.as_deref() == Some(signed.body.as_slice()) {
+                Err(refused(format!("replayed envelope for agent {id} hop {hop}")))
+            } else {
+                Ok(Response::Accepted)
+            };
+        }
+        if latest.is_some_and(|h| h > hop) {
+            return Err(refused(format!("replayed envelope: agent {id} is already past hop {hop}")));
+        }
+
+        if let Some(ending) = &envelope.ending {
+            if envelope.record.home_key != me {
+                return Err(refused("an agent can only end its journey at its home"));
+            }
+            let event = self.ended(ending);
+            let row = self.row_for(&envelope, &signed, None, row_state::DONE);
+            let report = Report { agent: id.clone(), hop, event };
+            self.state
+                .transaction(|tx| {
+                    store::insert(tx, &row)?;
+                    apply_report(tx, &report)
+                })
+                .map_err(internal)?;
+            return Ok(Response::Accepted);
+        }
+
+        if self.state.module(&envelope.record.code).map_err(internal)?.is_none() {
+            self.fetch_code(&envelope.sender_addr, envelope.record.code).await?;
+            crate::fault::point("receiver-fetched-code");
+        }
+        // Compiling the code and checking the snapshot are CPU work: off the async runtime.
+        let inner = self.clone();
+        tokio::task::spawn_blocking(move || inner.accept_arrival(&envelope, &signed, snapshot))
+            .await
+            .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("the transfer failed inside the host: {e}")))?
+    }
+
+    /// The receiver's last checks (code, limits, snapshot), then the durable write.
+    fn accept_arrival(&self, envelope: &Envelope, signed: &Signed, snapshot: Vec<u8>) -> Result<Response, RemoteError> {
+        let (id, hop) = (&envelope.record.id, envelope.hop);
+        let code = self.agent_code(envelope.record.code)?;
+        if hop > envelope.record.limits.max_hops {
+            return Err(refused(format!("hop {hop} is over the agent's limit of {}", envelope.record.limits.max_hops)));
+        }
+        if snapshot.len() as u64 > envelope.record.limits.max_snapshot_bytes {
+            return Err(refused("the snapshot is over the agent's size limit"));
+        }
+        let decoded: Snapshot = from_cbor(&snapshot, "the snapshot").map_err(refused)?;
+        decoded
+            .check(code.runnable.slots(), code.runnable.initial_bytes(), self.engine.limits().memory_bytes as u64)
+            .map_err(|e| refused(e.to_string()))?;
+        let mut row = self.row_for(envelope, signed, Some(snapshot), row_state::READY);
+        row.input = Some(to_cbor(&envelope.unreachable));
+        self.state.transaction(|tx| store::insert(tx, &row)).map_err(internal)?;
+        crate::fault::point("receiver-persisted");
+        tracing::info!(agent = %id, hop, from = %envelope.sender_addr, "agent arrived");
+        self.wake.notify_one();
+        Ok(Response::Accepted)
+    }
+
+    fn row_for(&self, envelope: &Envelope, signed: &Signed, snapshot: Option<Vec<u8>>, state: &str) -> Row {
+        Row {
+            id: envelope.record.id.clone(),
+            hop: envelope.hop,
+            state: state.into(),
+            record: to_cbor(&envelope.record),
+            snapshot,
+            input: None,
+            next: None,
+            envelope: Some(signed.body.clone()),
+            detail: None,
+            recall: false,
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! An agent's code: fetched from the host it comes from when this host lacks it, admitted like
+//! any module, loaded once, with the declarations its manifest makes.
+
+use std::sync::Arc;
+
+use roam_keys::{Kind, ModuleHash};
+
+use super::Agents;
+use crate::admission::Rollback;
+use crate::engine::AgentRunnable;
+use crate::protocol::wire::from_cbor;
+use crate::protocol::{ErrorKind, RemoteError};
+use crate::refusal::{admit_error, load_error, refused, run_error};
+use crate::sync::lock;
+
+/// An agent module, loaded, with its declarations.
+#[derive(Debug)]
+pub(crate) struct AgentCode {
+    pub(super) runnable: AgentRunnable,
+    pub(super) manifest: roam_abi::Manifest,
+}
+
+impl Agents {
+    /// Loads (once) an agent module this host holds.
+    pub(super) fn agent_code(&self, hash: ModuleHash) -> Result<Arc<AgentCode>, RemoteError> {
+        if let Some(code) = lock(&self.agent_code).get(&hash) {
+            return Ok(code.clone());
+        }
+        // Rollback is checked when an agent is launched; agents already travelling keep the
+        // version they were launched with, even after a newer one was accepted here.
+        let verified =
+            self.admission.load(hash, Some(Kind::Agent), Rollback::Allow).map_err(admit_error)?.ok_or_else(|| {
+                RemoteError::new(ErrorKind::NotFound, format!("this host does not hold agent code {hash}"))
+            })?;
+        let runnable = self.engine.load_agent(hash, &verified).map_err(load_error)?;
+        let (out, _) = self
+            .engine
+            .run_agent(&runnable, roam_abi::AGENT_MANIFEST, Vec::new(), Arc::default(), None, |_| false)
+            .map_err(run_error)?;
+        let manifest = from_cbor(&out, "the agent's manifest").map_err(refused)?;
+        let code = Arc::new(AgentCode { runnable, manifest });
+        lock(&self.agent_code).insert(hash, code.clone());
+        Ok(code)
+    }
+
+    pub(super) async fn fetch_code(&self, peer: &str, hash: ModuleHash) -> Result<(), RemoteError> {
+        let bytes =
+            crate::fetch::download(peer, hash, self.admission.max_size(), Some(&self.key), None).await.map_err(
+                |e| RemoteError::new(ErrorKind::NotFound, format!("cannot fetch agent code {hash} from {peer}: {e}")),
+            )?;
+        self.admission.admit(bytes, Some(Kind::Agent), Rollback::Allow).map(|_| ()).map_err(admit_error)
+    }
+}

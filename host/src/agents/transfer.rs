@@ -1,0 +1,174 @@
+//! The sender's side of a move: the signed envelope and the snapshot go to the first
+//! reachable destination, and the agent is released only once it acknowledged; unreachable
+//! destinations park the agent for a later retry.
+
+use super::store::{self, Row, row_state};
+use super::{Agents, PEER_TIMEOUT, getrandom};
+use crate::client::Client;
+use crate::protocol::wire::{AgentRecord, Ending, Envelope, Event, Signed, domain, from_cbor, to_cbor};
+use crate::protocol::{ErrorKind, Request, Response};
+use crate::state::now_secs;
+
+/// A pending move, persisted with a `leaving` or `parked` row.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(super) struct Move {
+    /// Destinations in order of preference.
+    pub(super) dests: Vec<String>,
+    /// Set once an envelope may have reached `dests[0]`: only it is tried from then on.
+    #[serde(default)]
+    pub(super) pinned: bool,
+    /// Set when the agent is going home to end its journey.
+    pub(super) ending: Option<Ending>,
+    /// Destinations found unreachable so far.
+    pub(super) unreachable: Vec<String>,
+}
+
+enum SendError {
+    /// Worth trying another destination, or again later.
+    Unreachable(String),
+    /// The connection failed before an answer came: as unreachable, but a kept connection may
+    /// just have gone stale.
+    Broken(String),
+    /// The destination will not take the agent.
+    Refused(String),
+}
+
+impl Agents {
+    fn recall_pending(&self, id: &str, hop: u32) -> bool {
+        self.state.transaction(|tx| store::get(tx, id, hop)).ok().flatten().is_some_and(|r| r.recall)
+    }
+
+    /// Sends one `leaving` or `parked` agent on its way.
+    ///
+    /// Alternates are tried only while nothing was sent: once the envelope may have reached a
+    /// destination, the move is pinned to it (persisted before sending) and retried there only,
+    /// so an unanswered transfer can never leave a second copy elsewhere.
+    pub(crate) async fn transfer(&self, row: Row) {
+        let Ok(record) = from_cbor::<AgentRecord>(&row.record, "the agent record") else {
+            return self.fail(&row, "its record does not decode", None);
+        };
+        let Some(mut mv) = row.next.as_deref().and_then(|b| from_cbor::<Move>(b, "the move").ok()) else {
+            return self.fail(&row, "its next move does not decode", None);
+        };
+        // Re-read the recall flag: a recall may have come in since the row was listed.
+        let recalled = row.recall || self.recall_pending(&row.id, row.hop);
+        if recalled && mv.ending.is_none() && !mv.pinned {
+            mv = Move { dests: vec![record.home.clone()], ending: Some(Ending::Recalled), ..mv };
+        }
+        let snapshot = row.snapshot.clone().unwrap_or_default();
+        let mut unreachable = mv.unreachable.clone();
+        for dest in mv.dests.clone() {
+            let (mut client, kept) = match self.connect(&dest).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(agent = %row.id, %dest, "destination unreachable: {e}");
+                    unreachable.push(dest);
+                    continue;
+                }
+            };
+            if !self.is_peer(&client.host_key()) {
+                let reason = format!("{dest} is not a trusted peer (its key is {})", client.host_key());
+                return self.fail(&row, &reason, None);
+            }
+            // With a single destination there is nowhere else to go: nothing to pin.
+            if !mv.pinned && mv.dests.len() > 1 {
+                mv = Move { dests: vec![dest.clone()], pinned: true, ..mv };
+                let pinned = self.state.transaction(|tx| store::set_next(tx, &row.id, row.hop, &to_cbor(&mv)));
+                if let Err(e) = pinned {
+                    return tracing::error!(agent = %row.id, "cannot record the destination: {e}");
+                }
+            }
+            let mut sent = self.send(&mut client, &record, row.hop + 1, &snapshot, &mv, &unreachable).await;
+            if kept && matches!(sent, Err(SendError::Broken(_))) {
+                // A kept connection may have gone stale (the peer restarted, say): once more on
+                // a new one to the same host. The receiver acknowledges a repeated transfer
+                // without running it twice.
+                if let Ok(fresh) = Client::connect_as(&dest, &self.key).await
+                    && fresh.host_key() == client.host_key()
+                {
+                    client = fresh;
+                    sent = self.send(&mut client, &record, row.hop + 1, &snapshot, &mv, &unreachable).await;
+                }
+            }
+            match sent {
+                Ok(()) => {
+                    self.keep(&dest, client);
+                    crate::fault::point("sender-acked");
+                    let released = self
+                        .state
+                        .transaction(|tx| store::set_state(tx, &row.id, row.hop, row_state::DONE, None, None, None));
+                    if let Err(e) = released {
+                        tracing::error!(agent = %row.id, "cannot record the hand-off: {e}");
+                    }
+                    tracing::info!(agent = %row.id, hop = row.hop + 1, %dest, "agent handed off");
+                    return;
+                }
+                Err(SendError::Unreachable(e) | SendError::Broken(e)) => {
+                    tracing::info!(agent = %row.id, %dest, "no answer from the destination: {e}");
+                    unreachable.push(dest);
+                    break;
+                }
+                Err(SendError::Refused(e)) => {
+                    return self.fail(&row, &format!("{dest} refused the agent: {e}"), None);
+                }
+            }
+        }
+        let reason = format!("no destination reachable ({})", unreachable.join(", "));
+        let first_time = row.state != row_state::PARKED;
+        let parked = self.state.transaction(|tx| {
+            let next = Move { unreachable: Vec::new(), ..mv.clone() };
+            store::park(tx, &row.id, row.hop, &to_cbor(&next), &reason)?;
+            if first_time {
+                self.queue_report(tx, &record, row.hop, Event::Parked { reason: reason.clone() })?;
+            }
+            Ok(())
+        });
+        match parked {
+            Err(e) => tracing::error!(agent = %row.id, "cannot park the agent: {e}"),
+            // The report that it parked is waiting in the outbox.
+            Ok(()) if first_time => self.wake.notify_one(),
+            Ok(()) => {}
+        }
+    }
+
+    async fn send(
+        &self,
+        client: &mut Client,
+        record: &AgentRecord,
+        hop: u32,
+        snapshot: &[u8],
+        mv: &Move,
+        unreachable: &[String],
+    ) -> Result<(), SendError> {
+        let mut nonce = [0u8; 8];
+        getrandom(&mut nonce).map_err(|e| SendError::Unreachable(e.message))?;
+        let envelope = Envelope {
+            record: record.clone(),
+            hop,
+            snapshot_digest: roam_keys::hash_module(snapshot),
+            sender_addr: self.address(),
+            destination: client.host_key(),
+            sent_at: now_secs(),
+            nonce: u64::from_le_bytes(nonce),
+            ending: mv.ending.clone(),
+            unreachable: unreachable.to_vec(),
+        };
+        let signed =
+            Signed::sign(domain::ENVELOPE, &envelope, &self.key).map_err(|e| SendError::Refused(e.to_string()))?;
+        let request = Request::Transfer { envelope: signed, snapshot: snapshot.to_vec() };
+        let answer = tokio::time::timeout(PEER_TIMEOUT, client.request(&request))
+            .await
+            .map_err(|_| SendError::Unreachable(format!("no answer within {PEER_TIMEOUT:?}")))?;
+        match answer {
+            Ok(Response::Accepted) => Ok(()),
+            Ok(Response::Error(e))
+                if matches!(e.kind, ErrorKind::Busy | ErrorKind::ShuttingDown | ErrorKind::Internal) =>
+            {
+                Err(SendError::Unreachable(e.message))
+            }
+            Ok(Response::Error(e)) => Err(SendError::Refused(e.message)),
+            Ok(other) => Err(SendError::Refused(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(SendError::Broken(e.to_string())),
+        }
+    }
+}
