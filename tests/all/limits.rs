@@ -98,28 +98,28 @@ async fn runaway_modules_are_stopped_with_their_own_error() -> Result<()> {
 
 #[tokio::test]
 async fn other_clients_are_served_while_a_module_spins() -> Result<()> {
-    let host = Small::start().await?;
-    let spinning = host.sign(LOOP, "loop", &[])?;
-    let quick = host.sign(QUICK, "quick", &[])?;
-    let addr = host.running.addr().to_string();
+    let fixture = roam_tests::Fixture::new()?;
+    let host = slow_host(&fixture)?;
+    let addr = host.addr.to_string();
+    let sign = |wat: &str, name: &str| fixture.sign(&wat::parse_str(wat)?, "alice", Kind::Query, name, "1.0.0", &[]);
+    let (spinning, quick) = (sign(LOOP, "loop")?, sign(QUICK, "quick")?);
     let spinner = tokio::spawn(async move {
-        let mut client = Client::connect(&addr).await?;
-        let result = client.eval(&spinning, vec![0xa0]).await;
+        let result = Client::connect(&addr).await?.eval(&spinning, vec![0xa0]).await;
         Ok::<_, ClientError>((result, Instant::now()))
     });
-    // Give the spinner time to occupy a worker.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The spinner holds a module thread once that thread is demoted (5 ms into the call): only
+    // then do the quick queries below test anything.
+    demoted_worker(&host).await?;
     let mut answered = Vec::new();
     for _ in 0..5 {
-        assert_eq!(host.eval(&quick).await?, vec![0xf5]);
+        assert_eq!(Client::connect(&host.addr.to_string()).await?.eval(&quick, vec![0xa0]).await?, vec![0xf5]);
         answered.push(Instant::now());
     }
     let (spun, spin_ended) = spinner.await??;
     assert_eq!(kind_of(spun)?.0, ErrorKind::OutOfTime);
     let last_quick = answered.last().context("no answers")?;
     assert!(last_quick < &spin_ended, "quick queries waited for the spinning module to be stopped");
-    host.running.shutdown().await;
-    Ok(())
+    host.stop()
 }
 
 #[tokio::test]
@@ -388,38 +388,126 @@ async fn results_over_the_cap_or_outside_memory_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// A query that spins until its deadline, or, given more than one byte of input, counts down
+/// from 2^26 (tens of milliseconds, which is past `DEMOTE_AFTER`: a long call) and answers CBOR
+/// `true`: one module that can be made to run long without waiting for its deadline.
+const SPIN_OR_COUNT: &str = r#"(module
+  (import "roam" "finish" (func $finish (param i32 i32 i32)))
+  (import "roam" "input_len" (func $input_len (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "\f5")
+  (func (export "roam_query") (local $n i32)
+    (if (i32.le_u (call $input_len) (i32.const 1)) (then (loop $l (br $l))))
+    (local.set $n (i32.const 0x4000000))
+    (loop $l (local.set $n (i32.sub (local.get $n) (i32.const 1))) (br_if $l (local.get $n)))
+    (call $finish (i32.const 0) (i32.const 0) (i32.const 1))))"#;
+
+/// Inputs of [`SPIN_OR_COUNT`].
+const SPIN: [u8; 1] = [0xa0];
+const COUNT: [u8; 2] = [0x41, 0x00];
+
+/// How long a call may run on [`slow_host`]: the time the quick requests of the tests below have
+/// to be answered while a spinning call holds a module thread. A generous upper bound for a
+/// loaded machine; the tests end as soon as the spinning call does.
+const SLOW_TIME: Duration = Duration::from_secs(5);
+
+/// A `roam host` process with two module threads and a deadline per call of [`SLOW_TIME`]; a
+/// request may queue for a module thread for several deadlines.
+fn slow_host(fixture: &roam_tests::Fixture) -> Result<roam_tests::HostProcess> {
+    let config = fixture.write(
+        "slow.toml",
+        format!(
+            "trust = {:?}\n[limits]\ntime_ms = {}\nqueue_ms = {}\nworkers = 2\n",
+            fixture.trust_dir().display().to_string(),
+            SLOW_TIME.as_millis(),
+            4 * SLOW_TIME.as_millis()
+        ),
+    )?;
+    fixture.host(roam_tests::args!["--config", &config])
+}
+
+/// Waits until one of `host`'s module threads is demoted, that is, is running a long call. A
+/// thread is demoted only while a call runs past `DEMOTE_AFTER`, or from the
+/// start when the module's last call ran long.
+async fn demoted_worker(host: &roam_tests::HostProcess) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let threads = host.threads("roam-worker")?;
+        if threads.iter().any(|&(_, policy)| policy == IDLE) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no module thread was demoted within 30 s: {threads:?} (id, policy)");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// However many calls of a module that runs long arrive at once, one module thread stays free
 /// for short calls: long calls wait for each other (sent by hash), or are refused as busy when
 /// every long-call permit is taken (sent whole, which would otherwise hold a thread waiting).
+///
+/// Everything is ordered by when answers arrived, against a spinning call that cannot end
+/// before [`SLOW_TIME`] has passed: a quick call and a whole long call answered before the
+/// spinner's answer were served while it held its thread; the second long call, answered only
+/// after `SLOW_TIME`, waited for it.
 #[tokio::test]
 async fn long_calls_never_take_the_last_module_thread() -> Result<()> {
-    let host = Small::start().await?;
-    let spin = host.sign(LOOP, "loop", &[])?;
-    let quick = host.sign(QUICK, "quick", &[])?;
-    // The first call runs to its deadline, which marks the module as one that runs long.
-    assert_eq!(kind_of(host.eval(&spin).await)?.0, ErrorKind::OutOfTime);
+    let fixture = roam_tests::Fixture::new()?;
+    let host = slow_host(&fixture)?;
+    let addr = host.addr.to_string();
+    let sign = |wat: &str, name: &str| fixture.sign(&wat::parse_str(wat)?, "alice", Kind::Query, name, "1.0.0", &[]);
+    let (spin, quick) = (sign(SPIN_OR_COUNT, "spin-or-count")?, sign(QUICK, "quick")?);
+    // Compiled before the measure, so that the quick call below is just a call.
+    assert_eq!(Client::connect(&addr).await?.eval(&quick, vec![0xa0]).await?, vec![0xf5]);
+    // A first call that runs long (it counts; on a starved machine it may instead reach its
+    // deadline) marks the module as one that runs long.
+    match Client::connect(&addr).await?.eval(&spin, COUNT.to_vec()).await {
+        Ok(answer) => assert_eq!(answer, vec![0xf5]),
+        Err(e) => assert_eq!(kind_of(Err(e))?.0, ErrorKind::OutOfTime),
+    }
+    // Its thread is at normal priority again (or replaced) before the next call.
+    let threads = host.threads("roam-worker")?.len();
+    pool_at_normal_priority(&host, threads).await?;
 
-    let spinners: Vec<_> = (0..2)
-        .map(|_| {
-            let (addr, spin) = (host.running.addr().to_string(), spin.clone());
-            tokio::spawn(async move { Client::connect(&addr).await?.eval(&spin, vec![0xa0]).await })
+    let long_call = |input: &[u8]| {
+        let (addr, spin, input) = (addr.clone(), spin.clone(), input.to_vec());
+        tokio::spawn(async move {
+            let result = Client::connect(&addr).await?.eval(&spin, input).await;
+            Ok::<_, ClientError>((result, Instant::now()))
         })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let first_sent = Instant::now();
+    let first = long_call(&SPIN);
+    // The first long call holds the long-call permit and a module thread once its thread is
+    // demoted (from its start: the module's last call ran long).
+    demoted_worker(&host).await?;
+    let second = long_call(&COUNT);
+
     // Two workers, two long calls: one runs, one waits, and a short call is served meanwhile.
-    assert_eq!(host.eval(&quick).await?, vec![0xf5]);
-    assert!(spinners.iter().all(|s| !s.is_finished()), "the short call waited for a long one to end");
-    let mut client = Client::connect(&host.running.addr().to_string()).await?;
-    let whole = Request::Eval { module: ModuleRef::Bytes(spin.clone()), input: vec![0xa0] };
+    assert_eq!(Client::connect(&addr).await?.eval(&quick, vec![0xa0]).await?, vec![0xf5]);
+    let quick_answered = Instant::now();
+    let mut client = Client::connect(&addr).await?;
+    let whole = Request::Eval { module: ModuleRef::Bytes(spin.clone()), input: SPIN.to_vec() };
     match client.request(&whole).await? {
         Response::Error(e) => assert_eq!(e.kind, ErrorKind::Busy, "{}", e.message),
         other => bail!("a long call sent whole while the long-call permit is taken: {other:?}"),
     }
-    for spinner in spinners {
-        assert_eq!(kind_of(spinner.await?)?.0, ErrorKind::OutOfTime);
+    let whole_refused = Instant::now();
+
+    let (result, first_ended) = first.await??;
+    assert_eq!(kind_of(result)?.0, ErrorKind::OutOfTime);
+    assert!(quick_answered < first_ended, "the short call waited for a long one to end");
+    assert!(whole_refused < first_ended, "the long call sent whole was answered only after the long one ended");
+    // The second long call ran (counting, or to its deadline if starved), and only once the
+    // first had ended: no sooner than `SLOW_TIME` after the first was sent.
+    let (result, second_ended) = second.await??;
+    if let Err(e) = result {
+        assert_eq!(kind_of(Err(e))?.0, ErrorKind::OutOfTime);
     }
-    host.running.shutdown().await;
-    Ok(())
+    let waited = second_ended - first_sent;
+    assert!(waited >= SLOW_TIME, "the second long call ended {waited:?} after the first was sent: it did not wait");
+    host.stop()
 }
 
 /// Linux's scheduling policies, as `/proc` shows them.
