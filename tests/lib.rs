@@ -18,7 +18,7 @@ use std::cell::Cell;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -600,6 +600,49 @@ impl Drop for HostProcess {
             let _ = self.kill();
         }
     }
+}
+
+/// One TCP socket on this machine, as `/proc/net/tcp` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSocket {
+    /// The address at the other end.
+    pub remote: SocketAddr,
+    /// Whether the connection is established (not closing, nor a listener).
+    pub established: bool,
+    /// Bytes that arrived and that the process holding the socket has not read yet.
+    pub unread: u64,
+}
+
+/// The IPv4 TCP sockets of this network namespace whose local address is `local`: for a host's
+/// address, its listener and its side of each connection. How a test knows that a host has read
+/// what a peer sent (its side of the connection has nothing unread), without waiting for time.
+///
+/// # Errors
+/// If `/proc/net/tcp` cannot be read or parsed.
+pub fn tcp_sockets(local: SocketAddr) -> Result<Vec<TcpSocket>> {
+    // `0100007F:1F90`: the address as the kernel holds it (network order, printed as a native
+    // u32), then the port.
+    fn addr(hex: &str) -> Option<SocketAddr> {
+        let (ip, port) = hex.split_once(':')?;
+        let ip = Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes());
+        Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_str_radix(port, 16).ok()?)))
+    }
+    let table = fs::read_to_string("/proc/net/tcp").context("cannot read /proc/net/tcp")?;
+    let mut sockets = Vec::new();
+    // Columns: sl, local_address, rem_address, st, tx_queue:rx_queue, …
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let parsed = (|| {
+            let (state, queues) = (fields.get(3)?, fields.get(4)?);
+            let unread = u64::from_str_radix(queues.split_once(':')?.1, 16).ok()?;
+            Some((addr(fields.get(1)?)?, addr(fields.get(2)?)?, *state == "01", unread))
+        })();
+        let (at, remote, established, unread) = parsed.with_context(|| format!("/proc/net/tcp: {line:?}"))?;
+        if at == local {
+            sockets.push(TcpSocket { remote, established, unread });
+        }
+    }
+    Ok(sockets)
 }
 
 /// Waits for `child` to exit until `deadline`; `None` if it is still running then.

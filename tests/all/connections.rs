@@ -173,10 +173,31 @@ async fn a_connection_declaring_a_huge_frame_costs_memory_for_the_bytes_it_sent(
         peer.write_all(&(cap as u32).to_be_bytes()).await?;
         peer.write_all(&[0x81; 16]).await?;
     }
-    // Give the host time to read what arrived.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The memory below says what the announced frames cost only once the host has read every
+    // announcement: its side of each connection then holds nothing unread.
+    let ours = peers.iter().map(TcpStream::local_addr).collect::<Result<Vec<_>, _>>()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let theirs = roam_tests::tcp_sockets(host.addr)?;
+        let pending = ours
+            .iter()
+            .filter(|&&peer| !theirs.iter().any(|s| s.remote == peer && s.established && s.unread == 0))
+            .count();
+        if pending == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the host has not read what {pending} of the {PEERS} peers sent: {theirs:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let grew_rss = host.memory("VmRSS")?.saturating_sub(rss);
     let grew_size = host.memory("VmSize")?.saturating_sub(size);
+    // Measured while the host still held every connection in the middle of its frame (it ends
+    // one 30 s after its first byte).
+    let theirs = roam_tests::tcp_sockets(host.addr)?;
+    let open = ours.iter().filter(|&&peer| theirs.iter().any(|s| s.remote == peer && s.established)).count();
+    assert_eq!(open, PEERS as usize, "the host closed connections before its memory was measured");
     eprintln!(
         "{PEERS} connections with a {} MiB frame announced: RSS +{} KiB ({} KiB each), address space +{} MiB",
         cap >> 20,

@@ -66,13 +66,23 @@ async fn a_full_disk_refuses_writes_clearly_and_loses_nothing() -> Result<()> {
 
     let filler = fill(&disk)?;
 
-    // An agent that arrives now is refused by the receiver and kept by its sender.
+    // An agent that arrives now is refused by the receiver and kept by its sender: the home
+    // parks it (it would be failed had a refused it for good, or finished had a taken it), and
+    // a's log says why it refused.
     let second = launch(&addr(home_port), module.clone(), input).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let info = agent(&addr(home_port), &second).await?;
-    assert!(!matches!(info.state.as_str(), "finished" | "failed"), "{info:?}");
-    let log = std::fs::read_to_string(net.path("a.log"))?;
-    assert!(log.contains("the disk is full"), "a's log does not say its disk is full:\n{log}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = agent(&addr(home_port), &second).await?;
+        let log = std::fs::read_to_string(net.path("a.log"))?;
+        if info.state == "parked" && log.contains("the disk is full") {
+            break;
+        }
+        assert!(!matches!(info.state.as_str(), "finished" | "failed"), "{info:?}");
+        if Instant::now() > deadline {
+            bail!("the agent was not parked on a's full disk within 30 s: {info:?}\n--- a's log ---\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A publish is refused with a clear error, and nothing of it is kept.
     let other = roam_tests::sign_with(
