@@ -199,9 +199,10 @@ impl Host {
             Request::List => blocking(move || inner.state.modules().map(Response::Modules).map_err(internal)).await,
             Request::Resolve { name, version } => blocking(move || inner.resolve(&name, version.as_ref())).await,
             Request::Fetch { hash, offset, max } => blocking(move || inner.fetch(hash, offset, max)).await,
-            Request::Launch { module, input } => {
-                blocking(move || agents.launch(module, input).map(|id| Response::Launched { id })).await
-            }
+            Request::Launch { module, input } => agents
+                .on_module_thread(move |agents| agents.launch(module, input))
+                .await
+                .map_or_else(Response::Error, |id| Response::Launched { id }),
             Request::Transfer { envelope, snapshot } => {
                 agents.receive(envelope, snapshot).await.unwrap_or_else(Response::Error)
             }
@@ -209,7 +210,10 @@ impl Host {
             Request::Agents { id } => blocking(move || agents.agents(id.as_deref()).map(Response::Agents)).await,
             Request::Recall { id } => agents.recall(&id).await.unwrap_or_else(Response::Error),
             Request::RecallAgent(signed) => blocking(move || agents.receive_recall(&signed)).await,
-            Request::Call(signed) => blocking(move || agents.receive_call(&signed)).await,
+            Request::Call(signed) => agents
+                .on_module_thread(move |agents| agents.receive_call(&signed))
+                .await
+                .unwrap_or_else(Response::Error),
         }
     }
 

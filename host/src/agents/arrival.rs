@@ -12,6 +12,16 @@ use crate::refusal::{internal, refused};
 use crate::snapshot::Snapshot;
 use crate::state::now_secs;
 
+/// What the receiver's state says of an arriving agent.
+enum Settled {
+    /// Nothing more to do: this is the answer.
+    Answered(Response),
+    /// Its code must be fetched from the sender first.
+    NeedsCode,
+    /// Its code is here.
+    HasCode,
+}
+
 impl Agents {
     /// Receives an agent: every check, then a durable write, then the acknowledgement.
     pub(crate) async fn receive(self: &Arc<Self>, signed: Signed, snapshot: Vec<u8>) -> Result<Response, RemoteError> {
@@ -35,27 +45,50 @@ impl Agents {
         if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(refused("an agent id is 32 lowercase hex digits"));
         }
-        let hop = envelope.hop;
+        // The dedupe and an ending are SQLite work: off the async runtime.
+        let settled = {
+            let (envelope, signed) = (envelope.clone(), signed.clone());
+            self.blocking(move |agents| agents.settle(&envelope, &signed)).await.unwrap_or_else(|| {
+                Err(RemoteError::new(ErrorKind::Internal, "the transfer failed inside the host".to_owned()))
+            })?
+        };
+        match settled {
+            Settled::Answered(response) => return Ok(response),
+            Settled::NeedsCode => {
+                self.fetch_code(&envelope.sender_addr, envelope.record.code).await?;
+                crate::fault::point("receiver-fetched-code");
+            }
+            Settled::HasCode => {}
+        }
+        // Loading the code runs its manifest, and checking the snapshot is CPU work: on a module
+        // thread, like every call of a module.
+        self.on_module_thread(move |agents| agents.accept_arrival(&envelope, &signed, snapshot)).await
+    }
+
+    /// The receiver's checks against its own state: a retry is acknowledged again, a replay
+    /// refused, and an agent ending its journey here is recorded at once; otherwise whether this
+    /// host must fetch the agent's code first. Blocking.
+    fn settle(&self, envelope: &Envelope, signed: &Signed) -> Result<Settled, RemoteError> {
+        let (id, hop) = (&envelope.record.id, envelope.hop);
         // Dedupe before any work: a retry is acknowledged again, a replay refused.
         let (seen, latest) =
-            self.state.transaction(|tx| Ok((store::get(tx, &id, hop)?, store::max_hop(tx, &id)?))).map_err(internal)?;
+            self.state.transaction(|tx| Ok((store::get(tx, id, hop)?, store::max_hop(tx, id)?))).map_err(internal)?;
         if let Some(existing) = seen {
             return if existing.envelope.as_deref() == Some(signed.body.as_slice()) {
                 Err(refused(format!("replayed envelope for agent {id} hop {hop}")))
             } else {
-                Ok(Response::Accepted)
+                Ok(Settled::Answered(Response::Accepted))
             };
         }
         if latest.is_some_and(|h| h > hop) {
             return Err(refused(format!("replayed envelope: agent {id} is already past hop {hop}")));
         }
-
         if let Some(ending) = &envelope.ending {
-            if envelope.record.home_key != me {
+            if envelope.record.home_key != self.key.public() {
                 return Err(refused("an agent can only end its journey at its home"));
             }
             let event = self.ended(ending);
-            let row = self.row_for(&envelope, &signed, None, row_state::DONE);
+            let row = self.row_for(envelope, signed, None, row_state::DONE);
             let report = Report { agent: id.clone(), hop, event };
             self.state
                 .transaction(|tx| {
@@ -63,18 +96,12 @@ impl Agents {
                     apply_report(tx, &report)
                 })
                 .map_err(internal)?;
-            return Ok(Response::Accepted);
+            return Ok(Settled::Answered(Response::Accepted));
         }
-
         if self.state.module(&envelope.record.code).map_err(internal)?.is_none() {
-            self.fetch_code(&envelope.sender_addr, envelope.record.code).await?;
-            crate::fault::point("receiver-fetched-code");
+            return Ok(Settled::NeedsCode);
         }
-        // Compiling the code and checking the snapshot are CPU work: off the async runtime.
-        let inner = self.clone();
-        tokio::task::spawn_blocking(move || inner.accept_arrival(&envelope, &signed, snapshot))
-            .await
-            .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("the transfer failed inside the host: {e}")))?
+        Ok(Settled::HasCode)
     }
 
     /// The receiver's last checks (code, limits, snapshot), then the durable write.

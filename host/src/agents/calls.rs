@@ -27,12 +27,12 @@ impl Agents {
             .map_err(internal)?
             .ok_or_else(|| refused(format!("agent {} was not launched here", call.agent)))?;
         let record: AgentRecord = from_cbor(&row.record, "the agent record").map_err(refused)?;
-        let code = self.agent_code(record.code)?;
+        let granted = self.capabilities(record.code)?;
         let resource = self.resources.get(&call.resource).ok_or_else(|| {
             RemoteError::new(ErrorKind::NotFound, format!("this host offers no resource {}", call.resource))
         })?;
         let needed = resource.capability();
-        if !code.runnable.capabilities().iter().any(|p| roam_keys::Policy::pattern_allows(p, &needed)) {
+        if !granted.iter().any(|p| roam_keys::Policy::pattern_allows(p, &needed)) {
             return Err(RemoteError::new(
                 ErrorKind::Capability,
                 format!("the agent's signature does not grant {needed}"),

@@ -43,6 +43,20 @@ impl Agents {
         Ok(code)
     }
 
+    /// What an agent module's signature grants, without running it: from its loaded code, or
+    /// from its signature in the store. Forwarded calls check it on the blocking pool, never
+    /// waiting for a module thread, which the calling agent's own host may be holding.
+    pub(super) fn capabilities(&self, hash: ModuleHash) -> Result<Vec<String>, RemoteError> {
+        if let Some(code) = lock(&self.agent_code).get(&hash) {
+            return Ok(code.runnable.capabilities().to_vec());
+        }
+        let verified =
+            self.admission.load(hash, Some(Kind::Agent), Rollback::Allow).map_err(admit_error)?.ok_or_else(|| {
+                RemoteError::new(ErrorKind::NotFound, format!("this host does not hold agent code {hash}"))
+            })?;
+        Ok(verified.claims().capabilities.clone())
+    }
+
     pub(super) async fn fetch_code(&self, peer: &str, hash: ModuleHash) -> Result<(), RemoteError> {
         let bytes =
             crate::fetch::download(peer, hash, self.admission.max_size(), Some(&self.key), None).await.map_err(

@@ -1,6 +1,8 @@
 //! What an agent's home does: launch it, keep the registry of where it is from the reports
 //! other hosts send (and apply its own at once), recall it, and list its agents.
 
+use std::sync::Arc;
+
 use roam_keys::Kind;
 
 use super::store::{self, Homed, Row, row_state};
@@ -117,17 +119,20 @@ impl Agents {
     }
 
     /// `roam recall`: at the agent's home, asks the host that holds it to send it back.
-    pub(crate) async fn recall(&self, id: &str) -> Result<Response, RemoteError> {
-        let homed = self.state.transaction(|tx| store::get_homed(tx, id)).map_err(internal)?.ok_or_else(|| {
-            RemoteError::new(ErrorKind::NotFound, format!("agent {id} does not have this host as its home"))
-        })?;
-        if matches!(homed.state.as_str(), "finished" | "failed" | "recalled") {
-            return Err(refused(format!("agent {id} has already ended ({})", homed.state)));
-        }
-        if store::mark_recall(&self.state, id).map_err(internal)? {
-            self.wake.notify_one();
-            return Ok(Response::Accepted);
-        }
+    pub(crate) async fn recall(self: &Arc<Self>, id: &str) -> Result<Response, RemoteError> {
+        let local = {
+            let id = id.to_owned();
+            self.blocking(move |agents| agents.recall_here(&id)).await.unwrap_or_else(|| {
+                Err(RemoteError::new(ErrorKind::Internal, "the recall failed inside the host".to_owned()))
+            })?
+        };
+        let homed = match local {
+            Ok(()) => {
+                self.wake.notify_one();
+                return Ok(Response::Accepted);
+            }
+            Err(homed) => homed,
+        };
         let route: Vec<Visit> = from_cbor(&homed.route, "the route").unwrap_or_default();
         let location = route.last().map(|v| v.address.clone()).unwrap_or_else(|| self.address());
         let order = Signed::sign(domain::RECALL, &Recall { agent: id.to_owned(), at: now_secs() }, &self.key)
@@ -149,6 +154,21 @@ impl Agents {
             Err(ClientError::Remote(e)) => Err(e),
             Err(e) => Err(RemoteError::new(ErrorKind::NotFound, e.to_string())),
         }
+    }
+
+    /// A recall at home: refused for an unknown or ended agent; `Ok` if the agent is here (it
+    /// goes home from its next step), else where the registry last saw it. Blocking.
+    fn recall_here(&self, id: &str) -> Result<Result<(), Homed>, RemoteError> {
+        let homed = self.state.transaction(|tx| store::get_homed(tx, id)).map_err(internal)?.ok_or_else(|| {
+            RemoteError::new(ErrorKind::NotFound, format!("agent {id} does not have this host as its home"))
+        })?;
+        if matches!(homed.state.as_str(), "finished" | "failed" | "recalled") {
+            return Err(refused(format!("agent {id} has already ended ({})", homed.state)));
+        }
+        if store::mark_recall(&self.state, id).map_err(internal)? {
+            return Ok(Ok(()));
+        }
+        Ok(Err(homed))
     }
 
     /// A home's recall order, at the host holding the agent: it must be signed by the key of

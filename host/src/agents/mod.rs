@@ -154,6 +154,27 @@ impl Agents {
         tokio::task::spawn_blocking(move || work(&agents)).await.ok()
     }
 
+    /// Runs `work`, which may run Wasm (an agent's manifest, when its code first loads here), on
+    /// a module thread under a worker permit, like every other call of a module.
+    pub(crate) async fn on_module_thread<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Self) -> Result<T, RemoteError> + Send + 'static,
+    ) -> Result<T, RemoteError> {
+        let permit = self
+            .workers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RemoteError::new(ErrorKind::ShuttingDown, "the host is shutting down"))?;
+        let agents = self.clone();
+        let job = self.threads.run(move || {
+            let _permit = permit;
+            work(&agents)
+        });
+        job.await
+            .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("the request failed inside the host: {e}")))?
+    }
+
     /// Records the address other hosts reach this one at (its agents' home address). Only the
     /// first call counts.
     pub(crate) fn set_address(&self, address: String) {
