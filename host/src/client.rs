@@ -6,6 +6,7 @@ use roam_keys::{ModuleHash, PublicKey, SecretKey};
 use tokio::net::TcpStream;
 
 use crate::handshake;
+use crate::protocol::wire::AgentInfo;
 use crate::protocol::{self, FrameError, ModuleInfo, ModuleRef, RemoteError, Request, Response};
 
 /// How long connecting and the handshake may take.
@@ -150,6 +151,43 @@ impl Client {
     ) -> Result<(u64, Vec<u8>), ClientError> {
         match self.request(&Request::Fetch { hash, offset, max }).await? {
             Response::Chunk { total, bytes } => Ok((total, bytes)),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl Client {
+    /// Launches an agent with this host as its home; returns its id once the host persisted it.
+    pub async fn launch(&mut self, module: Vec<u8>, input: Vec<u8>) -> Result<String, ClientError> {
+        match self.request(&Request::Launch { module, input }).await? {
+            Response::Launched { id } => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The agents this host knows: those it is home to, then those that are (or were) here.
+    pub async fn agents(&mut self) -> Result<Vec<AgentInfo>, ClientError> {
+        match self.request(&Request::Agents { id: None }).await? {
+            Response::Agents(list) => Ok(list),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One agent this host knows.
+    pub async fn agent(&mut self, id: &str) -> Result<AgentInfo, ClientError> {
+        match self.request(&Request::Agents { id: Some(id.to_owned()) }).await? {
+            Response::Agents(list) => list
+                .into_iter()
+                .next()
+                .ok_or_else(|| ClientError::Unexpected(format!("the host answered with no agent {id}"))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks the agent's home to bring it back.
+    pub async fn recall(&mut self, id: &str) -> Result<(), ClientError> {
+        match self.request(&Request::Recall { id: id.to_owned() }).await? {
+            Response::Accepted => Ok(()),
             other => Err(unexpected(other)),
         }
     }

@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use roam_host::client::{Client, cbor_to_json, json_to_cbor};
 use roam_host::config::HostConfig;
 use roam_host::host::Host;
-use roam_host::protocol::{Request, Response};
 use roam_host::server::RunningHost;
 use roam_keys::{Kind, SecretKey, SignRequest, TrustStore, VerifyContext};
 
@@ -317,18 +316,14 @@ fn run(cli: Cli) -> Result<()> {
             let input = input.read()?;
             runtime()?.block_on(async {
                 let mut client = Client::connect(&host).await?;
-                let id = match client.request(&Request::Launch { module: bytes, input }).await? {
-                    Response::Launched { id } => id,
-                    Response::Error(e) => bail!("{e}"),
-                    other => bail!("unexpected answer: {other:?}"),
-                };
+                let id = client.launch(bytes, input).await?;
                 println!("{id}");
                 if !wait {
                     return Ok(());
                 }
                 let deadline = std::time::Instant::now() + timeout;
                 loop {
-                    let agent = one_agent(&mut client, &id).await?;
+                    let agent = client.agent(&id).await?;
                     match agent.state.as_str() {
                         "finished" => {
                             let result = cbor_to_json(&agent.result).map_err(anyhow::Error::msg)?;
@@ -349,11 +344,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Agents { host, id } => runtime()?.block_on(async {
             let mut client = Client::connect(&host).await?;
             let Some(id) = id else {
-                let list = match client.request(&Request::Agents { id: None }).await? {
-                    Response::Agents(list) => list,
-                    Response::Error(e) => bail!("{e}"),
-                    other => bail!("unexpected answer: {other:?}"),
-                };
+                let list = client.agents().await?;
                 println!("{:<32}  {:<24} {:<11} {:>4}  {:<20} detail", "id", "agent", "state", "hops", "host");
                 for a in list {
                     println!(
@@ -368,7 +359,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 return Ok(());
             };
-            let a = one_agent(&mut client, &id).await?;
+            let a = client.agent(&id).await?;
             println!("agent:    {} ({})", a.id, a.label);
             println!("state:    {}{}", a.state, a.detail.map(|d| format!(" ({d})")).unwrap_or_default());
             println!("location: {}", a.location);
@@ -376,13 +367,7 @@ fn run(cli: Cli) -> Result<()> {
             if a.home {
                 println!("route:");
                 for v in &a.route {
-                    println!(
-                        "  hop {:>3}  {} ({})  {}",
-                        v.hop,
-                        v.host,
-                        v.address,
-                        roam_host::agents::describe_bindings(&v.bindings)
-                    );
+                    println!("  hop {:>3}  {} ({})  {}", v.hop, v.host, v.address, describe_bindings(&v.bindings));
                 }
             }
             if !a.result.is_empty() {
@@ -393,14 +378,9 @@ fn run(cli: Cli) -> Result<()> {
         }),
         Command::Recall { id, host } => runtime()?.block_on(async {
             let mut client = Client::connect(&host).await?;
-            match client.request(&Request::Recall { id: id.clone() }).await? {
-                Response::Accepted => {
-                    println!("agent {id} is being recalled to {host}");
-                    Ok(())
-                }
-                Response::Error(e) => bail!("{e}"),
-                other => bail!("unexpected answer: {other:?}"),
-            }
+            client.recall(&id).await?;
+            println!("agent {id} is being recalled to {host}");
+            Ok(())
         }),
         Command::Run { module, from, input, trust, allow, tables, cache, refresh } => {
             let trust_dir = trust.or_else(default_trust_dir).context("give --trust DIR: no default trust store")?;
@@ -436,13 +416,19 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn one_agent(client: &mut Client, id: &str) -> Result<roam_host::protocol::wire::AgentInfo> {
-    match client.request(&Request::Agents { id: Some(id.to_owned()) }).await? {
-        Response::Agents(mut list) if !list.is_empty() => Ok(list.remove(0)),
-        Response::Agents(_) => bail!("the host knows no agent {id}"),
-        Response::Error(e) => bail!("{e}"),
-        other => bail!("unexpected answer: {other:?}"),
-    }
+/// Shows bindings as `name: action` for people.
+fn describe_bindings(bindings: &[roam_abi::Bound]) -> String {
+    bindings
+        .iter()
+        .map(|b| {
+            let action = format!("{:?}", b.action).to_lowercase();
+            match &b.error {
+                Some(e) => format!("{}: {action} ({e})", b.name),
+                None => format!("{}: {action}", b.name),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn print_result(output: &[u8]) -> Result<()> {

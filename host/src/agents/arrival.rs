@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::home::apply_report;
-use super::store::{self, Row, row_state};
+use super::store::{self, Row, RowState};
 use super::{Agents, CLOCK_SKEW};
 use crate::protocol::wire::{Envelope, Report, Signed, domain, from_cbor, to_cbor};
 use crate::protocol::{ErrorKind, RemoteError, Response};
@@ -88,7 +88,7 @@ impl Agents {
                 return Err(refused("an agent can only end its journey at its home"));
             }
             let event = self.ended(ending);
-            let row = self.row_for(envelope, signed, None, row_state::DONE);
+            let row = self.row_for(envelope, signed, None, RowState::Done);
             let report = Report { agent: id.clone(), hop, event };
             self.state
                 .transaction(|tx| {
@@ -118,7 +118,7 @@ impl Agents {
         decoded
             .check(code.runnable.slots(), code.runnable.initial_bytes(), self.engine.limits().memory_bytes as u64)
             .map_err(|e| refused(e.to_string()))?;
-        let mut row = self.row_for(envelope, signed, Some(snapshot), row_state::READY);
+        let mut row = self.row_for(envelope, signed, Some(snapshot), RowState::Ready);
         row.input = Some(to_cbor(&envelope.unreachable));
         self.state.transaction(|tx| store::insert(tx, &row)).map_err(internal)?;
         crate::fault::point("receiver-persisted");
@@ -127,12 +127,12 @@ impl Agents {
         Ok(Response::Accepted)
     }
 
-    fn row_for(&self, envelope: &Envelope, signed: &Signed, snapshot: Option<Vec<u8>>, state: &str) -> Row {
+    fn row_for(&self, envelope: &Envelope, signed: &Signed, snapshot: Option<Vec<u8>>, state: RowState) -> Row {
         Row {
             id: envelope.record.id.clone(),
             hop: envelope.hop,
-            state: state.into(),
-            record: to_cbor(&envelope.record),
+            state,
+            record: Ok(envelope.record.clone()),
             snapshot,
             input: None,
             next: None,

@@ -3,7 +3,7 @@
 
 use super::store;
 use super::{Agents, CLOCK_SKEW};
-use crate::protocol::wire::{AgentRecord, Call, CallOp, Signed, domain, from_cbor};
+use crate::protocol::wire::{Call, CallOp, Signed, domain};
 use crate::protocol::{ErrorKind, RemoteError, Response};
 use crate::refusal::{internal, refused};
 use crate::state::now_secs;
@@ -18,7 +18,7 @@ impl Agents {
             return Err(refused("the call is stale or from the future"));
         }
         let homed = self.state.transaction(|tx| store::get_homed(tx, &call.agent)).map_err(internal)?;
-        if homed.is_none_or(|h| matches!(h.state.as_str(), "finished" | "failed" | "recalled")) {
+        if homed.is_none_or(|h| h.state.is_over()) {
             return Err(refused(format!("agent {} is not a live agent of this host", call.agent)));
         }
         let row = self
@@ -26,7 +26,7 @@ impl Agents {
             .transaction(|tx| store::get(tx, &call.agent, 0))
             .map_err(internal)?
             .ok_or_else(|| refused(format!("agent {} was not launched here", call.agent)))?;
-        let record: AgentRecord = from_cbor(&row.record, "the agent record").map_err(refused)?;
+        let record = row.record.map_err(refused)?;
         let granted = self.capabilities(record.code)?;
         let resource = self.resources.get(&call.resource).ok_or_else(|| {
             RemoteError::new(ErrorKind::NotFound, format!("this host offers no resource {}", call.resource))

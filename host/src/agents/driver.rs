@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::store::{self, row_state};
+use super::store::{self, RowState};
 use super::{Agents, RETRY_EVERY};
 use crate::sync::lock;
 
@@ -32,7 +32,7 @@ impl Agents {
     }
 
     async fn round(self: &Arc<Self>) {
-        let ready = self.blocking(|agents| store::in_states(&agents.state, &[row_state::READY])).await;
+        let ready = self.blocking(|agents| store::in_states(&agents.state, &[RowState::Ready])).await;
         if let Some(Ok(ready)) = ready {
             let mut running = Vec::new();
             for row in ready {

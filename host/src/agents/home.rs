@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use roam_keys::Kind;
 
-use super::store::{self, Homed, Row, row_state};
+use super::store::{self, Homed, Journey, Row, RowState};
 use super::{Agents, CLOCK_SKEW, PEER_TIMEOUT, binding, new_id};
 use crate::admission::Rollback;
 use crate::client::{Client, ClientError};
-use crate::protocol::wire::{AgentInfo, AgentRecord, Event, Recall, Report, Signed, Visit, domain, from_cbor, to_cbor};
+use crate::protocol::wire::{AgentInfo, AgentRecord, Event, Recall, Report, Signed, Visit, domain, from_cbor};
 use crate::protocol::{ErrorKind, RemoteError, Request, Response};
 use crate::refusal::{admit_error, internal, refused};
 use crate::state::now_secs;
@@ -37,8 +37,8 @@ impl Agents {
         let row = Row {
             id: id.clone(),
             hop: 0,
-            state: row_state::READY.into(),
-            record: to_cbor(&record),
+            state: RowState::Ready,
+            record: Ok(record.clone()),
             snapshot: None,
             input: Some(input),
             next: None,
@@ -48,7 +48,7 @@ impl Agents {
         };
         self.state
             .transaction(|tx| {
-                store::insert_homed(tx, &id, &record.label, &self.name, &to_cbor(&Vec::<Visit>::new()))?;
+                store::insert_homed(tx, &id, &record.label, &self.name)?;
                 store::insert(tx, &row).map(|_| ())
             })
             .map_err(internal)?;
@@ -133,7 +133,7 @@ impl Agents {
             }
             Err(homed) => homed,
         };
-        let route: Vec<Visit> = from_cbor(&homed.route, "the route").unwrap_or_default();
+        let route = &homed.route;
         let location = route.last().map(|v| v.address.clone()).unwrap_or_else(|| self.address());
         let order = Signed::sign(domain::RECALL, &Recall { agent: id.to_owned(), at: now_secs() }, &self.key)
             .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
@@ -162,8 +162,8 @@ impl Agents {
         let homed = self.state.transaction(|tx| store::get_homed(tx, id)).map_err(internal)?.ok_or_else(|| {
             RemoteError::new(ErrorKind::NotFound, format!("agent {id} does not have this host as its home"))
         })?;
-        if matches!(homed.state.as_str(), "finished" | "failed" | "recalled") {
-            return Err(refused(format!("agent {id} has already ended ({})", homed.state)));
+        if homed.state.is_over() {
+            return Err(refused(format!("agent {id} has already ended ({})", homed.state.as_str())));
         }
         if store::mark_recall(&self.state, id).map_err(internal)? {
             return Ok(Ok(()));
@@ -179,10 +179,8 @@ impl Agents {
             return Err(refused("the recall order is stale or from the future"));
         }
         let live = store::live(&self.state, &order.agent).map_err(internal)?;
-        let from_home = live
-            .as_ref()
-            .and_then(|r| from_cbor::<AgentRecord>(&r.record, "record").ok())
-            .is_some_and(|rec| rec.home_key == signed.signer);
+        let from_home =
+            live.as_ref().and_then(|r| r.record.as_ref().ok()).is_some_and(|rec| rec.home_key == signed.signer);
         if !from_home {
             return Err(RemoteError::new(
                 ErrorKind::NotFound,
@@ -206,25 +204,18 @@ impl Agents {
                 out.push(homed_info(h));
             }
         }
-        for (id, hop, state, record, detail) in store::latest(&self.state, only).map_err(internal)? {
-            if homed.iter().any(|h| h.id == id) {
+        for row in store::latest(&self.state, only).map_err(internal)? {
+            if homed.iter().any(|h| h.id == row.id) {
                 continue;
             }
-            let state = match state.as_str() {
-                row_state::READY => "running",
-                row_state::LEAVING => "in transit",
-                row_state::PARKED => "parked",
-                row_state::DONE => "left",
-                _ => "failed",
-            };
             out.push(AgentInfo {
-                label: from_cbor::<AgentRecord>(&record, "record").map(|rec| rec.label).unwrap_or_default(),
-                id,
-                state: state.into(),
+                id: row.id,
+                label: row.label,
+                state: row.state.shown().into(),
                 location: self.name.clone(),
-                hops: hop,
+                hops: row.hop,
                 result: Vec::new(),
-                detail,
+                detail: row.detail,
                 route: Vec::new(),
                 home: false,
             });
@@ -242,12 +233,12 @@ fn homed_info(h: &Homed) -> AgentInfo {
     AgentInfo {
         id: h.id.clone(),
         label: h.label.clone(),
-        state: h.state.clone(),
+        state: h.state.as_str().into(),
         location: h.location.clone(),
         hops: h.hops,
         result: h.result.clone().unwrap_or_default(),
         detail: h.detail.clone(),
-        route: from_cbor(&h.route, "route").unwrap_or_default(),
+        route: h.route.clone(),
         home: true,
     }
 }
@@ -258,48 +249,46 @@ pub(super) fn apply_report(tx: &rusqlite::Transaction<'_>, report: &Report) -> r
     let Some(mut h) = store::get_homed(tx, &report.agent)? else {
         return Ok(());
     };
-    let ended = matches!(h.state.as_str(), "finished" | "failed" | "recalled");
+    let ended = h.state.is_over();
     match &report.event {
         Event::Arrived { host, address, bindings } => {
-            let mut route: Vec<Visit> = from_cbor(&h.route, "route").unwrap_or_default();
-            if !route.iter().any(|v| v.hop == report.hop) {
-                route.push(Visit {
+            if !h.route.iter().any(|v| v.hop == report.hop) {
+                h.route.push(Visit {
                     hop: report.hop,
                     host: host.clone(),
                     address: address.clone(),
                     bindings: bindings.clone(),
                 });
-                route.sort_by_key(|v| v.hop);
-                h.route = to_cbor(&route);
+                h.route.sort_by_key(|v| v.hop);
             }
             if !ended && report.hop >= h.hops {
                 h.hops = report.hop;
                 h.location = host.clone();
-                h.state = "running".into();
+                h.state = Journey::Running;
                 h.detail = None;
             }
         }
         Event::Departed { to } if !ended && report.hop >= h.hops => {
-            h.state = "in transit".into();
+            h.state = Journey::InTransit;
             h.detail = Some(format!("to {to}"));
         }
         Event::Parked { reason } if !ended && report.hop >= h.hops => {
-            h.state = "parked".into();
+            h.state = Journey::Parked;
             h.detail = Some(reason.clone());
         }
         Event::Finished { host, result } if !ended => {
-            h.state = "finished".into();
+            h.state = Journey::Finished;
             h.location = host.clone();
             h.result = Some(result.clone());
             h.hops = h.hops.max(report.hop);
             h.detail = None;
         }
         Event::Failed { reason } if !ended => {
-            h.state = "failed".into();
+            h.state = Journey::Failed;
             h.detail = Some(reason.clone());
         }
         Event::Recalled if !ended => {
-            h.state = "recalled".into();
+            h.state = Journey::Recalled;
             h.location = "home".into();
             h.detail = Some("recalled by its home".into());
         }

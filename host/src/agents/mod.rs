@@ -37,7 +37,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use roam_abi::Bound;
 use roam_keys::{ModuleHash, SecretKey, TrustStore};
 use tokio::sync::{Notify, Semaphore};
 
@@ -190,19 +189,4 @@ fn new_id() -> Result<String, RemoteError> {
 
 fn getrandom(buf: &mut [u8]) -> Result<(), RemoteError> {
     getrandom::getrandom(buf).map_err(|e| RemoteError::new(ErrorKind::Internal, format!("no randomness: {e}")))
-}
-
-/// Shows bindings as `name: action` for people.
-pub fn describe_bindings(bindings: &[Bound]) -> String {
-    bindings
-        .iter()
-        .map(|b| {
-            let action = format!("{:?}", b.action).to_lowercase();
-            match &b.error {
-                Some(e) => format!("{}: {action} ({e})", b.name),
-                None => format!("{}: {action}", b.name),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }

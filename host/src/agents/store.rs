@@ -7,8 +7,10 @@
 //! - `homed`: the location registry of agents whose home is this host.
 //! - `outbox`: reports to home hosts, sent until acknowledged.
 
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use crate::protocol::wire::{AgentRecord, Visit, from_cbor, to_cbor};
 use crate::state::{State, StateError, now_secs};
 
 const SCHEMA: &str = "
@@ -69,27 +71,111 @@ const FIRST_BACKOFF_MS: i64 = 500;
 /// The longest wait between two retries of a parked agent.
 const MAX_BACKOFF_MS: i64 = 60_000;
 
-/// States of a row in `agents`.
-pub(crate) mod row_state {
+/// The state of a row in `agents`: where one (agent, hop) stands on this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowState {
     /// Persisted here, waiting to run its entry.
-    pub const READY: &str = "ready";
+    Ready,
     /// Decided to move; the transfer is not acknowledged yet.
-    pub const LEAVING: &str = "leaving";
+    Leaving,
     /// No destination could be reached; retried later.
-    pub const PARKED: &str = "parked";
+    Parked,
     /// Handed off (or finished here): this host no longer holds it.
-    pub const DONE: &str = "done";
+    Done,
     /// Stopped with an error, reported home.
-    pub const FAILED: &str = "failed";
+    Failed,
 }
+
+impl RowState {
+    const ALL: [Self; 5] = [Self::Ready, Self::Leaving, Self::Parked, Self::Done, Self::Failed];
+
+    /// Its name in the database.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Leaving => "leaving",
+            Self::Parked => "parked",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// How `roam agents` shows an agent this host holds, or held and handed on.
+    pub(crate) const fn shown(self) -> &'static str {
+        match self {
+            Self::Ready => "running",
+            Self::Leaving => "in transit",
+            Self::Parked => "parked",
+            Self::Done => "left",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Where an agent whose home is this host stands on its journey, as the home knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Journey {
+    Running,
+    InTransit,
+    Parked,
+    Finished,
+    Failed,
+    Recalled,
+}
+
+impl Journey {
+    const ALL: [Self; 6] = [Self::Running, Self::InTransit, Self::Parked, Self::Finished, Self::Failed, Self::Recalled];
+
+    /// Its name, in the database and in `roam agents`.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::InTransit => "in transit",
+            Self::Parked => "parked",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+            Self::Recalled => "recalled",
+        }
+    }
+
+    /// Whether the journey has ended: nothing changes it any more.
+    pub(crate) const fn is_over(self) -> bool {
+        matches!(self, Self::Finished | Self::Failed | Self::Recalled)
+    }
+}
+
+/// Both state enums are stored as their names.
+macro_rules! stored_as_name {
+    ($type:ty) => {
+        impl ToSql for $type {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl FromSql for $type {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                let name = value.as_str()?;
+                Self::ALL
+                    .into_iter()
+                    .find(|s| s.as_str() == name)
+                    .ok_or_else(|| FromSqlError::Other(format!("{name:?} is not a {}", stringify!($type)).into()))
+            }
+        }
+    };
+}
+stored_as_name!(RowState);
+stored_as_name!(Journey);
 
 /// One (agent, hop) this host holds or held.
 #[derive(Clone, Debug)]
 pub(crate) struct Row {
     pub id: String,
     pub hop: u32,
-    pub state: String,
-    pub record: Vec<u8>,
+    pub state: RowState,
+    /// Decoded once, as the row is read; a record that does not decode fails its agent (with
+    /// this reason) rather than the whole read.
+    pub record: Result<AgentRecord, String>,
     pub snapshot: Option<Vec<u8>>,
     pub input: Option<Vec<u8>>,
     pub next: Option<Vec<u8>>,
@@ -105,7 +191,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         id: r.get(0)?,
         hop: r.get(1)?,
         state: r.get(2)?,
-        record: r.get(3)?,
+        record: from_cbor(&r.get::<_, Vec<u8>>(3)?, "the agent record"),
         snapshot: r.get(4)?,
         input: r.get(5)?,
         next: r.get(6)?,
@@ -120,12 +206,13 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 pub(crate) struct Homed {
     pub id: String,
     pub label: String,
-    pub state: String,
+    pub state: Journey,
     pub location: String,
     pub hops: u32,
     pub result: Option<Vec<u8>>,
     pub detail: Option<String>,
-    pub route: Vec<u8>,
+    /// The hosts it visited, as reported (a route that does not decode reads as empty).
+    pub route: Vec<Visit>,
 }
 
 const HOMED_COLUMNS: &str = "id, label, state, location, hops, result, detail, route";
@@ -139,16 +226,17 @@ fn homed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Homed> {
         hops: r.get(4)?,
         result: r.get(5)?,
         detail: r.get(6)?,
-        route: r.get(7)?,
+        route: from_cbor(&r.get::<_, Vec<u8>>(7)?, "the route").unwrap_or_default(),
     })
 }
 
 /// Inserts a row; `false` if (id, hop) is already there.
 pub(crate) fn insert(tx: &Transaction<'_>, r: &Row) -> rusqlite::Result<bool> {
+    let record = r.record.as_ref().map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.clone().into()))?;
     let n = tx.execute(
         "INSERT OR IGNORE INTO agents (id, hop, state, record, snapshot, input, next, envelope, detail, recall, updated)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![r.id, r.hop, r.state, r.record, r.snapshot, r.input, r.next, r.envelope, r.detail, r.recall, now_secs() as i64],
+        params![r.id, r.hop, r.state, to_cbor(record), r.snapshot, r.input, r.next, r.envelope, r.detail, r.recall, now_secs() as i64],
     )?;
     Ok(n == 1)
 }
@@ -158,7 +246,7 @@ pub(crate) fn set_state(
     tx: &Transaction<'_>,
     id: &str,
     hop: u32,
-    state: &str,
+    state: RowState,
     snapshot: Option<&[u8]>,
     next: Option<&[u8]>,
     detail: Option<&str>,
@@ -180,7 +268,7 @@ pub(crate) fn max_hop(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Option
 }
 
 /// Rows in any of `states`, oldest first.
-pub(crate) fn in_states(state: &State, states: &[&str]) -> Result<Vec<Row>, StateError> {
+pub(crate) fn in_states(state: &State, states: &[RowState]) -> Result<Vec<Row>, StateError> {
     state.transaction(|tx| {
         let marks = vec!["?"; states.len()].join(", ");
         let mut stmt =
@@ -255,8 +343,16 @@ pub(crate) fn live(state: &State, id: &str) -> Result<Option<Row>, StateError> {
     })
 }
 
-/// An agent's latest row, for listing: id, hop, state, record, detail.
-pub(crate) type Listing = (String, u32, String, Vec<u8>, Option<String>);
+/// An agent's latest row, for listing.
+#[derive(Debug)]
+pub(crate) struct Listing {
+    pub id: String,
+    pub hop: u32,
+    pub state: RowState,
+    /// Its label, from its record (empty if the record does not decode).
+    pub label: String,
+    pub detail: Option<String>,
+}
 
 /// Each agent's latest row here (its highest hop), without its snapshot: for listing.
 pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<Listing>, StateError> {
@@ -266,7 +362,16 @@ pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<Listing>, 
              WHERE hop = (SELECT max(hop) FROM agents b WHERE b.id = a.id) AND (?1 IS NULL OR id = ?1)
              ORDER BY id",
         )?;
-        let rows = stmt.query_map([only], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+        let rows = stmt.query_map([only], |r| {
+            let record: Result<AgentRecord, _> = from_cbor(&r.get::<_, Vec<u8>>(3)?, "the agent record");
+            Ok(Listing {
+                id: r.get(0)?,
+                hop: r.get(1)?,
+                state: r.get(2)?,
+                label: record.map(|rec| rec.label).unwrap_or_default(),
+                detail: r.get(4)?,
+            })
+        })?;
         rows.collect()
     })
 }
@@ -283,18 +388,12 @@ pub(crate) fn mark_recall(state: &State, id: &str) -> Result<bool, StateError> {
     })
 }
 
-pub(crate) fn insert_homed(
-    tx: &Transaction<'_>,
-    id: &str,
-    label: &str,
-    location: &str,
-    route: &[u8],
-) -> rusqlite::Result<()> {
+pub(crate) fn insert_homed(tx: &Transaction<'_>, id: &str, label: &str, location: &str) -> rusqlite::Result<()> {
     let now = now_secs() as i64;
     tx.execute(
         "INSERT OR IGNORE INTO homed (id, label, state, location, hops, route, launched, updated)
          VALUES (?1, ?2, 'running', ?3, 0, ?4, ?5, ?5)",
-        params![id, label, location, route, now],
+        params![id, label, location, to_cbor(&Vec::<Visit>::new()), now],
     )?;
     Ok(())
 }
@@ -314,7 +413,7 @@ pub(crate) fn all_homed(state: &State) -> Result<Vec<Homed>, StateError> {
 pub(crate) fn put_homed(tx: &Transaction<'_>, h: &Homed) -> rusqlite::Result<()> {
     tx.execute(
         "UPDATE homed SET state = ?2, location = ?3, hops = ?4, result = ?5, detail = ?6, route = ?7, updated = ?8 WHERE id = ?1",
-        params![h.id, h.state, h.location, h.hops, h.result, h.detail, h.route, now_secs() as i64],
+        params![h.id, h.state, h.location, h.hops, h.result, h.detail, to_cbor(&h.route), now_secs() as i64],
     )?;
     Ok(())
 }
@@ -350,12 +449,25 @@ pub(crate) fn delete_outbox(state: &State, seq: i64) -> Result<(), StateError> {
 mod tests {
     use super::*;
 
+    fn record(id: &str) -> AgentRecord {
+        AgentRecord {
+            id: id.to_owned(),
+            code: roam_keys::hash_module(b"code"),
+            label: "test@1.0.0".into(),
+            home: "127.0.0.1:1".into(),
+            home_key: roam_keys::SecretKey::from_seed([7; 32]).public(),
+            launched_at: 0,
+            limits: crate::protocol::wire::AgentLimits::default(),
+            anchors: Vec::new(),
+        }
+    }
+
     fn leaving(id: &str) -> Row {
         Row {
             id: id.to_owned(),
             hop: 1,
-            state: row_state::LEAVING.to_owned(),
-            record: Vec::new(),
+            state: RowState::Leaving,
+            record: Ok(record(id)),
             snapshot: Some(vec![0; 64]),
             input: None,
             next: None,

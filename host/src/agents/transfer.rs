@@ -2,7 +2,7 @@
 //! reachable destination, and the agent is released only once it acknowledged; unreachable
 //! destinations park the agent for a later retry.
 
-use super::store::{self, Row, row_state};
+use super::store::{self, Row, RowState};
 use super::{Agents, PEER_TIMEOUT, getrandom};
 use crate::client::Client;
 use crate::protocol::wire::{AgentRecord, Ending, Envelope, Event, Signed, domain, from_cbor, to_cbor};
@@ -44,7 +44,7 @@ impl Agents {
     /// destination, the move is pinned to it (persisted before sending) and retried there only,
     /// so an unanswered transfer can never leave a second copy elsewhere.
     pub(crate) async fn transfer(&self, row: Row) {
-        let Ok(record) = from_cbor::<AgentRecord>(&row.record, "the agent record") else {
+        let Ok(record) = row.record.clone() else {
             return self.fail(&row, "its record does not decode", None);
         };
         let Some(mut mv) = row.next.as_deref().and_then(|b| from_cbor::<Move>(b, "the move").ok()) else {
@@ -96,7 +96,7 @@ impl Agents {
                     crate::fault::point("sender-acked");
                     let released = self
                         .state
-                        .transaction(|tx| store::set_state(tx, &row.id, row.hop, row_state::DONE, None, None, None));
+                        .transaction(|tx| store::set_state(tx, &row.id, row.hop, RowState::Done, None, None, None));
                     if let Err(e) = released {
                         tracing::error!(agent = %row.id, "cannot record the hand-off: {e}");
                     }
@@ -114,7 +114,7 @@ impl Agents {
             }
         }
         let reason = format!("no destination reachable ({})", unreachable.join(", "));
-        let first_time = row.state != row_state::PARKED;
+        let first_time = row.state != RowState::Parked;
         let parked = self.state.transaction(|tx| {
             let next = Move { unreachable: Vec::new(), ..mv.clone() };
             store::park(tx, &row.id, row.hop, &to_cbor(&next), &reason)?;

@@ -9,7 +9,7 @@ use roam_abi::{Arrival, Next};
 use super::Agents;
 use super::binding;
 use super::home::apply_report;
-use super::store::{self, Row, row_state};
+use super::store::{self, Row, RowState};
 use super::transfer::Move;
 use crate::protocol::wire::{AgentRecord, Ending, Event, Report, Signed, domain, from_cbor, to_cbor};
 use crate::snapshot::Snapshot;
@@ -33,12 +33,12 @@ impl Agents {
     }
 
     fn try_run(&self, row: &Row, arrived: &mut Option<Event>) -> Result<(), String> {
-        let record: AgentRecord = from_cbor(&row.record, "the agent record")?;
+        let record = row.record.as_ref().map_err(Clone::clone)?;
         if now_secs() >= record.launched_at.saturating_add(record.limits.lifetime_secs) {
             return Err(format!("lifetime limit of {} s exceeded", record.limits.lifetime_secs));
         }
         let code = self.agent_code(record.code).map_err(|e| e.message)?;
-        let (resources, bindings) = binding::bind(self, &record, &code.manifest, &row.id);
+        let (resources, bindings) = binding::bind(self, record, &code.manifest, &row.id);
         let (entry, input, from) = if row.hop == 0 {
             (roam_abi::AGENT_START, row.input.clone().unwrap_or_default(), None)
         } else {
@@ -56,12 +56,23 @@ impl Agents {
         };
         *arrived = Some(Event::Arrived { host: self.name.clone(), address: self.address(), bindings });
 
-        let leaving = |out: &[u8]| matches!(from_cbor::<Next>(out, "next"), Ok(Next::Go { .. } | Next::Home { .. }));
+        // The decision is decoded once: the engine asks whether the agent is leaving (to run
+        // its departure entry) and the answer is kept for what follows.
+        let mut decided = None;
+        let leaving = |out: &[u8]| {
+            let next = from_cbor::<Next>(out, "the agent's decision");
+            let moves = matches!(next, Ok(Next::Go { .. } | Next::Home { .. }));
+            decided = Some(next);
+            moves
+        };
         let (out, snapshot) = self
             .engine
             .run_agent(&code.runnable, entry, input, Arc::new(resources), from.as_ref(), leaving)
             .map_err(|e| e.to_string())?;
-        let next: Next = from_cbor(&out, "the agent's decision")?;
+        let next = match decided {
+            Some(next) => next?,
+            None => from_cbor(&out, "the agent's decision")?,
+        };
         let snapshot_bytes = to_cbor(&snapshot);
         if snapshot_bytes.len() as u64 > record.limits.max_snapshot_bytes {
             return Err(format!(
@@ -81,7 +92,7 @@ impl Agents {
             }
             Next::Home { result } => {
                 if record.home_key == self.key.public() {
-                    return self.end_here(row, &record, Ending::Finished(result), arrived.take());
+                    return self.end_here(row, record, Ending::Finished(result), arrived.take());
                 }
                 Move {
                     dests: vec![record.home.clone()],
@@ -90,7 +101,7 @@ impl Agents {
                     unreachable: vec![],
                 }
             }
-            Next::Finish { result } => return self.end_here(row, &record, Ending::Finished(result), arrived.take()),
+            Next::Finish { result } => return self.end_here(row, record, Ending::Finished(result), arrived.take()),
         };
         let home = Move {
             dests: vec![record.home.clone()],
@@ -104,19 +115,19 @@ impl Agents {
                 let recalled = store::get(tx, &row.id, row.hop)?.is_some_and(|r| r.recall);
                 let mv = if recalled && mv.ending.is_none() { home } else { mv };
                 if let Some(event) = arrived.take() {
-                    self.queue_report(tx, &record, row.hop, event)?;
+                    self.queue_report(tx, record, row.hop, event)?;
                 }
                 store::set_state(
                     tx,
                     &row.id,
                     row.hop,
-                    row_state::LEAVING,
+                    RowState::Leaving,
                     Some(&snapshot_bytes),
                     Some(&to_cbor(&mv)),
                     None,
                 )?;
                 let departed = Event::Departed { to: mv.dests.first().cloned().unwrap_or_default() };
-                self.queue_report(tx, &record, row.hop, departed)
+                self.queue_report(tx, record, row.hop, departed)
             })
             .map_err(|e| e.to_string())?;
         crate::fault::point("sender-persisted");
@@ -132,7 +143,7 @@ impl Agents {
                 if let Some(a) = arrived {
                     self.queue_report(tx, record, row.hop, a)?;
                 }
-                store::set_state(tx, &row.id, row.hop, row_state::DONE, None, None, None)?;
+                store::set_state(tx, &row.id, row.hop, RowState::Done, None, None, None)?;
                 self.queue_report(tx, record, row.hop, event)
             })
             .map_err(|e| e.to_string())?;
@@ -151,9 +162,9 @@ impl Agents {
     /// Marks an agent failed here and tells its home why (after its arrival, if it arrived).
     pub(super) fn fail(&self, row: &Row, reason: &str, arrived: Option<Event>) {
         tracing::warn!(agent = %row.id, hop = row.hop, reason, "agent failed");
-        let record: Result<AgentRecord, _> = from_cbor(&row.record, "the agent record");
+        let record = &row.record;
         let done = self.state.transaction(|tx| {
-            store::set_state(tx, &row.id, row.hop, row_state::FAILED, None, None, Some(reason))?;
+            store::set_state(tx, &row.id, row.hop, RowState::Failed, None, None, Some(reason))?;
             let Ok(r) = &record else { return Ok(()) };
             if let Some(a) = arrived {
                 self.queue_report(tx, r, row.hop, a)?;
