@@ -406,7 +406,7 @@ impl tracing::field::Visit for ArrivalFields {
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Arrivals {
     fn register_callsite(&self, m: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
-        let arrival = m.is_event() && m.target() == "roam_host::agents" && m.fields().field("hop").is_some();
+        let arrival = m.is_event() && m.target() == "roam_host::agents::arrival" && m.fields().field("hop").is_some();
         if arrival { tracing::subscriber::Interest::always() } else { tracing::subscriber::Interest::never() }
     }
 

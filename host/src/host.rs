@@ -220,16 +220,15 @@ impl Host {
     /// Fetches a module this host lacks from a peer by hash, verifies it against this host's
     /// trust store, and stores it. The same download path as `roam run` uses.
     pub async fn fetch_from(&self, peer: &str, hash: ModuleHash) -> Result<ModuleInfo, RemoteError> {
-        if let Some(info) = self.inner.state.module(&hash).map_err(internal)? {
+        let inner = self.inner.clone();
+        if let Some(info) = off_runtime(move || inner.state.module(&hash).map_err(internal)).await? {
             return Ok(info);
         }
         let bytes = crate::fetch::download(peer, hash, self.inner.admission.max_size(), Some(&self.inner.key), None)
             .await
             .map_err(|e| RemoteError::new(ErrorKind::NotFound, format!("cannot fetch {hash} from {peer}: {e}")))?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.publish(bytes))
-            .await
-            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?
+        off_runtime(move || inner.publish(bytes)).await
     }
 
     async fn eval(&self, module: ModuleRef, input: Vec<u8>) -> Result<Response, RemoteError> {
@@ -258,14 +257,18 @@ impl Host {
     }
 }
 
+/// Runs blocking work (SQLite, whose commits wait for fsync) off the async runtime.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RemoteError> + Send + 'static,
+) -> Result<T, RemoteError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("the request failed inside the host: {e}")))?
+}
+
 /// Runs a blocking handler off the async runtime.
 async fn blocking(f: impl FnOnce() -> Result<Response, RemoteError> + Send + 'static) -> Response {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.unwrap_or_else(Response::Error),
-        Err(e) => {
-            Response::Error(RemoteError::new(ErrorKind::Internal, format!("the request failed inside the host: {e}")))
-        }
-    }
+    off_runtime(f).await.unwrap_or_else(Response::Error)
 }
 
 /// The largest chunk a fetch returns, so one request never holds a whole large module.

@@ -66,12 +66,13 @@ impl Agents {
 
     /// Sends the reports queued for one home, in order; each is deleted once acknowledged. Stops
     /// at the first that cannot be delivered (they are retried on a later round).
-    pub(crate) async fn flush_outbox_to(&self, dest: &str) {
+    pub(crate) async fn flush_outbox_to(self: &Arc<Self>, dest: &str) {
         let mut client = None;
         // Until the outbox is empty: reports queued while a batch is on its way go out too.
         loop {
-            match store::outbox_for(&self.state, dest) {
-                Ok(queued) if !queued.is_empty() => {
+            let owned = dest.to_owned();
+            match self.blocking(move |agents| store::outbox_for(&agents.state, &owned)).await {
+                Some(Ok(queued)) if !queued.is_empty() => {
                     if !self.send_reports(dest, queued, &mut client).await {
                         return;
                     }
@@ -85,10 +86,18 @@ impl Agents {
     }
 
     /// Sends queued reports over one connection, in order; false when one could not be sent.
-    async fn send_reports(&self, dest: &str, queued: Vec<(i64, Vec<u8>)>, client: &mut Option<Client>) -> bool {
+    async fn send_reports(
+        self: &Arc<Self>,
+        dest: &str,
+        queued: Vec<(i64, Vec<u8>)>,
+        client: &mut Option<Client>,
+    ) -> bool {
+        let delete = |seq| async move {
+            self.blocking(move |agents| store::delete_outbox(&agents.state, seq)).await.is_some_and(|r| r.is_ok())
+        };
         for (seq, message) in queued {
             let Ok(signed) = from_cbor::<Signed>(&message, "a report") else {
-                if store::delete_outbox(&self.state, seq).is_err() {
+                if !delete(seq).await {
                     return false;
                 }
                 continue;
@@ -111,7 +120,7 @@ impl Agents {
             }
             // A report that cannot be deleted would be sent again and again: stop here, and
             // let the next round try.
-            if store::delete_outbox(&self.state, seq).is_err() {
+            if !delete(seq).await {
                 return false;
             }
         }

@@ -2,6 +2,8 @@
 //! reachable destination, and the agent is released only once it acknowledged; unreachable
 //! destinations park the agent for a later retry.
 
+use std::sync::Arc;
+
 use super::store::{self, Row, RowState};
 use super::{Agents, PEER_TIMEOUT, getrandom};
 use crate::client::Client;
@@ -34,8 +36,19 @@ enum SendError {
 }
 
 impl Agents {
-    fn recall_pending(&self, id: &str, hop: u32) -> bool {
-        self.state.transaction(|tx| store::get(tx, id, hop)).ok().flatten().is_some_and(|r| r.recall)
+    /// Runs `work` on a row's state, on the blocking pool; `None` if it panicked.
+    async fn on_row<T: Send + 'static>(
+        self: &Arc<Self>,
+        row: &Row,
+        work: impl FnOnce(&Self, &str, u32) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (id, hop) = (row.id.clone(), row.hop);
+        self.blocking(move |agents| work(agents, &id, hop)).await
+    }
+
+    /// [`fail`](Self::fail), on the blocking pool.
+    async fn fail_soon(self: &Arc<Self>, row: Row, reason: String) {
+        self.blocking(move |agents| agents.fail(&row, &reason, None)).await;
     }
 
     /// Sends one `leaving` or `parked` agent on its way.
@@ -43,15 +56,21 @@ impl Agents {
     /// Alternates are tried only while nothing was sent: once the envelope may have reached a
     /// destination, the move is pinned to it (persisted before sending) and retried there only,
     /// so an unanswered transfer can never leave a second copy elsewhere.
-    pub(crate) async fn transfer(&self, row: Row) {
+    pub(crate) async fn transfer(self: &Arc<Self>, row: Row) {
         let Ok(record) = row.record.clone() else {
-            return self.fail(&row, "its record does not decode", None);
+            return self.fail_soon(row, "its record does not decode".into()).await;
         };
         let Some(mut mv) = row.next.as_deref().and_then(|b| from_cbor::<Move>(b, "the move").ok()) else {
-            return self.fail(&row, "its next move does not decode", None);
+            return self.fail_soon(row, "its next move does not decode".into()).await;
         };
         // Re-read the recall flag: a recall may have come in since the row was listed.
-        let recalled = row.recall || self.recall_pending(&row.id, row.hop);
+        let recalled = row.recall
+            || self
+                .on_row(&row, |agents, id, hop| agents.state.transaction(|tx| store::get(tx, id, hop)))
+                .await
+                .and_then(Result::ok)
+                .flatten()
+                .is_some_and(|r| r.recall);
         if recalled && mv.ending.is_none() && !mv.pinned {
             mv = Move { dests: vec![record.home.clone()], ending: Some(Ending::Recalled), ..mv };
         }
@@ -68,13 +87,18 @@ impl Agents {
             };
             if !self.is_peer(&client.host_key()) {
                 let reason = format!("{dest} is not a trusted peer (its key is {})", client.host_key());
-                return self.fail(&row, &reason, None);
+                return self.fail_soon(row, reason).await;
             }
             // With a single destination there is nowhere else to go: nothing to pin.
             if !mv.pinned && mv.dests.len() > 1 {
                 mv = Move { dests: vec![dest.clone()], pinned: true, ..mv };
-                let pinned = self.state.transaction(|tx| store::set_next(tx, &row.id, row.hop, &to_cbor(&mv)));
-                if let Err(e) = pinned {
+                let next = to_cbor(&mv);
+                let pinned = self
+                    .on_row(&row, move |agents, id, hop| {
+                        agents.state.transaction(|tx| store::set_next(tx, id, hop, &next))
+                    })
+                    .await;
+                if let Some(Err(e)) = pinned {
                     return tracing::error!(agent = %row.id, "cannot record the destination: {e}");
                 }
             }
@@ -95,9 +119,13 @@ impl Agents {
                     self.keep(&dest, client);
                     crate::fault::point("sender-acked");
                     let released = self
-                        .state
-                        .transaction(|tx| store::set_state(tx, &row.id, row.hop, RowState::Done, None, None, None));
-                    if let Err(e) = released {
+                        .on_row(&row, |agents, id, hop| {
+                            agents
+                                .state
+                                .transaction(|tx| store::set_state(tx, id, hop, RowState::Done, None, None, None))
+                        })
+                        .await;
+                    if let Some(Err(e)) = released {
                         tracing::error!(agent = %row.id, "cannot record the hand-off: {e}");
                     }
                     tracing::info!(agent = %row.id, hop = row.hop + 1, %dest, "agent handed off");
@@ -109,25 +137,30 @@ impl Agents {
                     break;
                 }
                 Err(SendError::Refused(e)) => {
-                    return self.fail(&row, &format!("{dest} refused the agent: {e}"), None);
+                    return self.fail_soon(row, format!("{dest} refused the agent: {e}")).await;
                 }
             }
         }
         let reason = format!("no destination reachable ({})", unreachable.join(", "));
         let first_time = row.state != RowState::Parked;
-        let parked = self.state.transaction(|tx| {
-            let next = Move { unreachable: Vec::new(), ..mv.clone() };
-            store::park(tx, &row.id, row.hop, &to_cbor(&next), &reason)?;
-            if first_time {
-                self.queue_report(tx, &record, row.hop, Event::Parked { reason: reason.clone() })?;
-            }
-            Ok(())
-        });
+        let next = to_cbor(&Move { unreachable: Vec::new(), ..mv });
+        let parked = self
+            .on_row(&row, move |agents, id, hop| {
+                agents.state.transaction(|tx| {
+                    store::park(tx, id, hop, &next, &reason)?;
+                    if first_time {
+                        agents.queue_report(tx, &record, hop, Event::Parked { reason: reason.clone() })?;
+                    }
+                    Ok(())
+                })
+            })
+            .await;
         match parked {
-            Err(e) => tracing::error!(agent = %row.id, "cannot park the agent: {e}"),
+            None => {}
+            Some(Err(e)) => tracing::error!(agent = %row.id, "cannot park the agent: {e}"),
             // The report that it parked is waiting in the outbox.
-            Ok(()) if first_time => self.wake.notify_one(),
-            Ok(()) => {}
+            Some(Ok(())) if first_time => self.wake.notify_one(),
+            Some(Ok(())) => {}
         }
     }
 
