@@ -12,14 +12,12 @@ use crate::refusal::{internal, refused};
 use crate::snapshot::Snapshot;
 use crate::state::now_secs;
 
-/// What the receiver's state says of an arriving agent.
-enum Settled {
-    /// Nothing more to do: this is the answer.
+/// How far the receiver got with an arriving agent.
+enum Step {
+    /// Done: this is the answer.
     Answered(Response),
-    /// Its code must be fetched from the sender first.
-    NeedsCode,
-    /// Its code is here.
-    HasCode,
+    /// Its code must be fetched from the sender first; the snapshot, given back.
+    NeedsCode(Vec<u8>),
 }
 
 impl Agents {
@@ -45,30 +43,36 @@ impl Agents {
         if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(refused("an agent id is 32 lowercase hex digits"));
         }
-        // The dedupe and an ending are SQLite work: off the async runtime.
-        let settled = {
-            let (envelope, signed) = (envelope.clone(), signed.clone());
-            self.blocking(move |agents| agents.settle(&envelope, &signed)).await.unwrap_or_else(|| {
-                Err(RemoteError::new(ErrorKind::Internal, "the transfer failed inside the host".to_owned()))
-            })?
-        };
-        match settled {
-            Settled::Answered(response) => return Ok(response),
-            Settled::NeedsCode => {
-                self.fetch_code(&envelope.sender_addr, envelope.record.code).await?;
-                crate::fault::point("receiver-fetched-code");
+        // The dedupe, an ending, loading the code (which runs its manifest), checking the
+        // snapshot and the durable write: one job on a module thread. Only an agent whose code
+        // this host lacks comes back here, for the code to be fetched, and then goes again.
+        let (envelope, signed) = (Arc::new(envelope), Arc::new(signed));
+        let mut snapshot = snapshot;
+        let mut fetched = false;
+        loop {
+            let (e, s) = (envelope.clone(), signed.clone());
+            match self.on_module_thread(move |agents| agents.arrive(&e, &s, snapshot)).await? {
+                Step::Answered(response) => return Ok(response),
+                Step::NeedsCode(_) if fetched => {
+                    return Err(RemoteError::new(
+                        ErrorKind::Internal,
+                        format!("agent code {} was fetched but is not in the store", envelope.record.code),
+                    ));
+                }
+                Step::NeedsCode(back) => {
+                    snapshot = back;
+                    self.fetch_code(&envelope.sender_addr, envelope.record.code).await?;
+                    crate::fault::point("receiver-fetched-code");
+                    fetched = true;
+                }
             }
-            Settled::HasCode => {}
         }
-        // Loading the code runs its manifest, and checking the snapshot is CPU work: on a module
-        // thread, like every call of a module.
-        self.on_module_thread(move |agents| agents.accept_arrival(&envelope, &signed, snapshot)).await
     }
 
     /// The receiver's checks against its own state: a retry is acknowledged again, a replay
-    /// refused, and an agent ending its journey here is recorded at once; otherwise whether this
-    /// host must fetch the agent's code first. Blocking.
-    fn settle(&self, envelope: &Envelope, signed: &Signed) -> Result<Settled, RemoteError> {
+    /// refused, and an agent ending its journey here is recorded at once; otherwise, once its
+    /// code is here, the last checks and the durable write. Blocking.
+    fn arrive(&self, envelope: &Envelope, signed: &Signed, snapshot: Vec<u8>) -> Result<Step, RemoteError> {
         let (id, hop) = (&envelope.record.id, envelope.hop);
         // Dedupe before any work: a retry is acknowledged again, a replay refused.
         let (seen, latest) =
@@ -77,7 +81,7 @@ impl Agents {
             return if existing.envelope.as_deref() == Some(signed.body.as_slice()) {
                 Err(refused(format!("replayed envelope for agent {id} hop {hop}")))
             } else {
-                Ok(Settled::Answered(Response::Accepted))
+                Ok(Step::Answered(Response::Accepted))
             };
         }
         if latest.is_some_and(|h| h > hop) {
@@ -96,12 +100,12 @@ impl Agents {
                     apply_report(tx, &report)
                 })
                 .map_err(internal)?;
-            return Ok(Settled::Answered(Response::Accepted));
+            return Ok(Step::Answered(Response::Accepted));
         }
         if self.state.module(&envelope.record.code).map_err(internal)?.is_none() {
-            return Ok(Settled::NeedsCode);
+            return Ok(Step::NeedsCode(snapshot));
         }
-        Ok(Settled::HasCode)
+        self.accept_arrival(envelope, signed, snapshot).map(Step::Answered)
     }
 
     /// The receiver's last checks (code, limits, snapshot), then the durable write.

@@ -63,15 +63,9 @@ impl Agents {
         let Some(mut mv) = row.next.as_deref().and_then(|b| from_cbor::<Move>(b, "the move").ok()) else {
             return self.fail_soon(row, "its next move does not decode".into()).await;
         };
-        // Re-read the recall flag: a recall may have come in since the row was listed.
-        let recalled = row.recall
-            || self
-                .on_row(&row, |agents, id, hop| agents.state.transaction(|tx| store::get(tx, id, hop)))
-                .await
-                .and_then(Result::ok)
-                .flatten()
-                .is_some_and(|r| r.recall);
-        if recalled && mv.ending.is_none() && !mv.pinned {
+        // The driver read the row, recall flag included, just before it started this task; a
+        // recall that comes in from then on misses this hand-off, as one during the send does.
+        if row.recall && mv.ending.is_none() && !mv.pinned {
             mv = Move { dests: vec![record.home.clone()], ending: Some(Ending::Recalled), ..mv };
         }
         let snapshot = row.snapshot.clone().unwrap_or_default();
