@@ -317,7 +317,7 @@ impl Inner {
         Ok(Response::Chunk { total, bytes })
     }
 
-    /// `roam modules`' answer for one name (and version).
+    /// The module a name (and version) resolves to, for code on demand.
     fn resolve(&self, name: &str, version: Option<&semver::Version>) -> Result<Response, RemoteError> {
         match self.state.resolve(name, version).map_err(internal)? {
             Some(info) => Ok(Response::Resolved(info)),

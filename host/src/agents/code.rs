@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use roam_keys::{Kind, ModuleHash};
+use roam_keys::{Kind, ModuleHash, VerifiedModule};
 
 use super::Agents;
 use crate::admission::Rollback;
@@ -26,12 +26,7 @@ impl Agents {
         if let Some(code) = lock(&self.agent_code).get(&hash) {
             return Ok(code.clone());
         }
-        // Rollback is checked when an agent is launched; agents already travelling keep the
-        // version they were launched with, even after a newer one was accepted here.
-        let verified =
-            self.admission.load(hash, Some(Kind::Agent), Rollback::Allow).map_err(admit_error)?.ok_or_else(|| {
-                RemoteError::new(ErrorKind::NotFound, format!("this host does not hold agent code {hash}"))
-            })?;
+        let verified = self.stored_code(hash)?;
         let runnable = self.engine.load_agent(hash, &verified).map_err(load_error)?;
         let (out, _) = self
             .engine
@@ -50,11 +45,17 @@ impl Agents {
         if let Some(code) = lock(&self.agent_code).get(&hash) {
             return Ok(code.runnable.capabilities().to_vec());
         }
-        let verified =
-            self.admission.load(hash, Some(Kind::Agent), Rollback::Allow).map_err(admit_error)?.ok_or_else(|| {
-                RemoteError::new(ErrorKind::NotFound, format!("this host does not hold agent code {hash}"))
-            })?;
-        Ok(verified.claims().capabilities.clone())
+        Ok(self.stored_code(hash)?.claims().capabilities.clone())
+    }
+
+    /// An agent module from the store, checked against its hash and verified again. Rollback is
+    /// checked when an agent is launched; agents already travelling keep the version they were
+    /// launched with, even after a newer one was accepted here.
+    fn stored_code(&self, hash: ModuleHash) -> Result<VerifiedModule, RemoteError> {
+        self.admission
+            .load(hash, Some(Kind::Agent), Rollback::Allow)
+            .map_err(admit_error)?
+            .ok_or_else(|| RemoteError::new(ErrorKind::NotFound, format!("this host does not hold agent code {hash}")))
     }
 
     pub(super) async fn fetch_code(&self, peer: &str, hash: ModuleHash) -> Result<(), RemoteError> {
