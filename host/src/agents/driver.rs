@@ -48,6 +48,11 @@ impl Agents {
 
     fn drive_here(self: &Arc<Self>, handle: &Handle, mut stop: watch::Receiver<bool>) {
         loop {
+            // Stopped (or the host dropped, and its runtime with it): a round would start tasks
+            // and timers on a runtime that is going away.
+            if stop.has_changed().unwrap_or(true) {
+                return;
+            }
             self.round(handle);
             let stopped = handle.block_on(async {
                 tokio::select! {
