@@ -108,6 +108,7 @@ impl Host {
             data_dir: config.data_dir.clone(),
             workers: workers.clone(),
             threads: threads.clone(),
+            queue_timeout: Duration::from_millis(config.limits.queue_ms),
             limits: config.limits.agents(),
             max_copy: config.limits.copy_kib << 10,
         })?;
@@ -210,10 +211,7 @@ impl Host {
             Request::Agents { id } => blocking(move || agents.agents(id.as_deref()).map(Response::Agents)).await,
             Request::Recall { id } => agents.recall(&id).await.unwrap_or_else(Response::Error),
             Request::RecallAgent(signed) => blocking(move || agents.receive_recall(&signed)).await,
-            Request::Call(signed) => agents
-                .on_module_thread(move |agents| agents.receive_call(&signed))
-                .await
-                .unwrap_or_else(Response::Error),
+            Request::Call(signed) => blocking(move || agents.receive_call(&signed)).await,
         }
     }
 

@@ -55,8 +55,8 @@ impl Agents {
                 Step::Answered(response) => return Ok(response),
                 Step::NeedsCode(_) if fetched => {
                     return Err(RemoteError::new(
-                        ErrorKind::Internal,
-                        format!("agent code {} was fetched but is not in the store", envelope.record.code),
+                        ErrorKind::NotFound,
+                        format!("this host does not hold agent code {}", envelope.record.code),
                     ));
                 }
                 Step::NeedsCode(back) => {

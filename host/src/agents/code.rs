@@ -58,11 +58,22 @@ impl Agents {
             .ok_or_else(|| RemoteError::new(ErrorKind::NotFound, format!("this host does not hold agent code {hash}")))
     }
 
-    pub(super) async fn fetch_code(&self, peer: &str, hash: ModuleHash) -> Result<(), RemoteError> {
+    /// Downloads an agent's code from the host it comes from and admits it (on the blocking
+    /// pool: verifying, writing and syncing the file, and the index).
+    pub(super) async fn fetch_code(self: &Arc<Self>, peer: &str, hash: ModuleHash) -> Result<(), RemoteError> {
         let bytes =
             crate::fetch::download(peer, hash, self.admission.max_size(), Some(&self.key), None).await.map_err(
                 |e| RemoteError::new(ErrorKind::NotFound, format!("cannot fetch agent code {hash} from {peer}: {e}")),
             )?;
-        self.admission.admit(bytes, Some(Kind::Agent), Rollback::Allow).map(|_| ()).map_err(admit_error)
+        let admitted =
+            self.blocking(move |agents| agents.admission.admit(bytes, Some(Kind::Agent), Rollback::Allow)).await;
+        match admitted {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(admit_error(e)),
+            None => Err(RemoteError::new(
+                ErrorKind::Internal,
+                format!("admitting agent code {hash} failed inside the host"),
+            )),
+        }
     }
 }

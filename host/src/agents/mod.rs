@@ -90,6 +90,9 @@ pub struct Agents {
     /// evaluations).
     workers: Arc<Semaphore>,
     threads: Arc<Workers>,
+    /// How long a launch or an arrival waits for a worker permit before it is refused as busy,
+    /// as an evaluation is.
+    queue_timeout: Duration,
     /// Limits given to agents launched here.
     agent_limits: AgentLimits,
     /// Largest table an agent carries by copy or move.
@@ -109,6 +112,7 @@ pub(crate) struct Parts {
     pub data_dir: PathBuf,
     pub workers: Arc<Semaphore>,
     pub threads: Arc<Workers>,
+    pub queue_timeout: Duration,
     pub limits: AgentLimits,
     pub max_copy: usize,
 }
@@ -133,6 +137,7 @@ impl Agents {
             peer_pool: Mutex::new(HashMap::new()),
             workers: parts.workers,
             threads: parts.threads,
+            queue_timeout: parts.queue_timeout,
             agent_limits: parts.limits,
             max_copy: parts.max_copy,
         })
@@ -154,16 +159,16 @@ impl Agents {
     }
 
     /// Runs `work`, which may run Wasm (an agent's manifest, when its code first loads here), on
-    /// a module thread under a worker permit, like every other call of a module.
+    /// a module thread under a worker permit, like every other call of a module; refused as
+    /// busy if no permit comes within the queue timeout. Never for a forwarded call, which the
+    /// calling agent's visit waits for while it holds a permit of its own host.
     pub(crate) async fn on_module_thread<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&Self) -> Result<T, RemoteError> + Send + 'static,
     ) -> Result<T, RemoteError> {
-        let permit = self
-            .workers
-            .clone()
-            .acquire_owned()
+        let permit = tokio::time::timeout(self.queue_timeout, self.workers.clone().acquire_owned())
             .await
+            .map_err(|_| RemoteError::new(ErrorKind::Busy, "every worker stayed busy; retry shortly"))?
             .map_err(|_| RemoteError::new(ErrorKind::ShuttingDown, "the host is shutting down"))?;
         let agents = self.clone();
         let job = self.threads.run(move || {

@@ -9,7 +9,7 @@ use super::{Agents, PEER_TIMEOUT, getrandom};
 use crate::client::Client;
 use crate::protocol::wire::{AgentRecord, Ending, Envelope, Event, Signed, domain, from_cbor, to_cbor};
 use crate::protocol::{ErrorKind, Request, Response};
-use crate::state::now_secs;
+use crate::state::{StateError, now_secs};
 
 /// A pending move, persisted with a `leaving` or `parked` row.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -36,14 +36,17 @@ enum SendError {
 }
 
 impl Agents {
-    /// Runs `work` on a row's state, on the blocking pool; `None` if it panicked.
-    async fn on_row<T: Send + 'static>(
+    /// Runs a transaction on a row, on the blocking pool; a panic in it is an error too.
+    async fn on_row(
         self: &Arc<Self>,
         row: &Row,
-        work: impl FnOnce(&Self, &str, u32) -> T + Send + 'static,
-    ) -> Option<T> {
+        work: impl FnOnce(&Self, &str, u32) -> Result<(), StateError> + Send + 'static,
+    ) -> Result<(), String> {
         let (id, hop) = (row.id.clone(), row.hop);
-        self.blocking(move |agents| work(agents, &id, hop)).await
+        match self.blocking(move |agents| work(agents, &id, hop)).await {
+            Some(done) => done.map_err(|e| e.to_string()),
+            None => Err("the write failed inside the host".into()),
+        }
     }
 
     /// [`fail`](Self::fail), on the blocking pool.
@@ -92,7 +95,9 @@ impl Agents {
                         agents.state.transaction(|tx| store::set_next(tx, id, hop, &next))
                     })
                     .await;
-                if let Some(Err(e)) = pinned {
+                // The pin must be durable before anything is sent: otherwise a retry after a
+                // crash could take an alternate and leave a second copy.
+                if let Err(e) = pinned {
                     return tracing::error!(agent = %row.id, "cannot record the destination: {e}");
                 }
             }
@@ -119,7 +124,7 @@ impl Agents {
                                 .transaction(|tx| store::set_state(tx, id, hop, RowState::Done, None, None, None))
                         })
                         .await;
-                    if let Some(Err(e)) = released {
+                    if let Err(e) = released {
                         tracing::error!(agent = %row.id, "cannot record the hand-off: {e}");
                     }
                     tracing::info!(agent = %row.id, hop = row.hop + 1, %dest, "agent handed off");
@@ -150,11 +155,10 @@ impl Agents {
             })
             .await;
         match parked {
-            None => {}
-            Some(Err(e)) => tracing::error!(agent = %row.id, "cannot park the agent: {e}"),
+            Err(e) => tracing::error!(agent = %row.id, "cannot park the agent: {e}"),
             // The report that it parked is waiting in the outbox.
-            Some(Ok(())) if first_time => self.wake.notify_one(),
-            Some(Ok(())) => {}
+            Ok(()) if first_time => self.wake.notify_one(),
+            Ok(()) => {}
         }
     }
 
