@@ -509,29 +509,7 @@ impl HostProcess {
     /// # Errors
     /// If the process is gone or `/proc` cannot be read.
     pub fn threads(&self, prefix: &str) -> Result<Vec<(u32, u32)>> {
-        let pid = self.pid().context("the host was already stopped")?;
-        let mut threads = Vec::new();
-        for task in fs::read_dir(format!("/proc/{pid}/task"))? {
-            let task = task?.path();
-            // A thread may end between the listing and the reads.
-            let (Ok(name), Ok(stat)) = (fs::read_to_string(task.join("comm")), fs::read_to_string(task.join("stat")))
-            else {
-                continue;
-            };
-            if !name.starts_with(prefix) {
-                continue;
-            }
-            // After the name in parentheses: field 3 (the state), 4, …; the policy is field 41.
-            let policy = stat
-                .rsplit_once(") ")
-                .and_then(|(_, rest)| rest.split(' ').nth(41 - 3))
-                .and_then(|n| n.parse().ok())
-                .with_context(|| format!("no scheduling policy in {}: {stat}", task.display()))?;
-            let tid = task.file_name().and_then(|n| n.to_str()?.parse().ok()).context("a task without a number")?;
-            threads.push((tid, policy));
-        }
-        threads.sort_unstable();
-        Ok(threads)
+        threads(self.pid().context("the host was already stopped")?, prefix)
     }
 
     /// The host's data directory.
@@ -657,4 +635,34 @@ fn wait_until(child: &mut Child, deadline: Instant) -> Result<Option<ExitStatus>
         // std has no wait-with-timeout; polling against an explicit deadline is the portable way.
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The threads of process `pid` whose names start with `prefix`, as (thread id, Linux
+/// scheduling policy) pairs, from `/proc`. Policy 0 is the normal class, 5 the idle class.
+///
+/// # Errors
+/// If `/proc` cannot be read.
+pub fn threads(pid: u32, prefix: &str) -> Result<Vec<(u32, u32)>> {
+    let mut threads = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?.path();
+        // A thread may end between the listing and the reads.
+        let (Ok(name), Ok(stat)) = (fs::read_to_string(task.join("comm")), fs::read_to_string(task.join("stat")))
+        else {
+            continue;
+        };
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        // After the name in parentheses: field 3 (the state), 4, …; the policy is field 41.
+        let policy = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(41 - 3))
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no scheduling policy in {}: {stat}", task.display()))?;
+        let tid = task.file_name().and_then(|n| n.to_str()?.parse().ok()).context("a task without a number")?;
+        threads.push((tid, policy));
+    }
+    threads.sort_unstable();
+    Ok(threads)
 }

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use roam_abi::Action;
-use roam_host::client::Client;
+use roam_host::client::{Client, ClientError};
 use roam_host::config::HostConfig;
 use roam_host::handshake::{Hello, Identity, Welcome};
 use roam_host::host::Host;
@@ -709,5 +709,55 @@ async fn a_host_that_cannot_prove_its_key_gets_no_agent() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     home_run.shutdown().await;
+    Ok(())
+}
+
+/// A call forwarded by a peer is answered while every module thread of the owner is busy. The
+/// calling agent's visit holds a module thread on its own host while it waits for the answer,
+/// so a call that queued here for a module thread could hold up (or, between two busy hosts
+/// calling each other, deadlock) both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_call_is_answered_while_every_module_thread_is_busy() -> Result<()> {
+    const LOOP: &str = r#"(module (memory (export "memory") 1) (func (export "roam_query") (loop $l (br $l))))"#;
+    const IDLE: u32 = 5;
+    let net = Net::new(&["home", "peer"])?;
+    let peer_key = SecretKey::load(&net.path("host-keys/peer.key"))?;
+    let mut config = net.config("home", "trust")?;
+    config.limits.workers = Some(1);
+    config.limits.time_ms = 5_000;
+    config.limits.queue_ms = 30_000;
+    let (_, home) = start(&config).await?;
+    let addr = home.addr().to_string();
+    let spin = roam_tests::sign_with(&net.alice, &wat::parse_str(LOOP)?, Kind::Query, "loop", "1.0.0", &[], (0, 3600))?;
+    let spinner = {
+        let addr = addr.clone();
+        tokio::spawn(async move { Client::connect(&addr).await?.eval(&spin, vec![0xa0]).await })
+    };
+    // The only module thread runs the loop once it has been demoted for running long.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !roam_tests::threads(std::process::id(), "roam-worker-")?.iter().any(|&(_, policy)| policy == IDLE) {
+        ensure!(!spinner.is_finished(), "the loop ended before it was seen running");
+        ensure!(Instant::now() < deadline, "the loop's module thread was never demoted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let at = roam_host::state::now_secs();
+    let agent = "00112233445566778899aabbccddeeff".to_owned();
+    let call = Call { agent, resource: "reports".into(), op: CallOp::Append { line: "hello".into() }, at };
+    let answer = Client::connect_as(&addr, &peer_key)
+        .await?
+        .request(&Request::Call(Signed::sign(domain::CALL, &call, &peer_key)?))
+        .await?;
+    // Answered on its merits (no such agent here), not queued behind the loop.
+    match answer {
+        Response::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::Refused, "{e}");
+            assert!(e.message.contains("not a live agent of this host"), "{e}");
+        }
+        other => bail!("a call for an unknown agent was answered {other:?}"),
+    }
+    assert!(!spinner.is_finished(), "the call was answered only once the loop had ended");
+    let ended = spinner.await?;
+    assert!(matches!(&ended, Err(ClientError::Remote(e)) if e.kind == ErrorKind::OutOfTime), "{ended:?}");
+    home.shutdown().await;
     Ok(())
 }
