@@ -184,10 +184,14 @@ impl Client {
         }
     }
 
-    /// Asks the agent's home to bring it back.
-    pub async fn recall(&mut self, id: &str) -> Result<(), ClientError> {
+    /// Asks the agent's home to bring it back. The home answers once the order is persisted,
+    /// with what it knows of the agent: `recall_ordered` is set, or the agent had already ended.
+    pub async fn recall(&mut self, id: &str) -> Result<AgentInfo, ClientError> {
         match self.request(&Request::Recall { id: id.to_owned() }).await? {
-            Response::Accepted => Ok(()),
+            Response::Agents(list) => list
+                .into_iter()
+                .next()
+                .ok_or_else(|| ClientError::Unexpected(format!("the host answered with no agent {id}"))),
             other => Err(unexpected(other)),
         }
     }

@@ -210,7 +210,7 @@ impl Host {
             Request::Report(signed) => blocking(move || agents.receive_report(&signed)).await,
             Request::Agents { id } => blocking(move || agents.agents(id.as_deref()).map(Response::Agents)).await,
             Request::Recall { id } => agents.recall(&id).await.unwrap_or_else(Response::Error),
-            Request::RecallAgent(signed) => blocking(move || agents.receive_recall(&signed)).await,
+            Request::RecallAgent(signed) => blocking(move || agents.receive_recall(&signed, peer)).await,
             Request::Call(signed) => blocking(move || agents.receive_call(&signed)).await,
         }
     }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use roam_host::client::{Client, cbor_to_json, json_to_cbor};
 use roam_host::config::HostConfig;
 use roam_host::host::Host;
+use roam_host::protocol::wire::AgentInfo;
 use roam_host::server::RunningHost;
 use roam_keys::{Kind, SecretKey, SignRequest, TrustStore, VerifyContext};
 
@@ -113,13 +114,23 @@ enum Command {
         /// Only this agent, in detail.
         id: Option<String>,
     },
-    /// Bring an agent back to its home (receiver-initiated migration).
+    /// Bring an agent back to its home (receiver-initiated migration). The home persists the
+    /// order and sends it after the agent, wherever it is; the agent comes home with its state
+    /// and hands over a partial result. Exits 0 once the order is persisted (or, with --wait,
+    /// once the agent ended, however it ended), non-zero on an error.
     Recall {
         /// The agent's id.
         id: String,
         /// The agent's home host.
         #[arg(long)]
         host: String,
+        /// Wait for the agent to end, then print how: recalled with its partial result, finished
+        /// first with its result, or failed.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Fetch a code module from a host (once; then from the cache) and run it locally.
     Run {
@@ -361,9 +372,14 @@ fn run(cli: Cli) -> Result<()> {
             };
             let a = client.agent(&id).await?;
             println!("agent:    {} ({})", a.id, a.label);
-            println!("state:    {}{}", a.state, a.detail.map(|d| format!(" ({d})")).unwrap_or_default());
-            println!("location: {}", a.location);
+            println!("state:    {}{}", a.state, a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default());
+            println!("location: {}", describe_location(&a));
             println!("hops:     {}", a.hops);
+            if let Some(ordered) = a.recall_ordered {
+                let over = matches!(a.state.as_str(), "finished" | "failed" | "recalled");
+                let status = if over { "" } else { ", on its way to the agent" };
+                println!("recall:   ordered {}{status}", ago(ordered / 1000));
+            }
             if a.home {
                 println!("route:");
                 for v in &a.route {
@@ -376,11 +392,33 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }),
-        Command::Recall { id, host } => runtime()?.block_on(async {
+        Command::Recall { id, host, wait, timeout } => runtime()?.block_on(async {
             let mut client = Client::connect(&host).await?;
-            client.recall(&id).await?;
-            println!("agent {id} is being recalled to {host}");
-            Ok(())
+            let mut agent = client.recall(&id).await?;
+            if is_over(&agent) {
+                eprintln!("agent {id} had already ended: nothing to recall");
+                return print_outcome(&agent);
+            }
+            let ordered = format!("recall ordered: agent {id} was last at {}", describe_location(&agent));
+            if !wait {
+                println!("{ordered}");
+                return Ok(());
+            }
+            eprintln!("{ordered}");
+            let deadline = std::time::Instant::now() + timeout;
+            while !is_over(&agent) {
+                if std::time::Instant::now() > deadline {
+                    bail!(
+                        "agent {id} is still {} at {} after {}; the recall order stands",
+                        agent.state,
+                        agent.location,
+                        humantime::format_duration(timeout)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                agent = client.agent(&id).await?;
+            }
+            print_outcome(&agent)
         }),
         Command::Run { module, from, input, trust, allow, tables, cache, refresh } => {
             let trust_dir = trust.or_else(default_trust_dir).context("give --trust DIR: no default trust store")?;
@@ -414,6 +452,50 @@ fn run(cli: Cli) -> Result<()> {
             print_result(&output)
         }
     }
+}
+
+/// Whether an agent's journey has ended.
+fn is_over(agent: &AgentInfo) -> bool {
+    matches!(agent.state.as_str(), "finished" | "failed" | "recalled")
+}
+
+/// How an agent's journey ended: a line for people on stderr, its result (or partial result) as
+/// JSON on stdout.
+fn print_outcome(agent: &AgentInfo) -> Result<()> {
+    let id = &agent.id;
+    let detail = agent.detail.clone().unwrap_or_default();
+    match agent.state.as_str() {
+        "recalled" => eprintln!("agent {id} is home: {detail}"),
+        "finished" if agent.recall_ordered.is_some() => {
+            eprintln!("agent {id} finished at {} before the recall reached it", agent.location);
+        }
+        "finished" => eprintln!("agent {id} finished at {}", agent.location),
+        _ => eprintln!("agent {id} {}: {detail}", agent.state),
+    }
+    if !agent.result.is_empty() {
+        let result = cbor_to_json(&agent.result).map_err(anyhow::Error::msg)?;
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    }
+    Ok(())
+}
+
+/// Where an agent is, as its home last heard, and how long ago that was.
+fn describe_location(agent: &AgentInfo) -> String {
+    let mut out = format!("{} (hop {}", agent.location, agent.hops);
+    if let Some(visit) = agent.route.last().filter(|v| v.at > 0 && v.hop == agent.hops) {
+        out.push_str(&format!(", its visit began {}", ago(visit.at / 1000)));
+    }
+    if agent.heard_at > 0 {
+        out.push_str(&format!(", last heard of {}", ago(agent.heard_at)));
+    }
+    out.push(')');
+    out
+}
+
+/// "3 s ago" for a time in unix seconds.
+fn ago(secs: u64) -> String {
+    let elapsed = roam_host::state::now_secs().saturating_sub(secs);
+    format!("{} ago", humantime::format_duration(Duration::from_secs(elapsed)))
 }
 
 /// Shows bindings as `name: action` for people.

@@ -399,6 +399,11 @@ pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Now, in unix milliseconds.
+pub fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Writes `parts` to `path` through a temporary file and a rename, so that a crash leaves either
 /// the old file or the whole new one, and a failed write (a full disk, say) leaves nothing
 /// behind. With `sync`, the data is on disk before the new name appears.

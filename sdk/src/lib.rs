@@ -96,7 +96,7 @@ mod sys;
 #[path = "sys_test.rs"]
 mod sys;
 
-pub use agent::{Agent, Itinerary, Next};
+pub use agent::{Agent, Itinerary, Next, Partial};
 pub use entry::input;
 pub use error::{Error, Result};
 pub use resources::{Log, Rows, Table};

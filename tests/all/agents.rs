@@ -383,6 +383,7 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
         sent_at: roam_host::state::now_secs(),
         nonce,
         ending: None,
+        recall: None,
         unreachable: Vec::new(),
     };
     let mut send = async |signed: Signed, snapshot: Vec<u8>| -> Result<Response> {
@@ -523,10 +524,13 @@ async fn an_unreachable_destination_parks_the_agent_and_recall_brings_it_home() 
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut client = Client::connect(&home_addr).await?;
-    assert!(matches!(client.request(&Request::Recall { id: id.clone() }).await?, Response::Accepted));
+    let ordered = Client::connect(&home_addr).await?.recall(&id).await?;
+    assert!(ordered.recall_ordered.is_some(), "{ordered:?}");
     let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
     assert_eq!(info.state, "recalled", "{info:?}");
+    // It came home with what it carried: one arrival, at a.
+    let partial = result_json(&info)?;
+    check_hop_counter(&partial, &["a"])?;
     a.shutdown().await;
     home_run.shutdown().await;
     Ok(())

@@ -65,16 +65,44 @@ fn launch_agents_and_recall_from_the_command_line() -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let said = roam_ok(roam_tests::args!["recall", id, "--host", home_addr])?;
-    assert!(said.contains("recalled"), "{said}");
+    assert!(said.starts_with("recall ordered: agent ") && said.contains("last heard of"), "{said}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !roam_ok(roam_tests::args!["agents", "--host", home_addr, id])?.contains("state:    recalled") {
+    let detail = loop {
+        let detail = roam_ok(roam_tests::args!["agents", "--host", home_addr, id])?;
+        if detail.contains("state:    recalled") {
+            break detail;
+        }
         if Instant::now() > deadline {
-            bail!("the agent never came home");
+            bail!("the agent never came home: {detail}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // It was recalled before it ever left home: it hands over what it had then.
+    assert!(detail.contains("recalled before it left home") && detail.contains("recall:   ordered"), "{detail}");
+    assert!(detail.contains(r#"result:   {"arrivals":0,"#), "{detail}");
+    // Too late is not an error: the recall says how the agent ended.
+    let late = roam_tests::roam(roam_tests::args!["recall", id, "--host", home_addr])?;
+    assert!(late.status.success(), "{late:?}");
+    assert!(String::from_utf8_lossy(&late.stderr).contains("had already ended"), "{late:?}");
+    let err = roam_err(roam_tests::args!["recall", "feedface", "--host", home_addr])?;
+    assert!(err.contains("this host knows no agent feedface"), "{err}");
+
+    // `--wait` brings back what the agent carried: it visited a, then found its next stop down.
+    let input = serde_json::json!({ "hosts": [a.addr.to_string(), dead] }).to_string();
+    let id = roam_ok(roam_tests::args!["launch", module, "--host", home_addr, "--input", input])?;
+    let id = id.trim();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !roam_ok(roam_tests::args!["agents", "--host", home_addr, id])?.contains("state:    parked") {
+        if Instant::now() > deadline {
+            bail!("the agent never parked");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let err = roam_err(roam_tests::args!["recall", id, "--host", home_addr])?;
-    assert!(err.contains("already ended"), "{err}");
+    let waited = roam_tests::roam(roam_tests::args!["recall", id, "--host", home_addr, "--wait", "--timeout", "60s"])?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&waited.stdout), String::from_utf8_lossy(&waited.stderr));
+    assert!(waited.status.success(), "{stderr}");
+    assert!(stderr.contains("recall ordered") && stderr.contains("is home: recalled home after 2 hops"), "{stderr}");
+    check_hop_counter(&serde_json::from_str(&stdout)?, &["a"])?;
     let err = roam_err(roam_tests::args!["agents", "--host", home_addr, "feedface"])?;
     assert!(err.contains("knows no agent"), "{err}");
     home.stop()?;

@@ -3,7 +3,8 @@
 //! it with
 //! `roam launch agents/target/wasm32-unknown-unknown/release/hop_counter.signed.wasm --host 127.0.0.1:7700 --input '{"hosts": ["127.0.0.1:7701", "127.0.0.1:7702", "127.0.0.1:7701"]}' --wait`.
 //!
-//! It uses no resources. The result is
+//! It uses no resources. Recalled, it hands over the same report as its partial result. The
+//! result is
 //! `{"arrivals": n, "hosts": [name, …], "hops": {hop: arrivals so far, …}, "checksum": c}`, where
 //! `c` is the 64-bit FNV-1a hash (offset basis `0xcbf29ce484222325`, prime `0x100000001b3`) of
 //! these bytes, integers little-endian: `arrivals` as a u64; for each host name in order, its
@@ -12,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use roam_sdk::{Agent, Arrival, Itinerary, Next, Result};
+use roam_sdk::{Agent, Arrival, Itinerary, Next, Partial, Result};
 use serde::{Deserialize, Serialize};
 
 /// Where to go: addresses may repeat (two hosts alternating, say).
@@ -90,6 +91,10 @@ impl Agent for HopCounter {
         self.hosts.push(here.host.clone());
         self.hops.insert(here.hop, self.arrivals);
         self.next()
+    }
+
+    fn on_recall(&mut self) -> Result<Partial> {
+        Partial::of(&self.report())
     }
 }
 

@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use super::home::apply_report;
 use super::store::{self, Row, RowState};
 use super::{Agents, CLOCK_SKEW};
-use crate::protocol::wire::{Envelope, Report, Signed, domain, from_cbor, to_cbor};
+use crate::protocol::wire::{Ending, Envelope, Event, Report, Signed, domain, from_cbor, to_cbor};
 use crate::protocol::{ErrorKind, RemoteError, Response};
 use crate::refusal::{internal, refused};
 use crate::snapshot::Snapshot;
@@ -87,21 +86,22 @@ impl Agents {
         if latest.is_some_and(|h| h > hop) {
             return Err(refused(format!("replayed envelope: agent {id} is already past hop {hop}")));
         }
-        if let Some(ending) = &envelope.ending {
-            if envelope.record.home_key != self.key.public() {
-                return Err(refused("an agent can only end its journey at its home"));
-            }
-            let event = self.ended(ending);
+        if envelope.ending.is_some() && envelope.record.home_key != self.key.public() {
+            return Err(refused("an agent can only end its journey at its home"));
+        }
+        if let Some(Ending::Finished(result)) = &envelope.ending {
+            let event = Event::Finished { host: self.name.clone(), result: result.clone() };
             let row = self.row_for(envelope, signed, None, RowState::Done);
             let report = Report { agent: id.clone(), hop, event };
             self.state
                 .transaction(|tx| {
                     store::insert(tx, &row)?;
-                    apply_report(tx, &report)
+                    self.apply_report(tx, &report)
                 })
                 .map_err(internal)?;
             return Ok(Step::Answered(Response::Accepted));
         }
+        // A recalled agent is restored at home like any arrival, to hand over what it has.
         if self.state.module(&envelope.record.code).map_err(internal)?.is_none() {
             return Ok(Step::NeedsCode(snapshot));
         }
@@ -124,9 +124,25 @@ impl Agents {
             .map_err(|e| refused(e.to_string()))?;
         let mut row = self.row_for(envelope, signed, Some(snapshot), RowState::Ready);
         row.input = Some(to_cbor(&envelope.unreachable));
-        self.state.transaction(|tx| store::insert(tx, &row)).map_err(internal)?;
+        let coming_home = envelope.ending == Some(Ending::Recalled);
+        let order = self
+            .state
+            .transaction(|tx| {
+                // An order the agent carries, or one that got here first, holds it from the start.
+                let order = self.order_on_arrival(tx, &envelope.record, envelope.recall.as_ref())?;
+                row.recall = order.is_some() || coming_home;
+                store::insert(tx, &row)?;
+                Ok(order)
+            })
+            .map_err(internal)?;
         crate::fault::point("receiver-persisted");
         tracing::info!(agent = %id, hop, from = %envelope.sender_addr, "agent arrived");
+        if let Some(order) = order {
+            if !coming_home {
+                tracing::info!(agent = %id, hop, "recall: the agent arrived recalled and goes home without a visit");
+            }
+            crate::sync::lock(&self.orders).insert(id.clone(), order);
+        }
         self.wake.notify_one();
         Ok(Response::Accepted)
     }
@@ -143,6 +159,7 @@ impl Agents {
             envelope: Some(signed.body.clone()),
             detail: None,
             recall: false,
+            sent_to: None,
         }
     }
 }

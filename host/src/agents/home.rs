@@ -1,12 +1,13 @@
 //! What an agent's home does: launch it, keep the registry of where it is from the reports
-//! other hosts send (and apply its own at once), recall it, and list its agents.
+//! other hosts send (and apply its own at once), and list its agents. Recall is in
+//! [`recall`](super::recall).
 
 use std::sync::Arc;
 
 use roam_keys::Kind;
 
-use super::store::{self, Homed, Journey, Row, RowState};
-use super::{Agents, CLOCK_SKEW, PEER_TIMEOUT, binding, new_id};
+use super::store::{self, Homed, Journey, Outgoing, Row, RowState};
+use super::{Agents, PEER_TIMEOUT, binding, new_id};
 use crate::admission::Rollback;
 use crate::client::{Client, ClientError};
 use crate::protocol::wire::{AgentInfo, AgentRecord, Event, Recall, Report, Signed, Visit, domain, from_cbor};
@@ -45,6 +46,7 @@ impl Agents {
             envelope: None,
             detail: None,
             recall: false,
+            sent_to: None,
         };
         self.state
             .transaction(|tx| {
@@ -60,20 +62,24 @@ impl Agents {
     /// Applies a report from another host about an agent whose home this is.
     pub(crate) fn receive_report(&self, signed: &Signed) -> Result<Response, RemoteError> {
         let report: Report = signed.open(domain::REPORT, |k| self.is_peer(k)).map_err(|e| refused(e.to_string()))?;
-        self.state.transaction(|tx| apply_report(tx, &report)).map_err(internal)?;
+        if self.state.transaction(|tx| self.apply_report(tx, &report)).map_err(internal)? {
+            // A recall order is on its way to where the report placed the agent.
+            self.wake.notify_one();
+        }
         Ok(Response::Accepted)
     }
 
-    /// Sends the reports queued for one home, in order; each is deleted once acknowledged. Stops
-    /// at the first that cannot be delivered (they are retried on a later round).
+    /// Sends the messages queued for one host (reports to a home, recall orders passed on), in
+    /// order; each is deleted once acknowledged. Stops at the first that cannot be delivered
+    /// (they are retried on a later round).
     pub(crate) async fn flush_outbox_to(self: &Arc<Self>, dest: &str) {
         let mut client = None;
-        // Until the outbox is empty: reports queued while a batch is on its way go out too.
+        // Until the outbox is empty: messages queued while a batch is on its way go out too.
         loop {
             let owned = dest.to_owned();
             match self.blocking(move |agents| store::outbox_for(&agents.state, &owned)).await {
                 Some(Ok(queued)) if !queued.is_empty() => {
-                    if !self.send_reports(dest, queued, &mut client).await {
+                    if !self.send_queued(dest, queued, &mut client).await {
                         return;
                     }
                 }
@@ -85,123 +91,61 @@ impl Agents {
         }
     }
 
-    /// Sends queued reports over one connection, in order; false when one could not be sent.
-    async fn send_reports(
+    /// Sends queued messages over one connection, in order; false when one could not be sent.
+    async fn send_queued(
         self: &Arc<Self>,
         dest: &str,
-        queued: Vec<(i64, Vec<u8>)>,
+        queued: Vec<(i64, Outgoing, Vec<u8>)>,
         client: &mut Option<Client>,
     ) -> bool {
         let delete = |seq| async move {
             self.blocking(move |agents| store::delete_outbox(&agents.state, seq)).await.is_some_and(|r| r.is_ok())
         };
-        for (seq, message) in queued {
-            let Ok(signed) = from_cbor::<Signed>(&message, "a report") else {
+        for (seq, kind, message) in queued {
+            let Ok(signed) = from_cbor::<Signed>(&message, "a queued message") else {
                 if !delete(seq).await {
                     return false;
                 }
                 continue;
+            };
+            let agent = match kind {
+                Outgoing::Recall => signed.open::<Recall>(domain::RECALL, |_| true).map(|o| o.agent).ok(),
+                Outgoing::Report => None,
+            };
+            let request = match kind {
+                Outgoing::Report => Request::Report(signed),
+                Outgoing::Recall => Request::RecallAgent(signed),
             };
             let sent = async {
                 if client.is_none() {
                     *client = Some(self.connect(dest).await?.0);
                 }
                 match client.as_mut() {
-                    Some(c) => c.request(&Request::Report(signed)).await,
+                    Some(c) => c.request(&request).await,
                     None => Err(ClientError::Unexpected("no connection".into())),
                 }
             };
             match tokio::time::timeout(PEER_TIMEOUT, sent).await {
-                Ok(Ok(Response::Accepted)) => {}
-                Ok(Ok(Response::Error(e))) if matches!(e.kind, ErrorKind::Refused | ErrorKind::Unauthenticated) => {
-                    tracing::warn!(%dest, "home refused a report: {}", e.message);
+                Ok(Ok(Response::Accepted)) => {
+                    if let Some(agent) = &agent {
+                        tracing::info!(%agent, to = %dest, "recall order delivered");
+                    }
+                }
+                // Refused for good: sending it again would change nothing.
+                Ok(Ok(Response::Error(e)))
+                    if matches!(e.kind, ErrorKind::Refused | ErrorKind::Unauthenticated | ErrorKind::NotFound) =>
+                {
+                    tracing::warn!(%dest, kind = kind.as_str(), "the host refused a message: {}", e.message);
                 }
                 _ => return false,
             }
-            // A report that cannot be deleted would be sent again and again: stop here, and
+            // A message that cannot be deleted would be sent again and again: stop here, and
             // let the next round try.
             if !delete(seq).await {
                 return false;
             }
         }
         true
-    }
-
-    /// `roam recall`: at the agent's home, asks the host that holds it to send it back.
-    pub(crate) async fn recall(self: &Arc<Self>, id: &str) -> Result<Response, RemoteError> {
-        let local = {
-            let id = id.to_owned();
-            self.blocking(move |agents| agents.recall_here(&id)).await.unwrap_or_else(|| {
-                Err(RemoteError::new(ErrorKind::Internal, "the recall failed inside the host".to_owned()))
-            })?
-        };
-        let homed = match local {
-            Ok(()) => {
-                self.wake.notify_one();
-                return Ok(Response::Accepted);
-            }
-            Err(homed) => homed,
-        };
-        let route = &homed.route;
-        let location = route.last().map(|v| v.address.clone()).unwrap_or_else(|| self.address());
-        let order = Signed::sign(domain::RECALL, &Recall { agent: id.to_owned(), at: now_secs() }, &self.key)
-            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
-        let mut client = Client::connect_as(&location, &self.key).await.map_err(|e| {
-            RemoteError::new(
-                ErrorKind::NotFound,
-                format!("cannot reach {location}, where agent {id} was last seen: {e}"),
-            )
-        })?;
-        let answer =
-            tokio::time::timeout(PEER_TIMEOUT, client.request(&Request::RecallAgent(order))).await.map_err(|_| {
-                RemoteError::new(ErrorKind::NotFound, format!("{location} did not answer within {PEER_TIMEOUT:?}"))
-            })?;
-        match answer {
-            Ok(Response::Accepted) => Ok(Response::Accepted),
-            Ok(Response::Error(e)) => Err(e),
-            Ok(other) => Err(RemoteError::new(ErrorKind::Internal, format!("unexpected answer {other:?}"))),
-            Err(ClientError::Remote(e)) => Err(e),
-            Err(e) => Err(RemoteError::new(ErrorKind::NotFound, e.to_string())),
-        }
-    }
-
-    /// A recall at home: refused for an unknown or ended agent; `Ok` if the agent is here (it
-    /// goes home from its next step), else where the registry last saw it. Blocking.
-    fn recall_here(&self, id: &str) -> Result<Result<(), Homed>, RemoteError> {
-        let homed = self.state.transaction(|tx| store::get_homed(tx, id)).map_err(internal)?.ok_or_else(|| {
-            RemoteError::new(ErrorKind::NotFound, format!("agent {id} does not have this host as its home"))
-        })?;
-        if homed.state.is_over() {
-            return Err(refused(format!("agent {id} has already ended ({})", homed.state.as_str())));
-        }
-        if store::mark_recall(&self.state, id).map_err(internal)? {
-            return Ok(Ok(()));
-        }
-        Ok(Err(homed))
-    }
-
-    /// A home's recall order, at the host holding the agent: it must be signed by the key of
-    /// that agent's home.
-    pub(crate) fn receive_recall(&self, signed: &Signed) -> Result<Response, RemoteError> {
-        let order: Recall = signed.open(domain::RECALL, |_| true).map_err(|e| refused(e.to_string()))?;
-        if order.at.saturating_add(CLOCK_SKEW) < now_secs() || order.at > now_secs().saturating_add(CLOCK_SKEW) {
-            return Err(refused("the recall order is stale or from the future"));
-        }
-        let live = store::live(&self.state, &order.agent).map_err(internal)?;
-        let from_home =
-            live.as_ref().and_then(|r| r.record.as_ref().ok()).is_some_and(|rec| rec.home_key == signed.signer);
-        if !from_home {
-            return Err(RemoteError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "agent {} is not here, or the order is not from its home (it may be moving; retry)",
-                    order.agent
-                ),
-            ));
-        }
-        store::mark_recall(&self.state, &order.agent).map_err(internal)?;
-        self.wake.notify_one();
-        Ok(Response::Accepted)
     }
 
     /// Agents this host knows: those it is home to, then those that are (or were) here.
@@ -227,6 +171,8 @@ impl Agents {
                 detail: row.detail,
                 route: Vec::new(),
                 home: false,
+                heard_at: row.updated,
+                recall_ordered: None,
             });
         }
         if let Some(id) = only
@@ -238,7 +184,8 @@ impl Agents {
     }
 }
 
-fn homed_info(h: &Homed) -> AgentInfo {
+/// What `roam agents` shows of an agent whose home is this host.
+pub(super) fn homed_info(h: &Homed) -> AgentInfo {
     AgentInfo {
         id: h.id.clone(),
         label: h.label.clone(),
@@ -249,59 +196,76 @@ fn homed_info(h: &Homed) -> AgentInfo {
         detail: h.detail.clone(),
         route: h.route.clone(),
         home: true,
+        heard_at: h.updated,
+        recall_ordered: h.recall_at,
     }
 }
 
-/// Applies a report to the home's registry. Idempotent: a report seen twice changes nothing
-/// more, and an ended agent stays ended.
-pub(super) fn apply_report(tx: &rusqlite::Transaction<'_>, report: &Report) -> rusqlite::Result<()> {
-    let Some(mut h) = store::get_homed(tx, &report.agent)? else {
-        return Ok(());
-    };
-    let ended = h.state.is_over();
-    match &report.event {
-        Event::Arrived { host, address, bindings } => {
-            if !h.route.iter().any(|v| v.hop == report.hop) {
-                h.route.push(Visit {
-                    hop: report.hop,
-                    host: host.clone(),
-                    address: address.clone(),
-                    bindings: bindings.clone(),
-                });
-                h.route.sort_by_key(|v| v.hop);
+impl Agents {
+    /// Applies a report to the home's registry. Idempotent: a report seen twice changes nothing
+    /// more, and an ended agent stays ended. While a recall is pending, a report of a new place
+    /// sends the order straight there; `true` if it did.
+    pub(super) fn apply_report(&self, tx: &rusqlite::Transaction<'_>, report: &Report) -> rusqlite::Result<bool> {
+        let Some(mut h) = store::get_homed(tx, &report.agent)? else {
+            return Ok(false);
+        };
+        let ended = h.state.is_over();
+        let mut now_at = None;
+        match &report.event {
+            Event::Arrived { host, address, bindings, at } => {
+                if !h.route.iter().any(|v| v.hop == report.hop) {
+                    h.route.push(Visit {
+                        hop: report.hop,
+                        host: host.clone(),
+                        address: address.clone(),
+                        bindings: bindings.clone(),
+                        at: *at,
+                    });
+                    h.route.sort_by_key(|v| v.hop);
+                }
+                if !ended && report.hop >= h.hops {
+                    h.hops = report.hop;
+                    h.location = host.clone();
+                    h.state = Journey::Running;
+                    h.detail = None;
+                    now_at = Some(address.clone());
+                }
             }
-            if !ended && report.hop >= h.hops {
-                h.hops = report.hop;
+            Event::Departed { to } if !ended && report.hop >= h.hops => {
+                h.state = Journey::InTransit;
+                h.detail = Some(format!("to {to}"));
+                now_at = Some(to.clone());
+            }
+            Event::Parked { reason } if !ended && report.hop >= h.hops => {
+                h.state = Journey::Parked;
+                h.detail = Some(reason.clone());
+            }
+            Event::Finished { host, result } if !ended => {
+                h.state = Journey::Finished;
                 h.location = host.clone();
-                h.state = Journey::Running;
+                h.result = Some(result.clone());
+                h.hops = h.hops.max(report.hop);
                 h.detail = None;
             }
+            Event::Failed { reason } if !ended => {
+                h.state = Journey::Failed;
+                h.detail = Some(reason.clone());
+            }
+            Event::Recalled { result, detail } if !ended => {
+                h.state = Journey::Recalled;
+                h.location = self.name.clone();
+                h.hops = h.hops.max(report.hop);
+                h.result = Some(result.clone());
+                h.detail = Some(detail.clone());
+            }
+            _ => return Ok(false),
         }
-        Event::Departed { to } if !ended && report.hop >= h.hops => {
-            h.state = Journey::InTransit;
-            h.detail = Some(format!("to {to}"));
-        }
-        Event::Parked { reason } if !ended && report.hop >= h.hops => {
-            h.state = Journey::Parked;
-            h.detail = Some(reason.clone());
-        }
-        Event::Finished { host, result } if !ended => {
-            h.state = Journey::Finished;
-            h.location = host.clone();
-            h.result = Some(result.clone());
-            h.hops = h.hops.max(report.hop);
-            h.detail = None;
-        }
-        Event::Failed { reason } if !ended => {
-            h.state = Journey::Failed;
-            h.detail = Some(reason.clone());
-        }
-        Event::Recalled if !ended => {
-            h.state = Journey::Recalled;
-            h.location = "home".into();
-            h.detail = Some("recalled by its home".into());
-        }
-        _ => return Ok(()),
+        store::put_homed(tx, &h)?;
+        let Some(address) = now_at.filter(|a| h.recall_at.is_some() && *a != self.address()) else {
+            return Ok(false);
+        };
+        let Some(order) = store::order(tx, &report.agent)? else { return Ok(false) };
+        store::push_outbox(tx, &address, Outgoing::Recall, &order)?;
+        Ok(true)
     }
-    store::put_homed(tx, &h)
 }

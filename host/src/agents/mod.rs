@@ -12,7 +12,10 @@
 //!    peer, the envelope, the code and the snapshot, persists the agent durably, and only then
 //!    acknowledges; the sender then marks its row `done` and drops its copy;
 //! 4. reports (arrived, departed, parked, finished, failed) go home through an outbox; the home
-//!    ([`home`]) keeps where each of its agents is, recalls them and lists them.
+//!    ([`home`]) keeps where each of its agents is and lists them.
+//!
+//! A home's recall order ([`recall`]) chases its agent along the hosts it went through, and
+//! the agent comes home with its state and hands over a partial result.
 //!
 //! An agent's code is admitted and loaded once ([`code`]); calls on resources it holds by
 //! identifier are forwarded to their owner ([`calls`]). [`Agents`] holds what these share; the
@@ -28,6 +31,7 @@ mod code;
 mod driver;
 mod home;
 mod peers;
+mod recall;
 pub(crate) mod store;
 mod transfer;
 mod visit;
@@ -44,7 +48,7 @@ use crate::admission::Admission;
 use crate::cache::{Bounded, MODULES_KEPT};
 use crate::client::Client;
 use crate::engine::Engine;
-use crate::protocol::wire::AgentLimits;
+use crate::protocol::wire::{AgentLimits, Signed};
 use crate::protocol::{ErrorKind, RemoteError};
 use crate::resources::Resources;
 use crate::state::State;
@@ -58,6 +62,8 @@ pub const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// How long a peer may take to answer one host-to-host request (a transfer includes fetching
 /// the code, if the peer lacks it), so a hung peer never stalls the driver.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many recall orders a host keeps in memory for its transfers' last look.
+const ORDERS_KEPT: usize = 4096;
 
 /// The agents of one host: what every step of a hop shares. The host builds it, hands it the
 /// agent requests, and runs its driver.
@@ -84,6 +90,9 @@ pub struct Agents {
     wake: Notify,
     /// Transfers and report deliveries under way, so each runs once at a time.
     in_flight: Mutex<HashSet<String>>,
+    /// Recall orders received since start, by agent, so a transfer about to leave sees one that
+    /// came in after its row was read (the `recalls` table holds them all).
+    orders: Mutex<Bounded<String, Signed>>,
     /// Idle proven connections to peers, by address, with when each was last used.
     peer_pool: Mutex<HashMap<String, Vec<(Client, Instant)>>>,
     /// The host's module threads, and the permits that bound how many run at once (shared with
@@ -134,6 +143,7 @@ impl Agents {
             agent_code: Mutex::new(Bounded::new(MODULES_KEPT)),
             wake: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
+            orders: Mutex::new(Bounded::new(ORDERS_KEPT)),
             peer_pool: Mutex::new(HashMap::new()),
             workers: parts.workers,
             threads: parts.threads,

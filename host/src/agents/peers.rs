@@ -22,8 +22,10 @@ impl Agents {
 
     /// Checks who sends a host-to-host message signed by `signer` on a connection whose client
     /// proved `peer`: a host sends only its own messages, on a connection where it proved its
-    /// key, and that key must be one of this host's peers. A recall order may also come from an
-    /// agent's home that is not a peer; `receive_recall` checks that it is the agent's home.
+    /// key, and that key must be one of this host's peers. A recall order is the exception: the
+    /// home signs it, and it comes either from the home (which need not be a peer) or from a
+    /// peer passing it on along the agent's trail; `receive_recall` checks that its signer is
+    /// the agent's home.
     pub(crate) fn check_sender(
         &self,
         signer: &PublicKey,
@@ -38,7 +40,8 @@ impl Agents {
                     .into(),
             );
         };
-        if *signer != peer {
+        let passed_on = recall && self.is_peer(&peer);
+        if *signer != peer && !passed_on {
             return refuse(format!(
                 "the message is signed by key {signer}, but the connection proved key {peer}; a host sends only its own \
                  messages"

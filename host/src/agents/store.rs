@@ -4,8 +4,11 @@
 //!   `ready` → (`leaving` ⇄ `parked`) → `done`, or to `failed`; each move is one transaction, so
 //!   after a crash every agent is in exactly one of these states. A parked row is retried with
 //!   a backoff (`retries`, `retry_at`), so thousands of parked agents cost little.
-//! - `homed`: the location registry of agents whose home is this host.
-//! - `outbox`: reports to home hosts, sent until acknowledged.
+//! - `homed`: the location registry of agents whose home is this host, with the time a recall
+//!   was ordered.
+//! - `outbox`: reports to home hosts and recall orders passed on, each sent until acknowledged.
+//! - `recalls`: the recall orders this host knows of, one per agent, kept for the agent's
+//!   lifetime so that an agent arriving later is marked at once.
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, Transaction, params};
@@ -28,6 +31,7 @@ CREATE TABLE IF NOT EXISTS agents (
     updated  INTEGER NOT NULL,
     retries  INTEGER NOT NULL DEFAULT 0,
     retry_at INTEGER NOT NULL DEFAULT 0,
+    sent_to  TEXT,
     PRIMARY KEY (id, hop)
 );
 CREATE INDEX IF NOT EXISTS agents_by_state ON agents (state);
@@ -41,25 +45,38 @@ CREATE TABLE IF NOT EXISTS homed (
     detail   TEXT,
     route    BLOB NOT NULL,
     launched INTEGER NOT NULL,
-    updated  INTEGER NOT NULL
+    updated  INTEGER NOT NULL,
+    recall_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     dest    TEXT NOT NULL,
-    message BLOB NOT NULL
+    message BLOB NOT NULL,
+    kind    TEXT NOT NULL DEFAULT 'report'
+);
+CREATE TABLE IF NOT EXISTS recalls (
+    agent    TEXT PRIMARY KEY,
+    signed   BLOB NOT NULL,
+    expires  INTEGER NOT NULL
 );
 ";
 
 /// Creates the agent tables, or brings older ones up to date.
 pub(crate) fn create(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(SCHEMA)?;
-    let has_backoff: bool =
-        tx.query_row("SELECT count(*) FROM pragma_table_info('agents') WHERE name = 'retry_at'", [], |r| r.get(0))?;
-    if !has_backoff {
-        tx.execute_batch(
-            "ALTER TABLE agents ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
-             ALTER TABLE agents ADD COLUMN retry_at INTEGER NOT NULL DEFAULT 0;",
-        )?;
+    // Columns added since the first version of each table, for a state database made by one.
+    for (table, column, declaration) in [
+        ("agents", "retries", "INTEGER NOT NULL DEFAULT 0"),
+        ("agents", "retry_at", "INTEGER NOT NULL DEFAULT 0"),
+        ("agents", "sent_to", "TEXT"),
+        ("homed", "recall_at", "INTEGER"),
+        ("outbox", "kind", "TEXT NOT NULL DEFAULT 'report'"),
+    ] {
+        let present: bool =
+            tx.query_row("SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2", [table, column], |r| r.get(0))?;
+        if !present {
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {declaration}"))?;
+        }
     }
     // The driver looks up due moves by state and retry time, many times a second.
     tx.execute_batch("CREATE INDEX IF NOT EXISTS agents_due ON agents (state, retry_at);")
@@ -144,7 +161,27 @@ impl Journey {
     }
 }
 
-/// Both state enums are stored as their names.
+/// What an outbox message is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outgoing {
+    /// A report to an agent's home.
+    Report,
+    /// A recall order, passed on to where the agent went.
+    Recall,
+}
+
+impl Outgoing {
+    const ALL: [Self; 2] = [Self::Report, Self::Recall];
+
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Report => "report",
+            Self::Recall => "recall",
+        }
+    }
+}
+
+/// The state enums and the outbox's kinds are stored as their names.
 macro_rules! stored_as_name {
     ($type:ty) => {
         impl ToSql for $type {
@@ -166,6 +203,7 @@ macro_rules! stored_as_name {
 }
 stored_as_name!(RowState);
 stored_as_name!(Journey);
+stored_as_name!(Outgoing);
 
 /// One (agent, hop) this host holds or held.
 #[derive(Clone, Debug)]
@@ -181,10 +219,13 @@ pub(crate) struct Row {
     pub next: Option<Vec<u8>>,
     pub envelope: Option<Vec<u8>>,
     pub detail: Option<String>,
+    /// Its home ordered it back: it makes no further visit away from home.
     pub recall: bool,
+    /// Where a `done` row was handed to (none if its journey ended here).
+    pub sent_to: Option<String>,
 }
 
-const ROW_COLUMNS: &str = "id, hop, state, record, snapshot, input, next, envelope, detail, recall";
+const ROW_COLUMNS: &str = "id, hop, state, record, snapshot, input, next, envelope, detail, recall, sent_to";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -198,6 +239,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         envelope: r.get(7)?,
         detail: r.get(8)?,
         recall: r.get(9)?,
+        sent_to: r.get(10)?,
     })
 }
 
@@ -213,9 +255,13 @@ pub(crate) struct Homed {
     pub detail: Option<String>,
     /// The hosts it visited, as reported (a route that does not decode reads as empty).
     pub route: Vec<Visit>,
+    /// When the home last heard of it (unix seconds).
+    pub updated: u64,
+    /// When a recall was ordered (unix milliseconds), if one was.
+    pub recall_at: Option<u64>,
 }
 
-const HOMED_COLUMNS: &str = "id, label, state, location, hops, result, detail, route";
+const HOMED_COLUMNS: &str = "id, label, state, location, hops, result, detail, route, updated, recall_at";
 
 fn homed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Homed> {
     Ok(Homed {
@@ -227,6 +273,8 @@ fn homed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Homed> {
         result: r.get(5)?,
         detail: r.get(6)?,
         route: from_cbor(&r.get::<_, Vec<u8>>(7)?, "the route").unwrap_or_default(),
+        updated: r.get(8)?,
+        recall_at: r.get(9)?,
     })
 }
 
@@ -319,6 +367,17 @@ pub(crate) fn park(tx: &Transaction<'_>, id: &str, hop: u32, next: &[u8], detail
     Ok(())
 }
 
+/// Marks a row handed off to `dest`: this host no longer holds the agent, and knows where it
+/// went (a recall order that comes later follows it there).
+pub(crate) fn hand_off(tx: &Transaction<'_>, id: &str, hop: u32, dest: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE agents SET state = 'done', snapshot = NULL, next = NULL, detail = NULL, sent_to = ?3, updated = ?4
+         WHERE id = ?1 AND hop = ?2",
+        params![id, hop, dest, now_secs() as i64],
+    )?;
+    Ok(())
+}
+
 /// Records a row's next move (pinned to one destination, say), leaving its snapshot alone.
 pub(crate) fn set_next(tx: &Transaction<'_>, id: &str, hop: u32, next: &[u8]) -> rusqlite::Result<()> {
     tx.execute("UPDATE agents SET next = ?3 WHERE id = ?1 AND hop = ?2", params![id, hop, next])?;
@@ -326,21 +385,14 @@ pub(crate) fn set_next(tx: &Transaction<'_>, id: &str, hop: u32, next: &[u8]) ->
 }
 
 fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    i64::try_from(crate::state::now_millis()).unwrap_or(i64::MAX)
 }
 
-/// The agent's live row here (ready, leaving or parked), if any.
-pub(crate) fn live(state: &State, id: &str) -> Result<Option<Row>, StateError> {
-    state.transaction(|tx| {
-        tx.query_row(
-            &format!("SELECT {ROW_COLUMNS} FROM agents WHERE id = ?1 AND state IN ('ready', 'leaving', 'parked')"),
-            [id],
-            row,
-        )
+/// The agent's latest row here (its highest hop): the live one if it is here, else where it
+/// went or how it ended.
+pub(crate) fn latest_row(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Row>> {
+    tx.query_row(&format!("SELECT {ROW_COLUMNS} FROM agents WHERE id = ?1 ORDER BY hop DESC LIMIT 1"), [id], row)
         .optional()
-    })
 }
 
 /// An agent's latest row, for listing.
@@ -352,13 +404,15 @@ pub(crate) struct Listing {
     /// Its label, from its record (empty if the record does not decode).
     pub label: String,
     pub detail: Option<String>,
+    /// When the row last changed (unix seconds).
+    pub updated: u64,
 }
 
 /// Each agent's latest row here (its highest hop), without its snapshot: for listing.
 pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<Listing>, StateError> {
     state.transaction(|tx| {
         let mut stmt = tx.prepare(
-            "SELECT id, hop, state, record, detail FROM agents a
+            "SELECT id, hop, state, record, detail, updated FROM agents a
              WHERE hop = (SELECT max(hop) FROM agents b WHERE b.id = a.id) AND (?1 IS NULL OR id = ?1)
              ORDER BY id",
         )?;
@@ -370,6 +424,7 @@ pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<Listing>, 
                 state: r.get(2)?,
                 label: record.map(|rec| rec.label).unwrap_or_default(),
                 detail: r.get(4)?,
+                updated: r.get(5)?,
             })
         })?;
         rows.collect()
@@ -377,15 +432,43 @@ pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<Listing>, 
 }
 
 /// Marks the agent's live row (not done or failed) for recall; `true` if there was one.
-pub(crate) fn mark_recall(state: &State, id: &str) -> Result<bool, StateError> {
-    state.transaction(|tx| {
-        let n = tx.execute(
-            // A parked agent goes home at the next round, not after its backoff.
-            "UPDATE agents SET recall = 1, retry_at = 0 WHERE id = ?1 AND state IN ('ready', 'leaving', 'parked')",
-            [id],
-        )?;
-        Ok(n > 0)
-    })
+pub(crate) fn mark_recall(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<bool> {
+    let n = tx.execute(
+        // A parked agent goes home at the next round, not after its backoff.
+        "UPDATE agents SET recall = 1, retry_at = 0 WHERE id = ?1 AND state IN ('ready', 'leaving', 'parked')",
+        [id],
+    )?;
+    Ok(n > 0)
+}
+
+/// Keeps a recall order (CBOR of the signed order) until `expires` (unix seconds); `false` if
+/// one was already kept for the agent. Forgets expired orders on the way.
+pub(crate) fn keep_order(tx: &Transaction<'_>, agent: &str, signed: &[u8], expires: u64) -> rusqlite::Result<bool> {
+    tx.execute("DELETE FROM recalls WHERE expires < ?1", [now_secs() as i64])?;
+    let n = tx.execute(
+        "INSERT OR IGNORE INTO recalls (agent, signed, expires) VALUES (?1, ?2, ?3)",
+        params![agent, signed, i64::try_from(expires).unwrap_or(i64::MAX)],
+    )?;
+    Ok(n == 1)
+}
+
+/// The recall order kept for an agent (CBOR of the signed order), if any.
+pub(crate) fn order(tx: &Transaction<'_>, agent: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    tx.query_row("SELECT signed FROM recalls WHERE agent = ?1", [agent], |r| r.get(0)).optional()
+}
+
+/// Forgets an agent's recall order (one that turned out not to be from its home).
+pub(crate) fn forget_order(tx: &Transaction<'_>, agent: &str) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM recalls WHERE agent = ?1", [agent]).map(|_| ())
+}
+
+/// Records at the home that a recall was ordered now (unix milliseconds); keeps the first time.
+pub(crate) fn order_recall(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE homed SET recall_at = coalesce(recall_at, ?2) WHERE id = ?1",
+        params![id, i64::try_from(crate::state::now_millis()).unwrap_or(i64::MAX)],
+    )?;
+    Ok(())
 }
 
 pub(crate) fn insert_homed(tx: &Transaction<'_>, id: &str, label: &str, location: &str) -> rusqlite::Result<()> {
@@ -418,8 +501,8 @@ pub(crate) fn put_homed(tx: &Transaction<'_>, h: &Homed) -> rusqlite::Result<()>
     Ok(())
 }
 
-pub(crate) fn push_outbox(tx: &Transaction<'_>, dest: &str, message: &[u8]) -> rusqlite::Result<()> {
-    tx.execute("INSERT INTO outbox (dest, message) VALUES (?1, ?2)", params![dest, message])?;
+pub(crate) fn push_outbox(tx: &Transaction<'_>, dest: &str, kind: Outgoing, message: &[u8]) -> rusqlite::Result<()> {
+    tx.execute("INSERT INTO outbox (dest, message, kind) VALUES (?1, ?2, ?3)", params![dest, message, kind])?;
     Ok(())
 }
 
@@ -432,11 +515,11 @@ pub(crate) fn outbox_destinations(state: &State) -> Result<Vec<String>, StateErr
     })
 }
 
-/// The reports waiting for one home, oldest first.
-pub(crate) fn outbox_for(state: &State, dest: &str) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+/// The messages waiting for one host, oldest first: (sequence number, kind, CBOR message).
+pub(crate) fn outbox_for(state: &State, dest: &str) -> Result<Vec<(i64, Outgoing, Vec<u8>)>, StateError> {
     state.transaction(|tx| {
-        let mut stmt = tx.prepare("SELECT seq, message FROM outbox WHERE dest = ?1 ORDER BY seq LIMIT 256")?;
-        let rows = stmt.query_map([dest], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut stmt = tx.prepare("SELECT seq, kind, message FROM outbox WHERE dest = ?1 ORDER BY seq LIMIT 256")?;
+        let rows = stmt.query_map([dest], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         rows.collect()
     })
 }
@@ -474,6 +557,7 @@ mod tests {
             envelope: None,
             detail: None,
             recall: false,
+            sent_to: None,
         }
     }
 

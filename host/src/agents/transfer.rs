@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::store::{self, Row, RowState};
+use super::store::{self, Outgoing, Row, RowState};
 use super::{Agents, PEER_TIMEOUT, getrandom};
 use crate::client::Client;
 use crate::protocol::wire::{AgentRecord, Ending, Envelope, Event, Signed, domain, from_cbor, to_cbor};
@@ -25,6 +25,31 @@ pub(super) struct Move {
     pub(super) unreachable: Vec<String>,
 }
 
+impl Move {
+    /// Home, to end the journey with `result`.
+    pub(super) fn finishing(record: &AgentRecord, result: Vec<u8>) -> Self {
+        Self::home(record, Ending::Finished(result))
+    }
+
+    /// Home, because the home recalled the agent.
+    pub(super) fn recalled(record: &AgentRecord) -> Self {
+        Self::home(record, Ending::Recalled)
+    }
+
+    fn home(record: &AgentRecord, ending: Ending) -> Self {
+        Self { dests: vec![record.home.clone()], pinned: false, ending: Some(ending), unreachable: vec![] }
+    }
+}
+
+/// One attempt at a move: what goes in the envelope besides the record.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    hop: u32,
+    snapshot: &'a [u8],
+    mv: &'a Move,
+    unreachable: &'a [String],
+}
+
 enum SendError {
     /// Worth trying another destination, or again later.
     Unreachable(String),
@@ -37,11 +62,11 @@ enum SendError {
 
 impl Agents {
     /// Runs a transaction on a row, on the blocking pool; a panic in it is an error too.
-    async fn on_row(
+    async fn on_row<T: Send + 'static>(
         self: &Arc<Self>,
         row: &Row,
-        work: impl FnOnce(&Self, &str, u32) -> Result<(), StateError> + Send + 'static,
-    ) -> Result<(), String> {
+        work: impl FnOnce(&Self, &str, u32) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, String> {
         let (id, hop) = (row.id.clone(), row.hop);
         match self.blocking(move |agents| work(agents, &id, hop)).await {
             Some(done) => done.map_err(|e| e.to_string()),
@@ -66,10 +91,19 @@ impl Agents {
         let Some(mut mv) = row.next.as_deref().and_then(|b| from_cbor::<Move>(b, "the move").ok()) else {
             return self.fail_soon(row, "its next move does not decode".into()).await;
         };
-        // The driver read the row, recall flag included, just before it started this task; a
-        // recall that comes in from then on misses this hand-off, as one during the send does.
-        if row.recall && mv.ending.is_none() && !mv.pinned {
-            mv = Move { dests: vec![record.home.clone()], ending: Some(Ending::Recalled), ..mv };
+        // The driver read the row, recall flag included, just before it started this task; an
+        // order received since is in memory. A recalled agent goes home unless an envelope may
+        // already be at its destination (pinned): then it goes there with the order.
+        let mut order = self.order_since(&row.id);
+        if order.is_none() && row.recall {
+            let id = row.id.clone();
+            order = self.blocking(move |agents| agents.kept_order(&id)).await.flatten();
+        }
+        if (row.recall || order.is_some()) && mv.ending.is_none() && !mv.pinned {
+            if record.home_key == self.key.public() {
+                return self.stay_home(row).await;
+            }
+            mv = Move::recalled(&record);
         }
         let snapshot = row.snapshot.clone().unwrap_or_default();
         let mut unreachable = mv.unreachable.clone();
@@ -101,7 +135,10 @@ impl Agents {
                     return tracing::error!(agent = %row.id, "cannot record the destination: {e}");
                 }
             }
-            let mut sent = self.send(&mut client, &record, row.hop + 1, &snapshot, &mv, &unreachable).await;
+            // An order that came in while connecting goes with the agent.
+            let carried = self.order_since(&row.id).or_else(|| order.clone());
+            let attempt = Attempt { hop: row.hop + 1, snapshot: &snapshot, mv: &mv, unreachable: &unreachable };
+            let mut sent = self.send(&mut client, &record, &attempt, carried.as_ref()).await;
             if kept && matches!(sent, Err(SendError::Broken(_))) {
                 // A kept connection may have gone stale (the peer restarted, say): once more on
                 // a new one to the same host. The receiver acknowledges a repeated transfer
@@ -110,24 +147,38 @@ impl Agents {
                     && fresh.host_key() == client.host_key()
                 {
                     client = fresh;
-                    sent = self.send(&mut client, &record, row.hop + 1, &snapshot, &mv, &unreachable).await;
+                    sent = self.send(&mut client, &record, &attempt, carried.as_ref()).await;
                 }
             }
             match sent {
                 Ok(()) => {
                     self.keep(&dest, client);
                     crate::fault::point("sender-acked");
+                    // An order that came in during the send, and so did not go with the agent,
+                    // follows it: queued in the same transaction as the hand-off.
+                    let follow = carried.is_none() && mv.ending.is_none();
+                    let to = dest.clone();
                     let released = self
-                        .on_row(&row, |agents, id, hop| {
-                            agents
-                                .state
-                                .transaction(|tx| store::set_state(tx, id, hop, RowState::Done, None, None, None))
+                        .on_row(&row, move |agents, id, hop| {
+                            agents.state.transaction(|tx| {
+                                store::hand_off(tx, id, hop, &to)?;
+                                let order = if follow { store::order(tx, id)? } else { None };
+                                if let Some(order) = &order {
+                                    store::push_outbox(tx, &to, Outgoing::Recall, order)?;
+                                }
+                                Ok(order.is_some())
+                            })
                         })
                         .await;
-                    if let Err(e) = released {
-                        tracing::error!(agent = %row.id, "cannot record the hand-off: {e}");
-                    }
                     tracing::info!(agent = %row.id, hop = row.hop + 1, %dest, "agent handed off");
+                    match released {
+                        Err(e) => tracing::error!(agent = %row.id, "cannot record the hand-off: {e}"),
+                        Ok(true) => {
+                            tracing::info!(agent = %row.id, to = %dest, "recall: the order follows the agent");
+                            self.wake.notify_one();
+                        }
+                        Ok(false) => {}
+                    }
                     return;
                 }
                 Err(SendError::Unreachable(e) | SendError::Broken(e)) => {
@@ -162,15 +213,31 @@ impl Agents {
         }
     }
 
+    /// A recalled agent whose move had not started yet, at its home: it stays, and its next
+    /// round hands over what it has.
+    async fn stay_home(self: &Arc<Self>, row: Row) {
+        let stayed = self
+            .on_row(&row, |agents, id, hop| {
+                agents.state.transaction(|tx| {
+                    let snapshot = store::get(tx, id, hop)?.and_then(|r| r.snapshot);
+                    store::set_state(tx, id, hop, RowState::Ready, snapshot.as_deref(), None, None)
+                })
+            })
+            .await;
+        match stayed {
+            Ok(()) => self.wake.notify_one(),
+            Err(e) => tracing::error!(agent = %row.id, "cannot keep the recalled agent home: {e}"),
+        }
+    }
+
     async fn send(
         &self,
         client: &mut Client,
         record: &AgentRecord,
-        hop: u32,
-        snapshot: &[u8],
-        mv: &Move,
-        unreachable: &[String],
+        attempt: &Attempt<'_>,
+        recall: Option<&Signed>,
     ) -> Result<(), SendError> {
+        let Attempt { hop, snapshot, mv, unreachable } = *attempt;
         let mut nonce = [0u8; 8];
         getrandom(&mut nonce).map_err(|e| SendError::Unreachable(e.message))?;
         let envelope = Envelope {
@@ -183,6 +250,7 @@ impl Agents {
             nonce: u64::from_le_bytes(nonce),
             ending: mv.ending.clone(),
             unreachable: unreachable.to_vec(),
+            recall: recall.cloned(),
         };
         let signed =
             Signed::sign(domain::ENVELOPE, &envelope, &self.key).map_err(|e| SendError::Refused(e.to_string()))?;

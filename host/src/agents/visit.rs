@@ -8,12 +8,11 @@ use roam_abi::{Arrival, Next};
 
 use super::Agents;
 use super::binding;
-use super::home::apply_report;
-use super::store::{self, Row, RowState};
+use super::store::{self, Outgoing, Row, RowState};
 use super::transfer::Move;
-use crate::protocol::wire::{AgentRecord, Ending, Event, Report, Signed, domain, from_cbor, to_cbor};
+use crate::protocol::wire::{AgentRecord, Event, Report, Signed, domain, from_cbor, to_cbor};
 use crate::snapshot::Snapshot;
-use crate::state::now_secs;
+use crate::state::{now_millis, now_secs};
 
 impl Agents {
     /// Runs one `ready` agent's entry and persists what it decided. Blocking.
@@ -37,7 +36,11 @@ impl Agents {
         if now_secs() >= record.launched_at.saturating_add(record.limits.lifetime_secs) {
             return Err(format!("lifetime limit of {} s exceeded", record.limits.lifetime_secs));
         }
+        if row.recall {
+            return self.recalled(row, record);
+        }
         let code = self.agent_code(record.code).map_err(|e| e.message)?;
+        let started = now_millis();
         let (resources, bindings) = binding::bind(self, record, &code.manifest, &row.id);
         let (entry, input, from) = if row.hop == 0 {
             (roam_abi::AGENT_START, row.input.clone().unwrap_or_default(), None)
@@ -54,7 +57,7 @@ impl Agents {
             let snapshot: Snapshot = from_cbor(row.snapshot.as_deref().unwrap_or_default(), "the snapshot")?;
             (roam_abi::AGENT_ARRIVE, to_cbor(&arrival), Some(snapshot))
         };
-        *arrived = Some(Event::Arrived { host: self.name.clone(), address: self.address(), bindings });
+        *arrived = Some(Event::Arrived { host: self.name.clone(), address: self.address(), bindings, at: started });
 
         // The decision is decoded once: the engine asks whether the agent is leaving (to run
         // its departure entry) and the answer is kept for what follows.
@@ -91,32 +94,30 @@ impl Agents {
                 Move { dests, pinned: false, ending: None, unreachable: vec![] }
             }
             Next::Home { result } => {
+                let finished = Event::Finished { host: self.name.clone(), result: result.clone() };
                 if record.home_key == self.key.public() {
-                    return self.end_here(row, record, Ending::Finished(result), arrived.take());
+                    return self.end_here(row, record, finished, arrived.take());
                 }
-                Move {
-                    dests: vec![record.home.clone()],
-                    pinned: false,
-                    ending: Some(Ending::Finished(result)),
-                    unreachable: vec![],
-                }
+                Move::finishing(record, result)
             }
-            Next::Finish { result } => return self.end_here(row, record, Ending::Finished(result), arrived.take()),
+            Next::Finish { result } => {
+                let finished = Event::Finished { host: self.name.clone(), result };
+                return self.end_here(row, record, finished, arrived.take());
+            }
         };
-        let home = Move {
-            dests: vec![record.home.clone()],
-            pinned: false,
-            ending: Some(Ending::Recalled),
-            unreachable: vec![],
-        };
+        let at_home = record.home_key == self.key.public();
         self.state
             .transaction(|tx| {
-                // A recall that came in during the visit sends the agent home instead.
-                let recalled = store::get(tx, &row.id, row.hop)?.is_some_and(|r| r.recall);
-                let mv = if recalled && mv.ending.is_none() { home } else { mv };
                 if let Some(event) = arrived.take() {
                     self.queue_report(tx, record, row.hop, event)?;
                 }
+                // A recall that came in during the visit sends the agent home instead; at home,
+                // it stays to hand over what it has.
+                let recalled = store::get(tx, &row.id, row.hop)?.is_some_and(|r| r.recall);
+                if recalled && mv.ending.is_none() && at_home {
+                    return store::set_state(tx, &row.id, row.hop, RowState::Ready, Some(&snapshot_bytes), None, None);
+                }
+                let mv = if recalled && mv.ending.is_none() { Move::recalled(record) } else { mv };
                 store::set_state(
                     tx,
                     &row.id,
@@ -135,9 +136,65 @@ impl Agents {
         Ok(())
     }
 
-    /// Ends the journey on this host: the row is done and the ending reported home.
-    fn end_here(&self, row: &Row, record: &AgentRecord, ending: Ending, arrived: Option<Event>) -> Result<(), String> {
-        let event = self.ended(&ending);
+    /// A visit of an agent its home recalled. Away from home it is sent home as it arrived,
+    /// without running; at home its recall entry hands over what it has, and its journey ends.
+    fn recalled(&self, row: &Row, record: &AgentRecord) -> Result<(), String> {
+        if record.home_key != self.key.public() {
+            let mv = to_cbor(&Move::recalled(record));
+            self.state
+                .transaction(|tx| {
+                    store::set_state(
+                        tx,
+                        &row.id,
+                        row.hop,
+                        RowState::Leaving,
+                        row.snapshot.as_deref(),
+                        Some(&mv),
+                        None,
+                    )?;
+                    self.queue_report(tx, record, row.hop, Event::Departed { to: record.home.clone() })
+                })
+                .map_err(|e| e.to_string())?;
+            tracing::info!(agent = %row.id, hop = row.hop, "recalled: the agent goes home without a visit here");
+            self.wake.notify_one();
+            return Ok(());
+        }
+        let (result, detail) = match row.snapshot.as_deref() {
+            None => (Vec::new(), "recalled before its first visit".to_owned()),
+            Some(snapshot) => {
+                let when = match row.hop {
+                    0 => "recalled before it left home".to_owned(),
+                    hops => format!("recalled home after {hops} hops"),
+                };
+                match self.hand_over(row, record, snapshot) {
+                    Ok(result) => (result, when),
+                    Err(e) => (Vec::new(), format!("{when}; it handed over nothing: {e}")),
+                }
+            }
+        };
+        tracing::info!(agent = %row.id, hop = row.hop, bytes = result.len(), "recalled agent is home");
+        self.end_here(row, record, Event::Recalled { result, detail }, None)
+    }
+
+    /// Runs a recalled agent's recall entry at home, on its state: its partial result.
+    fn hand_over(&self, row: &Row, record: &AgentRecord, snapshot: &[u8]) -> Result<Vec<u8>, String> {
+        let code = self.agent_code(record.code).map_err(|e| e.message)?;
+        if !code.runnable.exports(roam_abi::AGENT_RECALL) {
+            return Err(format!("the agent has no recall entry ({})", roam_abi::AGENT_RECALL));
+        }
+        let snapshot: Snapshot = from_cbor(snapshot, "the snapshot")?;
+        let (resources, _) = binding::bind(self, record, &code.manifest, &row.id);
+        let entry = roam_abi::AGENT_RECALL;
+        let resources = Arc::new(resources);
+        let (result, _) = self
+            .engine
+            .run_agent(&code.runnable, entry, Vec::new(), resources, Some(&snapshot), |_| false)
+            .map_err(|e| e.to_string())?;
+        Ok(result)
+    }
+
+    /// Ends the journey on this host: the row is done and `event`, its ending, reported home.
+    fn end_here(&self, row: &Row, record: &AgentRecord, event: Event, arrived: Option<Event>) -> Result<(), String> {
         self.state
             .transaction(|tx| {
                 if let Some(a) = arrived {
@@ -149,14 +206,6 @@ impl Agents {
             .map_err(|e| e.to_string())?;
         self.wake.notify_one();
         Ok(())
-    }
-
-    /// The report of a journey ending on this host.
-    pub(super) fn ended(&self, ending: &Ending) -> Event {
-        match ending {
-            Ending::Finished(result) => Event::Finished { host: self.name.clone(), result: result.clone() },
-            Ending::Recalled => Event::Recalled,
-        }
     }
 
     /// Marks an agent failed here and tells its home why (after its arrival, if it arrived).
@@ -188,10 +237,11 @@ impl Agents {
     ) -> rusqlite::Result<()> {
         let report = Report { agent: record.id.clone(), hop, event };
         if record.home_key == self.key.public() {
-            return apply_report(tx, &report);
+            // Whatever it queues, the caller's wake-up of the driver sends.
+            return self.apply_report(tx, &report).map(|_| ());
         }
         let signed = Signed::sign(domain::REPORT, &report, &self.key)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?;
-        store::push_outbox(tx, &record.home, &to_cbor(&signed))
+        store::push_outbox(tx, &record.home, Outgoing::Report, &to_cbor(&signed))
     }
 }

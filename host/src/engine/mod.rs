@@ -206,6 +206,11 @@ impl AgentRunnable {
     pub fn label(&self) -> &str {
         &self.runnable.label
     }
+
+    /// Whether the module exports a function named `name` (an optional entry, say).
+    pub fn exports(&self, name: &str) -> bool {
+        self.runnable.prepared.pre.module().get_export(name).is_some()
+    }
 }
 
 /// Writes a checked snapshot into a fresh instance.

@@ -248,12 +248,14 @@ pub enum Request {
         /// Only this agent.
         id: Option<String>,
     },
-    /// At an agent's home: bring it back.
+    /// At an agent's home: bring it back. Answered with `Agents` (the one agent) once the order
+    /// is persisted, or at once if the agent had already ended.
     Recall {
         /// The agent.
         id: String,
     },
-    /// A home's signed order to send its agent back (host to host).
+    /// A home's signed order to send its agent back (host to host): from the home, or passed
+    /// on by a peer along the agent's trail.
     RecallAgent(wire::Signed),
     /// A call on a resource this host owns, forwarded for an agent elsewhere (host to host).
     Call(wire::Signed),

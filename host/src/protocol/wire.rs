@@ -159,6 +159,10 @@ pub struct Envelope {
     pub ending: Option<Ending>,
     /// Destinations the sender could not reach on the way here.
     pub unreachable: Vec<String>,
+    /// The home's recall order, when the sender knows of one: the receiver learns of it before
+    /// the agent can run there.
+    #[serde(default)]
+    pub recall: Option<Signed>,
 }
 
 /// What happened to an agent, told to its home.
@@ -172,6 +176,9 @@ pub enum Event {
         address: String,
         /// How each resource was bound.
         bindings: Vec<Bound>,
+        /// When its visit there started (unix milliseconds, the host's clock).
+        #[serde(default)]
+        at: u64,
     },
     /// It is leaving for `to`.
     Departed {
@@ -196,8 +203,14 @@ pub enum Event {
         /// Why.
         reason: String,
     },
-    /// It came home because its home recalled it.
-    Recalled,
+    /// Its home recalled it, and it is home.
+    Recalled {
+        /// What its recall entry handed over (CBOR), if anything.
+        #[serde(with = "serde_bytes")]
+        result: Vec<u8>,
+        /// How the recall went, for people.
+        detail: String,
+    },
 }
 
 /// A report to an agent's home.
@@ -211,12 +224,13 @@ pub struct Report {
     pub event: Event,
 }
 
-/// A home's order to send its agent back.
+/// A home's order to send its agent back. It is signed by the home and passed on unchanged
+/// along the hosts the agent went through, until it reaches the one that holds the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recall {
     /// The agent.
     pub agent: String,
-    /// When it was signed, so an old recall cannot be replayed much later.
+    /// When the home issued it (unix seconds).
     pub at: u64,
 }
 
@@ -261,6 +275,9 @@ pub struct Visit {
     pub address: String,
     /// How each resource was bound there.
     pub bindings: Vec<Bound>,
+    /// When the visit started (unix milliseconds, that host's clock).
+    #[serde(default)]
+    pub at: u64,
 }
 
 /// An agent as `roam agents` shows it.
@@ -276,15 +293,21 @@ pub struct AgentInfo {
     pub location: String,
     /// Hops made.
     pub hops: u32,
-    /// Its result, CBOR, once finished.
+    /// Its result, CBOR, once finished; once recalled, what its recall entry handed over.
     #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
-    /// Why it failed or is parked.
+    /// Why it failed or is parked, or how its recall went.
     pub detail: Option<String>,
     /// Its route with the bindings at each hop (at its home).
     pub route: Vec<Visit>,
     /// Whether this host is the agent's home (and so knows its whole route).
     pub home: bool,
+    /// When this host last heard of the agent (unix seconds): how fresh `location` is.
+    #[serde(default)]
+    pub heard_at: u64,
+    /// When its home ordered it back (unix milliseconds), if it did.
+    #[serde(default)]
+    pub recall_ordered: Option<u64>,
 }
 
 /// Encodes a value as CBOR (infallible for the types here).

@@ -101,6 +101,10 @@ pub const AGENT_START: &str = "roam_agent_start";
 pub const AGENT_ARRIVE: &str = "roam_agent_arrive";
 /// An optional entry called just before the agent leaves a host (no input, no result needed).
 pub const AGENT_DEPART: &str = "roam_agent_depart";
+/// An optional entry called once, on the agent's home host, when its home recalled it: its
+/// memory is restored as it left the last host it ran on, it takes no input, and what it hands
+/// to `finish` is its partial result (any CBOR value; nothing at all if it has none).
+pub const AGENT_RECALL: &str = "roam_agent_recall";
 /// The entry that reports the agent's resource declarations: `finish` with a CBOR [`Manifest`].
 /// The host calls it on a fresh instance, before the agent's state is restored.
 pub const AGENT_MANIFEST: &str = "roam_agent_manifest";
