@@ -358,14 +358,13 @@ fn run(cli: Cli) -> Result<()> {
                 let list = client.agents().await?;
                 println!("{:<32}  {:<24} {:<11} {:>4}  {:<20} detail", "id", "agent", "state", "hops", "host");
                 for a in list {
+                    let mut detail = a.detail.clone().unwrap_or_default();
+                    if a.recall_ordered.is_some() && !is_over(&a) {
+                        detail = format!("recall ordered; {detail}");
+                    }
                     println!(
                         "{:<32}  {:<24} {:<11} {:>4}  {:<20} {}",
-                        a.id,
-                        a.label,
-                        a.state,
-                        a.hops,
-                        a.location,
-                        a.detail.unwrap_or_default()
+                        a.id, a.label, a.state, a.hops, a.location, detail
                     );
                 }
                 return Ok(());

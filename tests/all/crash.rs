@@ -10,9 +10,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
+
+use roam_host::client::Client;
 
 use crate::agents::{Net, agent, check_hop_counter, ended, launch, result_json};
+use crate::recall::check_recalled;
 
 const HOSTS: [&str; 3] = ["home", "a", "b"];
 
@@ -139,8 +142,8 @@ async fn crash_at(victim: &str, step: &str) -> Result<()> {
         assert_eq!(info.state, "finished", "{victim}@{step}: {info:?}");
         check_hop_counter(&result_json(&info)?, &["a", "b", "a"])?;
     }
-    let routes: BTreeMap<String, usize> = homed.iter().map(|id| (id.clone(), route.len())).collect();
-    account(&net, &HOSTS, &routes).await.with_context(|| format!("{victim}@{step}"))?;
+    let last_hops: BTreeMap<String, u32> = homed.iter().map(|id| (id.clone(), route.len() as u32 + 1)).collect();
+    account(&net, &HOSTS, &last_hops).await.with_context(|| format!("{victim}@{step}"))?;
     Ok(())
 }
 
@@ -155,10 +158,10 @@ fn homed(net: &Net) -> Result<Vec<String>> {
     Ok(ids.collect::<Result<_, _>>()?)
 }
 
-/// The accounting once traffic has drained: each hop of each agent in `routes` (id → visits)
-/// was persisted on exactly one host and handed on; no agent is lost, duplicated or unexpected.
-/// Returns the number of transfers (hand-offs between hosts) that happened.
-async fn account(net: &Net, hosts: &[&str], routes: &BTreeMap<String, usize>) -> Result<usize> {
+/// The accounting once traffic has drained: each hop of each agent in `last_hops` (id → the hop
+/// at which its journey ended) was persisted on exactly one host and handed on; no agent is
+/// lost, duplicated or unexpected. Returns the number of transfers (hand-offs between hosts).
+pub async fn account(net: &Net, hosts: &[&str], last_hops: &BTreeMap<String, u32>) -> Result<usize> {
     // A sender records its hand-off just after the receiver persisted, so allow it a moment.
     let settle = Instant::now() + Duration::from_secs(10);
     let seen = loop {
@@ -181,7 +184,7 @@ async fn account(net: &Net, hosts: &[&str], routes: &BTreeMap<String, usize>) ->
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     for ((id, hop), on) in &seen {
-        if !routes.contains_key(id) {
+        if !last_hops.contains_key(id) {
             bail!("unexpected agent {id} (hop {hop}) on {on:?}");
         }
         if on.len() != 1 {
@@ -189,14 +192,14 @@ async fn account(net: &Net, hosts: &[&str], routes: &BTreeMap<String, usize>) ->
         }
     }
     let mut transfers = 0;
-    for (id, visits) in routes {
+    for (id, last) in last_hops {
         let hops: Vec<u32> = seen.keys().filter(|(i, _)| i == id).map(|(_, h)| *h).collect();
         // Hop 0 is the launch at home; every later hop arrived by a transfer.
-        let expected: Vec<u32> = (0..=u32::try_from(*visits)? + 1).collect();
+        let expected: Vec<u32> = (0..=*last).collect();
         if hops != expected {
             bail!("agent {id}: hops {hops:?} held, expected {expected:?} (lost or skipped)");
         }
-        transfers += visits + 1;
+        transfers += usize::try_from(*last)?;
     }
     Ok(transfers)
 }
@@ -236,12 +239,63 @@ async fn the_last_receiver_killed_before_acknowledging() -> Result<()> {
     crash_at("b", "receiver-persisted").await
 }
 
+/// A host killed at a step of a recall while the order chases an agent parked at b (it visited
+/// a, then b, and its next stop is down), restarted on its data: the agent still comes home
+/// recalled, once, with what it carried, and every hop was held by exactly one host.
+async fn recall_crash(victim: &str, step: &str) -> Result<()> {
+    let net = Net::new(&HOSTS)?;
+    let ports: BTreeMap<&str, u16> = HOSTS.iter().map(|h| Ok((*h, free_port()?))).collect::<Result<_>>()?;
+    let addr = |h: &str| format!("127.0.0.1:{}", ports[h]);
+    let mut procs: BTreeMap<&str, Proc> = BTreeMap::new();
+    for h in HOSTS {
+        procs.insert(h, spawn(&net, h, ports[h], (h == victim).then_some(step))?);
+    }
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let dead = format!("127.0.0.1:{}", free_port()?);
+    let id = launch(&addr("home"), module, serde_json::json!({ "hosts": [addr("a"), addr("b"), dead] })).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent(&addr("home"), &id).await?.state != "parked" {
+        ensure!(Instant::now() < deadline, "the agent never parked at b");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The home may die before it answers (at `recall-ordered`): the order is persisted anyway.
+    let _ = async { Client::connect(&addr("home")).await?.recall(&id).await }.await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let victim_proc = procs.get_mut(victim).context("no victim")?;
+    while victim_proc.child.try_wait()?.is_none() {
+        ensure!(Instant::now() < deadline, "{victim} never reached {step}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    procs.insert(victim, spawn(&net, victim, ports[victim], None)?);
+
+    let info = ended(&addr("home"), &id, Duration::from_secs(60)).await?;
+    assert_eq!(check_recalled(&info, &["a", "b"]).with_context(|| format!("{victim}@{step}"))?, 2);
+    account(&net, &HOSTS, &BTreeMap::from([(id, info.hops)])).await.with_context(|| format!("{victim}@{step}"))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_killed_after_persisting_a_recall_order() -> Result<()> {
+    recall_crash("home", "recall-ordered").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_killed_after_persisting_a_recall_order_before_acknowledging_it() -> Result<()> {
+    recall_crash("b", "recall-received").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_the_agent_left_killed_after_passing_the_order_on() -> Result<()> {
+    recall_crash("a", "recall-passed-on").await
+}
+
 /// A small xorshift generator: the kill schedule needs no statistical quality, only a seed that
 /// a failing run prints so its choices can be replayed.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -256,8 +310,8 @@ impl Rng {
 async fn random_kills_during_agent_traffic_lose_and_duplicate_nothing() -> Result<()> {
     const HOSTS: [&str; 4] = ["home", "a", "b", "c"];
     const VISITORS: [&str; 3] = ["a", "b", "c"];
-    const AGENTS: usize = 26;
-    const VISITS: usize = 39;
+    const AGENTS: usize = 32;
+    const VISITS: usize = 49;
     let seed = std::env::var("ROAM_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
     });
@@ -288,18 +342,29 @@ async fn random_kills_during_agent_traffic_lose_and_duplicate_nothing() -> Resul
         launched.insert(id, route);
     }
 
-    // Kill a random host every 100–700 ms while agents are still out, and bring it back after
+    // Every fifth agent is recalled along the way, one at each kill while some are left.
+    let mut to_recall: Vec<String> = launched.keys().step_by(5).cloned().collect();
+    let recalls: Vec<String> = to_recall.clone();
+
+    // Kill a random host every 50–450 ms while agents are still out, and bring it back after
     // 0–200 ms on the same port and data directory. The kills stop after a while, so that the
     // drain below makes progress even on a slow machine, where a restarted host may need longer
     // than the gap between kills to compile the agent's code.
     let mut kills = 0;
     while kills < 24 {
-        tokio::time::sleep(Duration::from_millis(100 + rng.below(600))).await;
+        tokio::time::sleep(Duration::from_millis(50 + rng.below(400))).await;
+        if let Some(id) = to_recall.last() {
+            // The home may be down: then this one is recalled at a later kill.
+            let ordered = async { Client::connect(&addr("home")).await?.recall(id).await };
+            if ordered.await.is_ok() {
+                to_recall.pop();
+            }
+        }
         let mut out = 0;
         for id in launched.keys() {
             // The home may be the one that is down; then count the agent as out.
             match agent(&addr("home"), id).await {
-                Ok(info) if info.state == "finished" || info.state == "failed" => {}
+                Ok(info) if matches!(info.state.as_str(), "finished" | "failed" | "recalled") => {}
                 _ => out += 1,
             }
         }
@@ -313,17 +378,29 @@ async fn random_kills_during_agent_traffic_lose_and_duplicate_nothing() -> Resul
         procs.insert(victim, spawn(&net, victim, ports[victim], None)?);
     }
 
+    let (mut last_hops, mut recalled) = (BTreeMap::new(), 0);
     for (id, route) in &launched {
         let info = ended(&addr("home"), id, Duration::from_secs(120)).await.with_context(|| format!("seed {seed}"))?;
-        assert_eq!(info.state, "finished", "seed {seed}: {info:?}");
-        check_hop_counter(&result_json(&info)?, route).with_context(|| format!("seed {seed}, agent {id}"))?;
+        // A recalled agent may still finish first: while a host holding its order is down, it
+        // moves on elsewhere. Either way it ends once.
+        if info.state == "recalled" && recalls.contains(id) {
+            check_recalled(&info, route).with_context(|| format!("seed {seed}, agent {id}"))?;
+            recalled += 1;
+        } else {
+            assert_eq!(info.state, "finished", "seed {seed}: {info:?}");
+            check_hop_counter(&result_json(&info)?, route).with_context(|| format!("seed {seed}, agent {id}"))?;
+        }
+        last_hops.insert(id.clone(), info.hops);
     }
     let mut homed = homed(&net)?;
     homed.sort();
     assert_eq!(homed, launched.keys().cloned().collect::<Vec<_>>(), "seed {seed}: the home launched other agents");
-    let routes: BTreeMap<String, usize> = launched.iter().map(|(id, r)| (id.clone(), r.len())).collect();
-    let transfers = account(&net, &HOSTS, &routes).await.with_context(|| format!("seed {seed}"))?;
-    eprintln!("{transfers} transfers, {kills} hosts killed: 0 lost, 0 duplicated, 0 unexpected");
+    let transfers = account(&net, &HOSTS, &last_hops).await.with_context(|| format!("seed {seed}"))?;
+    eprintln!(
+        "{transfers} transfers, {kills} hosts killed, {recalled} of {} ordered recalls brought their agent home: 0 \
+         lost, 0 duplicated, 0 unexpected",
+        recalls.len() - to_recall.len()
+    );
     assert!(transfers >= 1000, "only {transfers} transfers");
     assert!(kills >= 5, "the agents finished before the hosts were killed often enough ({kills} kills)");
     Ok(())

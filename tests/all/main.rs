@@ -11,5 +11,6 @@ mod code_on_demand;
 mod connections;
 mod crash;
 mod limits;
+mod recall;
 mod storage;
 mod tidy;

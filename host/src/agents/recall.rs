@@ -83,6 +83,7 @@ impl Agents {
                 Ok(store::get_homed(tx, id)?.map(|h| (h, Some(chase))))
             })
             .map_err(internal)?;
+        crate::fault::point("recall-ordered");
         let Some((homed, chase)) = done else {
             return Err(RemoteError::new(ErrorKind::NotFound, format!("this host knows no agent {id}")));
         };
@@ -122,7 +123,10 @@ impl Agents {
                 self.chase(tx, &order.agent, signed, latest).map(Ok)
             })
             .map_err(internal)??;
-        if !matches!(chase, Chase::Known) {
+        crate::fault::point(if matches!(chase, Chase::Forwarded(_)) { "recall-passed-on" } else { "recall-received" });
+        // Only an order checked against the agent's record is kept in memory: one waiting for
+        // its agent is checked when the agent arrives.
+        if matches!(chase, Chase::Here | Chase::Forwarded(_)) {
             lock(&self.orders).insert(order.agent.clone(), signed.clone());
         }
         tracing::info!(agent = %order.agent, from = %signed.signer, "recall order received");

@@ -1,0 +1,192 @@
+//! Recall across real hosts: the home's order catches an agent wherever it is (running, in
+//! transit, parked, at a host that is down) and the agent comes home once, with its state, and
+//! hands over a partial result. The crash cases are in `crash.rs`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use roam_host::client::Client;
+use roam_host::host::Host;
+use roam_host::protocol::wire::AgentInfo;
+use roam_host::server::RunningHost;
+use roam_host::state::now_millis;
+
+use crate::agents::{Net, agent, check_hop_counter, ended, launch, result_json, start, with_route};
+use crate::crash::{Rng, account};
+
+/// Checks what a recalled hop-counter handed over against the hosts of its route, and returns
+/// how many visits it made before it came home.
+pub fn check_recalled(info: &AgentInfo, route: &[&str]) -> Result<usize> {
+    ensure!(info.state == "recalled", "not recalled: {info:?}");
+    let detail = info.detail.clone().unwrap_or_default();
+    if info.result.is_empty() {
+        ensure!(detail.contains("before its first visit") && info.hops == 0, "{info:?}");
+        return Ok(0);
+    }
+    let partial = result_json(info)?;
+    let arrivals = usize::try_from(partial["arrivals"].as_u64().context("no arrivals in the partial result")?)?;
+    check_hop_counter(&partial, route.get(..arrivals).context("more arrivals than stops")?)?;
+    // It came home from the last host it ran on, or from the next one, which it reached after
+    // the order and left without a visit; or it never left home.
+    let hops = usize::try_from(info.hops)?;
+    ensure!(
+        (arrivals == 0 && hops == 0) || (arrivals + 1..=arrivals + 2).contains(&hops),
+        "{arrivals} visits but home at hop {hops}: {info:?}"
+    );
+    Ok(arrivals)
+}
+
+/// A route of `visits` stops alternating between a and b.
+fn alternating(visits: usize) -> Vec<&'static str> {
+    (0..visits).map(|i| if i % 2 == 0 { "a" } else { "b" }).collect()
+}
+
+/// An agent hopping between two hosts as fast as it can, recalled at a random moment, 100 times:
+/// each comes home recalled, with what it carried, or finished first only if its last visit
+/// began before the order was issued; and every hop was held by exactly one host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recall_at_a_random_moment_brings_a_fast_hopping_agent_home() -> Result<()> {
+    const TRIALS: usize = 100;
+    const VISITS: usize = 100;
+    let net = Net::new(&["home", "a", "b"])?;
+    let (_, home) = start(&net.config("home", "trust")?).await?;
+    let (_, a) = start(&net.config("a", "trust")?).await?;
+    let (_, b) = start(&net.config("b", "trust")?).await?;
+    let home_addr = home.addr().to_string();
+    let names = alternating(VISITS);
+    let hosts: Vec<String> =
+        names.iter().map(|n| if *n == "a" { a.addr().to_string() } else { b.addr().to_string() }).collect();
+    let input = serde_json::json!({ "hosts": hosts });
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let seed = std::env::var("ROAM_RECALL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
+    });
+    eprintln!("ROAM_RECALL_SEED={seed}");
+    let mut rng = Rng(seed);
+
+    // How long a whole journey takes here and now: the fastest of three.
+    let mut journey = Duration::MAX;
+    let mut last_hops = BTreeMap::new();
+    for _ in 0..3 {
+        let began = Instant::now();
+        let id = launch(&home_addr, module.clone(), input.clone()).await?;
+        let info = ended(&home_addr, &id, Duration::from_secs(120)).await?;
+        journey = journey.min(began.elapsed());
+        ensure!(info.state == "finished", "{info:?}");
+        last_hops.insert(id, u32::try_from(VISITS)? + 1);
+    }
+    eprintln!("a journey of {VISITS} visits takes {journey:?}");
+
+    let (mut recalled, mut finished, mut after_order) = (0, 0, Vec::new());
+    for trial in 0..TRIALS {
+        let id = launch(&home_addr, module.clone(), input.clone()).await?;
+        // A moment in the first four fifths of a journey (this waits for no outcome).
+        tokio::time::sleep(journey.mul_f64(0.8 * rng.below(1000) as f64 / 1000.0)).await;
+        let ordered_at = now_millis();
+        let answer = Client::connect(&home_addr).await?.recall(&id).await?;
+        let info = ended(&home_addr, &id, Duration::from_secs(120)).await.with_context(|| format!("trial {trial}"))?;
+        match info.state.as_str() {
+            "recalled" => {
+                ensure!(answer.recall_ordered.is_some(), "trial {trial}: {answer:?}");
+                let visits = check_recalled(&info, &names).with_context(|| format!("trial {trial}"))?;
+                let info = with_route(&home_addr, &id, visits + 1).await?;
+                after_order.push(info.route.iter().filter(|v| v.at >= ordered_at).count());
+                recalled += 1;
+            }
+            "finished" => {
+                // Legitimate only if its last visit had begun before the order.
+                let info = with_route(&home_addr, &id, VISITS + 1).await?;
+                let last = info.route.last().context("no route")?;
+                ensure!(
+                    last.at < ordered_at,
+                    "trial {trial}: finished, but its last visit began {} ms after the recall was ordered",
+                    last.at - ordered_at
+                );
+                finished += 1;
+            }
+            _ => bail!("trial {trial}: {info:?}"),
+        }
+        last_hops.insert(id, info.hops);
+    }
+    after_order.sort_unstable();
+    let (median, max) = (after_order.get(after_order.len() / 2).copied(), after_order.last().copied());
+    eprintln!(
+        "{recalled} recalled, {finished} finished first; visits begun after the order: median {median:?}, max {max:?}"
+    );
+    ensure!(recalled + finished == TRIALS);
+    // The order was issued well before the end of each journey.
+    ensure!(recalled >= TRIALS * 9 / 10, "only {recalled} of {TRIALS} recalled");
+    // The order catches up with the agent instead of trailing it to its hop limit.
+    ensure!(max.unwrap_or_default() <= 20, "an agent made {max:?} visits after its recall was ordered");
+    account(&net, &["home", "a", "b"], &last_hops).await?;
+    for run in [a, b, home] {
+        run.shutdown().await;
+    }
+    Ok(())
+}
+
+/// An agent parked at a host (its next stop is down) is recalled from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_agent_is_recalled_from_where_it_waits() -> Result<()> {
+    let net = Net::new(&["home", "a"])?;
+    let (_, home) = start(&net.config("home", "trust")?).await?;
+    let (_, a) = start(&net.config("a", "trust")?).await?;
+    // Nothing listens on this address (it was bound once, then released).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let home_addr = home.addr().to_string();
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": [a.addr().to_string(), dead] })).await?;
+    parked(&home_addr, &id).await?;
+    let ordered = Client::connect(&home_addr).await?.recall(&id).await?;
+    assert!(ordered.recall_ordered.is_some(), "{ordered:?}");
+    let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
+    assert_eq!(check_recalled(&info, &["a"])?, 1, "{info:?}");
+    assert_eq!(info.detail.as_deref(), Some("recalled home after 2 hops"));
+    a.shutdown().await;
+    home.shutdown().await;
+    Ok(())
+}
+
+/// The host holding the agent is down when the recall is ordered: the order waits at the home
+/// and is delivered when that host comes back, and the agent comes home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recall_reaches_an_agent_whose_host_was_down_when_it_was_ordered() -> Result<()> {
+    let net = Net::new(&["home", "a"])?;
+    let (_, home) = start(&net.config("home", "trust")?).await?;
+    let a_cfg = net.config("a", "trust")?;
+    let (_, a) = start(&a_cfg).await?;
+    let a_addr = a.addr();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let home_addr = home.addr().to_string();
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": [a_addr.to_string(), dead] })).await?;
+    parked(&home_addr, &id).await?;
+
+    a.shutdown().await;
+    let ordered = Client::connect(&home_addr).await?.recall(&id).await?;
+    assert!(ordered.recall_ordered.is_some() && ordered.state == "parked", "{ordered:?}");
+    // While a is down the order waits at the home: the agent is still parked there.
+    let waiting = agent(&home_addr, &id).await?;
+    assert!(waiting.state == "parked" && waiting.recall_ordered.is_some(), "{waiting:?}");
+
+    let a = RunningHost::start(Host::open(&a_cfg)?, a_addr).await?;
+    let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
+    assert_eq!(check_recalled(&info, &["a"])?, 1, "{info:?}");
+    a.shutdown().await;
+    home.shutdown().await;
+    Ok(())
+}
+
+/// Waits until the home reports the agent parked.
+async fn parked(home: &str, id: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = agent(home, id).await?;
+        if info.state == "parked" {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "the agent never parked: {info:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
