@@ -360,7 +360,11 @@ fn run(cli: Cli) -> Result<()> {
                 for a in list {
                     let mut detail = a.detail.clone().unwrap_or_default();
                     if a.recall_ordered.is_some() && !is_over(&a) {
-                        detail = format!("recall ordered; {detail}");
+                        detail = if detail.is_empty() {
+                            "recall ordered".into()
+                        } else {
+                            format!("recall ordered; {detail}")
+                        };
                     }
                     println!(
                         "{:<32}  {:<24} {:<11} {:>4}  {:<20} {}",

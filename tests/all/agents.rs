@@ -531,6 +531,7 @@ async fn an_unreachable_destination_parks_the_agent_and_recall_brings_it_home() 
     // It came home with what it carried: one arrival, at a.
     let partial = result_json(&info)?;
     check_hop_counter(&partial, &["a"])?;
+    assert_eq!(info.detail.as_deref(), Some("recalled home after 2 hops"));
     a.shutdown().await;
     home_run.shutdown().await;
     Ok(())

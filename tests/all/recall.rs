@@ -1,6 +1,7 @@
 //! Recall across real hosts: the home's order catches an agent wherever it is (running, in
 //! transit, parked, at a host that is down) and the agent comes home once, with its state, and
-//! hands over a partial result. The crash cases are in `crash.rs`.
+//! hands over a partial result. A parked agent's recall is in `agents.rs`, the crash cases in
+//! `crash.rs`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use roam_host::client::Client;
 use roam_host::host::Host;
-use roam_host::protocol::wire::AgentInfo;
+use roam_host::protocol::wire::{AgentInfo, Recall, Signed, domain};
+use roam_host::protocol::{Request, Response};
 use roam_host::server::RunningHost;
 use roam_host::state::now_millis;
 
@@ -126,28 +128,6 @@ async fn a_recall_at_a_random_moment_brings_a_fast_hopping_agent_home() -> Resul
     Ok(())
 }
 
-/// An agent parked at a host (its next stop is down) is recalled from there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_parked_agent_is_recalled_from_where_it_waits() -> Result<()> {
-    let net = Net::new(&["home", "a"])?;
-    let (_, home) = start(&net.config("home", "trust")?).await?;
-    let (_, a) = start(&net.config("a", "trust")?).await?;
-    // Nothing listens on this address (it was bound once, then released).
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
-    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
-    let home_addr = home.addr().to_string();
-    let id = launch(&home_addr, module, serde_json::json!({ "hosts": [a.addr().to_string(), dead] })).await?;
-    parked(&home_addr, &id).await?;
-    let ordered = Client::connect(&home_addr).await?.recall(&id).await?;
-    assert!(ordered.recall_ordered.is_some(), "{ordered:?}");
-    let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
-    assert_eq!(check_recalled(&info, &["a"])?, 1, "{info:?}");
-    assert_eq!(info.detail.as_deref(), Some("recalled home after 2 hops"));
-    a.shutdown().await;
-    home.shutdown().await;
-    Ok(())
-}
-
 /// The host holding the agent is down when the recall is ordered: the order waits at the home
 /// and is delivered when that host comes back, and the agent comes home.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,4 +169,35 @@ async fn parked(home: &str, id: &str) -> Result<()> {
         ensure!(Instant::now() < deadline, "the agent never parked: {info:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A recall order acts only on an agent whose home signed it: a trusted peer's own order for
+/// another home's agent is refused, the agent stays where it waits, and its home's order works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_agents_home_can_recall_it() -> Result<()> {
+    let net = Net::new(&["home", "a", "other"])?;
+    let (_, home) = start(&net.config("home", "trust")?).await?;
+    let (_, a) = start(&net.config("a", "trust")?).await?;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let home_addr = home.addr().to_string();
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": [a.addr().to_string(), dead] })).await?;
+    parked(&home_addr, &id).await?;
+
+    // "other" is one of a's trusted peers, but not the agent's home.
+    let other = roam_keys::SecretKey::load(&net.path("host-keys/other.key"))?;
+    let order = Signed::sign(domain::RECALL, &Recall { agent: id.clone(), at: roam_host::state::now_secs() }, &other)?;
+    let mut as_other = Client::connect_as(&a.addr().to_string(), &other).await?;
+    match as_other.request(&Request::RecallAgent(order)).await? {
+        Response::Error(e) => assert!(e.message.contains("not signed by the agent's home"), "{e}"),
+        other => bail!("a peer's recall of another home's agent was {other:?}"),
+    }
+    // Nothing moved: the agent still waits at a for its next stop.
+    let info = agent(&home_addr, &id).await?;
+    ensure!(info.state == "parked" && info.recall_ordered.is_none(), "{info:?}");
+    Client::connect(&home_addr).await?.recall(&id).await?;
+    assert_eq!(check_recalled(&ended(&home_addr, &id, Duration::from_secs(30)).await?, &["a"])?, 1);
+    a.shutdown().await;
+    home.shutdown().await;
+    Ok(())
 }

@@ -68,6 +68,17 @@ impl Agents {
     }
 
     fn round(self: &Arc<Self>, handle: &Handle) {
+        // Queued messages go first: a recall order passed on must not wait for the visits of
+        // this round. Reports and transfers run as tasks of their own, one per destination and
+        // one per agent, so a slow or dead peer holds up only what is bound for it; what this
+        // round's visits queue goes out on the next round, which their wake-up starts.
+        if let Ok(dests) = store::outbox_destinations(&self.state) {
+            for dest in dests {
+                self.spawn_once(handle, format!("report {dest}"), move |agents| async move {
+                    agents.flush_outbox_to(&dest).await
+                });
+            }
+        }
         if let Ok(ready) = store::in_states(&self.state, &[RowState::Ready]) {
             let mut running = Vec::new();
             for row in ready {
@@ -80,15 +91,6 @@ impl Agents {
             }
             for r in running {
                 let _ = handle.block_on(r);
-            }
-        }
-        // Reports and transfers run as tasks of their own, one per destination and one per
-        // agent, so a slow or dead peer holds up only what is bound for it.
-        if let Ok(dests) = store::outbox_destinations(&self.state) {
-            for dest in dests {
-                self.spawn_once(handle, format!("report {dest}"), move |agents| async move {
-                    agents.flush_outbox_to(&dest).await
-                });
             }
         }
         let due = store::due_to_move(&self.state, MOVES_PER_ROUND, |id, hop| {
