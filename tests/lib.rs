@@ -666,3 +666,27 @@ pub fn threads(pid: u32, prefix: &str) -> Result<Vec<(u32, u32)>> {
     threads.sort_unstable();
     Ok(threads)
 }
+
+/// An anonymous client's TLS connection to the host at `addr`, before roam's own handshake: for
+/// tests that speak the protocol by hand.
+///
+/// # Errors
+/// If the host cannot be reached or TLS fails.
+pub async fn tls_stream(addr: &str) -> Result<roam_host::transport::ClientStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let config = roam_host::transport::anonymous()?;
+    let (stream, _) = roam_host::handshake::tls(tcp, addr, config, roam_host::protocol::FRAME_TIMEOUT).await?;
+    Ok(stream)
+}
+
+/// [`tls_stream`], then roam's hello, by hand: the stream and the host's welcome.
+///
+/// # Errors
+/// If the host cannot be reached, TLS fails, or the welcome does not come.
+pub async fn opened(addr: &str) -> Result<(roam_host::transport::ClientStream, roam_host::handshake::Welcome)> {
+    use roam_host::protocol::{FRAME_TIMEOUT, read_message, write_message};
+    let mut stream = tls_stream(addr).await?;
+    write_message(&mut stream, &roam_host::handshake::Hello::new("by hand")).await?;
+    let welcome = read_message(&mut stream, 1 << 16, FRAME_TIMEOUT).await?;
+    Ok((stream, welcome))
+}

@@ -1,5 +1,7 @@
-//! A client of roam hosts: connect with the handshake, then send requests.
+//! A client of roam hosts: connect with the handshake (TLS, then roam's hello), check the
+//! host's key, then send requests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use roam_keys::{ModuleHash, PublicKey, SecretKey};
@@ -8,6 +10,7 @@ use tokio::net::TcpStream;
 use crate::handshake;
 use crate::protocol::wire::AgentInfo;
 use crate::protocol::{self, FrameError, ModuleInfo, ModuleRef, RemoteError, Request, Response};
+use crate::transport::{self, ClientStream};
 
 /// How long connecting and the handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,13 +29,28 @@ pub enum ClientError {
     /// The connection or a frame failed.
     #[error("talking to the host failed: {0}")]
     Frame(#[from] FrameError),
-    /// The host named a key it could not prove it holds.
-    #[error("the host at {addr} could not prove it holds the key {key} it named; it is not the host it claims to be")]
-    Unauthenticated {
+    /// TLS failed: the host proved no key, or the channel broke or was tampered with.
+    #[error("cannot open a secure connection to {addr}: {reason}")]
+    Tls {
         /// The address.
         addr: String,
-        /// The key it named.
-        key: PublicKey,
+        /// Why.
+        reason: String,
+    },
+    /// The host proved a key other than the one the client expected.
+    #[error(
+        "the host at {addr} proved key {found}, not the key {expected} this client expects: it is another host, or \
+         this host's key changed. If you know why it changed, {remedy}; otherwise do not trust it"
+    )]
+    WrongKey {
+        /// The address.
+        addr: String,
+        /// The key the client expected.
+        expected: PublicKey,
+        /// The key the host proved.
+        found: PublicKey,
+        /// What to do about it, for people.
+        remedy: String,
     },
     /// The host refused the connection.
     #[error("the host refused the connection: {0}")]
@@ -48,39 +66,68 @@ pub enum ClientError {
 /// An open connection to a host.
 #[derive(Debug)]
 pub struct Client {
-    stream: TcpStream,
+    stream: ClientStream,
     host: String,
     host_key: PublicKey,
     max_frame: usize,
 }
 
 impl Client {
-    /// Connects to `addr` and performs the handshake as an anonymous client.
+    /// Connects to `addr` as an anonymous client, whatever key the host proves (see
+    /// [`Client::host_key`]; [`Client::connect_pinned`] checks it).
     pub async fn connect(addr: &str) -> Result<Self, ClientError> {
-        Self::connect_with(addr, None).await
+        let config = transport::anonymous().map_err(|e| tls_error(addr, &e))?;
+        Self::connect_with(addr, config).await
     }
 
-    /// Connects to `addr` and performs the handshake proving `key`, as a host does when it
-    /// connects to a peer.
+    /// Connects to `addr` as an anonymous client and checks that the host proves `expected`.
+    pub async fn connect_pinned(addr: &str, expected: PublicKey, remedy: &str) -> Result<Self, ClientError> {
+        let client = Self::connect(addr).await?;
+        client.expect_key(addr, expected, remedy)?;
+        Ok(client)
+    }
+
+    /// Connects to `addr` proving `key`, as a host does when it connects to a peer. A caller
+    /// that connects often keeps a configuration and uses [`Client::connect_with`] instead, so
+    /// that sessions are resumed.
     pub async fn connect_as(addr: &str, key: &SecretKey) -> Result<Self, ClientError> {
-        Self::connect_with(addr, Some(key)).await
+        let config = transport::client_config(Some(Arc::new(key.clone()))).map_err(|e| tls_error(addr, &e))?;
+        Self::connect_with(addr, config).await
     }
 
-    async fn connect_with(addr: &str, key: Option<&SecretKey>) -> Result<Self, ClientError> {
+    /// Connects to `addr` with a client configuration made by [`transport::client_config`]
+    /// (which a caller keeps, so that sessions are resumed from one connection to the next).
+    pub async fn connect_with(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Self, ClientError> {
         let connect_err = |source| ClientError::Connect { addr: addr.to_owned(), source };
         let timeout = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
-        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| connect_err(timeout()))?
             .map_err(connect_err)?;
         stream.set_nodelay(true).map_err(connect_err)?;
         let client = concat!("roam/", env!("CARGO_PKG_VERSION"));
-        let opened = handshake::client_side(&mut stream, client, key, CONNECT_TIMEOUT).await.map_err(|e| match e {
+        let opened = handshake::connect(stream, addr, config, client, CONNECT_TIMEOUT).await.map_err(|e| match e {
             handshake::Failed::Frame(e) => ClientError::Frame(e),
-            handshake::Failed::Unproven(key) => ClientError::Unauthenticated { addr: addr.to_owned(), key },
+            handshake::Failed::Tls(e) => tls_error(addr, &e),
             handshake::Failed::Refused(e) => ClientError::Refused(e),
         })?;
-        Ok(Self { stream, host: opened.host, host_key: opened.host_key, max_frame: protocol::DEFAULT_MAX_FRAME })
+        Ok(Self {
+            stream: opened.stream,
+            host: opened.host,
+            host_key: opened.host_key,
+            max_frame: protocol::DEFAULT_MAX_FRAME,
+        })
+    }
+
+    /// Checks that the host proved `expected`; `remedy` says what to do if its key changed.
+    ///
+    /// # Errors
+    /// [`ClientError::WrongKey`] if it proved another.
+    pub fn expect_key(&self, addr: &str, expected: PublicKey, remedy: &str) -> Result<(), ClientError> {
+        if self.host_key == expected {
+            return Ok(());
+        }
+        Err(ClientError::WrongKey { addr: addr.to_owned(), expected, found: self.host_key, remedy: remedy.to_owned() })
     }
 
     /// The host's name, from the handshake.
@@ -195,6 +242,10 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+}
+
+fn tls_error(addr: &str, e: &dyn std::fmt::Display) -> ClientError {
+    ClientError::Tls { addr: addr.to_owned(), reason: e.to_string() }
 }
 
 fn unexpected(response: Response) -> ClientError {

@@ -97,9 +97,11 @@ impl Host {
         let threads = Arc::new(
             Workers::start("roam-worker", config.limits.workers()).context("cannot start the worker threads")?,
         );
+        let tls = crate::transport::client_config(Some(key.clone())).context("cannot set up TLS")?;
         let agents = Agents::new(Parts {
             name: config.name.clone(),
             key: key.clone(),
+            tls,
             peers,
             state: state.clone(),
             resources: resources.clone(),
@@ -144,7 +146,7 @@ impl Host {
     }
 
     /// The host's key, which it proves in every handshake and signs its messages to peers with.
-    pub(crate) fn key(&self) -> &SecretKey {
+    pub(crate) fn key(&self) -> &Arc<SecretKey> {
         &self.inner.key
     }
 

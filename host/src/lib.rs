@@ -6,6 +6,7 @@
 //! - [`host::Host`]: a host's key, trust store, state, resources and engine, and its handlers.
 //! - [`server::RunningHost`]: the TCP listener and connections in front of a `Host`.
 //! - [`protocol`]: length-prefixed CBOR frames, requests and responses, host-to-host messages.
+//! - [`transport`]: TLS 1.3 keyed by roam's ed25519 keys (raw public keys), on every connection.
 //! - [`handshake`]: both sides of the handshake that opens every connection.
 //! - [`client::Client`]: connects to a host and sends requests (`roam eval`, `roam publish`).
 //! - [`admission::Admission`]: the one way a module enters a store: verify, store, accept its
@@ -37,4 +38,5 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 mod sync;
+pub mod transport;
 mod workers;

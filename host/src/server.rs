@@ -1,4 +1,4 @@
-//! The TCP front of a host: listener → connection → frame → request → [`Host::handle`].
+//! The TCP front of a host: listener → connection → TLS → frame → request → [`Host::handle`].
 //!
 //! The accept loop only accepts; each connection runs in its own task, and the Wasm itself runs
 //! on the host's bounded worker pool, so a slow module never stalls accepting or other
@@ -13,9 +13,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::handshake::{self, Hello, Identity, Welcome};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+
+use crate::handshake::{self, Hello, Welcome};
 use crate::host::Host;
 use crate::protocol::{self, ErrorKind, FrameError, RemoteError, Request, Response};
+use crate::transport;
 
 /// How long a refused connection is drained before it is closed (see [`linger`]).
 const LINGER: Duration = Duration::from_millis(500);
@@ -45,8 +49,9 @@ impl RunningHost {
         let driver = host.clone();
         let driver_stop = stopped.clone();
         let lane = Lane::start()?;
+        let tls = transport::server_config(host.key().clone()).map_err(std::io::Error::other)?;
         tokio::spawn(async move { driver.drive_agents(driver_stop).await });
-        let task = tokio::spawn(serve(host, listener, lane, stopped));
+        let task = tokio::spawn(serve(host, listener, TlsAcceptor::from(tls), lane, stopped));
         Ok(Self { addr, stop, task })
     }
 
@@ -96,7 +101,7 @@ impl Drop for Lane {
     }
 }
 
-async fn serve(host: Host, listener: TcpListener, lane: Lane, mut stopped: watch::Receiver<bool>) {
+async fn serve(host: Host, listener: TcpListener, tls: TlsAcceptor, lane: Lane, mut stopped: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(host.max_connections()));
     let mut connections = JoinSet::new();
     loop {
@@ -105,11 +110,11 @@ async fn serve(host: Host, listener: TcpListener, lane: Lane, mut stopped: watch
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let permit = slots.clone().try_acquire_owned().ok();
-                    let (host, lane) = (host.clone(), lane.handle.clone());
+                    let (host, lane, tls) = (host.clone(), lane.handle.clone(), tls.clone());
                     let stopped = stopped.clone();
                     connections.spawn(async move {
                         let _permit = permit.as_ref();
-                        if let Err(e) = connection(host, stream, lane, permit.is_some(), stopped).await {
+                        if let Err(e) = connection(host, stream, tls, lane, permit.is_some(), stopped).await {
                             tracing::debug!(%peer, "connection ended: {e}");
                         }
                     });
@@ -133,17 +138,38 @@ async fn serve(host: Host, listener: TcpListener, lane: Lane, mut stopped: watch
 
 async fn connection(
     host: Host,
-    mut stream: TcpStream,
+    stream: TcpStream,
+    tls: TlsAcceptor,
     lane: tokio::runtime::Handle,
     admitted: bool,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
     let within = host.frame_timeout();
+    // A client that does not start with TLS is told, in the clear, what it needs.
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        _ = stopped.changed() => return Ok(()),
+        peeked = tokio::time::timeout(within, stream.peek(&mut first)) => peeked.map_err(|_| FrameError::Timeout)??,
+    };
+    if peeked == 0 {
+        return Ok(());
+    }
+    if first[0] != transport::TLS_HANDSHAKE_BYTE {
+        let mut stream = stream;
+        let _ = send(&mut stream, &handshake::not_tls(), within).await;
+        linger(&mut stream).await;
+        return Err(FrameError::Malformed("a client that does not speak TLS".into()));
+    }
+    let (mut stream, peer) = tokio::select! {
+        _ = stopped.changed() => return Ok(()),
+        accepted = handshake::accept(&tls, stream, within) => accepted?,
+    };
     if !admitted {
-        // Over the cap: say so at once, without waiting for the peer's hello.
+        // Over the cap: say so, without waiting for the client's hello.
         let busy = format!("the host is at its limit of {} connections; retry shortly", host.max_connections());
         send(&mut stream, &Welcome::Refused(RemoteError::new(ErrorKind::Busy, busy)), within).await?;
+        linger(&mut stream).await;
         return Ok(());
     }
     let max = host.max_frame();
@@ -164,38 +190,17 @@ async fn connection(
             return Err(e);
         }
     };
-    let welcome = handshake::answer(&hello, host.name(), host.key())?;
-    let Welcome::Accepted { challenge, .. } = &welcome else {
-        send(&mut stream, &welcome, within).await?;
-        return Ok(());
-    };
-    let challenge = challenge.clone();
+    let welcome = handshake::answer(&hello, host.name());
     send(&mut stream, &welcome, within).await?;
-    let identity: Identity = tokio::select! {
-        _ = stopped.changed() => return Ok(()),
-        read = tokio::time::timeout(within, protocol::read_message(&mut stream, handshake::MAX_MESSAGE, within)) => {
-            read.unwrap_or(Err(FrameError::Timeout))?
-        }
-    };
-    // The key the client proved, if any: what host-to-host requests on this connection are
-    // checked against. A wrong proof ends the connection: the request that follows it is read
-    // (closing with it unread would reset the connection and lose the answer) and answered with
-    // the refusal.
-    let peer = match identity.check(&challenge, &host.public_key()) {
-        Ok(peer) => peer,
-        Err(e) => {
-            tracing::warn!("refused a connection: {e}");
-            let _ = tokio::time::timeout(within, protocol::read_frame(&mut stream, max, within)).await;
-            send(&mut stream, &Response::Error(e), within).await?;
-            return Ok(());
-        }
-    };
+    if matches!(welcome, Welcome::Refused(_)) {
+        linger(&mut stream).await;
+        return Ok(());
+    }
     loop {
         let read = async {
             // Between requests the peer may stay silent for the idle timeout; once a frame
             // starts, it must arrive whole within the frame timeout.
-            tokio::time::timeout(IDLE_TIMEOUT, stream.peek(&mut [0u8; 1])).await.map_err(|_| FrameError::Timeout)??;
-            let body = protocol::read_frame(&mut stream, max, within).await?;
+            let body = protocol::read_frame_after(&mut stream, max, within, Some(IDLE_TIMEOUT)).await?;
             bulk(&lane, body.len(), move || protocol::decode::<Request>(&body)).await
         };
         let request = tokio::select! {
@@ -234,7 +239,11 @@ async fn connection(
 
 /// Writes one message within `within`: a peer that stops reading, even to be told why it is
 /// refused, cannot hold its connection.
-async fn send<T: serde::Serialize>(stream: &mut TcpStream, msg: &T, within: Duration) -> Result<(), FrameError> {
+async fn send<S, T>(stream: &mut S, msg: &T, within: Duration) -> Result<(), FrameError>
+where
+    S: AsyncWrite + Unpin,
+    T: serde::Serialize,
+{
     tokio::time::timeout(within, protocol::write_message(stream, msg)).await.map_err(|_| FrameError::Slow(within))?
 }
 
@@ -242,7 +251,7 @@ async fn send<T: serde::Serialize>(stream: &mut TcpStream, msg: &T, within: Dura
 /// unread bytes from the peer (a frame still trickling in, say) sends a reset, which can throw
 /// away the refusal before the peer reads it. So: end our side, then read and drop what still
 /// comes, for a short while at most.
-async fn linger(stream: &mut TcpStream) {
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = stream.shutdown().await;
     let mut buf = [0u8; 4096];

@@ -102,7 +102,8 @@ pub enum KeyError {
 /// An ed25519 signing key.
 ///
 /// Its `Debug` output shows only the public half, so a secret never ends up in a log. The
-/// underlying key is zeroed when dropped.
+/// underlying key is zeroed when dropped (each copy of it).
+#[derive(Clone)]
 pub struct SecretKey(SigningKey);
 
 impl SecretKey {

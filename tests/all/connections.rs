@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use roam_host::client::Client;
 use roam_host::config::HostConfig;
-use roam_host::handshake::{Hello, Identity, Welcome};
+use roam_host::handshake::Welcome;
 use roam_host::host::Host;
 use roam_host::protocol::{self, ErrorKind, FRAME_TIMEOUT, ModuleRef, RemoteError, Request, Response};
 use roam_host::server::RunningHost;
+use roam_host::transport::ClientStream;
 use roam_keys::Kind;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A query that answers CBOR `true` at once.
@@ -22,33 +23,36 @@ const QUICK: &str = r#"(module
   (data (i32.const 0) "\f5")
   (func (export "roam_query") (call $finish (i32.const 0) (i32.const 0) (i32.const 1))))"#;
 
-/// Opens a raw connection and sends a hello; returns the stream and the host's answer.
-async fn open(addr: &str) -> Result<(TcpStream, Welcome)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    protocol::write_message(&mut stream, &Hello::new("hostile")?).await?;
-    let welcome = protocol::read_message(&mut stream, 64 << 10, FRAME_TIMEOUT).await?;
-    Ok((stream, welcome))
+/// Opens a connection by hand (TLS, then a hello); returns the stream and the host's answer.
+async fn open(addr: &str) -> Result<(ClientStream, Welcome)> {
+    roam_tests::opened(addr).await
 }
 
-/// A raw connection past the handshake.
-async fn accepted(addr: &str) -> Result<TcpStream> {
+/// A connection by hand, past the handshake.
+async fn accepted(addr: &str) -> Result<ClientStream> {
     match open(addr).await? {
-        (mut stream, Welcome::Accepted { .. }) => {
-            protocol::write_message(&mut stream, &Identity::Anonymous).await?;
-            Ok(stream)
-        }
+        (stream, Welcome::Accepted { .. }) => Ok(stream),
         (_, Welcome::Refused(e)) => bail!("the host refused the connection: {e}"),
     }
+}
+
+/// The first bytes a TLS client sends (its ClientHello), to send by hand.
+fn client_hello() -> Result<Vec<u8>> {
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    let mut client = rustls::ClientConnection::new(roam_host::transport::anonymous()?, name)?;
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello)?;
+    Ok(hello)
 }
 
 /// Sends `bytes` one at a time, `gap` apart, until the host answers with a message `T` (or the
 /// bytes run out); returns the answer and how long after the first byte it came.
 async fn trickle<T: for<'de> serde::Deserialize<'de>>(
-    stream: TcpStream,
+    stream: impl AsyncRead + AsyncWrite + Send + 'static,
     bytes: Vec<u8>,
     gap: Duration,
 ) -> Result<(T, Duration)> {
-    let (mut read, mut write) = stream.into_split();
+    let (mut read, mut write) = tokio::io::split(stream);
     let started = Instant::now();
     let dribble = async move {
         for b in bytes {
@@ -79,6 +83,27 @@ async fn trickle<T: for<'de> serde::Deserialize<'de>>(
     }
 }
 
+/// Sends `bytes` one at a time, `gap` apart, and returns how long after the first byte the host
+/// closed the connection (before TLS is up, it can only close it).
+async fn trickle_until_closed(stream: TcpStream, bytes: Vec<u8>, gap: Duration) -> Result<Duration> {
+    let (mut read, mut write) = stream.into_split();
+    let started = Instant::now();
+    let dribble = async move {
+        for b in bytes {
+            if write.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(gap).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let mut buf = [0u8; 1024];
+    tokio::select! {
+        () = dribble => unreachable!("pending never ends"),
+        _ = read.read(&mut buf) => Ok(started.elapsed()),
+    }
+}
+
 fn slow_error(e: &RemoteError, deadline: Duration) -> Result<()> {
     anyhow::ensure!(e.kind == ErrorKind::Protocol, "{e:?}");
     anyhow::ensure!(e.message.contains("did not arrive whole"), "{e:?}");
@@ -99,32 +124,27 @@ async fn slow_connections_are_closed_at_the_frame_deadline_while_others_are_serv
     let addr = running.addr().to_string();
     let quick = fixture.sign(&wat::parse_str(QUICK)?, "alice", Kind::Query, "quick", "1.0.0", &[])?;
 
-    // Half the slow peers trickle a request after the handshake, half trickle the hello itself;
-    // each sends one byte every 100 ms, which would take minutes to finish a frame.
+    // Half the slow peers trickle a request after the handshake, half trickle the TLS
+    // handshake itself; each sends one byte every 100 ms, which would take minutes to finish.
     let mut request = 1000u32.to_be_bytes().to_vec();
     request.extend([0x81; 1000]);
-    let mut hello = vec![0, 0, 4, 0];
-    hello.extend([0x81; 1024]);
+    let hello = client_hello()?;
     let gap = Duration::from_millis(100);
     let mut slow = tokio::task::JoinSet::new();
     for i in 0..SLOW {
-        let stream = if i % 2 == 0 { accepted(&addr).await? } else { TcpStream::connect(&addr).await? };
         let (request, hello) = (request.clone(), hello.clone());
-        slow.spawn(async move {
-            let (error, after) = if i % 2 == 0 {
+        if i % 2 == 0 {
+            let stream = accepted(&addr).await?;
+            slow.spawn(async move {
                 match trickle::<Response>(stream, request, gap).await? {
-                    (Response::Error(e), after) => (e, after),
+                    (Response::Error(e), after) => slow_error(&e, deadline).map(|()| after),
                     (other, _) => bail!("a slow request was answered with {other:?}"),
                 }
-            } else {
-                match trickle::<Welcome>(stream, hello, gap).await? {
-                    (Welcome::Refused(e), after) => (e, after),
-                    (other, _) => bail!("a slow hello was answered with {other:?}"),
-                }
-            };
-            slow_error(&error, deadline)?;
-            Ok(after)
-        });
+            });
+        } else {
+            let stream = TcpStream::connect(&addr).await?;
+            slow.spawn(async move { trickle_until_closed(stream, hello, gap).await });
+        }
     }
 
     // Meanwhile other clients are served.
@@ -175,7 +195,7 @@ async fn a_connection_declaring_a_huge_frame_costs_memory_for_the_bytes_it_sent(
     }
     // The memory below says what the announced frames cost only once the host has read every
     // announcement: its side of each connection then holds nothing unread.
-    let ours = peers.iter().map(TcpStream::local_addr).collect::<Result<Vec<_>, _>>()?;
+    let ours = peers.iter().map(|p| p.get_ref().0.local_addr()).collect::<Result<Vec<_>, _>>()?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let theirs = roam_tests::tcp_sockets(host.addr)?;

@@ -62,7 +62,7 @@ const LAYERS: &[&[&str]] = &[
     &["state", "snapshot"],
     &["resources"],
     // Running modules; what crosses the network.
-    &["engine", "protocol"],
+    &["engine", "protocol", "transport"],
     &["handshake"],
     &["client", "admission"],
     &["fetch", "config", "refusal"],

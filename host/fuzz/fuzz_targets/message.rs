@@ -1,14 +1,15 @@
 //! Every CBOR message the network can deliver, decoded from the same arbitrary bytes: the
-//! handshake (`Hello`, `Welcome`, `Identity`), `Request` and `Response`, a result as the client shows it
+//! handshake inside TLS (`Hello`, `Welcome`), `Request` and `Response`, a result as the client shows it
 //! (`cbor_to_json`), and the host-to-host messages of `agents/wire.rs`: `Signed`, opened
 //! (signer, signature, domain, then the body) as the receiving host does, and the bodies
 //! (`Envelope`, `Report`, `Recall`, `Call`) decoded directly, since a mutated body no longer
-//! matches its signature.
+//! matches its signature. Before TLS is up roam decodes only the key the other side presents
+//! (`transport::key_of`); rustls parses the rest of the TLS handshake.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use roam_fuzz::{cbor, peer};
-use roam_host::handshake::{Hello, Identity, Welcome};
+use roam_host::handshake::{Hello, Welcome};
 use roam_host::protocol::wire::{Call, Envelope, Recall, Report, Signed, SignedError, domain, from_cbor};
 use roam_host::protocol::{self, Request, Response};
 use serde::Serialize;
@@ -17,7 +18,7 @@ use serde::de::DeserializeOwned;
 fuzz_target!(|data: &[u8]| {
     round_trip(protocol::decode::<Hello>(data));
     round_trip(protocol::decode::<Welcome>(data));
-    round_trip(protocol::decode::<Identity>(data));
+    let _ = roam_host::transport::key_of(data);
     round_trip(protocol::decode::<Response>(data));
     if let Some(request) = round_trip(protocol::decode::<Request>(data)) {
         // What `Host::handle` opens, each with its own domain.

@@ -119,6 +119,7 @@ pub(crate) fn bind(inner: &Agents, record: &AgentRecord, manifest: &Manifest, ag
                     resource: a.name.clone(),
                     agent: agent.to_owned(),
                     key: inner.key.clone(),
+                    tls: inner.tls.clone(),
                 };
                 bound.add_remote(&decl.name, kind, a.attachment, Arc::new(forward));
             }
@@ -150,20 +151,22 @@ struct Forwarder {
     resource: String,
     agent: String,
     key: Arc<roam_keys::SecretKey>,
+    /// TLS proving `key`.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Forwarder {
     fn call(&self, op: CallOp, deadline: Instant) -> Result<Response, ResourceError> {
         let call = Call { agent: self.agent.clone(), resource: self.resource.clone(), op, at: now_secs() };
         let signed = Signed::sign(domain::CALL, &call, &self.key).map_err(|e| ResourceError::Sql(e.to_string()))?;
-        let owner = self.owner.clone();
+        let (owner, tls) = (self.owner.clone(), self.tls.clone());
         let wait = deadline.saturating_duration_since(Instant::now());
         // Host functions run on the host's module threads, inside its runtime, which drives the call.
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| ResourceError::Sql("global references need the host's runtime".into()))?;
         handle.block_on(async move {
             let work = async {
-                let mut client = Client::connect_as(&owner, &self.key)
+                let mut client = Client::connect_with(&owner, tls)
                     .await
                     .map_err(|e| ResourceError::Sql(format!("owner unreachable: {e}")))?;
                 client.request(&Request::Call(signed)).await.map_err(|e| ResourceError::Sql(e.to_string()))

@@ -93,6 +93,8 @@ pub struct Agents {
     /// Recall orders received since start, by agent, so a transfer about to leave sees one that
     /// came in after its row was read (the `recalls` table holds them all).
     orders: Mutex<Bounded<String, Signed>>,
+    /// How this host connects to peers: TLS proving its key, with the sessions it resumes.
+    tls: Arc<rustls::ClientConfig>,
     /// Idle proven connections to peers, by address, with when each was last used.
     peer_pool: Mutex<HashMap<String, Vec<(Client, Instant)>>>,
     /// The host's module threads, and the permits that bound how many run at once (shared with
@@ -113,6 +115,8 @@ pub struct Agents {
 pub(crate) struct Parts {
     pub name: String,
     pub key: Arc<SecretKey>,
+    /// TLS proving `key`, for connections to peers.
+    pub tls: Arc<rustls::ClientConfig>,
     pub peers: TrustStore,
     pub state: Arc<State>,
     pub resources: Arc<Resources>,
@@ -131,6 +135,7 @@ impl Agents {
     pub(crate) fn new(parts: Parts) -> Result<Self, crate::state::StateError> {
         parts.state.transaction(store::create)?;
         Ok(Self {
+            tls: parts.tls,
             name: parts.name,
             key: parts.key,
             peers: parts.peers,

@@ -68,8 +68,13 @@ impl Agents {
         };
         match kept {
             Some((client, _)) => Ok((client, true)),
-            None => Client::connect_as(addr, &self.key).await.map(|c| (c, false)),
+            None => self.dial(addr).await.map(|c| (c, false)),
         }
+    }
+
+    /// A new connection to another host, proving this host's key.
+    pub(crate) async fn dial(&self, addr: &str) -> Result<Client, ClientError> {
+        Client::connect_with(addr, self.tls.clone()).await
     }
 
     /// Keeps a connection whose last exchange succeeded, for the next one to `addr`.

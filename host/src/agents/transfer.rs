@@ -143,7 +143,7 @@ impl Agents {
                 // A kept connection may have gone stale (the peer restarted, say): once more on
                 // a new one to the same host. The receiver acknowledges a repeated transfer
                 // without running it twice.
-                if let Ok(fresh) = Client::connect_as(&dest, &self.key).await
+                if let Ok(fresh) = self.dial(&dest).await
                     && fresh.host_key() == client.host_key()
                 {
                     client = fresh;

@@ -21,8 +21,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Names the protocol in the handshake, so a stray client of another protocol is told so.
 pub const PROTOCOL: &str = "roam";
 /// The protocol version this build speaks. Version 2 added the host's challenge and the
-/// client's [`Identity`]; a host refuses clients that offer only version 1.
-pub const VERSION: u32 = 2;
+/// client's proof of its key; version 3 moved both proofs into TLS 1.3, which now carries every
+/// connection. A host refuses clients that offer only an older version.
+pub const VERSION: u32 = 3;
 /// Default cap on one frame.
 pub const DEFAULT_MAX_FRAME: usize = 32 << 20;
 /// Default time a peer may take to send one whole frame once it started, or to answer a handshake.
@@ -83,8 +84,24 @@ const IO_SLICE: usize = 64 << 10;
 /// whole frame must arrive `within` that time, so a peer trickling bytes cannot hold a
 /// connection, and the body's buffer grows only with the bytes received.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize, within: Duration) -> Result<Vec<u8>, FrameError> {
+    read_frame_after(r, max, within, None).await
+}
+
+/// [`read_frame`], waiting at most `idle` (if given) for the frame's first byte: `Timeout` if
+/// none came.
+pub async fn read_frame_after<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+    within: Duration,
+    idle: Option<Duration>,
+) -> Result<Vec<u8>, FrameError> {
     let mut len = [0u8; 4];
-    match r.read_exact(&mut len[..1]).await {
+    let first = r.read_exact(&mut len[..1]);
+    let first = match idle {
+        Some(idle) => tokio::time::timeout(idle, first).await.map_err(|_| FrameError::Timeout)?,
+        None => first.await,
+    };
+    match first {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
         Err(e) => return Err(e.into()),
