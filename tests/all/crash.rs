@@ -290,6 +290,40 @@ async fn a_host_the_agent_left_killed_after_passing_the_order_on() -> Result<()>
     recall_crash("a", "recall-passed-on").await
 }
 
+/// The receiver of a transfer persists the agent and dies before acknowledging; the sender
+/// parks it; the recall is ordered then. The sender must not turn the agent home (the receiver
+/// holds it): it retries the receiver with the order, and the agent comes home from there, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recall_never_turns_home_an_agent_whose_transfer_may_have_arrived() -> Result<()> {
+    let net = Net::new(&HOSTS)?;
+    let ports: BTreeMap<&str, u16> = HOSTS.iter().map(|h| Ok((*h, free_port()?))).collect::<Result<_>>()?;
+    let addr = |h: &str| format!("127.0.0.1:{}", ports[h]);
+    let mut procs: BTreeMap<&str, Proc> = BTreeMap::new();
+    for h in HOSTS {
+        procs.insert(h, spawn(&net, h, ports[h], (h == "b").then_some("receiver-persisted"))?);
+    }
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let id = launch(&addr("home"), module, serde_json::json!({ "hosts": [addr("a"), addr("b"), addr("a")] })).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let b = procs.get_mut("b").context("no b")?;
+    while b.child.try_wait()?.is_none() {
+        ensure!(Instant::now() < deadline, "b never reached receiver-persisted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while agent(&addr("home"), &id).await?.state != "parked" {
+        ensure!(Instant::now() < deadline, "the agent never parked at a");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Client::connect(&addr("home")).await?.recall(&id).await?;
+    procs.insert("b", spawn(&net, "b", ports["b"], None)?);
+    let info = ended(&addr("home"), &id, Duration::from_secs(60)).await?;
+    // b may run its visit when it comes back, before the order reaches it; either way every
+    // hop was held once (before the fix, the home also held hop 2).
+    check_recalled(&info, &["a", "b", "a"])?;
+    account(&net, &HOSTS, &BTreeMap::from([(id, info.hops)])).await?;
+    Ok(())
+}
+
 /// A small xorshift generator: the kill schedule needs no statistical quality, only a seed that
 /// a failing run prints so its choices can be replayed.
 pub struct Rng(pub u64);

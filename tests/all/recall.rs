@@ -83,8 +83,9 @@ async fn a_recall_at_a_random_moment_brings_a_fast_hopping_agent_home() -> Resul
     let (mut recalled, mut finished, mut after_order) = (0, 0, Vec::new());
     for trial in 0..TRIALS {
         let id = launch(&home_addr, module.clone(), input.clone()).await?;
-        // A moment in the first four fifths of a journey (this waits for no outcome).
-        tokio::time::sleep(journey.mul_f64(0.8 * rng.below(1000) as f64 / 1000.0)).await;
+        // A moment in the first half of a journey (this waits for no outcome), far enough
+        // from its end that the order has time to catch up.
+        tokio::time::sleep(journey.mul_f64(0.5 * rng.below(1000) as f64 / 1000.0)).await;
         let ordered_at = now_millis();
         let answer = Client::connect(&home_addr).await?.recall(&id).await?;
         let info = ended(&home_addr, &id, Duration::from_secs(120)).await.with_context(|| format!("trial {trial}"))?;
@@ -199,5 +200,51 @@ async fn only_the_agents_home_can_recall_it() -> Result<()> {
     assert_eq!(check_recalled(&ended(&home_addr, &id, Duration::from_secs(30)).await?, &["a"])?, 1);
     a.shutdown().await;
     home.shutdown().await;
+    Ok(())
+}
+
+/// An agent at its last allowed hop, recalled there, still comes home: the order waits at the
+/// host before the agent arrives, and the trip home is not a hop over its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_recalled_at_its_last_allowed_hop_comes_home() -> Result<()> {
+    let net = Net::new(&["home", "a", "b"])?;
+    let mut home_cfg = net.config("home", "trust")?;
+    home_cfg.limits.agent_hops = 2;
+    let (_, home) = start(&home_cfg).await?;
+    let (_, a) = start(&net.config("a", "trust")?).await?;
+    // b is not up yet: the agent waits at a, its next stop (hop 2, its last) down.
+    let b_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let home_addr = home.addr().to_string();
+    let route = serde_json::json!({ "hosts": [a.addr().to_string(), b_addr.to_string()] });
+    let id = launch(&home_addr, module, route).await?;
+    // Until a's retries are seconds apart, so that the order reaches b first.
+    let db = net.path("data-a/state.db");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let retries: Option<u32> = rusqlite::Connection::open(&db)?
+            .query_row("SELECT retries FROM agents WHERE id = ?1 AND state = 'parked'", [&id], |r| r.get(0))
+            .ok();
+        if retries.is_some_and(|r| r >= 3) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the agent never waited at a");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b = RunningHost::start(Host::open(&net.config("b", "trust")?)?, b_addr).await?;
+    // The home's order reaches b before the agent does, as one passed on along a trail would.
+    let home_key = roam_keys::SecretKey::load(&net.path("host-keys/home.key"))?;
+    let order = Recall { agent: id.clone(), at: roam_host::state::now_secs() };
+    let order = Signed::sign(domain::RECALL, &order, &home_key)?;
+    let answer =
+        Client::connect_as(&b_addr.to_string(), &home_key).await?.request(&Request::RecallAgent(order)).await?;
+    ensure!(matches!(answer, Response::Accepted), "{answer:?}");
+    let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
+    // It reached b (hop 2) recalled, made no visit there, and came home at hop 3.
+    assert_eq!(check_recalled(&info, &["a", "b"])?, 1, "{info:?}");
+    assert_eq!(info.hops, 3, "{info:?}");
+    for run in [b, a, home] {
+        run.shutdown().await;
+    }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::recall::is_order_for;
 use super::store::{self, Row, RowState};
 use super::{Agents, CLOCK_SKEW};
 use crate::protocol::wire::{Ending, Envelope, Event, Report, Signed, domain, from_cbor, to_cbor};
@@ -77,11 +78,17 @@ impl Agents {
         let (seen, latest) =
             self.state.transaction(|tx| Ok((store::get(tx, id, hop)?, store::max_hop(tx, id)?))).map_err(internal)?;
         if let Some(existing) = seen {
-            return if existing.envelope.as_deref() == Some(signed.body.as_slice()) {
-                Err(refused(format!("replayed envelope for agent {id} hop {hop}")))
-            } else {
-                Ok(Step::Answered(Response::Accepted))
-            };
+            if existing.envelope.as_deref() == Some(signed.body.as_slice()) {
+                return Err(refused(format!("replayed envelope for agent {id} hop {hop}")));
+            }
+            // A retry: acknowledged again. An order it carries (its sender learned of one since
+            // the first try) holds the agent here as it would have on the first try.
+            if let Some(order) = self.carried_order(envelope)? {
+                tracing::info!(agent = %id, hop, "recall: a retried transfer brought the order");
+                crate::sync::lock(&self.orders).insert(id.clone(), order);
+                self.wake.notify_one();
+            }
+            return Ok(Step::Answered(Response::Accepted));
         }
         if latest.is_some_and(|h| h > hop) {
             return Err(refused(format!("replayed envelope: agent {id} is already past hop {hop}")));
@@ -112,7 +119,8 @@ impl Agents {
     fn accept_arrival(&self, envelope: &Envelope, signed: &Signed, snapshot: Vec<u8>) -> Result<Response, RemoteError> {
         let (id, hop) = (&envelope.record.id, envelope.hop);
         let code = self.agent_code(envelope.record.code)?;
-        if hop > envelope.record.limits.max_hops {
+        // A recalled agent comes home whatever its hop count.
+        if hop > envelope.record.limits.max_hops && envelope.ending != Some(Ending::Recalled) {
             return Err(refused(format!("hop {hop} is over the agent's limit of {}", envelope.record.limits.max_hops)));
         }
         if snapshot.len() as u64 > envelope.record.limits.max_snapshot_bytes {
@@ -145,6 +153,19 @@ impl Agents {
         }
         self.wake.notify_one();
         Ok(Response::Accepted)
+    }
+
+    /// Keeps and acts on the order a retried envelope carries, if it is from the agent's home.
+    fn carried_order(&self, envelope: &Envelope) -> Result<Option<Signed>, RemoteError> {
+        if envelope.recall.is_none() {
+            return Ok(None);
+        }
+        let Some(order) = envelope.recall.as_ref().filter(|o| is_order_for(o, &envelope.record)) else {
+            return Ok(None);
+        };
+        // Wherever the agent is now: here, or handed on from here.
+        self.state.transaction(|tx| self.chase(tx, &envelope.record.id, order, None)).map_err(internal)?;
+        Ok(Some(order.clone()))
     }
 
     fn row_for(&self, envelope: &Envelope, signed: &Signed, snapshot: Option<Vec<u8>>, state: RowState) -> Row {

@@ -108,10 +108,19 @@ impl Agents {
                 }
                 continue;
             };
-            let agent = match kind {
-                Outgoing::Recall => signed.open::<Recall>(domain::RECALL, |_| true).map(|o| o.agent).ok(),
+            let order = match kind {
+                Outgoing::Recall => signed.open::<Recall>(domain::RECALL, |_| true).ok(),
                 Outgoing::Report => None,
             };
+            // An order older than an agent may live is for an agent that has ended: it goes no
+            // further (its next host may be gone for good).
+            if order.as_ref().is_some_and(|o| o.at.saturating_add(ORDER_LIFETIME) < now_secs()) {
+                if !delete(seq).await {
+                    return false;
+                }
+                continue;
+            }
+            let agent = order.map(|o| o.agent);
             let request = match kind {
                 Outgoing::Report => Request::Report(signed),
                 Outgoing::Recall => Request::RecallAgent(signed),
@@ -184,6 +193,9 @@ impl Agents {
     }
 }
 
+/// How long a recall order is passed on: the longest an agent may live by default.
+const ORDER_LIFETIME: u64 = 24 * 3600;
+
 /// What `roam agents` shows of an agent whose home is this host.
 pub(super) fn homed_info(h: &Homed) -> AgentInfo {
     AgentInfo {
@@ -203,8 +215,9 @@ pub(super) fn homed_info(h: &Homed) -> AgentInfo {
 
 impl Agents {
     /// Applies a report to the home's registry. Idempotent: a report seen twice changes nothing
-    /// more, and an ended agent stays ended. While a recall is pending, a report of a new place
-    /// sends the order straight there; `true` if it did.
+    /// more, and an ended agent stays ended. While a recall is pending, a host that reports the
+    /// agent's arrival gets the order straight away; `true` if it was queued. (Not a host the
+    /// agent says it is going to: that is the agent's word, not a host's.)
     pub(super) fn apply_report(&self, tx: &rusqlite::Transaction<'_>, report: &Report) -> rusqlite::Result<bool> {
         let Some(mut h) = store::get_homed(tx, &report.agent)? else {
             return Ok(false);
@@ -234,7 +247,6 @@ impl Agents {
             Event::Departed { to } if !ended && report.hop >= h.hops => {
                 h.state = Journey::InTransit;
                 h.detail = Some(format!("to {to}"));
-                now_at = Some(to.clone());
             }
             Event::Parked { reason } if !ended && report.hop >= h.hops => {
                 h.state = Journey::Parked;

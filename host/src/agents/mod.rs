@@ -90,6 +90,9 @@ pub struct Agents {
     wake: Notify,
     /// Transfers and report deliveries under way, so each runs once at a time.
     in_flight: Mutex<HashSet<String>>,
+    /// Moves decided by visits of this process and not tried yet, by (agent, hop): they have
+    /// sent nothing, so a recall may still turn them home.
+    untried: Mutex<HashSet<(String, u32)>>,
     /// Recall orders received since start, by agent, so a transfer about to leave sees one that
     /// came in after its row was read (the `recalls` table holds them all).
     orders: Mutex<Bounded<String, Signed>>,
@@ -148,6 +151,7 @@ impl Agents {
             agent_code: Mutex::new(Bounded::new(MODULES_KEPT)),
             wake: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
+            untried: Mutex::new(HashSet::new()),
             orders: Mutex::new(Bounded::new(ORDERS_KEPT)),
             peer_pool: Mutex::new(HashMap::new()),
             workers: parts.workers,

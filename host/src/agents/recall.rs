@@ -28,7 +28,7 @@ use crate::state::now_secs;
 use crate::sync::lock;
 
 /// What a host did with a recall order.
-enum Chase {
+pub(super) enum Chase {
     /// It already knew of it.
     Known,
     /// The agent is here: it goes home from its next step.
@@ -107,6 +107,9 @@ impl Agents {
     /// the agent that arrives names its signer as home). Blocking.
     pub(crate) fn receive_recall(&self, signed: &Signed, peer: Option<PublicKey>) -> Result<Response, RemoteError> {
         let order: Recall = signed.open(domain::RECALL, |_| true).map_err(|e| refused(e.to_string()))?;
+        if order.agent.len() != 32 || !order.agent.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(refused("an agent id is 32 lowercase hex digits"));
+        }
         let from_peer = peer.is_some_and(|p| self.is_peer(&p));
         let unknown = || RemoteError::new(ErrorKind::NotFound, format!("this host knows no agent {}", order.agent));
         let chase = self
@@ -140,7 +143,7 @@ impl Agents {
     /// Keeps the order and acts on it, in the caller's transaction: marks the agent if it is
     /// here, queues the order for the host it went to if it left. `latest` is the agent's
     /// latest row here, when the caller has read it.
-    fn chase(
+    pub(super) fn chase(
         &self,
         tx: &rusqlite::Transaction<'_>,
         agent: &str,
@@ -158,7 +161,17 @@ impl Agents {
             _ => now_secs().saturating_add(lifetime),
         };
         if !store::keep_order(tx, agent, &to_cbor(order), expires)? {
-            return Ok(Chase::Known);
+            // An order kept before the agent was known here is checked only now: one that is
+            // not from its home gives way to this one.
+            let record = latest.as_ref().and_then(|r| r.record.as_ref().ok());
+            let kept: Option<Signed> = store::order(tx, agent)?.and_then(|b| from_cbor(&b, "a recall order").ok());
+            match (record, kept) {
+                (Some(record), Some(kept)) if !is_order_for(&kept, record) && is_order_for(order, record) => {
+                    store::forget_order(tx, agent)?;
+                    store::keep_order(tx, agent, &to_cbor(order), expires)?;
+                }
+                _ => return Ok(Chase::Known),
+            }
         }
         let Some(row) = latest else { return Ok(Chase::Waiting) };
         Ok(match (row.state, row.sent_to) {

@@ -10,13 +10,15 @@ use crate::client::Client;
 use crate::protocol::wire::{AgentRecord, Ending, Envelope, Event, Signed, domain, from_cbor, to_cbor};
 use crate::protocol::{ErrorKind, Request, Response};
 use crate::state::{StateError, now_secs};
+use crate::sync::lock;
 
 /// A pending move, persisted with a `leaving` or `parked` row.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(super) struct Move {
     /// Destinations in order of preference.
     pub(super) dests: Vec<String>,
-    /// Set once an envelope may have reached `dests[0]`: only it is tried from then on.
+    /// Set once an envelope may have reached `dests[0]`: only it is tried from then on, and a
+    /// recall can no longer turn the move home (the agent may be there already).
     #[serde(default)]
     pub(super) pinned: bool,
     /// Set when the agent is going home to end its journey.
@@ -91,6 +93,14 @@ impl Agents {
         let Some(mut mv) = row.next.as_deref().and_then(|b| from_cbor::<Move>(b, "the move").ok()) else {
             return self.fail_soon(row, "its next move does not decode".into()).await;
         };
+        // A move this process made and has not tried yet has sent nothing. Any other `leaving`
+        // row may have been sent by a process that crashed before recording it: its single
+        // destination may hold the agent already. (Several destinations are pinned, durably,
+        // before anything is sent.)
+        let untried = lock(&self.untried).remove(&(row.id.clone(), row.hop));
+        if row.state == RowState::Leaving && !untried && mv.dests.len() == 1 {
+            mv.pinned = true;
+        }
         // The driver read the row, recall flag included, just before it started this task; an
         // order received since is in memory. A recalled agent goes home unless an envelope may
         // already be at its destination (pinned): then it goes there with the order.
@@ -120,19 +130,24 @@ impl Agents {
                 let reason = format!("{dest} is not a trusted peer (its key is {})", client.host_key());
                 return self.fail_soon(row, reason).await;
             }
-            // With a single destination there is nowhere else to go: nothing to pin.
-            if !mv.pinned && mv.dests.len() > 1 {
+            // From here an envelope may reach `dest`. The pin must be durable before anything
+            // is sent when a crash would otherwise lose it: a retry after a crash could take an
+            // alternate, or a recall turn the agent home, and leave a second copy. A fresh move
+            // to one destination needs no write: after a crash it is `leaving`, which counts as
+            // pinned (above).
+            if !mv.pinned {
+                let durable = mv.dests.len() > 1 || row.state == RowState::Parked;
                 mv = Move { dests: vec![dest.clone()], pinned: true, ..mv };
-                let next = to_cbor(&mv);
-                let pinned = self
-                    .on_row(&row, move |agents, id, hop| {
-                        agents.state.transaction(|tx| store::set_next(tx, id, hop, &next))
-                    })
-                    .await;
-                // The pin must be durable before anything is sent: otherwise a retry after a
-                // crash could take an alternate and leave a second copy.
-                if let Err(e) = pinned {
-                    return tracing::error!(agent = %row.id, "cannot record the destination: {e}");
+                if durable {
+                    let next = to_cbor(&mv);
+                    let pinned = self
+                        .on_row(&row, move |agents, id, hop| {
+                            agents.state.transaction(|tx| store::set_next(tx, id, hop, &next))
+                        })
+                        .await;
+                    if let Err(e) = pinned {
+                        return tracing::error!(agent = %row.id, "cannot record the destination: {e}");
+                    }
                 }
             }
             // An order that came in while connecting goes with the agent.
@@ -154,9 +169,10 @@ impl Agents {
                 Ok(()) => {
                     self.keep(&dest, client);
                     crate::fault::point("sender-acked");
-                    // An order that came in during the send, and so did not go with the agent,
-                    // follows it: queued in the same transaction as the hand-off.
-                    let follow = carried.is_none() && mv.ending.is_none();
+                    // An order kept here follows the agent, queued in the same transaction as the
+                    // hand-off: one that came in during the send did not go with it, and one that
+                    // did may have reached a host that already had this hop from an earlier try.
+                    let follow = mv.ending.is_none();
                     let to = dest.clone();
                     let released = self
                         .on_row(&row, move |agents, id, hop| {

@@ -13,6 +13,7 @@ use super::transfer::Move;
 use crate::protocol::wire::{AgentRecord, Event, Report, Signed, domain, from_cbor, to_cbor};
 use crate::snapshot::Snapshot;
 use crate::state::{now_millis, now_secs};
+use crate::sync::lock;
 
 impl Agents {
     /// Runs one `ready` agent's entry and persists what it decided. Blocking.
@@ -86,7 +87,8 @@ impl Agents {
         }
         let mv = match next {
             Next::Go { host, alternates } => {
-                if row.hop + 1 > record.limits.max_hops {
+                // A recalled agent goes home whatever its hop count.
+                if row.hop + 1 > record.limits.max_hops && !self.marked(row) {
                     return Err(format!("hop limit of {} reached", record.limits.max_hops));
                 }
                 let mut dests = vec![host];
@@ -106,7 +108,8 @@ impl Agents {
             }
         };
         let at_home = record.home_key == self.key.public();
-        self.state
+        let leaving = self
+            .state
             .transaction(|tx| {
                 if let Some(event) = arrived.take() {
                     self.queue_report(tx, record, row.hop, event)?;
@@ -115,7 +118,8 @@ impl Agents {
                 // it stays to hand over what it has.
                 let recalled = store::get(tx, &row.id, row.hop)?.is_some_and(|r| r.recall);
                 if recalled && mv.ending.is_none() && at_home {
-                    return store::set_state(tx, &row.id, row.hop, RowState::Ready, Some(&snapshot_bytes), None, None);
+                    store::set_state(tx, &row.id, row.hop, RowState::Ready, Some(&snapshot_bytes), None, None)?;
+                    return Ok(false);
                 }
                 let mv = if recalled && mv.ending.is_none() { Move::recalled(record) } else { mv };
                 store::set_state(
@@ -128,12 +132,21 @@ impl Agents {
                     None,
                 )?;
                 let departed = Event::Departed { to: mv.dests.first().cloned().unwrap_or_default() };
-                self.queue_report(tx, record, row.hop, departed)
+                self.queue_report(tx, record, row.hop, departed)?;
+                Ok(true)
             })
             .map_err(|e| e.to_string())?;
+        if leaving {
+            lock(&self.untried).insert((row.id.clone(), row.hop));
+        }
         crate::fault::point("sender-persisted");
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Whether the row is marked for recall now (it may have been marked during the visit).
+    fn marked(&self, row: &Row) -> bool {
+        self.state.transaction(|tx| store::get(tx, &row.id, row.hop)).ok().flatten().is_some_and(|r| r.recall)
     }
 
     /// A visit of an agent its home recalled. Away from home it is sent home as it arrived,
