@@ -111,8 +111,12 @@ where
     S: AsRef<OsStr>,
 {
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    // Each command trusts the hosts it meets on first use, in a file of its own: hosts of
+    // different tests reuse ports with other keys. Tests of pinning give `--known-hosts`.
+    let known_hosts = tempfile::NamedTempFile::new()?.into_temp_path();
     Command::new(roam_bin()?)
         .args(&args)
+        .env("ROAM_KNOWN_HOSTS", &known_hosts)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {}", command_line(&args)))

@@ -55,6 +55,14 @@ pub enum ClientError {
     /// The host refused the connection.
     #[error("the host refused the connection: {0}")]
     Refused(RemoteError),
+    /// The target is not `HOST:PORT` or `KEY@HOST:PORT`.
+    #[error("{target:?} is not a host to connect to: {reason}")]
+    Target {
+        /// The target as given.
+        target: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The host answered the request with an error.
     #[error("{0}")]
     Remote(RemoteError),
@@ -73,17 +81,16 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` as an anonymous client, whatever key the host proves (see
-    /// [`Client::host_key`]; [`Client::connect_pinned`] checks it).
-    pub async fn connect(addr: &str) -> Result<Self, ClientError> {
+    /// Connects to `target` as an anonymous client. A target is `HOST:PORT`, or `KEY@HOST:PORT`
+    /// where KEY is the host's public key in hex: then the host must prove exactly that key.
+    /// Without one, any key is accepted; see [`Client::host_key`].
+    pub async fn connect(target: &str) -> Result<Self, ClientError> {
+        let (expected, addr) = split_target(target)?;
         let config = transport::anonymous().map_err(|e| tls_error(addr, &e))?;
-        Self::connect_with(addr, config).await
-    }
-
-    /// Connects to `addr` as an anonymous client and checks that the host proves `expected`.
-    pub async fn connect_pinned(addr: &str, expected: PublicKey, remedy: &str) -> Result<Self, ClientError> {
-        let client = Self::connect(addr).await?;
-        client.expect_key(addr, expected, remedy)?;
+        let client = Self::connect_with(addr, config).await?;
+        if let Some(expected) = expected {
+            client.expect_key(addr, expected, "put the new key in the address (KEY@HOST:PORT)")?;
+        }
         Ok(client)
     }
 
@@ -240,6 +247,23 @@ impl Client {
                 .next()
                 .ok_or_else(|| ClientError::Unexpected(format!("the host answered with no agent {id}"))),
             other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// A target's pinned key, if it names one (`KEY@HOST:PORT`), and its address.
+///
+/// # Errors
+/// If the part before `@` is not a key.
+pub fn split_target(target: &str) -> Result<(Option<PublicKey>, &str), ClientError> {
+    match target.split_once('@') {
+        None => Ok((None, target)),
+        Some((key, addr)) => {
+            let key = PublicKey::from_hex(key).map_err(|e| ClientError::Target {
+                target: target.to_owned(),
+                reason: format!("before the @ goes the host's public key, 64 hex digits: {e}"),
+            })?;
+            Ok((Some(key), addr))
         }
     }
 }

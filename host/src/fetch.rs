@@ -219,12 +219,14 @@ impl CodeCache {
             ModuleSpec::Version(n, v) => (n, Some(v.clone())),
         };
         let key = spec.to_string();
-        if !refresh && let Some(hash) = self.state.resolution(source, &key)? {
+        // Remembered by address, whether or not the source pins the host's key.
+        let (_, addr) = crate::client::split_target(source)?;
+        if !refresh && let Some(hash) = self.state.resolution(addr, &key)? {
             return Ok(hash);
         }
         let mut client = Client::connect(source).await?;
         let info = client.resolve(name, version).await?;
-        self.state.set_resolution(source, &key, &info.hash)?;
+        self.state.set_resolution(addr, &key, &info.hash)?;
         Ok(info.hash)
     }
 

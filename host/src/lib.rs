@@ -9,6 +9,7 @@
 //! - [`transport`]: TLS 1.3 keyed by roam's ed25519 keys (raw public keys), on every connection.
 //! - [`handshake`]: both sides of the handshake that opens every connection.
 //! - [`client::Client`]: connects to a host and sends requests (`roam eval`, `roam publish`).
+//! - [`known_hosts`]: the host keys a person's client remembers (trust on first use).
 //! - [`admission::Admission`]: the one way a module enters a store: verify, store, accept its
 //!   version; and comes back out verified again.
 //! - [`fetch`]: code on demand: bounded, hash-checked downloads and the client's code cache.
@@ -30,6 +31,7 @@ mod fault;
 pub mod fetch;
 pub mod handshake;
 pub mod host;
+pub mod known_hosts;
 pub mod local;
 pub mod protocol;
 mod refusal;

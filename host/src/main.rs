@@ -5,18 +5,82 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use roam_host::client::{Client, cbor_to_json, json_to_cbor};
+use roam_host::client::{Client, cbor_to_json, json_to_cbor, split_target};
 use roam_host::config::HostConfig;
 use roam_host::host::Host;
+use roam_host::known_hosts::KnownHosts;
 use roam_host::protocol::wire::AgentInfo;
 use roam_host::server::RunningHost;
-use roam_keys::{Kind, SecretKey, SignRequest, TrustStore, VerifyContext};
+use roam_keys::{Kind, PublicKey, SecretKey, SignRequest, TrustStore, VerifyContext};
 
 #[derive(Parser)]
 #[command(name = "roam", version, about = "Move code to data: signed Wasm modules, run where the data lives")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The public key (hex) the host must prove; also given as KEY@HOST:PORT. Without either,
+    /// the key remembered in the known hosts file, or, for a host never seen before, the key it
+    /// proves now (trust on first use, as ssh does).
+    #[arg(long, global = true, value_name = "KEY")]
+    host_key: Option<String>,
+    /// Where the keys of hosts this client has talked to are remembered [default:
+    /// $ROAM_KNOWN_HOSTS, else ~/.config/roam/known_hosts].
+    #[arg(long, global = true, value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
+}
+
+/// How the client makes sure it talks to the host it means.
+struct Pins {
+    /// The key the person gave with --host-key.
+    given: Option<PublicKey>,
+    known: KnownHosts,
+}
+
+impl Pins {
+    fn new(cli: &Cli) -> Result<Self> {
+        let given = cli.host_key.as_deref().map(PublicKey::from_hex).transpose().context("--host-key")?;
+        let known = KnownHosts::at(cli.known_hosts.clone().unwrap_or_else(KnownHosts::default_path));
+        Ok(Self { given, known })
+    }
+
+    /// Connects to `host` (HOST:PORT or KEY@HOST:PORT) and checks the key it proves: the one
+    /// given, else the one remembered; a host never seen before is remembered now.
+    async fn connect(&self, host: &str) -> Result<Client> {
+        let (in_address, addr) = split_target(host)?;
+        if let Some(key) = self.given.or(in_address) {
+            return Ok(Client::connect(&format!("{}@{addr}", key.to_hex())).await?);
+        }
+        let client = Client::connect(addr).await?;
+        let proven = client.host_key();
+        match self.known.lookup(addr)? {
+            Some(known) if known == proven => {}
+            Some(known) => bail!(
+                "the host at {addr} proved key {proven}, not the key {known} remembered for it in {}: it is another \
+                 host, or its key changed. If you know it changed, delete the line for {addr} from that file (or give \
+                 --host-key {proven}); otherwise do not trust it",
+                self.known.path().display()
+            ),
+            None => {
+                self.known.remember(addr, &proven)?;
+                eprintln!(
+                    "roam: first connection to {addr}: its key {proven} is trusted from now on (remembered in {})",
+                    self.known.path().display()
+                );
+            }
+        }
+        Ok(client)
+    }
+
+    /// `host` as a target that pins the key [`Pins::connect`] would check, for the library's
+    /// own connections. Only a host never seen before is connected to now.
+    async fn target(&self, host: &str) -> Result<String> {
+        let (in_address, addr) = split_target(host)?;
+        let key = match self.given.or(in_address).map(Ok).or_else(|| self.known.lookup(addr).transpose()) {
+            Some(key) => key?,
+            None => self.connect(addr).await?.host_key(),
+        };
+        Ok(format!("{}@{addr}", key.to_hex()))
+    }
 }
 
 #[derive(Subcommand)]
@@ -242,6 +306,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let pins = Pins::new(&cli)?;
     match cli.command {
         Command::Keys { command: KeysCommand::New { name, dir } } => {
             let (key, public_path, public) = roam_keys::write_keypair(&dir, &name)?;
@@ -290,19 +355,19 @@ fn run(cli: Cli) -> Result<()> {
             let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
             let input = input.read()?;
             let output = runtime()?.block_on(async {
-                let mut client = Client::connect(&host).await?;
-                client.eval(&bytes, input).await
+                let mut client = pins.connect(&host).await?;
+                anyhow::Ok(client.eval(&bytes, input).await?)
             })?;
             print_result(&output)
         }
         Command::Publish { module, host } => {
             let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
-            let info = runtime()?.block_on(async { Client::connect(&host).await?.publish(bytes).await })?;
+            let info = runtime()?.block_on(async { anyhow::Ok(pins.connect(&host).await?.publish(bytes).await?) })?;
             println!("published {}@{} ({}, {} bytes) as {}", info.name, info.version, info.kind, info.size, info.hash);
             Ok(())
         }
         Command::Modules { host } => {
-            let list = runtime()?.block_on(async { Client::connect(&host).await?.list().await })?;
+            let list = runtime()?.block_on(async { anyhow::Ok(pins.connect(&host).await?.list().await?) })?;
             println!(
                 "{:<24} {:<10} {:<6} {:>9} {:>9}  {:<16} hash",
                 "name", "version", "kind", "size", "downloads", "signer"
@@ -326,7 +391,7 @@ fn run(cli: Cli) -> Result<()> {
             let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
             let input = input.read()?;
             runtime()?.block_on(async {
-                let mut client = Client::connect(&host).await?;
+                let mut client = pins.connect(&host).await?;
                 let id = client.launch(bytes, input).await?;
                 println!("{id}");
                 if !wait {
@@ -353,7 +418,7 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Agents { host, id } => runtime()?.block_on(async {
-            let mut client = Client::connect(&host).await?;
+            let mut client = pins.connect(&host).await?;
             let Some(id) = id else {
                 let list = client.agents().await?;
                 println!("{:<32}  {:<24} {:<11} {:>4}  {:<20} detail", "id", "agent", "state", "hops", "host");
@@ -396,7 +461,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }),
         Command::Recall { id, host, wait, timeout } => runtime()?.block_on(async {
-            let mut client = Client::connect(&host).await?;
+            let mut client = pins.connect(&host).await?;
             let mut agent = client.recall(&id).await?;
             if is_over(&agent) {
                 eprintln!("agent {id} had already ended: nothing to recall");
@@ -450,7 +515,10 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
             };
-            let loaded = runtime()?.block_on(cod.fetch_with_progress(&from, &module, Some(&progress)))?;
+            let loaded = runtime()?.block_on(async {
+                let from = pins.target(&from).await?;
+                anyhow::Ok(cod.fetch_with_progress(&from, &module, Some(&progress)).await?)
+            })?;
             let output = cod.call_raw(&loaded, input)?;
             print_result(&output)
         }

@@ -65,7 +65,7 @@ const LAYERS: &[&[&str]] = &[
     &["engine", "protocol", "transport"],
     &["handshake"],
     &["client", "admission"],
-    &["fetch", "config", "refusal"],
+    &["fetch", "config", "refusal", "known_hosts"],
     &["local", "agents"],
     &["host"],
     &["server"],
