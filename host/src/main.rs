@@ -451,7 +451,14 @@ fn run(cli: Cli) -> Result<()> {
             if a.home {
                 println!("route:");
                 for v in &a.route {
-                    println!("  hop {:>3}  {} ({})  {}", v.hop, v.host, v.address, describe_bindings(&v.bindings));
+                    println!(
+                        "  hop {:>3}  {} ({})  {}{}",
+                        v.hop,
+                        v.host,
+                        v.address,
+                        describe_bindings(&v.bindings),
+                        describe_receipt(v)
+                    );
                 }
             }
             if !a.result.is_empty() {
@@ -567,6 +574,16 @@ fn describe_location(agent: &AgentInfo) -> String {
 fn ago(secs: u64) -> String {
     let elapsed = roam_host::state::now_secs().saturating_sub(secs);
     format!("{} ago", humantime::format_duration(Duration::from_secs(elapsed)))
+}
+
+/// The receipt a host gave for a visit, as the route shows it: who signed, and when.
+fn describe_receipt(visit: &roam_host::protocol::wire::Visit) -> String {
+    use roam_host::protocol::wire::{Receipt, domain};
+    let Some(signed) = &visit.receipt else { return String::new() };
+    match signed.open::<Receipt>(domain::RECEIPT, |k| *k == signed.signer) {
+        Ok(r) => format!("  receipt signed by {}… {}", &r.receiver.to_hex()[..16], ago(r.at)),
+        Err(e) => format!("  receipt invalid: {e}"),
+    }
 }
 
 /// Shows bindings as `name: action` for people.

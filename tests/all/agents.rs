@@ -11,7 +11,7 @@ use roam_host::config::HostConfig;
 use roam_host::handshake::{Hello, Welcome};
 use roam_host::host::Host;
 use roam_host::protocol::wire::{
-    AgentInfo, AgentLimits, AgentRecord, Call, CallOp, Envelope, Event, Recall, Report, Signed, domain,
+    AgentInfo, AgentLimits, AgentRecord, Call, CallOp, Envelope, Event, Recall, Receipt, Report, Signed, domain,
 };
 use roam_host::protocol::{ErrorKind, FRAME_TIMEOUT, Request, Response, read_message, write_message};
 use roam_host::resources::{Attachment, ResourceType};
@@ -438,12 +438,21 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
     }
 
     // The good one is accepted once; sent again byte for byte, it is a replay.
-    assert!(matches!(send(good.clone(), snapshot.clone()).await?, Response::Accepted));
+    // Accepted with the target's receipt for exactly what was sent.
+    let digest = roam_keys::hash_module(&snapshot);
+    let receipt = match send(good.clone(), snapshot.clone()).await? {
+        Response::Received(receipt) => receipt,
+        other => bail!("the good envelope was answered with {other:?}"),
+    };
+    assert!(Receipt::proves(&receipt, "00112233445566778899aabbccddeeff", 1, &digest, &target_key));
+    assert!(!Receipt::proves(&receipt, "00112233445566778899aabbccddeeff", 1, &digest, &peer_key.public()));
     let message = refusal(send(good, snapshot.clone()).await?)?;
     assert!(message.contains("replayed"), "{message}");
     // A fresh attempt at the same hop (a sender's retry) is acknowledged, not run twice.
     let retry = Signed::sign(domain::ENVELOPE, &envelope(target_key, 4, &snapshot), &peer_key)?;
-    assert!(matches!(send(retry, snapshot.clone()).await?, Response::Accepted));
+    assert!(
+        matches!(send(retry, snapshot.clone()).await?, Response::Received(r) if Receipt::proves(&r, "00112233445566778899aabbccddeeff", 1, &digest, &target_key))
+    );
     match anonymous.request(&Request::Agents { id: None }).await? {
         Response::Agents(list) => assert_eq!(list.len(), 1, "{list:?}"),
         other => bail!("unexpected answer {other:?}"),
@@ -728,6 +737,75 @@ async fn a_host_that_cannot_prove_its_key_gets_no_agent() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    home_run.shutdown().await;
+    Ok(())
+}
+
+/// A peer (it holds a trusted key) that answers a transfer without its own valid receipt: first
+/// with a bare acknowledgement, then with a receipt signed by another key, then with one for
+/// another snapshot. The sender never releases the agent: it stays parked at home, retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_is_released_only_on_the_destinations_own_receipt() -> Result<()> {
+    let net = Net::new(&["home", "a"])?;
+    let a_key = std::sync::Arc::new(SecretKey::load(&net.path("host-keys/a.key"))?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(roam_host::transport::server_config(a_key.clone())?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let fake = listener.local_addr()?.to_string();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(mut stream) = acceptor.accept(stream).await else { continue };
+            let _ = read_message::<_, Hello>(&mut stream, 1 << 16, FRAME_TIMEOUT).await;
+            let welcome = Welcome::Accepted { version: roam_host::protocol::VERSION, host: "a".into() };
+            let _ = write_message(&mut stream, &welcome).await;
+            while let Ok(request) = read_message::<_, Request>(&mut stream, 64 << 20, FRAME_TIMEOUT).await {
+                let Request::Transfer { envelope, snapshot } = request else {
+                    let _ = write_message(&mut stream, &Response::Accepted).await;
+                    continue;
+                };
+                let Ok(envelope) = envelope.open::<Envelope>(domain::ENVELOPE, |_| true) else { break };
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut receipt = Receipt {
+                    agent: envelope.record.id.clone(),
+                    hop: envelope.hop,
+                    snapshot_digest: roam_keys::hash_module(&snapshot),
+                    receiver: a_key.public(),
+                    at: roam_host::state::now_secs(),
+                };
+                let answer = match n % 3 {
+                    0 => Response::Accepted,
+                    1 => match SecretKey::generate().map(|k| Signed::sign(domain::RECEIPT, &receipt, &k)) {
+                        Ok(Ok(forged)) => Response::Received(forged),
+                        _ => break,
+                    },
+                    _ => {
+                        receipt.snapshot_digest = roam_keys::hash_module(b"another snapshot");
+                        match Signed::sign(domain::RECEIPT, &receipt, &a_key) {
+                            Ok(wrong) => Response::Received(wrong),
+                            Err(_) => break,
+                        }
+                    }
+                };
+                let _ = write_message(&mut stream, &answer).await;
+            }
+        }
+    });
+    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    let home_addr = home_run.addr().to_string();
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": [fake] })).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        ensure!(Instant::now() < deadline, "the sender stopped retrying");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every answer so far was refused: the home still holds the agent, waiting to retry.
+    let info = agent(&home_addr, &id).await?;
+    assert_eq!(info.state, "parked", "{info:?}");
+    let db = rusqlite::Connection::open(net.path("data-home/state.db"))?;
+    let state: String = db.query_row("SELECT state FROM agents WHERE id = ?1 AND hop = 0", [&id], |r| r.get(0))?;
+    assert_eq!(state, "parked", "the home released the agent without a valid receipt");
     home_run.shutdown().await;
     Ok(())
 }

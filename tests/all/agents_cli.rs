@@ -51,6 +51,10 @@ fn launch_agents_and_recall_from_the_command_line() -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(detail.contains("state:    finished") && detail.contains("hop   2  a ("), "{detail}");
+    // Each hop away from home shows the receipt its host signed for the agent.
+    let a_key = roam_keys::PublicKey::load(&net.path("peers/a.pub"))?.to_hex();
+    let receipts = detail.lines().filter(|l| l.contains(&format!("receipt signed by {}…", &a_key[..16]))).count();
+    assert_eq!(receipts, 2, "{detail}");
 
     // An agent waiting for a destination that is down can be recalled home.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::recall::is_order_for;
 use super::store::{self, Row, RowState};
 use super::{Agents, CLOCK_SKEW};
-use crate::protocol::wire::{Ending, Envelope, Event, Report, Signed, domain, from_cbor, to_cbor};
+use crate::protocol::wire::{Ending, Envelope, Event, Receipt, Report, Signed, domain, from_cbor, to_cbor};
 use crate::protocol::{ErrorKind, RemoteError, Response};
 use crate::refusal::{internal, refused};
 use crate::snapshot::Snapshot;
@@ -88,7 +88,14 @@ impl Agents {
                 crate::sync::lock(&self.orders).insert(id.clone(), order);
                 self.wake.notify_one();
             }
-            return Ok(Step::Answered(Response::Accepted));
+            // The receipt names the snapshot this host holds: the one of the first try.
+            let first: Envelope = existing
+                .envelope
+                .as_deref()
+                .and_then(|body| body.strip_prefix(domain::ENVELOPE))
+                .and_then(|body| from_cbor(body, "the envelope").ok())
+                .ok_or_else(|| RemoteError::new(ErrorKind::Internal, "the stored envelope does not decode"))?;
+            return self.receipt(id, hop, first.snapshot_digest).map(|r| Step::Answered(Response::Received(r)));
         }
         if latest.is_some_and(|h| h > hop) {
             return Err(refused(format!("replayed envelope: agent {id} is already past hop {hop}")));
@@ -98,7 +105,9 @@ impl Agents {
         }
         if let Some(Ending::Finished(result)) = &envelope.ending {
             let event = Event::Finished { host: self.name.clone(), result: result.clone() };
-            let row = self.row_for(envelope, signed, None, RowState::Done);
+            let receipt = self.receipt(id, hop, envelope.snapshot_digest)?;
+            let mut row = self.row_for(envelope, signed, None, RowState::Done);
+            row.receipt = Some(to_cbor(&receipt));
             let report = Report { agent: id.clone(), hop, event };
             self.state
                 .transaction(|tx| {
@@ -106,7 +115,7 @@ impl Agents {
                     self.apply_report(tx, &report)
                 })
                 .map_err(internal)?;
-            return Ok(Step::Answered(Response::Accepted));
+            return Ok(Step::Answered(Response::Received(receipt)));
         }
         // A recalled agent is restored at home like any arrival, to hand over what it has.
         if self.state.module(&envelope.record.code).map_err(internal)?.is_none() {
@@ -130,8 +139,10 @@ impl Agents {
         decoded
             .check(code.runnable.slots(), code.runnable.initial_bytes(), self.engine.limits().memory_bytes as u64)
             .map_err(|e| refused(e.to_string()))?;
+        let receipt = self.receipt(id, hop, envelope.snapshot_digest)?;
         let mut row = self.row_for(envelope, signed, Some(snapshot), RowState::Ready);
         row.input = Some(to_cbor(&envelope.unreachable));
+        row.receipt = Some(to_cbor(&receipt));
         let coming_home = envelope.ending == Some(Ending::Recalled);
         let order = self
             .state
@@ -152,7 +163,16 @@ impl Agents {
             crate::sync::lock(&self.orders).insert(id.clone(), order);
         }
         self.wake.notify_one();
-        Ok(Response::Accepted)
+        // Given only now that the agent is durably here.
+        Ok(Response::Received(receipt))
+    }
+
+    /// This host's signed receipt for hop `hop` of agent `id`, holding the snapshot `digest`.
+    fn receipt(&self, id: &str, hop: u32, digest: roam_keys::ModuleHash) -> Result<Signed, RemoteError> {
+        let receipt =
+            Receipt { agent: id.to_owned(), hop, snapshot_digest: digest, receiver: self.key.public(), at: now_secs() };
+        Signed::sign(domain::RECEIPT, &receipt, &self.key)
+            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
     }
 
     /// Keeps and acts on the order a retried envelope carries, if it is from the agent's home.
@@ -181,6 +201,7 @@ impl Agents {
             detail: None,
             recall: false,
             sent_to: None,
+            receipt: None,
         }
     }
 }

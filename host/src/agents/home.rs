@@ -10,7 +10,7 @@ use super::store::{self, Homed, Journey, Outgoing, Row, RowState};
 use super::{Agents, PEER_TIMEOUT, binding, new_id};
 use crate::admission::Rollback;
 use crate::client::{Client, ClientError};
-use crate::protocol::wire::{AgentInfo, AgentRecord, Event, Recall, Report, Signed, Visit, domain, from_cbor};
+use crate::protocol::wire::{AgentInfo, AgentRecord, Event, Recall, Receipt, Report, Signed, Visit, domain, from_cbor};
 use crate::protocol::{ErrorKind, RemoteError, Request, Response};
 use crate::refusal::{admit_error, internal, refused};
 use crate::state::now_secs;
@@ -47,6 +47,7 @@ impl Agents {
             detail: None,
             recall: false,
             sent_to: None,
+            receipt: None,
         };
         self.state
             .transaction(|tx| {
@@ -61,7 +62,19 @@ impl Agents {
 
     /// Applies a report from another host about an agent whose home this is.
     pub(crate) fn receive_report(&self, signed: &Signed) -> Result<Response, RemoteError> {
-        let report: Report = signed.open(domain::REPORT, |k| self.is_peer(k)).map_err(|e| refused(e.to_string()))?;
+        let mut report: Report =
+            signed.open(domain::REPORT, |k| self.is_peer(k)).map_err(|e| refused(e.to_string()))?;
+        // A receipt in an arrival report must be the reporting host's own, for that hop.
+        if let Event::Arrived { receipt: receipt @ Some(_), .. } = &mut report.event {
+            let own = receipt.as_ref().is_some_and(|r| {
+                r.open::<Receipt>(domain::RECEIPT, |k| *k == signed.signer)
+                    .is_ok_and(|r| r.agent == report.agent && r.hop == report.hop && r.receiver == signed.signer)
+            });
+            if !own {
+                tracing::warn!(agent = %report.agent, hop = report.hop, "an arrival report carried a receipt that is not its sender's");
+                *receipt = None;
+            }
+        }
         if self.state.transaction(|tx| self.apply_report(tx, &report)).map_err(internal)? {
             // A recall order is on its way to where the report placed the agent.
             self.wake.notify_one();
@@ -225,7 +238,7 @@ impl Agents {
         let ended = h.state.is_over();
         let mut now_at = None;
         match &report.event {
-            Event::Arrived { host, address, bindings, at } => {
+            Event::Arrived { host, address, bindings, at, receipt } => {
                 if !h.route.iter().any(|v| v.hop == report.hop) {
                     h.route.push(Visit {
                         hop: report.hop,
@@ -233,6 +246,7 @@ impl Agents {
                         address: address.clone(),
                         bindings: bindings.clone(),
                         at: *at,
+                        receipt: receipt.clone(),
                     });
                     h.route.sort_by_key(|v| v.hop);
                 }

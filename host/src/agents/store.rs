@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS agents (
     retries  INTEGER NOT NULL DEFAULT 0,
     retry_at INTEGER NOT NULL DEFAULT 0,
     sent_to  TEXT,
+    receipt  BLOB,
     PRIMARY KEY (id, hop)
 );
 CREATE INDEX IF NOT EXISTS agents_by_state ON agents (state);
@@ -69,6 +70,7 @@ pub(crate) fn create(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         ("agents", "retries", "INTEGER NOT NULL DEFAULT 0"),
         ("agents", "retry_at", "INTEGER NOT NULL DEFAULT 0"),
         ("agents", "sent_to", "TEXT"),
+        ("agents", "receipt", "BLOB"),
         ("homed", "recall_at", "INTEGER"),
         ("outbox", "kind", "TEXT NOT NULL DEFAULT 'report'"),
     ] {
@@ -223,9 +225,12 @@ pub(crate) struct Row {
     pub recall: bool,
     /// Where a `done` row was handed to (none if its journey ended here).
     pub sent_to: Option<String>,
+    /// A signed receipt (CBOR): the one this host gave when the agent arrived, replaced by the
+    /// next host's once it is handed on.
+    pub receipt: Option<Vec<u8>>,
 }
 
-const ROW_COLUMNS: &str = "id, hop, state, record, snapshot, input, next, envelope, detail, recall, sent_to";
+const ROW_COLUMNS: &str = "id, hop, state, record, snapshot, input, next, envelope, detail, recall, sent_to, receipt";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -240,6 +245,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         detail: r.get(8)?,
         recall: r.get(9)?,
         sent_to: r.get(10)?,
+        receipt: r.get(11)?,
     })
 }
 
@@ -282,9 +288,23 @@ fn homed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Homed> {
 pub(crate) fn insert(tx: &Transaction<'_>, r: &Row) -> rusqlite::Result<bool> {
     let record = r.record.as_ref().map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.clone().into()))?;
     let n = tx.execute(
-        "INSERT OR IGNORE INTO agents (id, hop, state, record, snapshot, input, next, envelope, detail, recall, updated)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![r.id, r.hop, r.state, to_cbor(record), r.snapshot, r.input, r.next, r.envelope, r.detail, r.recall, now_secs() as i64],
+        "INSERT OR IGNORE INTO agents
+             (id, hop, state, record, snapshot, input, next, envelope, detail, recall, updated, receipt)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            r.id,
+            r.hop,
+            r.state,
+            to_cbor(record),
+            r.snapshot,
+            r.input,
+            r.next,
+            r.envelope,
+            r.detail,
+            r.recall,
+            now_secs() as i64,
+            r.receipt
+        ],
     )?;
     Ok(n == 1)
 }
@@ -367,13 +387,14 @@ pub(crate) fn park(tx: &Transaction<'_>, id: &str, hop: u32, next: &[u8], detail
     Ok(())
 }
 
-/// Marks a row handed off to `dest`: this host no longer holds the agent, and knows where it
-/// went (a recall order that comes later follows it there).
-pub(crate) fn hand_off(tx: &Transaction<'_>, id: &str, hop: u32, dest: &str) -> rusqlite::Result<()> {
+/// Marks a row handed off to `dest`, which gave `receipt`: this host no longer holds the agent,
+/// and knows where it went (a recall order that comes later follows it there).
+pub(crate) fn hand_off(tx: &Transaction<'_>, id: &str, hop: u32, dest: &str, receipt: &[u8]) -> rusqlite::Result<()> {
     tx.execute(
-        "UPDATE agents SET state = 'done', snapshot = NULL, next = NULL, detail = NULL, sent_to = ?3, updated = ?4
+        "UPDATE agents SET state = 'done', snapshot = NULL, next = NULL, detail = NULL, sent_to = ?3, updated = ?4,
+             receipt = ?5
          WHERE id = ?1 AND hop = ?2",
-        params![id, hop, dest, now_secs() as i64],
+        params![id, hop, dest, now_secs() as i64, receipt],
     )?;
     Ok(())
 }
@@ -558,6 +579,7 @@ mod tests {
             detail: None,
             recall: false,
             sent_to: None,
+            receipt: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::store::{self, Outgoing, Row, RowState};
 use super::{Agents, PEER_TIMEOUT, getrandom};
 use crate::client::Client;
-use crate::protocol::wire::{AgentRecord, Ending, Envelope, Event, Signed, domain, from_cbor, to_cbor};
+use crate::protocol::wire::{AgentRecord, Ending, Envelope, Event, Receipt, Signed, domain, from_cbor, to_cbor};
 use crate::protocol::{ErrorKind, Request, Response};
 use crate::state::{StateError, now_secs};
 use crate::sync::lock;
@@ -166,7 +166,7 @@ impl Agents {
                 }
             }
             match sent {
-                Ok(()) => {
+                Ok(receipt) => {
                     self.keep(&dest, client);
                     crate::fault::point("sender-acked");
                     // An order kept here follows the agent, queued in the same transaction as the
@@ -174,10 +174,11 @@ impl Agents {
                     // did may have reached a host that already had this hop from an earlier try.
                     let follow = mv.ending.is_none();
                     let to = dest.clone();
+                    let receipt = to_cbor(&receipt);
                     let released = self
                         .on_row(&row, move |agents, id, hop| {
                             agents.state.transaction(|tx| {
-                                store::hand_off(tx, id, hop, &to)?;
+                                store::hand_off(tx, id, hop, &to, &receipt)?;
                                 let order = if follow { store::order(tx, id)? } else { None };
                                 if let Some(order) = &order {
                                     store::push_outbox(tx, &to, Outgoing::Recall, order)?;
@@ -252,14 +253,15 @@ impl Agents {
         record: &AgentRecord,
         attempt: &Attempt<'_>,
         recall: Option<&Signed>,
-    ) -> Result<(), SendError> {
+    ) -> Result<Signed, SendError> {
         let Attempt { hop, snapshot, mv, unreachable } = *attempt;
         let mut nonce = [0u8; 8];
         getrandom(&mut nonce).map_err(|e| SendError::Unreachable(e.message))?;
+        let envelope_digest = roam_keys::hash_module(snapshot);
         let envelope = Envelope {
             record: record.clone(),
             hop,
-            snapshot_digest: roam_keys::hash_module(snapshot),
+            snapshot_digest: envelope_digest,
             sender_addr: self.address(),
             destination: client.host_key(),
             sent_at: now_secs(),
@@ -275,7 +277,17 @@ impl Agents {
             .await
             .map_err(|_| SendError::Unreachable(format!("no answer within {PEER_TIMEOUT:?}")))?;
         match answer {
-            Ok(Response::Accepted) => Ok(()),
+            // Released only on the destination's own receipt for what was sent; anything else
+            // (a forged or missing receipt) counts as no answer: the move is retried.
+            Ok(Response::Received(receipt))
+                if Receipt::proves(&receipt, &record.id, hop, &envelope_digest, &client.host_key()) =>
+            {
+                Ok(receipt)
+            }
+            Ok(Response::Received(_)) => {
+                Err(SendError::Broken("the destination's receipt does not verify for what was sent".into()))
+            }
+            Ok(Response::Accepted) => Err(SendError::Broken("the destination gave no receipt".into())),
             Ok(Response::Error(e))
                 if matches!(e.kind, ErrorKind::Busy | ErrorKind::ShuttingDown | ErrorKind::Internal) =>
             {

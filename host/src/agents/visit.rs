@@ -58,7 +58,9 @@ impl Agents {
             let snapshot: Snapshot = from_cbor(row.snapshot.as_deref().unwrap_or_default(), "the snapshot")?;
             (roam_abi::AGENT_ARRIVE, to_cbor(&arrival), Some(snapshot))
         };
-        *arrived = Some(Event::Arrived { host: self.name.clone(), address: self.address(), bindings, at: started });
+        let receipt = row.receipt.as_deref().and_then(|r| from_cbor(r, "the receipt").ok());
+        *arrived =
+            Some(Event::Arrived { host: self.name.clone(), address: self.address(), bindings, at: started, receipt });
 
         // The decision is decoded once: the engine asks whether the agent is leaving (to run
         // its departure entry) and the answer is kept for what follows.

@@ -320,8 +320,10 @@ pub enum Response {
         /// Its id.
         id: String,
     },
-    /// The request was carried out (a transfer persisted, a report applied, a recall ordered).
+    /// The request was carried out (a report applied, a recall order kept).
     Accepted,
+    /// A transfer was persisted: the receiver's signed [`wire::Receipt`].
+    Received(wire::Signed),
     /// Agents, as `roam agents` shows them.
     Agents(Vec<wire::AgentInfo>),
     /// Rows a forwarded query returned, as cursor batches.

@@ -19,6 +19,8 @@ pub mod domain {
     pub const RECALL: &[u8] = b"roam-recall-v1\0";
     /// A call forwarded to a resource's owner.
     pub const CALL: &[u8] = b"roam-call-v1\0";
+    /// A receiver's receipt for an agent it holds.
+    pub const RECEIPT: &[u8] = b"roam-receipt-v1\0";
 }
 
 /// A message signed by a host.
@@ -165,6 +167,32 @@ pub struct Envelope {
     pub recall: Option<Signed>,
 }
 
+/// A receiver's signed statement that it holds an agent: its answer to a transfer, given only
+/// once the agent is durably stored. The sender releases its copy only on a receipt that
+/// verifies; the receipts of a route are its audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The agent.
+    pub agent: String,
+    /// The hop the receiver holds.
+    pub hop: u32,
+    /// SHA-256 of the snapshot it holds.
+    pub snapshot_digest: ModuleHash,
+    /// The receiver's key (the signer).
+    pub receiver: PublicKey,
+    /// When it was signed (unix seconds).
+    pub at: u64,
+}
+
+impl Receipt {
+    /// Whether `signed` is `receiver`'s receipt for this hop of this agent with this snapshot.
+    pub fn proves(signed: &Signed, agent: &str, hop: u32, digest: &ModuleHash, receiver: &PublicKey) -> bool {
+        signed
+            .open::<Receipt>(domain::RECEIPT, |k| k == receiver)
+            .is_ok_and(|r| r.agent == agent && r.hop == hop && r.snapshot_digest == *digest && r.receiver == *receiver)
+    }
+}
+
 /// What happened to an agent, told to its home.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Event {
@@ -179,6 +207,9 @@ pub enum Event {
         /// When its visit there started (unix milliseconds, the host's clock).
         #[serde(default)]
         at: u64,
+        /// The receipt this host gave for the agent when it arrived.
+        #[serde(default)]
+        receipt: Option<Signed>,
     },
     /// It is leaving for `to`.
     Departed {
@@ -278,6 +309,10 @@ pub struct Visit {
     /// When the visit started (unix milliseconds, that host's clock).
     #[serde(default)]
     pub at: u64,
+    /// The receipt the host gave for the agent when it arrived (none at home, where it was
+    /// launched), checked by the home against the host that reported it.
+    #[serde(default)]
+    pub receipt: Option<Signed>,
 }
 
 /// An agent as `roam agents` shows it.
