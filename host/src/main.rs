@@ -658,6 +658,7 @@ fn host(args: HostArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         println!("listening on {}", running.addr());
+        println!("host key {} (clients may pin it: --host {}@{})", host.public_key(), host.public_key(), running.addr());
         use std::io::Write as _;
         std::io::stdout().flush()?;
         tracing::info!(name = host.name(), key = %host.public_key(), addr = %running.addr(), "host ready");

@@ -146,6 +146,14 @@ pub(crate) fn main() -> Result<()> {
     println!("{HOME} listening on {home_addr} (log: {})", show(&home_log));
     let data_hosts: Vec<(String, String)> =
         hosts.running.iter().filter(|h| h.name != HOME).map(|h| (h.name.clone(), h.addr.clone())).collect();
+    // Clients name each host with its key (KEY@HOST:PORT): TLS then proves it is that host.
+    let pinned = |name: &str, addr: &str| -> Result<String> {
+        let file = host_keys.join(format!("{name}.pub"));
+        let text = fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let key = text.split_whitespace().last().context("an empty public key file")?;
+        Ok(format!("{key}@{addr}"))
+    };
+    let home_target = pinned(HOME, &home_addr)?;
 
     step("[7/11] Signing the example queries as alice (kind query, capability table:sales)");
     let modules = demo.join("modules");
@@ -172,7 +180,7 @@ pub(crate) fn main() -> Result<()> {
         for (host_name, host_addr) in &data_hosts {
             println!("\n{name} on {host_name} ({host_addr}), input {input}");
             let mut cmd = Command::new(&roam);
-            cmd.arg("eval").arg(module).args(["--host", host_addr, "--input", input]);
+            cmd.arg("eval").arg(module).args(["--host", &pinned(host_name, host_addr)?, "--input", input]);
             let started = Instant::now();
             let output =
                 cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot run `{}`", display(&cmd)))?;
@@ -214,6 +222,7 @@ pub(crate) fn main() -> Result<()> {
         })?;
     }
     let (first_name, first_addr) = data_hosts.first().context("no data host")?.clone();
+    let first_addr = pinned(&first_name, &first_addr)?;
     roam_run(&roam, |c| c.arg("publish").arg(&as_code).args(["--host", &first_addr]))?;
     roam_run(&roam, |c| c.args(["modules", "--host", &first_addr]))?;
     let embed = target_dir(&root).join("release/examples").join(format!("embed{}", std::env::consts::EXE_SUFFIX));
@@ -241,7 +250,7 @@ pub(crate) fn main() -> Result<()> {
         data_hosts.iter().map(|(_, a)| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
     );
     let mut launch = Command::new(&roam);
-    launch.arg("launch").arg(&survey).args(["--host", &home_addr, "--input", &itinerary, "--wait"]);
+    launch.arg("launch").arg(&survey).args(["--host", &home_target, "--input", &itinerary, "--wait"]);
     println!("$ {}", display(&launch));
     let started = Instant::now();
     let output = launch.stdin(Stdio::null()).output().context("cannot run roam launch")?;
@@ -260,13 +269,14 @@ pub(crate) fn main() -> Result<()> {
     }
 
     step("[11/11] The agent's route and how each resource was bound at each hop");
-    roam_run(&roam, |c| c.args(["agents", "--host", &home_addr, &id]))?;
+    roam_run(&roam, |c| c.args(["agents", "--host", &home_target, &id]))?;
 
     println!();
     hosts.stop_all()?;
     println!("\nDone. Keys, data, host logs and the signed modules are in {}.", show(&demo));
     println!(
-        "To try it by hand, start a host (it prints its address) and evaluate a query on it:\n  \
+        "To try it by hand, start a host (it prints its address and key) and evaluate a query on it \
+         (the first connection remembers the host's key; name it as KEY@127.0.0.1:7700 to pin it):\n  \
          {roam} host --trust demo/trust --data-dir demo/data-1/state --table sales=demo/data-1/sales.csv --listen 127.0.0.1:7700\n  \
          {roam} eval demo/modules/sales_median.signed.wasm --host 127.0.0.1:7700 --input '{{\"min_quantity\": 5}}'",
         roam = show(&roam)
