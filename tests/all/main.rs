@@ -14,3 +14,4 @@ mod limits;
 mod recall;
 mod storage;
 mod tidy;
+mod transport;
