@@ -47,10 +47,15 @@ impl Pins {
     /// given, else the one remembered; a host never seen before is remembered now.
     async fn connect(&self, host: &str) -> Result<Client> {
         let (in_address, addr) = split_target(host)?;
-        if let Some(key) = self.given.or(in_address) {
-            return Ok(Client::connect(&format!("{}@{addr}", key.to_hex())).await?);
-        }
         let client = Client::connect(addr).await?;
+        if let Some(key) = self.given {
+            client.expect_key(addr, key, "give the new key with --host-key")?;
+            return Ok(client);
+        }
+        if let Some(key) = in_address {
+            client.expect_key(addr, key, "put the new key in the address (KEY@HOST:PORT)")?;
+            return Ok(client);
+        }
         let proven = client.host_key();
         match self.known.lookup(addr)? {
             Some(known) if known == proven => {}
@@ -658,7 +663,12 @@ fn host(args: HostArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         println!("listening on {}", running.addr());
-        println!("host key {} (clients may pin it: --host {}@{})", host.public_key(), host.public_key(), running.addr());
+        println!(
+            "host key {} (clients may pin it: --host {}@{})",
+            host.public_key(),
+            host.public_key(),
+            running.addr()
+        );
         use std::io::Write as _;
         std::io::stdout().flush()?;
         tracing::info!(name = host.name(), key = %host.public_key(), addr = %running.addr(), "host ready");

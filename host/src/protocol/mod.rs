@@ -376,8 +376,7 @@ pub enum ErrorKind {
     /// A request was well-formed but not acceptable (a module of the wrong kind, say).
     Refused,
     /// The client did not prove the key this request needs (a host-to-host request on an
-    /// anonymous connection, or from a key that is not a peer), or its handshake proof was
-    /// invalid.
+    /// anonymous connection, or from a key that is not a peer).
     Unauthenticated,
 }
 
