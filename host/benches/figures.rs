@@ -38,10 +38,11 @@ mod sample;
 use common::{QUICK, Stats, bytes, sign, time};
 
 /// The groups of figures, in the order they run; `--only GROUP` measures one.
-const GROUPS: [&str; 9] = [
+const GROUPS: [&str; 10] = [
     "instantiate",
     "aggregate",
     "round-trip",
+    "connect",
     "snapshot",
     "hops",
     "shipping",
@@ -220,6 +221,7 @@ async fn main() -> Result<()> {
             "instantiate" => instantiate(&setup)?,
             "aggregate" => aggregate(&setup)?,
             "round-trip" => round_trip(&setup).await?,
+            "connect" => connect(&setup).await?,
             "snapshot" => snapshot(&setup)?,
             "hops" => hops(&setup, &arrivals).await?,
             "shipping" => shipping(&setup).await?,
@@ -329,6 +331,32 @@ async fn round_trip(s: &Setup) -> Result<Vec<Row>> {
         "",
         "p50 ≤ 250 µs",
     )])
+}
+
+/// A cold connection: TCP, the handshake (TLS and roam's hello), the host's proven key checked
+/// against the one pinned, on loopback; then a person's client sends its request.
+async fn connect(s: &Setup) -> Result<Vec<Row>> {
+    let cfg = HostConfig::new(s.trust_dir.clone(), s.dir.path().join("connect"));
+    let running = RunningHost::start(Host::open(&cfg)?, "127.0.0.1:0".parse()?).await?;
+    let addr = running.addr().to_string();
+    let pinned = format!("{}@{addr}", Client::connect(&addr).await?.host_key().to_hex());
+    let (mut resumed, mut full) = (Vec::new(), Vec::new());
+    for _ in 0..s.scale.iterations / 2 {
+        // A client that connected before resumes its TLS session (as `roam` commands of one
+        // process, and hosts, do); a first contact makes the full handshake.
+        let t = Instant::now();
+        drop(Client::connect(&pinned).await?);
+        resumed.push(t.elapsed().as_secs_f64());
+        let config = roam_host::transport::client_config(None)?;
+        let t = Instant::now();
+        drop(Client::connect_with(&addr, config).await?);
+        full.push(t.elapsed().as_secs_f64());
+    }
+    running.shutdown().await;
+    Ok(vec![
+        latency("a new connection, first contact (full TLS handshake), loopback", &Stats::new(full), "", "report"),
+        latency("a new connection, TLS session resumed, loopback", &Stats::new(resumed), "", "report"),
+    ])
 }
 
 /// Snapshot capture and restore of a large, fully changed memory.
