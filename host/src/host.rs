@@ -75,10 +75,20 @@ impl Host {
             .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
         let key = Arc::new(load_or_create_key(config)?);
         let trust = TrustStore::load(&config.trust)?;
-        let peers = match &config.peers {
-            Some(dir) => TrustStore::load(dir)?,
-            None => TrustStore::empty(),
+        let (peers, book) = match &config.peers {
+            Some(dir) => {
+                let peers = TrustStore::load(dir)?;
+                let book = crate::agents::peers::PeerBook::load(dir, &peers)?;
+                (peers, book)
+            }
+            None => (TrustStore::empty(), Default::default()),
         };
+        if book.is_empty() && peers.keys().next().is_some() {
+            tracing::info!(
+                "the peers have no addresses ({}): agents may make this host dial any address",
+                crate::agents::peers::ADDRESSES_FILE
+            );
+        }
         let state = Arc::new(State::open(&config.data_dir)?);
         state.set_durable(config.durable)?;
         let mut resources = Resources::default();
@@ -103,6 +113,7 @@ impl Host {
             key: key.clone(),
             tls,
             peers,
+            book,
             state: state.clone(),
             resources: resources.clone(),
             engine: engine.clone(),

@@ -585,8 +585,12 @@ fn ago(secs: u64) -> String {
 fn describe_receipt(visit: &roam_host::protocol::wire::Visit) -> String {
     use roam_host::protocol::wire::{Receipt, domain};
     let Some(signed) = &visit.receipt else { return String::new() };
+    // The host that reported the visit gave it; it must also be the one its address names.
     match signed.open::<Receipt>(domain::RECEIPT, |k| *k == signed.signer) {
-        Ok(r) => format!("  receipt signed by {}… {}", &r.receiver.to_hex()[..16], ago(r.at)),
+        Ok(r) if r.hop == visit.hop && r.receiver == signed.signer => {
+            format!("  receipt signed by {}… {}", &r.receiver.to_hex()[..16], ago(r.at))
+        }
+        Ok(_) => "  receipt for another hop".into(),
         Err(e) => format!("  receipt invalid: {e}"),
     }
 }
@@ -663,15 +667,18 @@ fn host(args: HostArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         println!("listening on {}", running.addr());
-        println!(
-            "host key {} (clients may pin it: --host {}@{})",
-            host.public_key(),
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        // Only the address goes to stdout (scripts read that one line); the key, which clients
+        // pin as KEY@ADDRESS, is in the log.
+        tracing::info!(
+            name = host.name(),
+            key = %host.public_key(),
+            addr = %running.addr(),
+            "host ready; clients may pin its key: --host {}@{}",
             host.public_key(),
             running.addr()
         );
-        use std::io::Write as _;
-        std::io::stdout().flush()?;
-        tracing::info!(name = host.name(), key = %host.public_key(), addr = %running.addr(), "host ready");
         shutdown_signal().await?;
         tracing::info!("shutting down");
         running.shutdown().await;

@@ -52,20 +52,10 @@ async fn trickle<T: for<'de> serde::Deserialize<'de>>(
     bytes: Vec<u8>,
     gap: Duration,
 ) -> Result<(T, Duration)> {
-    let (mut read, mut write) = tokio::io::split(stream);
+    let (mut read, write) = tokio::io::split(stream);
     let started = Instant::now();
-    let dribble = async move {
-        for b in bytes {
-            if write.write_all(&[b]).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(gap).await;
-        }
-        // Hold the connection open; only the host may end it.
-        std::future::pending::<()>().await;
-    };
     tokio::select! {
-        () = dribble => unreachable!("pending never ends"),
+        () = dribble(write, bytes, gap) => unreachable!("pending never ends"),
         answer = protocol::read_message::<_, T>(&mut read, 64 << 10, FRAME_TIMEOUT) => {
             let answer = answer.context("the host did not say why it closed the slow connection")?;
             let after = started.elapsed();
@@ -86,22 +76,25 @@ async fn trickle<T: for<'de> serde::Deserialize<'de>>(
 /// Sends `bytes` one at a time, `gap` apart, and returns how long after the first byte the host
 /// closed the connection (before TLS is up, it can only close it).
 async fn trickle_until_closed(stream: TcpStream, bytes: Vec<u8>, gap: Duration) -> Result<Duration> {
-    let (mut read, mut write) = stream.into_split();
+    let (mut read, write) = stream.into_split();
     let started = Instant::now();
-    let dribble = async move {
-        for b in bytes {
-            if write.write_all(&[b]).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(gap).await;
-        }
-        std::future::pending::<()>().await;
-    };
     let mut buf = [0u8; 1024];
     tokio::select! {
-        () = dribble => unreachable!("pending never ends"),
+        () = dribble(write, bytes, gap) => unreachable!("pending never ends"),
         _ = read.read(&mut buf) => Ok(started.elapsed()),
     }
+}
+
+/// Writes `bytes` one at a time, `gap` apart, then holds the connection open: only the host may
+/// end it. Never returns.
+async fn dribble(mut write: impl AsyncWrite + Unpin, bytes: Vec<u8>, gap: Duration) {
+    for b in bytes {
+        if write.write_all(&[b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(gap).await;
+    }
+    std::future::pending::<()>().await;
 }
 
 fn slow_error(e: &RemoteError, deadline: Duration) -> Result<()> {

@@ -428,3 +428,49 @@ async fn a_byte_flipping_proxy_delays_a_transfer_but_the_agent_arrives_once() ->
     }
     Ok(())
 }
+
+/// With its peers' addresses listed (`peers/addresses.toml`), a host dials only them: an agent
+/// that names anything else waits, told why, and no connection is attempted there (a listener
+/// at that address sees none); a peer may be named by its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_its_peers_addresses_dials_only_them() -> Result<()> {
+    let net = Net::new(&["home", "a"])?;
+    let (home_addr, a_addr) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
+    std::fs::write(net.path("peers/addresses.toml"), format!("home = \"{home_addr}\"\na = \"{a_addr}\"\n"))?;
+    let a = RunningHost::start(Host::open(&net.config("a", "trust")?)?, a_addr.parse()?).await?;
+    let home = RunningHost::start(Host::open(&net.config("home", "trust")?)?, home_addr.parse()?).await?;
+
+    // Not a peer: a listener that counts the connections it is offered.
+    let stranger = TcpListener::bind("127.0.0.1:0").await?;
+    let stranger_addr = stranger.local_addr()?.to_string();
+    let offered = Arc::new(AtomicUsize::new(0));
+    let count = offered.clone();
+    tokio::spawn(async move {
+        while stranger.accept().await.is_ok() {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let id = launch(&home_addr, module.clone(), serde_json::json!({ "hosts": [stranger_addr] })).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let info = agent(&home_addr, &id).await?;
+        if info.state == "parked" {
+            break info;
+        }
+        ensure!(Instant::now() < deadline, "the agent never waited: {info:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let detail = info.detail.unwrap_or_default();
+    assert!(detail.contains("not one of this host's peers") && detail.contains("not dialed"), "{detail}");
+    assert_eq!(offered.load(Ordering::SeqCst), 0, "the host dialed an address that is not a peer's");
+
+    // A peer, by name.
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": ["a", "a"] })).await?;
+    let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
+    assert_eq!(info.state, "finished", "{info:?}");
+    check_hop_counter(&result_json(&info)?, &["a", "a"])?;
+    a.shutdown().await;
+    home.shutdown().await;
+    Ok(())
+}

@@ -275,7 +275,7 @@ pub(crate) fn main() -> Result<()> {
     hosts.stop_all()?;
     println!("\nDone. Keys, data, host logs and the signed modules are in {}.", show(&demo));
     println!(
-        "To try it by hand, start a host (it prints its address and key) and evaluate a query on it \
+        "To try it by hand, start a host (it prints its address; its log shows its key) and evaluate a query on it \
          (the first connection remembers the host's key; name it as KEY@127.0.0.1:7700 to pin it):\n  \
          {roam} host --trust demo/trust --data-dir demo/data-1/state --table sales=demo/data-1/sales.csv --listen 127.0.0.1:7700\n  \
          {roam} eval demo/modules/sales_median.signed.wasm --host 127.0.0.1:7700 --input '{{\"min_quantity\": 5}}'",

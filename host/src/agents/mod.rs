@@ -30,7 +30,7 @@ mod calls;
 mod code;
 mod driver;
 mod home;
-mod peers;
+pub(crate) mod peers;
 mod recall;
 pub(crate) mod store;
 mod transfer;
@@ -75,6 +75,8 @@ pub struct Agents {
     key: Arc<SecretKey>,
     /// Host keys this host accepts agents, reports and forwarded calls from.
     peers: TrustStore,
+    /// Where the peers are, if the operator said: then only they are dialed.
+    book: peers::PeerBook,
     state: Arc<State>,
     resources: Arc<Resources>,
     engine: Arc<Engine>,
@@ -121,6 +123,7 @@ pub(crate) struct Parts {
     /// TLS proving `key`, for connections to peers.
     pub tls: Arc<rustls::ClientConfig>,
     pub peers: TrustStore,
+    pub book: peers::PeerBook,
     pub state: Arc<State>,
     pub resources: Arc<Resources>,
     pub engine: Arc<Engine>,
@@ -142,6 +145,7 @@ impl Agents {
             name: parts.name,
             key: parts.key,
             peers: parts.peers,
+            book: parts.book,
             state: parts.state,
             resources: parts.resources,
             engine: parts.engine,

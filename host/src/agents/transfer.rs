@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::store::{self, Outgoing, Row, RowState};
 use super::{Agents, PEER_TIMEOUT, getrandom};
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::protocol::wire::{AgentRecord, Ending, Envelope, Event, Receipt, Signed, domain, from_cbor, to_cbor};
 use crate::protocol::{ErrorKind, Request, Response};
 use crate::state::{StateError, now_secs};
@@ -117,11 +117,16 @@ impl Agents {
         }
         let snapshot = row.snapshot.clone().unwrap_or_default();
         let mut unreachable = mv.unreachable.clone();
+        // Destinations refused without a connection, with why, for the agent's home to show.
+        let mut not_dialed = Vec::new();
         for dest in mv.dests.clone() {
             let (mut client, kept) = match self.connect(&dest).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::info!(agent = %row.id, %dest, "destination unreachable: {e}");
+                    if matches!(e, ClientError::Target { .. }) {
+                        not_dialed.push(e.to_string());
+                    }
                     unreachable.push(dest);
                     continue;
                 }
@@ -208,7 +213,10 @@ impl Agents {
                 }
             }
         }
-        let reason = format!("no destination reachable ({})", unreachable.join(", "));
+        let mut reason = format!("no destination reachable ({})", unreachable.join(", "));
+        if !not_dialed.is_empty() {
+            reason = format!("{reason}: {}", not_dialed.join("; "));
+        }
         let first_time = row.state != RowState::Parked;
         let next = to_cbor(&Move { unreachable: Vec::new(), ..mv });
         let parked = self
