@@ -1,17 +1,17 @@
-//! The frame reader a host runs on every connection, fed arbitrary bytes: the handshake frames
-//! under their 64 KiB cap decoded as a `Hello` and an `Identity`, then frames under the default
-//! cap decoded as `Request`s until the input ends or a frame is refused, as `server.rs` does.
+//! The frame reader a host runs on every connection (inside TLS), fed arbitrary bytes: the
+//! handshake frame under its 64 KiB cap decoded as a `Hello`, then frames under the default cap
+//! decoded as `Request`s until the input ends or a frame is refused, as `server.rs` does.
 #![no_main]
 
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use roam_fuzz::cbor;
-use roam_host::handshake::{Hello, Identity};
+use roam_host::handshake::Hello;
 use roam_host::protocol::{self, DEFAULT_MAX_FRAME, FRAME_TIMEOUT, FrameError, Request};
 use tokio::runtime::Runtime;
 
-/// The cap on the handshake frames (`server.rs`).
+/// The cap on the handshake frame (`server.rs`).
 const HELLO_MAX: usize = 64 << 10;
 
 static RUNTIME: LazyLock<Runtime> = LazyLock::new(roam_fuzz::runtime);
@@ -19,9 +19,7 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(roam_fuzz::runtime);
 fuzz_target!(|data: &[u8]| {
     RUNTIME.block_on(async {
         let mut reader = data;
-        if read::<Hello>(&mut reader, HELLO_MAX).await.is_err()
-            || read::<Identity>(&mut reader, HELLO_MAX).await.is_err()
-        {
+        if read::<Hello>(&mut reader, HELLO_MAX).await.is_err() {
             return;
         }
         while read::<Request>(&mut reader, DEFAULT_MAX_FRAME).await.is_ok() {}
