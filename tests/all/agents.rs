@@ -470,7 +470,7 @@ async fn host_to_host_messages_are_refused_without_a_peer_proven_in_the_handshak
     let addr = home_run.addr().to_string();
     let agent = "00112233445566778899aabbccddeeff".to_owned();
     let at = roam_host::state::now_secs();
-    let report = Report { agent: agent.clone(), hop: 1, event: Event::Failed { reason: "forged".into() } };
+    let report = Report { agent: agent.clone(), hop: 1, events: vec![Event::Failed { reason: "forged".into() }] };
     let call =
         Call { agent: agent.clone(), resource: "reports".into(), op: CallOp::Append { line: "forged".into() }, at };
     let messages = [

@@ -108,7 +108,7 @@ impl Agents {
             let receipt = self.receipt(id, hop, envelope.snapshot_digest)?;
             let mut row = self.row_for(envelope, signed, None, RowState::Done);
             row.receipt = Some(to_cbor(&receipt));
-            let report = Report { agent: id.clone(), hop, event };
+            let report = Report { agent: id.clone(), hop, events: vec![event] };
             self.state
                 .transaction(|tx| {
                     store::insert(tx, &row)?;

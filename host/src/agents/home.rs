@@ -67,11 +67,13 @@ impl Agents {
         // A receipt in an arrival report must be the reporting host's own. Its signature is
         // checked where it is shown (`roam agents ID`), not here on every hop: the home is where
         // every hop's reports arrive.
-        if let Event::Arrived { receipt: receipt @ Some(_), .. } = &mut report.event
-            && receipt.as_ref().is_some_and(|r| r.signer != signed.signer)
-        {
-            tracing::warn!(agent = %report.agent, hop = report.hop, "an arrival report carried another host's receipt");
-            *receipt = None;
+        for event in &mut report.events {
+            if let Event::Arrived { receipt: receipt @ Some(_), .. } = event
+                && receipt.as_ref().is_some_and(|r| r.signer != signed.signer)
+            {
+                tracing::warn!(agent = %report.agent, hop = report.hop, "an arrival report carried another host's receipt");
+                *receipt = None;
+            }
         }
         if self.state.transaction(|tx| self.apply_report(tx, &report)).map_err(internal)? {
             // A recall order is on its way to where the report placed the agent.
@@ -225,64 +227,72 @@ pub(super) fn homed_info(h: &Homed) -> AgentInfo {
 }
 
 impl Agents {
-    /// Applies a report to the home's registry. Idempotent: a report seen twice changes nothing
-    /// more, and an ended agent stays ended. While a recall is pending, a host that reports the
-    /// agent's arrival gets the order straight away; `true` if it was queued. (Not a host the
-    /// agent says it is going to: that is the agent's word, not a host's.)
+    /// Applies a report to the home's registry, its events in order. Idempotent: a report seen
+    /// twice changes nothing more, and an ended agent stays ended. While a recall is pending, a
+    /// host that reports the agent's arrival gets the order straight away; `true` if it was
+    /// queued. (Not a host the agent says it is going to: that is the agent's word, not a
+    /// host's.)
     pub(super) fn apply_report(&self, tx: &rusqlite::Transaction<'_>, report: &Report) -> rusqlite::Result<bool> {
         let Some(mut h) = store::get_homed(tx, &report.agent)? else {
             return Ok(false);
         };
-        let ended = h.state.is_over();
         let mut now_at = None;
-        match &report.event {
-            Event::Arrived { host, address, bindings, at, receipt } => {
-                if !h.route.iter().any(|v| v.hop == report.hop) {
-                    h.route.push(Visit {
-                        hop: report.hop,
-                        host: host.clone(),
-                        address: address.clone(),
-                        bindings: bindings.clone(),
-                        at: *at,
-                        receipt: receipt.clone(),
-                    });
-                    h.route.sort_by_key(|v| v.hop);
+        let mut changed = false;
+        for event in &report.events {
+            let ended = h.state.is_over();
+            match event {
+                Event::Arrived { host, address, bindings, at, receipt } => {
+                    if !h.route.iter().any(|v| v.hop == report.hop) {
+                        h.route.push(Visit {
+                            hop: report.hop,
+                            host: host.clone(),
+                            address: address.clone(),
+                            bindings: bindings.clone(),
+                            at: *at,
+                            receipt: receipt.clone(),
+                        });
+                        h.route.sort_by_key(|v| v.hop);
+                    }
+                    if !ended && report.hop >= h.hops {
+                        h.hops = report.hop;
+                        h.location = host.clone();
+                        h.state = Journey::Running;
+                        h.detail = None;
+                        now_at = Some(address.clone());
+                    }
                 }
-                if !ended && report.hop >= h.hops {
-                    h.hops = report.hop;
+                Event::Departed { to } if !ended && report.hop >= h.hops => {
+                    h.state = Journey::InTransit;
+                    h.detail = Some(format!("to {to}"));
+                }
+                Event::Parked { reason } if !ended && report.hop >= h.hops => {
+                    h.state = Journey::Parked;
+                    h.detail = Some(reason.clone());
+                }
+                Event::Finished { host, result } if !ended => {
+                    h.state = Journey::Finished;
                     h.location = host.clone();
-                    h.state = Journey::Running;
+                    h.result = Some(result.clone());
+                    h.hops = h.hops.max(report.hop);
                     h.detail = None;
-                    now_at = Some(address.clone());
                 }
+                Event::Failed { reason } if !ended => {
+                    h.state = Journey::Failed;
+                    h.detail = Some(reason.clone());
+                }
+                Event::Recalled { result, detail } if !ended => {
+                    h.state = Journey::Recalled;
+                    h.location = self.name.clone();
+                    h.hops = h.hops.max(report.hop);
+                    h.result = Some(result.clone());
+                    h.detail = Some(detail.clone());
+                }
+                _ => continue,
             }
-            Event::Departed { to } if !ended && report.hop >= h.hops => {
-                h.state = Journey::InTransit;
-                h.detail = Some(format!("to {to}"));
-            }
-            Event::Parked { reason } if !ended && report.hop >= h.hops => {
-                h.state = Journey::Parked;
-                h.detail = Some(reason.clone());
-            }
-            Event::Finished { host, result } if !ended => {
-                h.state = Journey::Finished;
-                h.location = host.clone();
-                h.result = Some(result.clone());
-                h.hops = h.hops.max(report.hop);
-                h.detail = None;
-            }
-            Event::Failed { reason } if !ended => {
-                h.state = Journey::Failed;
-                h.detail = Some(reason.clone());
-            }
-            Event::Recalled { result, detail } if !ended => {
-                h.state = Journey::Recalled;
-                h.location = self.name.clone();
-                h.hops = h.hops.max(report.hop);
-                h.result = Some(result.clone());
-                h.detail = Some(detail.clone());
-            }
-            _ => return Ok(false),
+            changed = true;
+        }
+        if !changed {
+            return Ok(false);
         }
         store::put_homed(tx, &h)?;
         let Some(address) = now_at.filter(|a| h.recall_at.is_some() && *a != self.address()) else {

@@ -224,7 +224,7 @@ impl Agents {
                 agents.state.transaction(|tx| {
                     store::park(tx, id, hop, &next, &reason)?;
                     if first_time {
-                        agents.queue_report(tx, &record, hop, Event::Parked { reason: reason.clone() })?;
+                        agents.queue_report(tx, &record, hop, vec![Event::Parked { reason: reason.clone() }])?;
                     }
                     Ok(())
                 })

@@ -113,13 +113,12 @@ impl Agents {
         let leaving = self
             .state
             .transaction(|tx| {
-                if let Some(event) = arrived.take() {
-                    self.queue_report(tx, record, row.hop, event)?;
-                }
+                let arrival = arrived.take();
                 // A recall that came in during the visit sends the agent home instead; at home,
                 // it stays to hand over what it has.
                 let recalled = store::get(tx, &row.id, row.hop)?.is_some_and(|r| r.recall);
                 if recalled && mv.ending.is_none() && at_home {
+                    self.queue_report(tx, record, row.hop, arrival.into_iter().collect())?;
                     store::set_state(tx, &row.id, row.hop, RowState::Ready, Some(&snapshot_bytes), None, None)?;
                     return Ok(false);
                 }
@@ -134,7 +133,7 @@ impl Agents {
                     None,
                 )?;
                 let departed = Event::Departed { to: mv.dests.first().cloned().unwrap_or_default() };
-                self.queue_report(tx, record, row.hop, departed)?;
+                self.queue_report(tx, record, row.hop, arrival.into_iter().chain([departed]).collect())?;
                 Ok(true)
             })
             .map_err(|e| e.to_string())?;
@@ -167,7 +166,7 @@ impl Agents {
                         Some(&mv),
                         None,
                     )?;
-                    self.queue_report(tx, record, row.hop, Event::Departed { to: record.home.clone() })
+                    self.queue_report(tx, record, row.hop, vec![Event::Departed { to: record.home.clone() }])
                 })
                 .map_err(|e| e.to_string())?;
             tracing::info!(agent = %row.id, hop = row.hop, "recalled: the agent goes home without a visit here");
@@ -212,11 +211,8 @@ impl Agents {
     fn end_here(&self, row: &Row, record: &AgentRecord, event: Event, arrived: Option<Event>) -> Result<(), String> {
         self.state
             .transaction(|tx| {
-                if let Some(a) = arrived {
-                    self.queue_report(tx, record, row.hop, a)?;
-                }
                 store::set_state(tx, &row.id, row.hop, RowState::Done, None, None, None)?;
-                self.queue_report(tx, record, row.hop, event)
+                self.queue_report(tx, record, row.hop, arrived.into_iter().chain([event]).collect())
             })
             .map_err(|e| e.to_string())?;
         self.wake.notify_one();
@@ -230,10 +226,8 @@ impl Agents {
         let done = self.state.transaction(|tx| {
             store::set_state(tx, &row.id, row.hop, RowState::Failed, None, None, Some(reason))?;
             let Ok(r) = &record else { return Ok(()) };
-            if let Some(a) = arrived {
-                self.queue_report(tx, r, row.hop, a)?;
-            }
-            self.queue_report(tx, r, row.hop, Event::Failed { reason: reason.to_owned() })
+            let failed = Event::Failed { reason: reason.to_owned() };
+            self.queue_report(tx, r, row.hop, arrived.into_iter().chain([failed]).collect())
         });
         if let Err(e) = done {
             tracing::error!(agent = %row.id, "cannot record the failure: {e}");
@@ -241,16 +235,19 @@ impl Agents {
         self.wake.notify_one();
     }
 
-    /// Queues a report for the agent's home, in the caller's transaction. At home it is
-    /// applied at once.
+    /// Queues a report of `events` for the agent's home, in the caller's transaction, as one
+    /// signed message. At home it is applied at once.
     pub(super) fn queue_report(
         &self,
         tx: &rusqlite::Transaction<'_>,
         record: &AgentRecord,
         hop: u32,
-        event: Event,
+        events: Vec<Event>,
     ) -> rusqlite::Result<()> {
-        let report = Report { agent: record.id.clone(), hop, event };
+        if events.is_empty() {
+            return Ok(());
+        }
+        let report = Report { agent: record.id.clone(), hop, events };
         if record.home_key == self.key.public() {
             // Whatever it queues, the caller's wake-up of the driver sends.
             return self.apply_report(tx, &report).map(|_| ());

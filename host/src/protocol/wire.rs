@@ -244,15 +244,16 @@ pub enum Event {
     },
 }
 
-/// A report to an agent's home.
+/// A report to an agent's home: what happened at one hop, in order (a visit's arrival and
+/// departure go as one message, one signature).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// The agent.
     pub agent: String,
     /// The hop it is at.
     pub hop: u32,
-    /// What happened.
-    pub event: Event,
+    /// What happened, in order.
+    pub events: Vec<Event>,
 }
 
 /// A home's order to send its agent back. It is signed by the home and passed on unchanged
