@@ -80,9 +80,12 @@ impl Pins {
     /// own connections. Only a host never seen before is connected to now.
     async fn target(&self, host: &str) -> Result<String> {
         let (in_address, addr) = split_target(host)?;
-        let key = match self.given.or(in_address).map(Ok).or_else(|| self.known.lookup(addr).transpose()) {
-            Some(key) => key?,
-            None => self.connect(addr).await?.host_key(),
+        let key = match self.given.or(in_address) {
+            Some(key) => key,
+            None => match self.known.lookup(addr)? {
+                Some(key) => key,
+                None => self.connect(addr).await?.host_key(),
+            },
         };
         Ok(format!("{}@{addr}", key.to_hex()))
     }

@@ -10,7 +10,9 @@ use super::store::{self, Homed, Journey, Outgoing, Row, RowState};
 use super::{Agents, PEER_TIMEOUT, binding, new_id};
 use crate::admission::Rollback;
 use crate::client::{Client, ClientError};
-use crate::protocol::wire::{AgentInfo, AgentRecord, Event, Recall, Report, Signed, Visit, domain, from_cbor};
+use crate::protocol::wire::{
+    AgentInfo, AgentLimits, AgentRecord, Event, Recall, Report, Signed, Visit, domain, from_cbor,
+};
 use crate::protocol::{ErrorKind, RemoteError, Request, Response};
 use crate::refusal::{admit_error, internal, refused};
 use crate::state::now_secs;
@@ -127,7 +129,8 @@ impl Agents {
             };
             // An order older than an agent may live is for an agent that has ended: it goes no
             // further (its next host may be gone for good).
-            if order.as_ref().is_some_and(|o| o.at.saturating_add(ORDER_LIFETIME) < now_secs()) {
+            let lifetime = AgentLimits::default().lifetime_secs;
+            if order.as_ref().is_some_and(|o| o.at.saturating_add(lifetime) < now_secs()) {
                 if !delete(seq).await {
                     return false;
                 }
@@ -205,9 +208,6 @@ impl Agents {
         Ok(out)
     }
 }
-
-/// How long a recall order is passed on: the longest an agent may live by default.
-const ORDER_LIFETIME: u64 = 24 * 3600;
 
 /// What `roam agents` shows of an agent whose home is this host.
 pub(super) fn homed_info(h: &Homed) -> AgentInfo {
