@@ -362,8 +362,9 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
-    /// Runs `roam host --listen 127.0.0.1:0 ARGS…` and waits (at most [`START_DEADLINE`]) for it
-    /// to print `listening on ADDR`. Unless `args` has `--data-dir`, the host gets a fresh one.
+    /// Runs `roam host ARGS…` and waits (at most [`START_DEADLINE`]) for it to print
+    /// `listening on ADDR`. Unless `args` has `--listen`, the host listens on a free port of
+    /// 127.0.0.1; unless it has `--data-dir`, it gets a fresh one.
     /// The host's stderr goes to a file, read by [`HostProcess::stderr`].
     ///
     /// # Errors
@@ -405,7 +406,10 @@ impl HostProcess {
             }
             None => Command::new(roam_bin()?),
         };
-        command.args(["host", "--listen", "127.0.0.1:0"]).args(&args);
+        command.arg("host").args(&args);
+        if !args.iter().any(|a| a == "--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         if !args.iter().any(|a| a == "--data-dir") {
             command.arg("--data-dir").arg(&data_dir);
         }

@@ -32,6 +32,16 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
         self.map.get(key)
     }
 
+    /// How many entries are kept.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The values kept, in no particular order.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.map.values()
+    }
+
     /// Inserts or replaces `key`'s value, forgetting the oldest entries beyond the bound.
     pub(crate) fn insert(&mut self, key: K, value: V) {
         if self.map.insert(key.clone(), value).is_none() {
@@ -42,11 +52,6 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
                 self.map.remove(&oldest);
             }
         }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.map.len()
     }
 }
 

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use roam_keys::{ModuleHash, PublicKey, SecretKey};
+use roam_keys::{HostCertificate, ModuleHash, PublicKey, SecretKey};
 use tokio::net::TcpStream;
 
-use crate::handshake;
+use crate::handshake::{self, Hello};
 use crate::protocol::wire::AgentInfo;
 use crate::protocol::{self, FrameError, ModuleInfo, ModuleRef, RemoteError, Request, Response};
 use crate::transport::{self, ClientStream};
@@ -105,6 +105,16 @@ impl Client {
     /// Connects to `addr` with a client configuration made by [`transport::client_config`]
     /// (which a caller keeps, so that sessions are resumed from one connection to the next).
     pub async fn connect_with(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Self, ClientError> {
+        Self::connect_peer(addr, config, None).await
+    }
+
+    /// Connects to `addr` as [`Client::connect_with`] does, presenting `certificate` (a host's
+    /// own, from its cluster) to a host that may know this one only through its cluster key.
+    pub async fn connect_peer(
+        addr: &str,
+        config: Arc<rustls::ClientConfig>,
+        certificate: Option<HostCertificate>,
+    ) -> Result<Self, ClientError> {
         let connect_err = |source| ClientError::Connect { addr: addr.to_owned(), source };
         let timeout = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -112,8 +122,8 @@ impl Client {
             .map_err(|_| connect_err(timeout()))?
             .map_err(connect_err)?;
         stream.set_nodelay(true).map_err(connect_err)?;
-        let client = concat!("roam/", env!("CARGO_PKG_VERSION"));
-        let opened = handshake::connect(stream, addr, config, client, CONNECT_TIMEOUT).await.map_err(|e| match e {
+        let hello = Hello { certificate, ..Hello::new(concat!("roam/", env!("CARGO_PKG_VERSION"))) };
+        let opened = handshake::connect(stream, addr, config, &hello, CONNECT_TIMEOUT).await.map_err(|e| match e {
             handshake::Failed::Frame(e) => ClientError::Frame(e),
             handshake::Failed::Tls(e) => tls_error(addr, &e),
             handshake::Failed::Refused(e) => ClientError::Refused(e),

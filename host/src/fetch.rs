@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use roam_keys::{Kind, ModuleHash, SecretKey, TrustStore, VerifiedModule, VerifyError};
+use roam_keys::{Kind, ModuleHash, TrustStore, VerifiedModule, VerifyError};
 
 use crate::admission::{Admission, AdmitError, Rollback};
 use crate::client::{Client, ClientError};
@@ -67,22 +67,18 @@ impl From<AdmitError> for FetchError {
     }
 }
 
-/// Downloads the signed module `hash` from the host at `addr`, in chunks, refusing more than
-/// `max_size` bytes or more than [`DOWNLOAD_TIMEOUT`]. A host proves its key `as_key` to its
-/// peer; a client connects anonymously (`None`). `progress` hears `(received, total)`.
+/// Downloads the signed module `hash` over the connection `connect` opens (a client's
+/// `Client::connect`, a host's dial of a peer), in chunks, refusing more than `max_size` bytes
+/// or more than [`DOWNLOAD_TIMEOUT`] in all. `progress` hears `(received, total)`.
 pub async fn download(
-    addr: &str,
+    connect: impl Future<Output = Result<Client, ClientError>>,
     hash: ModuleHash,
     max_size: usize,
-    as_key: Option<&SecretKey>,
     progress: Option<&(dyn Fn(u64, u64) + Sync)>,
 ) -> Result<Vec<u8>, FetchError> {
     let started = Instant::now();
     let work = async {
-        let mut client = match as_key {
-            Some(key) => Client::connect_as(addr, key).await?,
-            None => Client::connect(addr).await?,
-        };
+        let mut client = connect.await?;
         let mut bytes: Vec<u8> = Vec::new();
         loop {
             let (total, chunk) = client.fetch_chunk(hash, bytes.len() as u64, CHUNK).await?;
@@ -208,7 +204,7 @@ impl CodeCache {
         if let Some(module) = self.load(hash, kind)? {
             return Ok((hash, module));
         }
-        let bytes = download(source, hash, self.admission.max_size(), None, progress).await?;
+        let bytes = download(Client::connect(source), hash, self.admission.max_size(), progress).await?;
         self.add(bytes, kind)
     }
 

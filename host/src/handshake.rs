@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use roam_keys::PublicKey;
+use roam_keys::{HostCertificate, PublicKey};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -34,12 +34,16 @@ pub struct Hello {
     pub versions: Vec<u32>,
     /// Who the client is, for the host's logs.
     pub client: String,
+    /// A host's certificate from a cluster key, when it connects to a peer that may know it
+    /// only through that cluster key. Its key must be the one the client proved in TLS.
+    #[serde(default)]
+    pub certificate: Option<HostCertificate>,
 }
 
 impl Hello {
     /// A hello for this build.
     pub fn new(client: &str) -> Self {
-        Self { protocol: PROTOCOL.into(), versions: vec![VERSION], client: client.into() }
+        Self { protocol: PROTOCOL.into(), versions: vec![VERSION], client: client.into(), certificate: None }
     }
 }
 
@@ -126,8 +130,8 @@ pub enum Failed {
 }
 
 /// The client's half on a connected `stream` to `addr`: TLS with `config` (which proves the
-/// client's key, if it has one), then a [`Hello`] naming `client`; within `within` for each
-/// step. Which key the host proved is for the caller to check.
+/// client's key, if it has one), then `hello`; within `within` for each step. Which key the
+/// host proved is for the caller to check.
 ///
 /// # Errors
 /// If TLS fails, the host refuses, or a message cannot be exchanged in time.
@@ -135,11 +139,11 @@ pub async fn connect(
     stream: TcpStream,
     addr: &str,
     config: Arc<rustls::ClientConfig>,
-    client: &str,
+    hello: &Hello,
     within: Duration,
 ) -> Result<Opened, Failed> {
     let (mut tls, host_key) = self::tls(stream, addr, config, within).await?;
-    let welcome = exchange(&mut tls, &Hello::new(client), within).await?;
+    let welcome = exchange(&mut tls, hello, within).await?;
     match welcome {
         Welcome::Accepted { host, .. } => Ok(Opened { stream: tls, host, host_key }),
         Welcome::Refused(e) => Err(Failed::Refused(e)),

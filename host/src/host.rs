@@ -13,6 +13,7 @@ use roam_keys::{Kind, ModuleHash, PublicKey, SecretKey, TrustStore, VerifiedModu
 use tokio::sync::Semaphore;
 
 use crate::admission::{Admission, Rollback};
+use crate::agents::peers::Peers;
 use crate::agents::{Agents, Parts};
 use crate::cache::{Bounded, MODULES_KEPT};
 use crate::config::HostConfig;
@@ -75,20 +76,15 @@ impl Host {
             .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
         let key = Arc::new(load_or_create_key(config)?);
         let trust = TrustStore::load(&config.trust)?;
-        let (peers, book) = match &config.peers {
+        let peers = match &config.peers {
             Some(dir) => {
-                let peers = TrustStore::load(dir)?;
-                let book = crate::agents::peers::PeerBook::load(dir, &peers)?;
-                (peers, book)
+                let peers = Peers::load(dir, key.public())
+                    .with_context(|| format!("cannot load the peers directory {}", dir.display()))?;
+                tracing::info!("peers ({}): {}", dir.display(), peers.describe());
+                peers
             }
-            None => (TrustStore::empty(), Default::default()),
+            None => Peers::none(key.public()),
         };
-        if book.is_empty() && peers.keys().next().is_some() {
-            tracing::info!(
-                "the peers have no addresses ({}): agents may make this host dial any address",
-                crate::agents::peers::ADDRESSES_FILE
-            );
-        }
         let state = Arc::new(State::open(&config.data_dir)?);
         state.set_durable(config.durable)?;
         let mut resources = Resources::default();
@@ -112,8 +108,7 @@ impl Host {
             name: config.name.clone(),
             key: key.clone(),
             tls,
-            peers,
-            book,
+            peers: Arc::new(peers),
             state: state.clone(),
             resources: resources.clone(),
             engine: engine.clone(),
@@ -187,6 +182,16 @@ impl Host {
         self.inner.agents.set_address(address);
     }
 
+    /// Checks the certificate a connecting host presented for the key it proved, and keeps it
+    /// (see [`Peers::present`]); `Err` says why it is refused.
+    pub(crate) fn present_certificate(
+        &self,
+        cert: roam_keys::HostCertificate,
+        proven: &PublicKey,
+    ) -> Result<(), String> {
+        self.inner.agents.peers().present(cert, proven)
+    }
+
     /// Moves agents along until `stop` fires: runs ready agents on the module threads,
     /// transfers leaving ones, retries parked ones, and sends reports home.
     pub async fn drive_agents(&self, stop: tokio::sync::watch::Receiver<bool>) {
@@ -229,13 +234,15 @@ impl Host {
     }
 
     /// Fetches a module this host lacks from a peer by hash, verifies it against this host's
-    /// trust store, and stores it. The same download path as `roam run` uses.
+    /// trust store, and stores it. The same download path, anonymous, as `roam run` uses.
     pub async fn fetch_from(&self, peer: &str, hash: ModuleHash) -> Result<ModuleInfo, RemoteError> {
         let inner = self.inner.clone();
         if let Some(info) = off_runtime(move || inner.state.module(&hash).map_err(internal)).await? {
             return Ok(info);
         }
-        let bytes = crate::fetch::download(peer, hash, self.inner.admission.max_size(), Some(&self.inner.key), None)
+        // As any client does: the module's signature, not the connection, says whether to trust it.
+        let connect = crate::client::Client::connect(peer);
+        let bytes = crate::fetch::download(connect, hash, self.inner.admission.max_size(), None)
             .await
             .map_err(|e| RemoteError::new(ErrorKind::NotFound, format!("cannot fetch {hash} from {peer}: {e}")))?;
         let inner = self.inner.clone();

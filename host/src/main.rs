@@ -11,7 +11,7 @@ use roam_host::host::Host;
 use roam_host::known_hosts::KnownHosts;
 use roam_host::protocol::wire::AgentInfo;
 use roam_host::server::RunningHost;
-use roam_keys::{Kind, PublicKey, SecretKey, SignRequest, TrustStore, VerifyContext};
+use roam_keys::{HostCertificate, Kind, PublicKey, SecretKey, SignRequest, TrustStore, VerifyContext};
 
 #[derive(Parser)]
 #[command(name = "roam", version, about = "Move code to data: signed Wasm modules, run where the data lives")]
@@ -265,6 +265,30 @@ enum KeysCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Certify a host key with a cluster key: writes NAME.cert, which makes the host a peer of
+    /// every host that trusts the cluster key (in its peers directory's clusters/) and tells
+    /// them where it listens. Give the certificate to the host (its peers directory) and to
+    /// the hosts that dial it.
+    Certify {
+        /// The host's public key file (the .pub beside its --key, or from `roam keys new`).
+        #[arg(value_name = "HOST.pub")]
+        host_public: PathBuf,
+        /// The cluster's secret key (from `roam keys new`).
+        #[arg(long)]
+        cluster: PathBuf,
+        /// The host's name, as agents and peers' logs will show it.
+        #[arg(long)]
+        name: String,
+        /// Where the host listens, HOST:PORT, as its peers dial it.
+        #[arg(long)]
+        address: String,
+        /// How long the certificate stays valid (e.g. 90d, 12h).
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        expires: Duration,
+        /// Where to write NAME.cert.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -320,6 +344,25 @@ fn run(cli: Cli) -> Result<()> {
             let (key, public_path, public) = roam_keys::write_keypair(&dir, &name)?;
             println!("secret key: {}", key.display());
             println!("public key: {} ({public})", public_path.display());
+            Ok(())
+        }
+        Command::Keys { command: KeysCommand::Certify { host_public, cluster, name, address, expires, dir } } => {
+            let key = PublicKey::load(&host_public)?;
+            let cluster = SecretKey::load(&cluster)?;
+            let now = roam_host::state::now_secs();
+            let cert =
+                HostCertificate::issue(&cluster, &name, key, &address, now, now.saturating_add(expires.as_secs()))?;
+            let path = dir.join(format!("{name}.{}", roam_keys::CERT_EXT));
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .with_context(|| format!("cannot create {} (delete an old certificate first)", path.display()))?;
+            std::io::Write::write_all(&mut file, cert.to_file_text().as_bytes())?;
+            let until = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(cert.expires));
+            println!("certificate: {} (host {name} at {address}, key {key}, until {until})", path.display());
+            println!("cluster key: {}", cluster.public());
             Ok(())
         }
         Command::Sign { input, key, kind, name, version, expires, caps, output } => {
@@ -701,4 +744,14 @@ async fn shutdown_signal() -> Result<()> {
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks some of a command's definition only when that command runs (conflicts and
+    /// requirements naming arguments that exist, unique short flags): this checks them all.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -42,7 +42,17 @@ pub struct RunningHost {
 impl RunningHost {
     /// Binds `addr` (use port 0 for any free port) and starts serving.
     pub async fn start(host: Host, addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        Self::serve_on(host, TcpListener::bind(addr).await?)
+    }
+
+    /// Starts serving on a socket already bound (say, before the addresses of a group of
+    /// hosts were written into their peers' address books).
+    pub async fn start_on(host: Host, listener: std::net::TcpListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Self::serve_on(host, TcpListener::from_std(listener)?)
+    }
+
+    fn serve_on(host: Host, listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         host.set_address(addr.to_string());
         let (stop, stopped) = watch::channel(false);
@@ -190,7 +200,13 @@ async fn connection(
             return Err(e);
         }
     };
-    let welcome = handshake::answer(&hello, host.name());
+    let mut welcome = handshake::answer(&hello, host.name());
+    // A certified host's certificate, for the key it proved in TLS.
+    if let (Welcome::Accepted { .. }, Some(cert), Some(proven)) = (&welcome, hello.certificate, peer)
+        && let Err(e) = host.present_certificate(cert, &proven)
+    {
+        welcome = Welcome::Refused(RemoteError::new(ErrorKind::Unauthenticated, e));
+    }
     send(&mut stream, &welcome, within).await?;
     if matches!(welcome, Welcome::Refused(_)) {
         linger(&mut stream).await;

@@ -12,6 +12,8 @@
 //! - [`sections`]: a minimal, panic-free walker over a core Wasm module's sections.
 //! - [`TrustStore`]: the local directory of trusted `.pub` keys plus a [`Policy`] of revocations
 //!   and per-key capabilities and kinds.
+//! - [`HostCertificate`]: a cluster key's statement that a host key, under a name and at an
+//!   address, belongs to the cluster until a given time.
 //! - [`verify`]: runs every check in a fixed order and is the only way to get a
 //!   [`VerifiedModule`], the type the engine compiles.
 //! - [`VersionHistory`]: the versions already accepted per name, to refuse rollbacks.
@@ -44,6 +46,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod cert;
 mod claims;
 mod key;
 mod sign;
@@ -54,6 +57,7 @@ mod trust;
 mod verify;
 mod wasm;
 
+pub use cert::{CERT_EXT, CertError, HostCertificate};
 pub use claims::{Claims, Kind, ModuleHash, ParseError, hash_module};
 pub use key::{KeyError, PublicKey, SecretKey, write_keypair};
 pub use sign::{SignError, SignRequest, sign_module};

@@ -1,7 +1,9 @@
 //! Mobile agents across real hosts on loopback: the example's answer, state over many hops,
 //! bindings on arrival, refusals of replayed, altered, misaddressed and untrusted transfers.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -23,10 +25,15 @@ use roam_tests::agent_wasm;
 pub struct Net {
     pub dir: tempfile::TempDir,
     pub alice: SecretKey,
+    /// Each host's address, as its peers' address book has it.
+    addresses: Mutex<BTreeMap<String, String>>,
+    /// The sockets bound for the hosts not started yet, so that no other test takes their port.
+    listeners: Mutex<BTreeMap<String, std::net::TcpListener>>,
 }
 
 impl Net {
-    /// A net whose hosts are `hosts`: each gets a key that every other one trusts as a peer.
+    /// A net whose hosts are `hosts`: each gets a key and an address that every other one
+    /// has as a peer's (`peers/NAME.pub`, `peers/addresses.toml`).
     pub fn new(hosts: &[&str]) -> Result<Self> {
         // ROAM_LOG=debug shows the hosts' logs with --nocapture.
         if let Ok(filter) = std::env::var("ROAM_LOG") {
@@ -37,11 +44,51 @@ impl Net {
         std::fs::create_dir_all(dir.path().join("trust"))?;
         std::fs::copy(dir.path().join("keys/alice.pub"), dir.path().join("trust/alice.pub"))?;
         std::fs::create_dir_all(dir.path().join("empty-trust"))?;
-        let net = Self { alice: SecretKey::load(&alice)?, dir };
+        let net =
+            Self { alice: SecretKey::load(&alice)?, dir, addresses: Mutex::default(), listeners: Mutex::default() };
         for name in hosts {
             net.host_key(name)?;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            lock(&net.addresses).insert((*name).to_owned(), listener.local_addr()?.to_string());
+            lock(&net.listeners).insert((*name).to_owned(), listener);
         }
+        net.write_addresses()?;
         Ok(net)
+    }
+
+    /// Host `name`'s address.
+    pub fn addr(&self, name: &str) -> String {
+        lock(&self.addresses).get(name).cloned().unwrap_or_default()
+    }
+
+    /// Tells the peers that host `name` is reached at `addr` (a relay in front of it, say).
+    pub fn set_addr(&self, name: &str, addr: &str) -> Result<()> {
+        lock(&self.addresses).insert(name.to_owned(), addr.to_owned());
+        self.write_addresses()
+    }
+
+    /// Host `name`'s port, freed for a `roam host` process to listen on.
+    pub fn port(&self, name: &str) -> Result<u16> {
+        lock(&self.listeners).remove(name);
+        let addr: std::net::SocketAddr = self.addr(name).parse().context("no address for that host")?;
+        Ok(addr.port())
+    }
+
+    fn write_addresses(&self) -> Result<()> {
+        let lines: String = lock(&self.addresses).iter().map(|(name, addr)| format!("{name} = \"{addr}\"\n")).collect();
+        std::fs::write(self.path("peers/addresses.toml"), lines)?;
+        Ok(())
+    }
+
+    /// Starts host `config` in this process, on the socket bound for it.
+    pub async fn start(&self, config: &HostConfig) -> Result<(Host, RunningHost)> {
+        let host = Host::open(config)?;
+        let listener = lock(&self.listeners).remove(&config.name);
+        let running = match listener {
+            Some(listener) => RunningHost::start_on(host.clone(), listener).await?,
+            None => RunningHost::start(host.clone(), "127.0.0.1:0".parse()?).await?,
+        };
+        Ok((host, running))
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -68,12 +115,6 @@ impl Net {
         let wasm = std::fs::read(agent_wasm(file)?)?;
         roam_tests::sign_with(&self.alice, &wasm, Kind::Agent, name, "1.0.0", caps, (0, 3600))
     }
-}
-
-pub async fn start(config: &HostConfig) -> Result<(Host, RunningHost)> {
-    let host = Host::open(config)?;
-    let running = RunningHost::start(host.clone(), "127.0.0.1:0".parse()?).await?;
-    Ok((host, running))
 }
 
 pub async fn launch(home: &str, module: Vec<u8>, input: serde_json::Value) -> Result<String> {
@@ -151,7 +192,7 @@ fn survey_home(net: &Net) -> Result<HostConfig> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stock_survey_visits_three_hosts_and_brings_home_the_exact_aggregate() -> Result<()> {
     let net = Net::new(&["home", "data-a", "data-b", "data-c"])?;
-    let (home, home_run) = start(&survey_home(&net)?).await?;
+    let (home, home_run) = net.start(&survey_home(&net)?).await?;
 
     // Each data host's stock, generated here so the test can aggregate it natively.
     let mut expected_by_sku = std::collections::BTreeMap::<String, i64>::new();
@@ -174,7 +215,7 @@ async fn the_stock_survey_visits_three_hosts_and_brings_home_the_exact_aggregate
         write(&file, &csv)?;
         let mut cfg = net.config(name, "trust")?;
         cfg.add_table(&format!("stock={}", file.display()))?;
-        let (_, run) = start(&cfg).await?;
+        let (_, run) = net.start(&cfg).await?;
         hosts.push(run.addr().to_string());
         running.push(run);
     }
@@ -263,9 +304,9 @@ pub fn check_hop_counter(result: &serde_json::Value, expected_hosts: &[&str]) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_and_a_heap_survive_forty_hops() -> Result<()> {
     let net = Net::new(&["home", "a", "b"])?;
-    let (_, home_run) = start(&net.config("home", "trust")?).await?;
-    let (_, a) = start(&net.config("a", "trust")?).await?;
-    let (_, b) = start(&net.config("b", "trust")?).await?;
+    let (_, home_run) = net.start(&net.config("home", "trust")?).await?;
+    let (_, a) = net.start(&net.config("a", "trust")?).await?;
+    let (_, b) = net.start(&net.config("b", "trust")?).await?;
     let route: Vec<String> = (0..40).map(|i| if i % 2 == 0 { a.addr() } else { b.addr() }.to_string()).collect();
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let home_addr = home_run.addr().to_string();
@@ -284,9 +325,9 @@ async fn a_counter_and_a_heap_survive_forty_hops() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_whose_signer_the_destination_does_not_trust_is_refused_and_home_is_told() -> Result<()> {
     let net = Net::new(&["home", "trusting", "wary"])?;
-    let (_, home_run) = start(&net.config("home", "trust")?).await?;
-    let (_, trusting) = start(&net.config("trusting", "trust")?).await?;
-    let (_, wary) = start(&net.config("wary", "empty-trust")?).await?;
+    let (_, home_run) = net.start(&net.config("home", "trust")?).await?;
+    let (_, trusting) = net.start(&net.config("trusting", "trust")?).await?;
+    let (_, wary) = net.start(&net.config("wary", "empty-trust")?).await?;
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let home_addr = home_run.addr().to_string();
     let hosts = [trusting.addr().to_string(), wary.addr().to_string()];
@@ -314,7 +355,7 @@ fn unauthenticated(r: Response) -> Result<String> {
 #[tokio::test]
 async fn a_client_of_the_old_protocol_is_told_to_upgrade() -> Result<()> {
     let net = Net::new(&["home"])?;
-    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    let (_, home_run) = net.start(&net.config("home", "trust")?).await?;
     let addr = home_run.addr().to_string();
     // A client of version 2 speaks in the clear: it is told, in the clear, to upgrade.
     let mut stream = tokio::net::TcpStream::connect(&addr).await?;
@@ -345,8 +386,8 @@ async fn a_client_of_the_old_protocol_is_told_to_upgrade() -> Result<()> {
 async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Result<()> {
     let net = Net::new(&["home", "target", "peer"])?;
     let peer_key = SecretKey::load(&net.path("host-keys/peer.key"))?;
-    let (_, home_run) = start(&net.config("home", "trust")?).await?;
-    let (target, target_run) = start(&net.config("target", "trust")?).await?;
+    let (_, home_run) = net.start(&net.config("home", "trust")?).await?;
+    let (target, target_run) = net.start(&net.config("target", "trust")?).await?;
     let addr = target_run.addr().to_string();
 
     // The target holds the agent's code (published there), so only the envelope matters.
@@ -466,7 +507,7 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
 async fn host_to_host_messages_are_refused_without_a_peer_proven_in_the_handshake() -> Result<()> {
     let net = Net::new(&["home", "peer"])?;
     let peer_key = SecretKey::load(&net.path("host-keys/peer.key"))?;
-    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    let (_, home_run) = net.start(&net.config("home", "trust")?).await?;
     let addr = home_run.addr().to_string();
     let agent = "00112233445566778899aabbccddeeff".to_owned();
     let at = roam_host::state::now_secs();
@@ -501,11 +542,11 @@ async fn host_to_host_messages_are_refused_without_a_peer_proven_in_the_handshak
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_destination_parks_the_agent_and_recall_brings_it_home() -> Result<()> {
-    let net = Net::new(&["home", "a"])?;
-    let (_, home_run) = start(&net.config("home", "trust")?).await?;
-    let (_, a) = start(&net.config("a", "trust")?).await?;
-    // Nothing listens on this address (it was bound once, then released).
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let net = Net::new(&["home", "a", "down"])?;
+    let (_, home_run) = net.start(&net.config("home", "trust")?).await?;
+    let (_, a) = net.start(&net.config("a", "trust")?).await?;
+    // A peer that never starts: nothing listens at its address.
+    let dead = format!("127.0.0.1:{}", net.port("down")?);
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let home_addr = home_run.addr().to_string();
     let id = launch(&home_addr, module, serde_json::json!({ "hosts": [a.addr().to_string(), dead] })).await?;
@@ -540,8 +581,8 @@ async fn an_agent_over_its_hop_limit_fails_and_home_is_told_why() -> Result<()> 
     let net = Net::new(&["home", "a"])?;
     let mut home_cfg = net.config("home", "trust")?;
     home_cfg.limits.agent_hops = 3;
-    let (_, home_run) = start(&home_cfg).await?;
-    let (_, a) = start(&net.config("a", "trust")?).await?;
+    let (_, home_run) = net.start(&home_cfg).await?;
+    let (_, a) = net.start(&net.config("a", "trust")?).await?;
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let home_addr = home_run.addr().to_string();
     let route = vec![a.addr().to_string(); 5];
@@ -559,9 +600,9 @@ async fn an_agent_over_its_hop_limit_fails_and_home_is_told_why() -> Result<()> 
 async fn a_parked_agent_survives_its_hosts_restart_and_moves_on_when_the_destination_returns() -> Result<()> {
     let net = Net::new(&["home", "late"])?;
     let home_cfg = net.config("home", "trust")?;
-    let (_, home_run) = start(&home_cfg).await?;
+    let (_, home_run) = net.start(&home_cfg).await?;
     let home_addr = home_run.addr();
-    let late_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let late_addr: std::net::SocketAddr = format!("127.0.0.1:{}", net.port("late")?).parse()?;
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let id = launch(&home_addr.to_string(), module, serde_json::json!({ "hosts": [late_addr.to_string()] })).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -590,14 +631,14 @@ async fn a_parked_agent_survives_its_hosts_restart_and_moves_on_when_the_destina
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_over_their_snapshot_or_lifetime_limit_fail_with_the_reason() -> Result<()> {
     let net = Net::new(&["home", "a"])?;
-    let (_, a) = start(&net.config("a", "trust")?).await?;
+    let (_, a) = net.start(&net.config("a", "trust")?).await?;
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     for (snapshot_mib, lifetime_s, words) in [(0, 3600, "snapshot of"), (16, 0, "lifetime limit")] {
         let mut home_cfg = net.config("home", "trust")?;
         home_cfg.data_dir = net.path(&format!("data-home-{lifetime_s}"));
         home_cfg.limits.agent_snapshot_mib = snapshot_mib;
         home_cfg.limits.agent_lifetime_s = lifetime_s;
-        let (_, home_run) = start(&home_cfg).await?;
+        let (_, home_run) = net.start(&home_cfg).await?;
         let home_addr = home_run.addr().to_string();
         let id = launch(&home_addr, module.clone(), serde_json::json!({ "hosts": [a.addr().to_string()] })).await?;
         let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
@@ -612,9 +653,9 @@ async fn agents_over_their_snapshot_or_lifetime_limit_fail_with_the_reason() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resource_that_cannot_be_bound_is_an_error_the_agent_sees_not_a_trap() -> Result<()> {
     let net = Net::new(&["home", "bare"])?;
-    let (_, home_run) = start(&survey_home(&net)?).await?;
+    let (_, home_run) = net.start(&survey_home(&net)?).await?;
     // This host offers no stock table, so `stock` (by type) has nothing to bind to.
-    let (_, bare) = start(&net.config("bare", "trust")?).await?;
+    let (_, bare) = net.start(&net.config("bare", "trust")?).await?;
     let module = net.sign_agent("stock_survey", "stock-survey", &["table:stock", "table:config", "log:reports"])?;
     let home_addr = home_run.addr().to_string();
     let id = launch(&home_addr, module, serde_json::json!({ "hosts": [bare.addr().to_string()] })).await?;
@@ -633,18 +674,29 @@ async fn a_resource_that_cannot_be_bound_is_an_error_the_agent_sees_not_a_trap()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_is_never_handed_to_a_host_that_is_not_a_trusted_peer() -> Result<()> {
-    let net = Net::new(&["home"])?;
-    let (_, home_run) = start(&net.config("home", "trust")?).await?;
-    // A host with a key of its own that no one listed among the peers.
+    let net = Net::new(&["home", "a"])?;
+    let (_, home_run) = net.start(&net.config("home", "trust")?).await?;
+    // A host with a key of its own that no one listed among the peers, at peer a's address.
     let mut rogue_cfg = HostConfig::new(net.path("trust"), net.path("data-rogue"));
+    rogue_cfg.name = "a".into();
     rogue_cfg.peers = Some(net.path("peers"));
-    let (rogue, rogue_run) = start(&rogue_cfg).await?;
+    let (rogue, rogue_run) = net.start(&rogue_cfg).await?;
+    assert_eq!(rogue_run.addr().to_string(), net.addr("a"));
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let home_addr = home_run.addr().to_string();
-    let id = launch(&home_addr, module, serde_json::json!({ "hosts": [rogue_run.addr().to_string()] })).await?;
-    let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
-    assert_eq!(info.state, "failed");
-    assert!(info.detail.unwrap_or_default().contains("is not a trusted peer"));
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": ["a"] })).await?;
+    // The agent waits for the real a, told why.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let info = agent(&home_addr, &id).await?;
+        if info.state == "parked" {
+            break info;
+        }
+        ensure!(Instant::now() < deadline, "the agent never waited: {info:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let detail = info.detail.unwrap_or_default();
+    assert!(detail.contains("proved key") && detail.contains("do not trust it"), "{detail}");
     assert!(rogue.state().module(&roam_keys::hash_module(&net.sign_agent("hop_counter", "x", &[])?))?.is_none());
     rogue_run.shutdown().await;
     home_run.shutdown().await;
@@ -681,9 +733,9 @@ impl rustls::sign::Signer for Liar {
     }
 }
 
-/// A TLS listener that claims a trusted host's key without holding it, and claims to accept
-/// whatever it is sent.
-async fn impostor(claimed: roam_keys::PublicKey) -> Result<std::net::SocketAddr> {
+/// A TLS listener on `at` that claims a trusted host's key without holding it, and claims to
+/// accept whatever it is sent.
+async fn impostor(claimed: roam_keys::PublicKey, at: &str) -> Result<std::net::SocketAddr> {
     let spki =
         [&[0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00][..], claimed.as_bytes()].concat();
     let liar = Liar { claimed, signs_with: std::sync::Arc::new(SecretKey::generate()?) };
@@ -695,7 +747,7 @@ async fn impostor(claimed: roam_keys::PublicKey) -> Result<std::net::SocketAddr>
         .with_cert_resolver(std::sync::Arc::new(resolver));
     config.alpn_protocols = vec![roam_host::transport::ALPN.to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = tokio::net::TcpListener::bind(at).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -715,13 +767,15 @@ async fn impostor(claimed: roam_keys::PublicKey) -> Result<std::net::SocketAddr>
 async fn a_host_that_cannot_prove_its_key_gets_no_agent() -> Result<()> {
     let net = Net::new(&["home", "a"])?;
     let a_key = roam_keys::PublicKey::load(&net.path("peers/a.pub"))?;
-    let fake = impostor(a_key).await?;
+    // At a's address, which the home has in its address book.
+    net.port("a")?;
+    let fake = impostor(a_key, &net.addr("a")).await?;
     match Client::connect(&fake.to_string()).await {
         Err(roam_host::client::ClientError::Tls { .. }) => {}
         other => bail!("the impostor was believed: {other:?}"),
     }
     // An agent sent there is not handed over: it waits (parked) instead of being lost.
-    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    let (_, home_run) = net.start(&net.config("home", "trust")?).await?;
     let home_addr = home_run.addr().to_string();
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let id = launch(&home_addr, module, serde_json::json!({ "hosts": [fake.to_string()] })).await?;
@@ -749,7 +803,8 @@ async fn a_transfer_is_released_only_on_the_destinations_own_receipt() -> Result
     let net = Net::new(&["home", "a"])?;
     let a_key = std::sync::Arc::new(SecretKey::load(&net.path("host-keys/a.key"))?);
     let acceptor = tokio_rustls::TlsAcceptor::from(roam_host::transport::server_config(a_key.clone())?);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    net.port("a")?;
+    let listener = tokio::net::TcpListener::bind(net.addr("a")).await?;
     let fake = listener.local_addr()?.to_string();
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = answered.clone();
@@ -791,7 +846,7 @@ async fn a_transfer_is_released_only_on_the_destinations_own_receipt() -> Result
             }
         }
     });
-    let (_, home_run) = start(&net.config("home", "trust")?).await?;
+    let (_, home_run) = net.start(&net.config("home", "trust")?).await?;
     let home_addr = home_run.addr().to_string();
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let id = launch(&home_addr, module, serde_json::json!({ "hosts": [fake] })).await?;
@@ -824,7 +879,7 @@ async fn a_forwarded_call_is_answered_while_every_module_thread_is_busy() -> Res
     config.limits.workers = Some(1);
     config.limits.time_ms = 5_000;
     config.limits.queue_ms = 30_000;
-    let (_, home) = start(&config).await?;
+    let (_, home) = net.start(&config).await?;
     let addr = home.addr().to_string();
     let spin = roam_tests::sign_with(&net.alice, &wat::parse_str(LOOP)?, Kind::Query, "loop", "1.0.0", &[], (0, 3600))?;
     let spinner = {
@@ -858,4 +913,8 @@ async fn a_forwarded_call_is_answered_while_every_module_thread_is_busy() -> Res
     assert!(matches!(&ended, Err(ClientError::Remote(e)) if e.kind == ErrorKind::OutOfTime), "{ended:?}");
     home.shutdown().await;
     Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

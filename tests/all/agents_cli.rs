@@ -10,13 +10,17 @@ use crate::agents::{Net, check_hop_counter};
 #[test]
 fn launch_agents_and_recall_from_the_command_line() -> Result<()> {
     use roam_tests::{HostProcess, roam_err, roam_ok};
-    let net = Net::new(&["home", "a"])?;
+    // "down" is a peer that never starts.
+    let net = Net::new(&["home", "a", "down"])?;
     let host = |name: &str| -> Result<HostProcess> {
         let key = net.path(&format!("host-keys/{name}.key"));
         let (trust, peers, data) = (net.path("trust"), net.path("peers"), net.path(&format!("data-{name}")));
+        let listen = format!("127.0.0.1:{}", net.port(name)?);
         HostProcess::spawn(roam_tests::args![
             "--name",
             name,
+            "--listen",
+            listen,
             "--key",
             key,
             "--trust",
@@ -57,7 +61,7 @@ fn launch_agents_and_recall_from_the_command_line() -> Result<()> {
     assert_eq!(receipts, 2, "{detail}");
 
     // An agent waiting for a destination that is down can be recalled home.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let dead = format!("127.0.0.1:{}", net.port("down")?);
     let input = serde_json::json!({ "hosts": [dead] }).to_string();
     let id = roam_ok(roam_tests::args!["launch", module, "--host", home_addr, "--input", input])?;
     let id = id.trim();

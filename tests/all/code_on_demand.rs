@@ -264,7 +264,7 @@ async fn downloads_are_bounded_and_hash_checked() -> Result<()> {
     let module = w.sign(&w.alice, "doubler", "1.0.0", 3600)?;
     let hash = publish(&running, module.clone()).await?;
 
-    let small = roam_host::fetch::download(&addr, hash, 100, None, None).await;
+    let small = roam_host::fetch::download(Client::connect(&addr), hash, 100, None).await;
     assert!(matches!(small, Err(FetchError::TooLarge { max: 100, .. })), "{small:?}");
 
     // A host whose stored copy went bad serves bytes that do not match the hash.
@@ -272,7 +272,7 @@ async fn downloads_are_bounded_and_hash_checked() -> Result<()> {
     let mut bytes = std::fs::read(&stored)?;
     bytes[10] ^= 1;
     std::fs::write(&stored, &bytes)?;
-    let bad = roam_host::fetch::download(&addr, hash, 1 << 20, None, None).await;
+    let bad = roam_host::fetch::download(Client::connect(&addr), hash, 1 << 20, None).await;
     assert!(matches!(bad, Err(FetchError::HashMismatch { .. })), "{bad:?}");
     let _ = host;
     running.shutdown().await;

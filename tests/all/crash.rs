@@ -92,7 +92,7 @@ fn rows(net: &Net, host: &str) -> Result<Vec<(String, u32, String)>> {
 
 async fn crash_at(victim: &str, step: &str) -> Result<()> {
     let net = Net::new(&HOSTS)?;
-    let ports: BTreeMap<&str, u16> = HOSTS.iter().map(|h| Ok((*h, free_port()?))).collect::<Result<_>>()?;
+    let ports: BTreeMap<&str, u16> = HOSTS.iter().map(|h| Ok((*h, net.port(h)?))).collect::<Result<_>>()?;
     let addr = |h: &str| format!("127.0.0.1:{}", ports[h]);
     let mut procs: BTreeMap<&str, Proc> = BTreeMap::new();
     for h in HOSTS {
@@ -243,15 +243,16 @@ async fn the_last_receiver_killed_before_acknowledging() -> Result<()> {
 /// a, then b, and its next stop is down), restarted on its data: the agent still comes home
 /// recalled, once, with what it carried, and every hop was held by exactly one host.
 async fn recall_crash(victim: &str, step: &str) -> Result<()> {
-    let net = Net::new(&HOSTS)?;
-    let ports: BTreeMap<&str, u16> = HOSTS.iter().map(|h| Ok((*h, free_port()?))).collect::<Result<_>>()?;
+    // "down" is a peer that never starts.
+    let net = Net::new(&["home", "a", "b", "down"])?;
+    let ports: BTreeMap<&str, u16> = HOSTS.iter().map(|h| Ok((*h, net.port(h)?))).collect::<Result<_>>()?;
     let addr = |h: &str| format!("127.0.0.1:{}", ports[h]);
     let mut procs: BTreeMap<&str, Proc> = BTreeMap::new();
     for h in HOSTS {
         procs.insert(h, spawn(&net, h, ports[h], (h == victim).then_some(step))?);
     }
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
-    let dead = format!("127.0.0.1:{}", free_port()?);
+    let dead = format!("127.0.0.1:{}", net.port("down")?);
     let id = launch(&addr("home"), module, serde_json::json!({ "hosts": [addr("a"), addr("b"), dead] })).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while agent(&addr("home"), &id).await?.state != "parked" {
@@ -296,7 +297,7 @@ async fn a_host_the_agent_left_killed_after_passing_the_order_on() -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recall_never_turns_home_an_agent_whose_transfer_may_have_arrived() -> Result<()> {
     let net = Net::new(&HOSTS)?;
-    let ports: BTreeMap<&str, u16> = HOSTS.iter().map(|h| Ok((*h, free_port()?))).collect::<Result<_>>()?;
+    let ports: BTreeMap<&str, u16> = HOSTS.iter().map(|h| Ok((*h, net.port(h)?))).collect::<Result<_>>()?;
     let addr = |h: &str| format!("127.0.0.1:{}", ports[h]);
     let mut procs: BTreeMap<&str, Proc> = BTreeMap::new();
     for h in HOSTS {
@@ -353,7 +354,7 @@ async fn random_kills_during_agent_traffic_lose_and_duplicate_nothing() -> Resul
     let mut rng = Rng(seed);
 
     let net = Net::new(&HOSTS)?;
-    let ports: BTreeMap<&str, u16> = HOSTS.iter().map(|h| Ok((*h, free_port()?))).collect::<Result<_>>()?;
+    let ports: BTreeMap<&str, u16> = HOSTS.iter().map(|h| Ok((*h, net.port(h)?))).collect::<Result<_>>()?;
     let addr = |h: &str| format!("127.0.0.1:{}", ports[h]);
     let mut procs: BTreeMap<&str, Proc> = BTreeMap::new();
     for h in HOSTS {

@@ -14,7 +14,7 @@ use roam_host::protocol::{Request, Response};
 use roam_host::server::RunningHost;
 use roam_host::state::now_millis;
 
-use crate::agents::{Net, agent, check_hop_counter, ended, launch, result_json, start, with_route};
+use crate::agents::{Net, agent, check_hop_counter, ended, launch, result_json, with_route};
 use crate::crash::{Rng, account};
 
 /// Checks what a recalled hop-counter handed over against the hosts of its route, and returns
@@ -52,9 +52,9 @@ async fn a_recall_at_a_random_moment_brings_a_fast_hopping_agent_home() -> Resul
     const TRIALS: usize = 100;
     const VISITS: usize = 100;
     let net = Net::new(&["home", "a", "b"])?;
-    let (_, home) = start(&net.config("home", "trust")?).await?;
-    let (_, a) = start(&net.config("a", "trust")?).await?;
-    let (_, b) = start(&net.config("b", "trust")?).await?;
+    let (_, home) = net.start(&net.config("home", "trust")?).await?;
+    let (_, a) = net.start(&net.config("a", "trust")?).await?;
+    let (_, b) = net.start(&net.config("b", "trust")?).await?;
     let home_addr = home.addr().to_string();
     let names = alternating(VISITS);
     let hosts: Vec<String> =
@@ -133,12 +133,13 @@ async fn a_recall_at_a_random_moment_brings_a_fast_hopping_agent_home() -> Resul
 /// and is delivered when that host comes back, and the agent comes home.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recall_reaches_an_agent_whose_host_was_down_when_it_was_ordered() -> Result<()> {
-    let net = Net::new(&["home", "a"])?;
-    let (_, home) = start(&net.config("home", "trust")?).await?;
+    // "down" is a peer that never starts.
+    let net = Net::new(&["home", "a", "down"])?;
+    let (_, home) = net.start(&net.config("home", "trust")?).await?;
     let a_cfg = net.config("a", "trust")?;
-    let (_, a) = start(&a_cfg).await?;
+    let (_, a) = net.start(&a_cfg).await?;
     let a_addr = a.addr();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let dead = format!("127.0.0.1:{}", net.port("down")?);
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let home_addr = home.addr().to_string();
     let id = launch(&home_addr, module, serde_json::json!({ "hosts": [a_addr.to_string(), dead] })).await?;
@@ -177,9 +178,10 @@ async fn parked(home: &str, id: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_agents_home_can_recall_it() -> Result<()> {
     let net = Net::new(&["home", "a", "other"])?;
-    let (_, home) = start(&net.config("home", "trust")?).await?;
-    let (_, a) = start(&net.config("a", "trust")?).await?;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let (_, home) = net.start(&net.config("home", "trust")?).await?;
+    let (_, a) = net.start(&net.config("a", "trust")?).await?;
+    // "other" never starts.
+    let dead = format!("127.0.0.1:{}", net.port("other")?);
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let home_addr = home.addr().to_string();
     let id = launch(&home_addr, module, serde_json::json!({ "hosts": [a.addr().to_string(), dead] })).await?;
@@ -210,10 +212,10 @@ async fn an_agent_recalled_at_its_last_allowed_hop_comes_home() -> Result<()> {
     let net = Net::new(&["home", "a", "b"])?;
     let mut home_cfg = net.config("home", "trust")?;
     home_cfg.limits.agent_hops = 2;
-    let (_, home) = start(&home_cfg).await?;
-    let (_, a) = start(&net.config("a", "trust")?).await?;
+    let (_, home) = net.start(&home_cfg).await?;
+    let (_, a) = net.start(&net.config("a", "trust")?).await?;
     // b is not up yet: the agent waits at a, its next stop (hop 2, its last) down.
-    let b_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let b_addr: std::net::SocketAddr = format!("127.0.0.1:{}", net.port("b")?).parse()?;
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let home_addr = home.addr().to_string();
     let route = serde_json::json!({ "hosts": [a.addr().to_string(), b_addr.to_string()] });

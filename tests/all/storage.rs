@@ -38,7 +38,7 @@ fn fill(dir: &Path) -> Result<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_clearly_and_loses_nothing() -> Result<()> {
     let net = Net::new(&["home", "a"])?;
-    let (home_port, a_port) = (free_port()?, free_port()?);
+    let (home_port, a_port) = (net.port("home")?, net.port("a")?);
     let addr = |port: u16| format!("127.0.0.1:{port}");
     let mut home = Command::new(roam_tests::roam_bin()?);
     home.args(host_args(&net, "home", home_port));
@@ -147,7 +147,7 @@ fn refused_start(net: &Net, name: &str) -> Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_state_database_stops_the_host_with_a_clear_error() -> Result<()> {
     let net = Net::new(&["home"])?;
-    let port = free_port()?;
+    let port = net.port("home")?;
     let mut cmd = Command::new(roam_tests::roam_bin()?);
     cmd.args(host_args(&net, "home", port));
     let home = start(&net, "home", cmd)?;

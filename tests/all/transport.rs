@@ -278,9 +278,13 @@ async fn a_capture_of_eval_code_on_demand_and_an_agent_shows_no_plaintext() -> R
     let net = Net::new(&["home", NAMES[0], NAMES[1]])?;
     // Each host behind a relay, and known to its peers by the relay's address only: every
     // connection to it, a person's or a peer's, goes through the relay.
-    let (mut relays, mut running, mut addrs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut relays, mut running, mut addrs, mut listeners) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for name in ["home", NAMES[0], NAMES[1]] {
         let (listener, addr) = relay_listener().await?;
+        net.set_addr(name, &addr.to_string())?;
+        listeners.push((name, listener, addr));
+    }
+    for (name, listener, addr) in listeners {
         let host = host_behind(&net, name, addr).await?;
         relays.push((name, Relay::start(listener, host.addr())));
         running.push(host);
@@ -379,11 +383,13 @@ async fn a_capture_of_eval_code_on_demand_and_an_agent_shows_no_plaintext() -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_byte_flipping_proxy_delays_a_transfer_but_the_agent_arrives_once() -> Result<()> {
     let net = Net::new(&["home", "a", "b"])?;
-    let (_, home) = crate::agents::start(&net.config("home", "trust")?).await?;
-    let (_, a) = crate::agents::start(&net.config("a", "trust")?).await?;
-    let (_, b) = crate::agents::start(&net.config("b", "trust")?).await?;
-    // The agent reaches a through a relay that corrupts what it carries there, for now.
+    // The agent reaches a through a relay that corrupts what it carries there, for now: the
+    // relay's address is a's in its peers' address book.
     let (listener, to_a) = relay_listener().await?;
+    net.set_addr("a", &to_a.to_string())?;
+    let (_, home) = net.start(&net.config("home", "trust")?).await?;
+    let (_, a) = net.start(&net.config("a", "trust")?).await?;
+    let (_, b) = net.start(&net.config("b", "trust")?).await?;
     let relay = Relay::start(listener, a.addr());
     relay.flip.store(true, Ordering::SeqCst);
 
@@ -429,16 +435,15 @@ async fn a_byte_flipping_proxy_delays_a_transfer_but_the_agent_arrives_once() ->
     Ok(())
 }
 
-/// With its peers' addresses listed (`peers/addresses.toml`), a host dials only them: an agent
-/// that names anything else waits, told why, and no connection is attempted there (a listener
-/// at that address sees none); a peer may be named by its name.
+/// A host dials only its peers (`peers/addresses.toml`): an agent that names anything else
+/// waits, told why, and no connection is attempted there (a listener at that address sees
+/// none); a peer may be named by its name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_with_its_peers_addresses_dials_only_them() -> Result<()> {
+async fn a_host_dials_only_its_peers() -> Result<()> {
     let net = Net::new(&["home", "a"])?;
-    let (home_addr, a_addr) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
-    std::fs::write(net.path("peers/addresses.toml"), format!("home = \"{home_addr}\"\na = \"{a_addr}\"\n"))?;
-    let a = RunningHost::start(Host::open(&net.config("a", "trust")?)?, a_addr.parse()?).await?;
-    let home = RunningHost::start(Host::open(&net.config("home", "trust")?)?, home_addr.parse()?).await?;
+    let (_, a) = net.start(&net.config("a", "trust")?).await?;
+    let (_, home) = net.start(&net.config("home", "trust")?).await?;
+    let home_addr = home.addr().to_string();
 
     // Not a peer: a listener that counts the connections it is offered.
     let stranger = TcpListener::bind("127.0.0.1:0").await?;
@@ -471,6 +476,129 @@ async fn a_host_with_its_peers_addresses_dials_only_them() -> Result<()> {
     assert_eq!(info.state, "finished", "{info:?}");
     check_hop_counter(&result_json(&info)?, &["a", "a"])?;
     a.shutdown().await;
+    home.shutdown().await;
+    Ok(())
+}
+
+/// A peers directory for `name` that lists no host key: only the cluster key and the
+/// certificates of `certified`, made with `roam keys certify` at their addresses in `net`.
+fn cluster_peers(net: &Net, name: &str, certified: &[&str]) -> Result<std::path::PathBuf> {
+    let dir = net.path(&format!("peers-{name}"));
+    std::fs::create_dir_all(dir.join("clusters"))?;
+    std::fs::copy(net.path("keys/cluster.pub"), dir.join("clusters/cluster.pub"))?;
+    for host in certified {
+        let addr = net.addr(host);
+        let said = roam_tests::roam_ok(roam_tests::args![
+            "keys",
+            "certify",
+            net.path(&format!("host-keys/{host}.pub")),
+            "--cluster",
+            net.path("keys/cluster.key"),
+            "--name",
+            host,
+            "--address",
+            addr,
+            "--expires",
+            "1h",
+            "--dir",
+            dir
+        ])?;
+        ensure!(said.contains(&format!("host {host} at {addr}")), "{said}");
+    }
+    Ok(dir)
+}
+
+/// Hosts that trust a cluster key need not list each other: each holds the certificates of the
+/// hosts it dials, and a host that dials one that has never heard of it presents its own
+/// certificate. Here the home knows a alone; b, whom the home never listed, still brings the
+/// agent home, and its reports are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_certified_by_a_cluster_key_are_peers_without_listing_each_other() -> Result<()> {
+    let net = Net::new(&["home", "a", "b"])?;
+    roam_keys::write_keypair(&net.path("keys"), "cluster")?;
+    let mut running = Vec::new();
+    for (name, certified) in [("home", &["home", "a"][..]), ("a", &["a", "b"]), ("b", &["b", "home"])] {
+        let mut config = net.config(name, "trust")?;
+        config.peers = Some(cluster_peers(&net, name, certified)?);
+        running.push(net.start(&config).await?.1);
+    }
+    let home_addr = net.addr("home");
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": ["a", net.addr("b")] })).await?;
+    let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
+    assert_eq!(info.state, "finished", "{info:?}");
+    check_hop_counter(&result_json(&info)?, &["a", "b"])?;
+    // b's report of its visit reached the home, which knew b only from its certificate.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !agent(&home_addr, &id).await?.route.iter().any(|v| v.host == "b") {
+        ensure!(Instant::now() < deadline, "b's report never reached the home");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for host in running {
+        host.shutdown().await;
+    }
+    Ok(())
+}
+
+/// A certificate makes no peer when it is revoked (the host's key or the cluster's, in the
+/// peers policy), expired, signed by a cluster key nobody trusts here, or presented by a host
+/// that does not hold the key it certifies; each is refused with why, and an agent is never
+/// sent to a revoked host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_expired_foreign_and_borrowed_certificates_make_no_peer() -> Result<()> {
+    use roam_keys::{HostCertificate, SecretKey};
+    let net = Net::new(&["home", "a", "b"])?;
+    roam_keys::write_keypair(&net.path("keys"), "cluster")?;
+    let cluster = SecretKey::load(&net.path("keys/cluster.key"))?;
+    let dir = cluster_peers(&net, "home", &["home", "a", "b"])?;
+    let key = |name: &str| SecretKey::load(&net.path(&format!("host-keys/{name}.key")));
+    std::fs::write(dir.join("policy.toml"), format!("revoked = [\"{}\"]\n", key("b")?.public()))?;
+    let mut config = net.config("home", "trust")?;
+    config.peers = Some(dir);
+    let (_, home) = net.start(&config).await?;
+    let home_addr = home.addr().to_string();
+
+    // Connects to the home as the host holding `as_key`, presenting `cert`.
+    let present = |as_key: SecretKey, cert: HostCertificate| {
+        let addr = home_addr.clone();
+        async move {
+            let tls = transport::client_config(Some(Arc::new(as_key)))?;
+            match Client::connect_peer(&addr, tls, Some(cert)).await {
+                Err(roam_host::client::ClientError::Refused(e)) => Ok(e.message),
+                other => bail!("the certificate was accepted: {other:?}"),
+            }
+        }
+    };
+    let now = roam_host::state::now_secs();
+    let certify = |signer: &SecretKey, name: &str, host: &SecretKey, issued: u64, expires: u64| {
+        HostCertificate::issue(signer, name, host.public(), &net.addr(name), issued, expires)
+    };
+    let revoked = certify(&cluster, "b", &key("b")?, now, now + 3600)?;
+    let said = present(key("b")?, revoked).await?;
+    assert!(said.contains("revoked"), "{said}");
+    let expired = certify(&cluster, "a", &key("a")?, now - 7200, now - 3600)?;
+    let said = present(key("a")?, expired).await?;
+    assert!(said.contains("valid from") && said.contains("certify the host again"), "{said}");
+    let foreign = certify(&SecretKey::generate()?, "a", &key("a")?, now, now + 3600)?;
+    let said = present(key("a")?, foreign).await?;
+    assert!(said.contains("does not trust"), "{said}");
+    let borrowed = certify(&cluster, "a", &key("a")?, now, now + 3600)?;
+    let said = present(SecretKey::generate()?, borrowed).await?;
+    assert!(said.contains("the connection proved key"), "{said}");
+
+    // An agent sent to the revoked host waits, told why; the host sees no connection.
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": ["b"] })).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let info = agent(&home_addr, &id).await?;
+        if info.state == "parked" {
+            break info;
+        }
+        ensure!(Instant::now() < deadline, "the agent never waited: {info:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(info.detail.as_deref().unwrap_or_default().contains("not one of this host's peers"), "{info:?}");
     home.shutdown().await;
     Ok(())
 }

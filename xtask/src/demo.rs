@@ -76,14 +76,29 @@ pub(crate) fn main() -> Result<()> {
     );
     fs::write(trust.join("policy.toml"), policy).context("cannot write policy.toml")?;
     println!("trust store {}: alice.pub, and policy.toml granting alice {}", show(&trust), CAPS.join(", "));
-    // Every host has a key; the hosts trust each other's keys for agent transfers.
+    // Every host has a key, certified with its name and address by a cluster key that every
+    // host trusts: the hosts accept each other as peers, and dial only each other.
     let host_keys = demo.join("hostkeys");
     let peers = demo.join("peers");
-    fs::create_dir_all(&peers)?;
+    let clusters = peers.join("clusters");
+    fs::create_dir_all(&clusters)?;
+    roam_run(&roam, |c| c.args(["keys", "new", "cluster", "--dir"]).arg(&keys))?;
+    fs::copy(keys.join("cluster.pub"), clusters.join("cluster.pub")).context("cannot install cluster.pub")?;
+    let mut listen = std::collections::BTreeMap::new();
     for name in HOSTS.map(|(n, _)| n).into_iter().chain([HOME]) {
         roam_run(&roam, |c| c.args(["keys", "new", name, "--dir"]).arg(&host_keys))?;
-        fs::copy(host_keys.join(format!("{name}.pub")), peers.join(format!("{name}.pub")))?;
+        let addr = free_address()?;
+        roam_run(&roam, |c| {
+            c.args(["keys", "certify"])
+                .arg(host_keys.join(format!("{name}.pub")))
+                .arg("--cluster")
+                .arg(keys.join("cluster.key"))
+                .args(["--name", name, "--address", &addr, "--dir"])
+                .arg(&peers)
+        })?;
+        listen.insert(name, addr);
     }
+    println!("peers {}: clusters/cluster.pub, and each host's certificate (NAME.cert)", show(&peers));
 
     step(&format!("[5/11] Generating {ROWS_PER_HOST} sales rows for each host"));
     for (name, seed) in HOSTS {
@@ -122,7 +137,7 @@ pub(crate) fn main() -> Result<()> {
         let mut stock = std::ffi::OsString::from("stock=");
         stock.push(dir.join("stock.csv"));
         let mut cmd = Command::new(&roam);
-        cmd.args(["host", "--name", name, "--listen", "127.0.0.1:0", "--trust"])
+        cmd.args(["host", "--name", name, "--listen", &listen[name], "--trust"])
             .arg(&trust)
             .arg("--peers")
             .arg(&peers)
@@ -139,7 +154,7 @@ pub(crate) fn main() -> Result<()> {
         println!("{name} listening on {addr} (log: {})", show(&log));
     }
     let mut cmd = Command::new(&roam);
-    cmd.args(["host", "--config"]).arg(home_dir.join("host.toml")).args(["--listen", "127.0.0.1:0"]);
+    cmd.args(["host", "--config"]).arg(home_dir.join("host.toml")).args(["--listen", &listen[HOME]]);
     println!("$ {}", display(&cmd));
     let home_log = home_dir.join("host.log");
     let home_addr = hosts.start(HOME, cmd, &home_log)?;
@@ -436,4 +451,10 @@ fn tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// A loopback address with a port free now, for a host to be certified at and then listen on.
+fn free_address() -> Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr()?.to_string())
 }

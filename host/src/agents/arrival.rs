@@ -61,7 +61,8 @@ impl Agents {
                 }
                 Step::NeedsCode(back) => {
                     snapshot = back;
-                    self.fetch_code(&envelope.sender_addr, envelope.record.code).await?;
+                    let sender = self.peers.name_of(&signed.signer).unwrap_or_else(|| envelope.sender_addr.clone());
+                    self.fetch_code(&sender, envelope.record.code).await?;
                     crate::fault::point("receiver-fetched-code");
                     fetched = true;
                 }

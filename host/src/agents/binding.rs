@@ -19,7 +19,6 @@ use std::time::Instant;
 use roam_abi::{Action, Binding, Bound, Manifest, Value};
 
 use super::Agents;
-use crate::client::Client;
 use crate::protocol::wire::{AgentRecord, Anchor, Call, CallOp, Signed, domain};
 use crate::protocol::{Request, Response};
 use crate::resources::{Attachment, Forward, ResourceError, ResourceType, Resources};
@@ -120,6 +119,7 @@ pub(crate) fn bind(inner: &Agents, record: &AgentRecord, manifest: &Manifest, ag
                     agent: agent.to_owned(),
                     key: inner.key.clone(),
                     tls: inner.tls.clone(),
+                    peers: inner.peers.clone(),
                 };
                 bound.add_remote(&decl.name, kind, a.attachment, Arc::new(forward));
             }
@@ -153,20 +153,22 @@ struct Forwarder {
     key: Arc<roam_keys::SecretKey>,
     /// TLS proving `key`.
     tls: Arc<rustls::ClientConfig>,
+    /// The owner must be one of them.
+    peers: Arc<super::peers::Peers>,
 }
 
 impl Forwarder {
     fn call(&self, op: CallOp, deadline: Instant) -> Result<Response, ResourceError> {
         let call = Call { agent: self.agent.clone(), resource: self.resource.clone(), op, at: now_secs() };
         let signed = Signed::sign(domain::CALL, &call, &self.key).map_err(|e| ResourceError::Sql(e.to_string()))?;
-        let (owner, tls) = (self.owner.clone(), self.tls.clone());
+        let (owner, tls, peers) = (self.owner.clone(), self.tls.clone(), self.peers.clone());
         let wait = deadline.saturating_duration_since(Instant::now());
         // Host functions run on the host's module threads, inside its runtime, which drives the call.
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| ResourceError::Sql("global references need the host's runtime".into()))?;
         handle.block_on(async move {
             let work = async {
-                let mut client = Client::connect_with(&owner, tls)
+                let mut client = super::peers::dial(&peers, &tls, &owner)
                     .await
                     .map_err(|e| ResourceError::Sql(format!("owner unreachable: {e}")))?;
                 client.request(&Request::Call(signed)).await.map_err(|e| ResourceError::Sql(e.to_string()))

@@ -62,9 +62,9 @@ impl Agents {
     /// pool: verifying, writing and syncing the file, and the index).
     pub(super) async fn fetch_code(self: &Arc<Self>, peer: &str, hash: ModuleHash) -> Result<(), RemoteError> {
         let bytes =
-            crate::fetch::download(peer, hash, self.admission.max_size(), Some(&self.key), None).await.map_err(
-                |e| RemoteError::new(ErrorKind::NotFound, format!("cannot fetch agent code {hash} from {peer}: {e}")),
-            )?;
+            crate::fetch::download(self.dial(peer), hash, self.admission.max_size(), None).await.map_err(|e| {
+                RemoteError::new(ErrorKind::NotFound, format!("cannot fetch agent code {hash} from {peer}: {e}"))
+            })?;
         let admitted =
             self.blocking(move |agents| agents.admission.admit(bytes, Some(Kind::Agent), Rollback::Allow)).await;
         match admitted {

@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use roam_keys::{ModuleHash, SecretKey, TrustStore};
+use roam_keys::{ModuleHash, SecretKey};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::admission::Admission;
@@ -73,10 +73,8 @@ pub struct Agents {
     name: String,
     /// The host's key: it proves it to peers and signs envelopes, reports and calls with it.
     key: Arc<SecretKey>,
-    /// Host keys this host accepts agents, reports and forwarded calls from.
-    peers: TrustStore,
-    /// Where the peers are, if the operator said: then only they are dialed.
-    book: peers::PeerBook,
+    /// The hosts this host accepts agents, reports and forwarded calls from, and dials.
+    peers: Arc<peers::Peers>,
     state: Arc<State>,
     resources: Arc<Resources>,
     engine: Arc<Engine>,
@@ -122,8 +120,7 @@ pub(crate) struct Parts {
     pub key: Arc<SecretKey>,
     /// TLS proving `key`, for connections to peers.
     pub tls: Arc<rustls::ClientConfig>,
-    pub peers: TrustStore,
-    pub book: peers::PeerBook,
+    pub peers: Arc<peers::Peers>,
     pub state: Arc<State>,
     pub resources: Arc<Resources>,
     pub engine: Arc<Engine>,
@@ -145,7 +142,6 @@ impl Agents {
             name: parts.name,
             key: parts.key,
             peers: parts.peers,
-            book: parts.book,
             state: parts.state,
             resources: parts.resources,
             engine: parts.engine,

@@ -3,13 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use roam_keys::{PublicKey, TrustStore};
+use roam_keys::{CERT_EXT, HostCertificate, PublicKey, TrustStore};
 
 use super::Agents;
+use crate::cache::Bounded;
 use crate::client::{Client, ClientError};
+use crate::protocol::wire::AgentRecord;
 use crate::protocol::{ErrorKind, RemoteError};
+use crate::state::now_secs;
 use crate::sync::lock;
 
 /// How long a connection to a peer is kept for reuse: well inside the peer's idle timeout.
@@ -17,72 +21,231 @@ const KEEP_CONNECTION: Duration = Duration::from_secs(30);
 /// How many idle connections are kept per peer address.
 const KEPT_PER_PEER: usize = 4;
 
-/// Where this host's peers are: `addresses.toml` in the peers directory, one `NAME =
-/// "HOST:PORT"` line for each `NAME.pub` there. With it, this host dials only those addresses
-/// (an agent may name a peer by name or by address), and checks there the key of that name;
-/// without it, it dials whatever an agent names and checks the key it proves against all its
-/// peers once connected.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct PeerBook {
-    /// Name → (address, key).
-    by_name: BTreeMap<String, (String, PublicKey)>,
+/// This host's peers: the hosts it accepts agents, reports and forwarded calls from, and the
+/// only hosts it dials. Read from the peers directory:
+/// - `NAME.pub`: a peer's key, trusted one by one;
+/// - `addresses.toml`: `NAME = "HOST:PORT"` for each `NAME.pub`, where that peer listens;
+/// - `clusters/NAME.pub`: cluster keys; a host they certify is a peer;
+/// - `NAME.cert`: certificates (`roam keys certify`), each carrying a host's name, key and
+///   address: this host's own, presented to the peers it connects to, and those of the
+///   certified hosts it dials;
+/// - `policy.toml`: `revoked = [...]`, host or cluster keys refused whatever vouches for them.
+///
+/// A certified host that connects presents its certificate; once checked, it is a peer (and
+/// dialable at its certified address) as if its file were here.
+#[derive(Debug)]
+pub(crate) struct Peers {
+    /// This host's key, always its own peer.
+    own_key: PublicKey,
+    /// `NAME.pub` keys and the policy's revocations.
+    keys: TrustStore,
+    /// Cluster keys, from `clusters/`.
+    clusters: TrustStore,
+    /// Name → (address, key), from `addresses.toml`.
+    addresses: BTreeMap<String, (String, PublicKey)>,
+    /// Certificates whose signature verified, by host key: from the directory and presented by
+    /// connecting hosts.
+    certified: Mutex<Bounded<PublicKey, HostCertificate>>,
+    /// This host's own certificate, if the directory holds one.
+    own: Option<HostCertificate>,
 }
 
 /// The address book's file name, in the peers directory.
 pub(crate) const ADDRESSES_FILE: &str = "addresses.toml";
+/// The cluster keys' directory, in the peers directory.
+pub(crate) const CLUSTERS_DIR: &str = "clusters";
+/// The most certificates kept: more than any cluster this host would join.
+const CERTIFICATES_KEPT: usize = 4096;
 
-impl PeerBook {
-    /// Reads `dir/addresses.toml`, if there is one: each name must be a peer of `peers`.
-    pub(crate) fn load(dir: &Path, peers: &TrustStore) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
-        let path = dir.join(ADDRESSES_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        let entries: BTreeMap<String, String> = toml::from_str(&text)
-            .with_context(|| format!("{}: expected lines NAME = \"HOST:PORT\"", path.display()))?;
-        let mut by_name = BTreeMap::new();
-        for (name, addr) in entries {
-            let key =
-                peers.keys().find(|k| k.name == name).map(|k| k.key).with_context(|| {
-                    format!("{}: {name} has an address but no {name}.pub beside it", path.display())
-                })?;
-            by_name.insert(name, (addr, key));
+impl Peers {
+    /// A host with no peers: it accepts and dials no other host.
+    pub(crate) fn none(own_key: PublicKey) -> Self {
+        Self {
+            own_key,
+            keys: TrustStore::empty(),
+            clusters: TrustStore::empty(),
+            addresses: BTreeMap::new(),
+            certified: Mutex::new(Bounded::new(CERTIFICATES_KEPT)),
+            own: None,
         }
-        Ok(Self { by_name })
     }
 
-    /// Whether the book lists any peer (then only they are dialed).
-    pub(crate) fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+    /// Reads the peers directory `dir` (see [`Peers`]). A certificate that does not verify, or
+    /// whose cluster key is not trusted, is an error; one that expired is kept (and refused
+    /// when used), so that the log says why.
+    pub(crate) fn load(dir: &Path, own_key: PublicKey) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let keys = TrustStore::load(dir)?;
+        let clusters_dir = dir.join(CLUSTERS_DIR);
+        let clusters = if clusters_dir.is_dir() { TrustStore::load(&clusters_dir)? } else { TrustStore::empty() };
+        let mut peers = Self { keys, clusters, ..Self::none(own_key) };
+
+        let path = dir.join(ADDRESSES_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let entries: BTreeMap<String, String> = toml::from_str(&text)
+                    .with_context(|| format!("{}: expected lines NAME = \"HOST:PORT\"", path.display()))?;
+                for (name, addr) in entries {
+                    let key = peers.keys.keys().find(|k| k.name == name).map(|k| k.key).with_context(|| {
+                        format!("{}: {name} has an address but no {name}.pub beside it", path.display())
+                    })?;
+                    peers.addresses.insert(name, (addr, key));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+
+        let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        let mut certs: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == CERT_EXT))
+            .collect();
+        certs.sort();
+        for path in certs {
+            let cert = HostCertificate::load(&path)?;
+            peers.check_issuer(&cert).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            cert.check_signature().with_context(|| path.display().to_string())?;
+            if let Err(e) = cert.verify(now_secs()) {
+                tracing::warn!("{}: {e}", path.display());
+            }
+            if cert.key == own_key {
+                peers.own = Some(cert.clone());
+            }
+            lock(&peers.certified).insert(cert.key, cert);
+        }
+        Ok(peers)
     }
 
-    /// The address and key of the peer `dest` names, by name or by address.
-    fn find(&self, dest: &str) -> Option<&(String, PublicKey)> {
-        self.by_name.get(dest).or_else(|| self.by_name.values().find(|(addr, _)| addr == dest))
+    /// What the log says of these peers at start.
+    pub(crate) fn describe(&self) -> String {
+        let by_key = self.keys.keys().filter(|k| !self.keys.is_revoked(&k.key)).count();
+        let certified = lock(&self.certified).len();
+        let own = match &self.own {
+            Some(c) => {
+                let until = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(c.expires));
+                format!("; this host is certified as {} at {} until {until}", c.name, c.address)
+            }
+            None => String::new(),
+        };
+        format!(
+            "{by_key} peer keys ({} with addresses), {} cluster keys, {certified} certificates{own}; only these peers \
+             are dialed",
+            self.addresses.len(),
+            self.clusters.keys().count()
+        )
+    }
+
+    /// This host's own certificate, to present to the peers it connects to.
+    pub(crate) fn own_certificate(&self) -> Option<&HostCertificate> {
+        self.own.as_ref()
+    }
+
+    /// Whether `key` is one of this host's peers now: its own, a trusted `.pub`, or certified
+    /// by a trusted cluster key until a time not yet past; and revoked by neither.
+    pub(crate) fn is_peer(&self, key: &PublicKey) -> bool {
+        if *key == self.own_key {
+            return true;
+        }
+        if self.keys.is_revoked(key) {
+            return false;
+        }
+        self.keys.get(key).is_some() || lock(&self.certified).get(key).is_some_and(|c| self.vouches(c))
+    }
+
+    /// Checks the certificate a connecting host presented for `proven`, the key it proved in
+    /// TLS, and keeps it: that host is then a peer until the certificate expires.
+    ///
+    /// # Errors
+    /// What is wrong with it, for the connecting host to read.
+    pub(crate) fn present(&self, cert: HostCertificate, proven: &PublicKey) -> Result<(), String> {
+        if cert.key != *proven {
+            return Err(format!(
+                "the certificate presented is for key {}, but the connection proved key {proven}",
+                cert.key
+            ));
+        }
+        self.check_issuer(&cert)?;
+        cert.verify(now_secs()).map_err(|e| e.to_string())?;
+        if self.keys.is_revoked(&cert.key) {
+            return Err(format!("host key {} is revoked by this host's peers policy", cert.key));
+        }
+        let mut certified = lock(&self.certified);
+        if certified.get(&cert.key) != Some(&cert) {
+            tracing::info!(host = %cert.name, address = %cert.address, key = %cert.key, "a certified peer presented its certificate");
+            certified.insert(cert.key, cert);
+        }
+        Ok(())
+    }
+
+    /// The name under which the peer with `key` can be dialed, if it can be.
+    pub(crate) fn name_of(&self, key: &PublicKey) -> Option<String> {
+        if !self.is_peer(key) {
+            return None;
+        }
+        let listed = self.addresses.iter().find(|(_, (_, k))| k == key).map(|(name, _)| name.clone());
+        listed.or_else(|| lock(&self.certified).get(key).filter(|c| self.vouches(c)).map(|c| c.name.clone()))
+    }
+
+    /// Where to dial for `dest` (a peer's name or address) and the key that must answer there:
+    /// refused, without any connection, if it is not a peer's.
+    pub(crate) fn locate(&self, dest: &str) -> Result<(String, PublicKey), ClientError> {
+        let listed = self.addresses.get(dest).or_else(|| self.addresses.values().find(|(a, _)| a == dest));
+        if let Some((addr, key)) = listed
+            && self.is_peer(key)
+        {
+            return Ok((addr.clone(), *key));
+        }
+        let certified = lock(&self.certified);
+        let found = certified.values().find(|c| (c.name == dest || c.address == dest) && self.vouches(c));
+        if let Some(cert) = found {
+            return Ok((cert.address.clone(), cert.key));
+        }
+        Err(ClientError::Target {
+            target: dest.to_owned(),
+            reason: format!(
+                "not one of this host's peers (a peer has a .pub file and an address in {ADDRESSES_FILE}, or a \
+                 certificate from a trusted cluster key); not dialed"
+            ),
+        })
+    }
+
+    /// Whether a certificate kept here makes its host a peer now.
+    fn vouches(&self, cert: &HostCertificate) -> bool {
+        self.check_issuer(cert).is_ok() && !self.keys.is_revoked(&cert.key) && now_secs() < cert.expires
+    }
+
+    /// Whether the cluster key that signed `cert` is trusted here and not revoked.
+    fn check_issuer(&self, cert: &HostCertificate) -> Result<(), String> {
+        if self.clusters.get(&cert.cluster).is_none() {
+            return Err(format!(
+                "the certificate of host {} is signed by cluster key {}, which this host does not trust (its cluster \
+                 keys are in the peers directory's {CLUSTERS_DIR}/)",
+                cert.name, cert.cluster
+            ));
+        }
+        if self.keys.is_revoked(&cert.cluster) || self.clusters.is_revoked(&cert.cluster) {
+            return Err(format!("cluster key {} is revoked by this host's peers policy", cert.cluster));
+        }
+        Ok(())
     }
 }
 
 impl Agents {
-    /// Where to dial for `dest` (a peer's name or address) and the key that must answer there:
-    /// refused, without any connection, if the address book does not list it.
-    fn locate<'a>(&'a self, dest: &'a str) -> Result<(&'a str, Option<PublicKey>), ClientError> {
-        if self.book.is_empty() {
-            return Ok((dest, None));
-        }
-        match self.book.find(dest) {
-            Some((addr, key)) => Ok((addr, Some(*key))),
-            None => Err(ClientError::Target {
-                target: dest.to_owned(),
-                reason: format!("not one of this host's peers (their addresses are in {ADDRESSES_FILE}); not dialed"),
-            }),
-        }
+    /// This host's peers.
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     pub(super) fn is_peer(&self, key: &PublicKey) -> bool {
-        *key == self.key.public() || self.peers.get(key).is_some() && !self.peers.is_revoked(key)
+        self.peers.is_peer(key)
+    }
+
+    /// Where to send an agent or a report home: the home's name among this host's peers (found
+    /// by its key), else the address the home gave itself. A host's own idea of its address
+    /// (`0.0.0.0:7700`, an address behind a proxy) need not be the one its peers dial.
+    pub(super) fn home_of(&self, record: &AgentRecord) -> String {
+        self.peers.name_of(&record.home_key).unwrap_or_else(|| record.home.clone())
     }
 
     /// Checks who sends a host-to-host message signed by `signer` on a connection whose client
@@ -138,14 +301,9 @@ impl Agents {
     }
 
     /// A new connection to another host (a peer's name or address), proving this host's key;
-    /// a peer in the address book must prove its own key there.
+    /// refused without a connection if it is not a peer, and the peer must prove its key.
     pub(crate) async fn dial(&self, dest: &str) -> Result<Client, ClientError> {
-        let (addr, expected) = self.locate(dest)?;
-        let client = Client::connect_with(addr, self.tls.clone()).await?;
-        if let Some(expected) = expected {
-            client.expect_key(addr, expected, &format!("update {ADDRESSES_FILE} or the peer's .pub file"))?;
-        }
-        Ok(client)
+        dial(&self.peers, &self.tls, dest).await
     }
 
     /// Keeps a connection whose last exchange succeeded, for the next one to `addr`.
@@ -156,4 +314,14 @@ impl Agents {
             conns.push((client, Instant::now()));
         }
     }
+}
+
+/// A new connection to the peer `dest` (a name or an address), with `tls` (proving this host's
+/// key) and this host's certificate, if it has one; refused without a connection if `dest` is
+/// not a peer, and the peer must prove the key this host knows for it.
+pub(crate) async fn dial(peers: &Peers, tls: &Arc<rustls::ClientConfig>, dest: &str) -> Result<Client, ClientError> {
+    let (addr, expected) = peers.locate(dest)?;
+    let client = Client::connect_peer(&addr, tls.clone(), peers.own_certificate().cloned()).await?;
+    client.expect_key(&addr, expected, &format!("update {ADDRESSES_FILE}, the peer's .pub file or its certificate"))?;
+    Ok(client)
 }

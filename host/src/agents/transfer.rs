@@ -28,18 +28,18 @@ pub(super) struct Move {
 }
 
 impl Move {
-    /// Home, to end the journey with `result`.
-    pub(super) fn finishing(record: &AgentRecord, result: Vec<u8>) -> Self {
-        Self::home(record, Ending::Finished(result))
+    /// Home (at `home`, see [`Agents::home_of`]), to end the journey with `result`.
+    pub(super) fn finishing(home: String, result: Vec<u8>) -> Self {
+        Self::home(home, Ending::Finished(result))
     }
 
-    /// Home, because the home recalled the agent.
-    pub(super) fn recalled(record: &AgentRecord) -> Self {
-        Self::home(record, Ending::Recalled)
+    /// Home (at `home`), because the home recalled the agent.
+    pub(super) fn recalled(home: String) -> Self {
+        Self::home(home, Ending::Recalled)
     }
 
-    fn home(record: &AgentRecord, ending: Ending) -> Self {
-        Self { dests: vec![record.home.clone()], pinned: false, ending: Some(ending), unreachable: vec![] }
+    fn home(home: String, ending: Ending) -> Self {
+        Self { dests: vec![home], pinned: false, ending: Some(ending), unreachable: vec![] }
     }
 }
 
@@ -113,28 +113,25 @@ impl Agents {
             if record.home_key == self.key.public() {
                 return self.stay_home(row).await;
             }
-            mv = Move::recalled(&record);
+            mv = Move::recalled(self.home_of(&record));
         }
         let snapshot = row.snapshot.clone().unwrap_or_default();
         let mut unreachable = mv.unreachable.clone();
-        // Destinations refused without a connection, with why, for the agent's home to show.
-        let mut not_dialed = Vec::new();
+        // Destinations that are not peers (not dialed) or where another key answered, with why,
+        // for the agent's home to show.
+        let mut not_peers = Vec::new();
         for dest in mv.dests.clone() {
             let (mut client, kept) = match self.connect(&dest).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::info!(agent = %row.id, %dest, "destination unreachable: {e}");
-                    if matches!(e, ClientError::Target { .. }) {
-                        not_dialed.push(e.to_string());
+                    if matches!(e, ClientError::Target { .. } | ClientError::WrongKey { .. }) {
+                        not_peers.push(e.to_string());
                     }
                     unreachable.push(dest);
                     continue;
                 }
             };
-            if !self.is_peer(&client.host_key()) {
-                let reason = format!("{dest} is not a trusted peer (its key is {})", client.host_key());
-                return self.fail_soon(row, reason).await;
-            }
             // From here an envelope may reach `dest`. The pin must be durable before anything
             // is sent when a crash would otherwise lose it: a retry after a crash could take an
             // alternate, or a recall turn the agent home, and leave a second copy. A fresh move
@@ -214,8 +211,8 @@ impl Agents {
             }
         }
         let mut reason = format!("no destination reachable ({})", unreachable.join(", "));
-        if !not_dialed.is_empty() {
-            reason = format!("{reason}: {}", not_dialed.join("; "));
+        if !not_peers.is_empty() {
+            reason = format!("{reason}: {}", not_peers.join("; "));
         }
         let first_time = row.state != RowState::Parked;
         let next = to_cbor(&Move { unreachable: Vec::new(), ..mv });

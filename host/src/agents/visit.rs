@@ -102,7 +102,7 @@ impl Agents {
                 if record.home_key == self.key.public() {
                     return self.end_here(row, record, finished, arrived.take());
                 }
-                Move::finishing(record, result)
+                Move::finishing(self.home_of(record), result)
             }
             Next::Finish { result } => {
                 let finished = Event::Finished { host: self.name.clone(), result };
@@ -122,7 +122,7 @@ impl Agents {
                     store::set_state(tx, &row.id, row.hop, RowState::Ready, Some(&snapshot_bytes), None, None)?;
                     return Ok(false);
                 }
-                let mv = if recalled && mv.ending.is_none() { Move::recalled(record) } else { mv };
+                let mv = if recalled && mv.ending.is_none() { Move::recalled(self.home_of(record)) } else { mv };
                 store::set_state(
                     tx,
                     &row.id,
@@ -154,7 +154,7 @@ impl Agents {
     /// without running; at home its recall entry hands over what it has, and its journey ends.
     fn recalled(&self, row: &Row, record: &AgentRecord) -> Result<(), String> {
         if record.home_key != self.key.public() {
-            let mv = to_cbor(&Move::recalled(record));
+            let mv = to_cbor(&Move::recalled(self.home_of(record)));
             self.state
                 .transaction(|tx| {
                     store::set_state(
@@ -254,6 +254,6 @@ impl Agents {
         }
         let signed = Signed::sign(domain::REPORT, &report, &self.key)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?;
-        store::push_outbox(tx, &record.home, Outgoing::Report, &to_cbor(&signed))
+        store::push_outbox(tx, &self.home_of(record), Outgoing::Report, &to_cbor(&signed))
     }
 }
