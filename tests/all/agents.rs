@@ -176,7 +176,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 
 /// The stock survey's home: the configuration it carries by value (unattached, so it is
 /// copied) and the reports log it writes to by identifier.
-fn survey_home(net: &Net) -> Result<HostConfig> {
+pub fn survey_home(net: &Net) -> Result<HostConfig> {
     write(&net.path("config.csv"), "key,value\nlow_stock_below,4\n")?;
     let mut home = net.config("home", "trust")?;
     home.resources.push(roam_host::config::ResourceConfig {

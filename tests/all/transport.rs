@@ -602,3 +602,58 @@ async fn revoked_expired_foreign_and_borrowed_certificates_make_no_peer() -> Res
     home.shutdown().await;
     Ok(())
 }
+
+/// Someone on the path records every connection to the home, among them the peer's that
+/// appends the agent's line to the home's log through its global reference, and plays each
+/// one's bytes to the home again, three times over fresh connections. TLS makes every replay a
+/// handshake that fails: the log holds the agent's one line, and no second agent was launched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_connections_replayed_to_a_host_change_nothing() -> Result<()> {
+    let net = Net::new(&["home", "a"])?;
+    let (listener, to_home) = relay_listener().await?;
+    net.set_addr("home", &to_home.to_string())?;
+    let home = Host::open(&crate::agents::survey_home(&net)?)?;
+    home.set_address(to_home.to_string());
+    let home_run = RunningHost::start(home.clone(), "127.0.0.1:0".parse()?).await?;
+    let relay = Relay::start(listener, home_run.addr());
+    let stock = net.path("stock.csv");
+    std::fs::write(&stock, "sku,warehouse,quantity,unit_cents\nbolt,a,3,100\n")?;
+    let mut a_cfg = net.config("a", "trust")?;
+    a_cfg.add_table(&format!("stock={}", stock.display()))?;
+    let (_, a) = net.start(&a_cfg).await?;
+
+    let module = net.sign_agent("stock_survey", "stock-survey", &["table:stock", "table:config", "log:reports"])?;
+    let home_addr = to_home.to_string();
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": ["a"] })).await?;
+    let info = ended(&home_addr, &id, Duration::from_secs(30)).await?;
+    assert_eq!(info.state, "finished", "{info:?}");
+    let lines = home.state().log_lines("reports")?;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+
+    let flows = relay.flows();
+    ensure!(flows.len() >= 2, "{} connections recorded: the launch's and a's at least", flows.len());
+    for flow in &flows {
+        for _ in 0..3 {
+            let mut replay = TcpStream::connect(home_run.addr()).await?;
+            // The host may close before it has read everything: that is the point.
+            let _ = replay.write_all(&flow.up).await;
+            let mut answer = Vec::new();
+            let closed = tokio::time::timeout(Duration::from_secs(20), replay.read_to_end(&mut answer)).await;
+            ensure!(closed.is_ok(), "the host kept a replayed connection open");
+        }
+    }
+    assert_eq!(home.state().log_lines("reports")?, lines, "a replayed call appended to the log");
+    let agents = match Client::connect(&home_run.addr().to_string())
+        .await?
+        .request(&roam_host::protocol::Request::Agents { id: None })
+        .await?
+    {
+        roam_host::protocol::Response::Agents(list) => list,
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    assert_eq!(agents.len(), 1, "a replayed launch launched another agent: {agents:?}");
+    a.shutdown().await;
+    home_run.shutdown().await;
+    drop(relay);
+    Ok(())
+}
