@@ -47,17 +47,23 @@ struct Flow {
 
 /// A TCP relay in front of a host that records every byte of every connection and, while
 /// `flip` is set, corrupts one byte in the middle of each large encrypted record sent to the
-/// host: what someone on the path can read, and can do.
+/// host; while `flip_back` is set, of each encrypted record the host sends back on a
+/// connection that carried a large one to it (the answer to a transfer: its receipt). What
+/// someone on the path can read, and can do.
 struct Relay {
     flows: Arc<Mutex<Vec<Arc<Mutex<Flow>>>>>,
     flip: Arc<AtomicBool>,
+    flip_back: Arc<AtomicBool>,
     flips: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Where one connection's host-bound bytes are in their TLS records.
-#[derive(Default)]
+/// Where one direction of a connection is in its TLS records.
 struct Records {
+    /// The records of at least this many bytes are the ones that may be corrupted.
+    min: usize,
+    /// Whether a record of at least `min` bytes has passed.
+    saw_large: bool,
     /// The header of the next record, as far as it has arrived.
     header: Vec<u8>,
     /// Bytes of the current record's payload still to come.
@@ -69,8 +75,13 @@ struct Records {
 }
 
 impl Records {
-    /// Passes `bytes` on their way, flipping the chosen bytes; returns how many it flipped.
-    fn pass(&mut self, bytes: &mut [u8], flip: &AtomicBool) -> usize {
+    fn new(min: usize) -> Self {
+        Self { min, saw_large: false, header: Vec::new(), left: 0, at: 0, flip: None }
+    }
+
+    /// Passes `bytes` on their way, flipping a byte of each record `flip` says to, from the
+    /// records' headers as they pass; returns how many it flipped.
+    fn pass(&mut self, bytes: &mut [u8], flip: impl Fn() -> bool) -> usize {
         let mut flipped = 0;
         for b in bytes {
             if self.left == 0 {
@@ -78,8 +89,9 @@ impl Records {
                 if let [kind, _, _, hi, lo] = self.header[..] {
                     self.left = usize::from(u16::from_be_bytes([hi, lo]));
                     self.at = 0;
-                    let big = kind == APPLICATION_DATA && self.left >= FLIP_AT_LEAST;
-                    self.flip = (big && flip.load(Ordering::SeqCst)).then_some(self.left / 2);
+                    let large = kind == APPLICATION_DATA && self.left >= self.min;
+                    self.saw_large |= large;
+                    self.flip = (large && flip()).then_some(self.left / 2);
                     self.header.clear();
                 }
                 continue;
@@ -100,22 +112,26 @@ impl Relay {
     fn start(listener: TcpListener, target: SocketAddr) -> Self {
         let flows: Arc<Mutex<Vec<Arc<Mutex<Flow>>>>> = Arc::default();
         let flip = Arc::new(AtomicBool::new(false));
+        let flip_back = Arc::new(AtomicBool::new(false));
         let flips = Arc::new(AtomicUsize::new(0));
-        let (seen, flipping, flipped) = (flows.clone(), flip.clone(), flips.clone());
+        let (seen, flipping, flipping_back, flipped) = (flows.clone(), flip.clone(), flip_back.clone(), flips.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let flow = Arc::new(Mutex::new(Flow::default()));
                 lock(&seen).push(flow.clone());
-                let (flip, flips) = (flipping.clone(), flipped.clone());
+                let (flip, flip_back, flips) = (flipping.clone(), flipping_back.clone(), flipped.clone());
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else { return };
                     let _ = (client.set_nodelay(true), server.set_nodelay(true));
                     let ((mut cr, mut cw), (mut sr, mut sw)) = (client.into_split(), server.into_split());
+                    let carried_large = AtomicBool::new(false);
                     let up = async {
-                        let (mut buf, mut records) = (vec![0u8; 64 << 10], Records::default());
+                        let (mut buf, mut records) = (vec![0u8; 64 << 10], Records::new(FLIP_AT_LEAST));
                         while let Ok(n @ 1..) = cr.read(&mut buf).await {
                             lock(&flow).up.extend_from_slice(&buf[..n]);
-                            flips.fetch_add(records.pass(&mut buf[..n], &flip), Ordering::SeqCst);
+                            let flipped = records.pass(&mut buf[..n], || flip.load(Ordering::SeqCst));
+                            flips.fetch_add(flipped, Ordering::SeqCst);
+                            carried_large.fetch_or(records.saw_large, Ordering::SeqCst);
                             if sw.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
@@ -123,9 +139,11 @@ impl Relay {
                         let _ = sw.shutdown().await;
                     };
                     let down = async {
-                        let mut buf = vec![0u8; 64 << 10];
+                        let (mut buf, mut records) = (vec![0u8; 64 << 10], Records::new(1));
                         while let Ok(n @ 1..) = sr.read(&mut buf).await {
                             lock(&flow).down.extend_from_slice(&buf[..n]);
+                            let armed = || flip_back.load(Ordering::SeqCst) && carried_large.load(Ordering::SeqCst);
+                            flips.fetch_add(records.pass(&mut buf[..n], armed), Ordering::SeqCst);
                             if cw.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
@@ -136,7 +154,7 @@ impl Relay {
                 });
             }
         });
-        Self { flows, flip, flips, task }
+        Self { flows, flip, flip_back, flips, task }
     }
 
     /// Every connection so far, open or closed, as far as it has gone.
@@ -655,5 +673,47 @@ async fn recorded_connections_replayed_to_a_host_change_nothing() -> Result<()> 
     a.shutdown().await;
     home_run.shutdown().await;
     drop(relay);
+    Ok(())
+}
+
+/// The receipt is what gets corrupted: the destination holds the agent, but its sender cannot
+/// read the answer. The sender keeps its copy and retries; the destination, which has run the
+/// agent and sent it on meanwhile, answers each retry with the receipt for what it holds, never
+/// running it again; once a receipt gets through, the sender releases its copy. The agent
+/// arrives everywhere once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_receipt_makes_the_sender_retry_and_the_agent_still_runs_once() -> Result<()> {
+    let net = Net::new(&["home", "a", "b"])?;
+    let (listener, to_a) = relay_listener().await?;
+    net.set_addr("a", &to_a.to_string())?;
+    let (_, home) = net.start(&net.config("home", "trust")?).await?;
+    let (_, a) = net.start(&net.config("a", "trust")?).await?;
+    let (_, b) = net.start(&net.config("b", "trust")?).await?;
+    let relay = Relay::start(listener, a.addr());
+    relay.flip_back.store(true, Ordering::SeqCst);
+
+    let home_addr = home.addr().to_string();
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let id = launch(&home_addr, module, serde_json::json!({ "hosts": ["a", "b"] })).await?;
+    // The first answer and at least one retry's are hit; the home keeps its copy meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay.flips.load(Ordering::SeqCst) < 2 {
+        ensure!(Instant::now() < deadline, "no receipt was corrupted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let db = rusqlite::Connection::open(net.path("data-home/state.db"))?;
+    let state: String = db.query_row("SELECT state FROM agents WHERE id = ?1 AND hop = 0", [&id], |r| r.get(0))?;
+    assert!(matches!(state.as_str(), "leaving" | "parked"), "the home released the agent without a receipt: {state}");
+    relay.flip_back.store(false, Ordering::SeqCst);
+
+    let info = ended(&home_addr, &id, Duration::from_secs(60)).await?;
+    assert_eq!(info.state, "finished", "{info:?}");
+    check_hop_counter(&result_json(&info)?, &["a", "b"])?;
+    assert_eq!(info.hops, 3, "two hops out and one home");
+    account(&net, &["home", "a", "b"], &BTreeMap::from([(id, info.hops)])).await?;
+    drop(relay);
+    for host in [a, b, home] {
+        host.shutdown().await;
+    }
     Ok(())
 }
