@@ -100,6 +100,21 @@ macro_rules! args {
     };
 }
 
+/// An access policy that grants every right to anyone, anonymous callers included: for the
+/// hosts of tests about something else (the tests of access itself write their own).
+pub const OPEN_ACCESS: &str = "[allow]\neval = [\"anyone\"]\npublish = [\"anyone\"]\nfetch_code = [\"anyone\"]\n\
+fetch_query = [\"anyone\"]\nfetch_agent = [\"anyone\"]\nlist = [\"anyone\"]\nlaunch = [\"anyone\"]\n\
+recall = [\"anyone\"]\nadmin = [\"anyone\"]\n";
+
+/// Writes [`OPEN_ACCESS`] as the access policy of the trust store `trust_dir`.
+///
+/// # Errors
+/// If the file cannot be written.
+pub fn open_access(trust_dir: &Path) -> Result<()> {
+    let path = trust_dir.join(roam_host::access::ACCESS_FILE);
+    fs::write(&path, OPEN_ACCESS).with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// Runs `roam ARGS…` to completion, with its stdout and stderr captured.
 ///
 /// # Errors
@@ -114,9 +129,13 @@ where
     // Each command trusts the hosts it meets on first use, in a file of its own: hosts of
     // different tests reuse ports with other keys. Tests of pinning give `--known-hosts`.
     let known_hosts = tempfile::NamedTempFile::new()?.into_temp_path();
+    // Nor does it take an identity from the person running the tests: tests give --identity.
+    let home = tempfile::tempdir()?;
     Command::new(roam_bin()?)
         .args(&args)
         .env("ROAM_KNOWN_HOSTS", &known_hosts)
+        .env_remove("ROAM_IDENTITY")
+        .env("HOME", home.path())
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {}", command_line(&args)))
@@ -218,6 +237,7 @@ impl Fixture {
         let keys = fixture.keys_dir();
         let trust = fixture.trust_dir();
         fs::create_dir_all(&trust).with_context(|| format!("cannot create {}", trust.display()))?;
+        open_access(&trust)?;
         for name in ["alice", "bob", "mallory"] {
             roam_keys::write_keypair(&keys, name).with_context(|| format!("cannot create the test key {name}"))?;
         }

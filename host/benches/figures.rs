@@ -208,6 +208,7 @@ async fn main() -> Result<()> {
     let trust_dir = dir.path().join("trust");
     std::fs::create_dir_all(&trust_dir)?;
     std::fs::copy(dir.path().join("keys/bench.pub"), trust_dir.join("bench.pub"))?;
+    common::open_access(&trust_dir)?;
     let trust = TrustStore::load(&trust_dir)?;
     let setup = Setup { dir, key, trust_dir, trust, scale: if smoke { SMOKE } else { FULL }, smoke };
     let mut rows = Vec::new();
@@ -537,6 +538,7 @@ async fn agent_hosts(
     let trust = dir.join("trust");
     std::fs::create_dir_all(&trust)?;
     std::fs::write(trust.join("bench.pub"), format!("roam-public-key ed25519 {}\n", key.public().to_hex()))?;
+    common::open_access(&trust)?;
     let (mut listeners, mut relays, mut addresses) = (Vec::new(), Vec::new(), String::new());
     for name in ["home", "a", "b"] {
         roam_keys::write_keypair(&keys, name)?;

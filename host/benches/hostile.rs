@@ -166,6 +166,7 @@ fn main() -> Result<()> {
     let trust = dir.path().join("trust");
     std::fs::create_dir_all(&trust)?;
     std::fs::copy(dir.path().join("keys/bench.pub"), trust.join("bench.pub"))?;
+    common::open_access(&trust)?;
     let csv = dir.path().join("sales.csv");
     sample::write_csv(&csv, &sample::generate(100, 1))?;
 

@@ -4,7 +4,8 @@
 //!
 //! Run it against a host that has `order-validator` published (`cargo xtask demo` does this):
 //! `cargo run -p roam-host --example embed -- HOST_ADDR order-validator demo/trust [QUERY.wasm]`
-//! where QUERY.wasm is the same validator signed as a query module.
+//! where QUERY.wasm is the same validator signed as a query module. Evaluating it needs the right
+//! `eval` on the host: set `ROAM_IDENTITY` to the secret key of a client its access policy names.
 
 use std::time::{Duration, Instant};
 
@@ -51,7 +52,11 @@ async fn main() -> Result<()> {
 
     if let Some(query) = query {
         let bytes = std::fs::read(&query).with_context(|| format!("cannot read {query}"))?;
-        let mut client = Client::connect(&addr).await?;
+        let identity = match std::env::var_os("ROAM_IDENTITY") {
+            Some(path) => Some(std::sync::Arc::new(roam_keys::SecretKey::load(path.as_ref())?)),
+            None => None,
+        };
+        let mut client = Client::connect_target(&addr, roam_host::transport::client_config(identity)?).await?;
         let started = Instant::now();
         let mut invalid = 0;
         for id in 0..ORDERS {

@@ -85,8 +85,15 @@ impl Client {
     /// where KEY is the host's public key in hex: then the host must prove exactly that key.
     /// Without one, any key is accepted; see [`Client::host_key`].
     pub async fn connect(target: &str) -> Result<Self, ClientError> {
-        let (expected, addr) = split_target(target)?;
+        let (_, addr) = split_target(target)?;
         let config = transport::anonymous().map_err(|e| tls_error(addr, &e))?;
+        Self::connect_target(target, config).await
+    }
+
+    /// Connects to `target` (as [`Client::connect`] reads it) with a client configuration made
+    /// by [`transport::client_config`]: one that proves a person's identity, say.
+    pub async fn connect_target(target: &str, config: Arc<rustls::ClientConfig>) -> Result<Self, ClientError> {
+        let (expected, addr) = split_target(target)?;
         let client = Self::connect_with(addr, config).await?;
         if let Some(expected) = expected {
             client.expect_key(addr, expected, "put the new key in the address (KEY@HOST:PORT)")?;

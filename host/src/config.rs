@@ -87,6 +87,10 @@ pub struct HostConfig {
     /// calls are accepted only from these hosts.
     #[serde(default)]
     pub peers: Option<PathBuf>,
+    /// The access policy: who may ask this host for what; default `access.toml` in the trust
+    /// store's directory (see [`crate::access`]).
+    #[serde(default)]
+    pub access: Option<PathBuf>,
     /// Limits on modules and connections.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -259,6 +263,7 @@ impl HostConfig {
             data_dir,
             durable: true,
             peers: None,
+            access: None,
             limits: LimitsConfig::default(),
             resources: Vec::new(),
         }
@@ -281,6 +286,9 @@ impl HostConfig {
             rebase(k);
         }
         if let Some(p) = &mut cfg.peers {
+            rebase(p);
+        }
+        if let Some(p) = &mut cfg.access {
             rebase(p);
         }
         for r in &mut cfg.resources {

@@ -12,9 +12,10 @@ use std::time::Duration;
 use roam_keys::{Kind, ModuleHash, PublicKey, SecretKey, TrustStore, VerifiedModule, VerifyError};
 use tokio::sync::Semaphore;
 
+use crate::access::{ACCESS_FILE, Access, Right};
 use crate::admission::{Admission, Rollback};
 use crate::agents::peers::Peers;
-use crate::agents::{Agents, Parts};
+use crate::agents::{Agents, Parts, Viewer};
 use crate::cache::{Bounded, MODULES_KEPT};
 use crate::config::HostConfig;
 use crate::engine::{Engine, Runnable};
@@ -64,6 +65,8 @@ struct Inner {
     /// How long a peer may take over one frame, from its first byte.
     frame_timeout: Duration,
     max_connections: usize,
+    /// Who may ask this host for what.
+    access: Access,
 }
 
 impl Host {
@@ -76,6 +79,8 @@ impl Host {
             .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
         let key = Arc::new(load_or_create_key(config)?);
         let trust = TrustStore::load(&config.trust)?;
+        let access_path = config.access.clone().unwrap_or_else(|| config.trust.join(ACCESS_FILE));
+        let access = Access::load(&access_path)?;
         let peers = match &config.peers {
             Some(dir) => {
                 let peers = Peers::load(dir, key.public())
@@ -137,6 +142,7 @@ impl Host {
                 max_frame: config.limits.frame_kib << 10,
                 frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
                 max_connections: config.limits.max_connections,
+                access,
             }),
         })
     }
@@ -207,6 +213,26 @@ impl Host {
         {
             return Response::Error(e);
         }
+        let access = &self.inner.access;
+        let needs = match &request {
+            Request::Eval { .. } => Some(Right::Eval),
+            Request::Publish { .. } => Some(Right::Publish),
+            Request::List => Some(Right::List),
+            Request::Launch { .. } => Some(Right::Launch),
+            // Fetching needs the right for the module's kind, checked once it is known; seeing
+            // and recalling agents depends on whose they are.
+            _ => None,
+        };
+        if let Some(right) = needs
+            && let Err(e) = access.check(right, peer.as_ref())
+        {
+            return Response::Error(e);
+        }
+        let viewer = Viewer {
+            caller: peer,
+            all: access.allows(Right::Admin, peer.as_ref()),
+            granted_in: access.path().display().to_string(),
+        };
         // Every handler that touches SQLite or runs Wasm leaves the async runtime: a commit
         // waits for fsync, and the runtime's threads serve every other connection.
         let inner = self.inner.clone();
@@ -216,18 +242,27 @@ impl Host {
             Request::Eval { module, input } => self.eval(module, input).await.unwrap_or_else(Response::Error),
             Request::Publish { module } => blocking(move || inner.publish(module).map(Response::Published)).await,
             Request::List => blocking(move || inner.state.modules().map(Response::Modules).map_err(internal)).await,
-            Request::Resolve { name, version } => blocking(move || inner.resolve(&name, version.as_ref())).await,
-            Request::Fetch { hash, offset, max } => blocking(move || inner.fetch(hash, offset, max)).await,
+            Request::Resolve { name, version } => {
+                blocking(move || inner.resolve(&name, version.as_ref(), peer.as_ref())).await
+            }
+            Request::Fetch { hash, offset, max } => {
+                blocking(move || inner.fetch(hash, offset, max, peer.as_ref())).await
+            }
             Request::Launch { module, input } => agents
-                .on_module_thread(move |agents| agents.launch(module, input))
+                .on_module_thread(move |agents| agents.launch(module, input, peer))
                 .await
                 .map_or_else(Response::Error, |id| Response::Launched { id }),
             Request::Transfer { envelope, snapshot } => {
                 agents.receive(envelope, snapshot).await.unwrap_or_else(Response::Error)
             }
             Request::Report(signed) => blocking(move || agents.receive_report(&signed)).await,
-            Request::Agents { id } => blocking(move || agents.agents(id.as_deref()).map(Response::Agents)).await,
-            Request::Recall { id } => agents.recall(&id).await.unwrap_or_else(Response::Error),
+            Request::Agents { id } => {
+                blocking(move || agents.agents(id.as_deref(), viewer).map(Response::Agents)).await
+            }
+            Request::Recall { id } => {
+                let may_recall_own = access.check(Right::Recall, peer.as_ref());
+                agents.recall(&id, viewer, may_recall_own).await.unwrap_or_else(Response::Error)
+            }
             Request::RecallAgent(signed) => blocking(move || agents.receive_recall(&signed, peer)).await,
             Request::Call(signed) => blocking(move || agents.receive_call(&signed)).await,
         }
@@ -324,7 +359,16 @@ impl Inner {
             .ok_or_else(|| RemoteError::new(ErrorKind::Internal, "the module was stored but cannot be read back"))
     }
 
-    fn fetch(&self, hash: ModuleHash, offset: u64, max: u32) -> Result<Response, RemoteError> {
+    fn fetch(
+        &self,
+        hash: ModuleHash,
+        offset: u64,
+        max: u32,
+        caller: Option<&PublicKey>,
+    ) -> Result<Response, RemoteError> {
+        if let Some(info) = self.state.module(&hash).map_err(internal)? {
+            self.may_fetch(info.kind, caller)?;
+        }
         let chunk = self.state.read_module_chunk(&hash, offset, max.min(MAX_CHUNK) as usize).map_err(internal)?;
         let Some((total, bytes)) = chunk else {
             return Err(RemoteError::new(ErrorKind::NotFound, format!("this host holds no module {hash}")));
@@ -335,10 +379,27 @@ impl Inner {
         Ok(Response::Chunk { total, bytes })
     }
 
+    /// Whether `caller` may fetch a module of `kind`: the access policy says, except that this
+    /// host's peers may always fetch agent and code modules (an agent's code travels so).
+    fn may_fetch(&self, kind: Kind, caller: Option<&PublicKey>) -> Result<(), RemoteError> {
+        if kind != Kind::Query && caller.is_some_and(|k| self.agents.peers().is_peer(k)) {
+            return Ok(());
+        }
+        self.access.check(Right::fetch(kind), caller)
+    }
+
     /// The module a name (and version) resolves to, for code on demand.
-    fn resolve(&self, name: &str, version: Option<&semver::Version>) -> Result<Response, RemoteError> {
+    fn resolve(
+        &self,
+        name: &str,
+        version: Option<&semver::Version>,
+        caller: Option<&PublicKey>,
+    ) -> Result<Response, RemoteError> {
         match self.state.resolve(name, version).map_err(internal)? {
-            Some(info) => Ok(Response::Resolved(info)),
+            Some(info) => {
+                self.may_fetch(info.kind, caller)?;
+                Ok(Response::Resolved(info))
+            }
             None => Err(RemoteError::new(
                 ErrorKind::NotFound,
                 match version {

@@ -21,6 +21,7 @@
 //! - [`snapshot`]: an agent's memory and globals between hops, and the checks on arrival.
 //! - [`state::State`]: the host's SQLite state and content-addressed module store.
 
+pub mod access;
 pub mod admission;
 pub mod agents;
 mod cache;

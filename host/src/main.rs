@@ -1,6 +1,6 @@
 //! `roam`: keys, signing, the host daemon and remote evaluation, from the command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -27,27 +27,37 @@ struct Cli {
     /// $ROAM_KNOWN_HOSTS, else ~/.config/roam/known_hosts].
     #[arg(long, global = true, value_name = "FILE")]
     known_hosts: Option<PathBuf>,
+    /// Your secret key (from `roam keys new`), proven to hosts so that their access policy
+    /// knows you [default: $ROAM_IDENTITY, else ~/.config/roam/identity.key if it exists;
+    /// without one, you are anonymous].
+    #[arg(long, global = true, value_name = "FILE")]
+    identity: Option<PathBuf>,
 }
 
-/// How the client makes sure it talks to the host it means.
+/// How the client connects: who it is to the host, and how it makes sure it talks to the host
+/// it means.
 struct Pins {
     /// The key the person gave with --host-key.
     given: Option<PublicKey>,
     known: KnownHosts,
+    /// TLS proving the person's identity, if they have one.
+    tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl Pins {
     fn new(cli: &Cli) -> Result<Self> {
         let given = cli.host_key.as_deref().map(PublicKey::from_hex).transpose().context("--host-key")?;
         let known = KnownHosts::at(cli.known_hosts.clone().unwrap_or_else(KnownHosts::default_path));
-        Ok(Self { given, known })
+        let identity = identity(cli.identity.as_deref())?.map(std::sync::Arc::new);
+        let tls = roam_host::transport::client_config(identity).context("cannot set up TLS")?;
+        Ok(Self { given, known, tls })
     }
 
     /// Connects to `host` (HOST:PORT or KEY@HOST:PORT) and checks the key it proves: the one
     /// given, else the one remembered; a host never seen before is remembered now.
     async fn connect(&self, host: &str) -> Result<Client> {
         let (in_address, addr) = split_target(host)?;
-        let client = Client::connect(addr).await?;
+        let client = Client::connect_with(addr, self.tls.clone()).await?;
         if let Some(key) = self.given {
             client.expect_key(addr, key, "give the new key with --host-key")?;
             return Ok(client);
@@ -321,6 +331,10 @@ struct HostArgs {
     /// calls are accepted only from them).
     #[arg(long)]
     peers: Option<PathBuf>,
+    /// Who may ask this host for what (see the README) [default: access.toml in the trust
+    /// store; without it, anyone may fetch code modules and nobody may do anything else].
+    #[arg(long)]
+    access: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -335,6 +349,16 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The person's secret key: `--identity`, else `$ROAM_IDENTITY`, else
+/// `~/.config/roam/identity.key` if it exists; `None` means anonymous.
+fn identity(given: Option<&Path>) -> Result<Option<SecretKey>> {
+    let named = given.map(Path::to_path_buf).or_else(|| std::env::var_os("ROAM_IDENTITY").map(PathBuf::from));
+    let default = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config/roam/identity.key"));
+    let Some(path) = named.or(default.filter(|p| p.exists())) else { return Ok(None) };
+    let key = SecretKey::load(&path).with_context(|| format!("cannot use {} as your identity", path.display()))?;
+    Ok(Some(key))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -494,6 +518,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("state:    {}{}", a.state, a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default());
             println!("location: {}", describe_location(&a));
             println!("hops:     {}", a.hops);
+            if let Some(owner) = a.owner {
+                println!("owner:    {owner}");
+            }
             if let Some(ordered) = a.recall_ordered {
                 let over = matches!(a.state.as_str(), "finished" | "failed" | "recalled");
                 let status = if over { "" } else { ", on its way to the agent" };
@@ -705,6 +732,9 @@ fn host(args: HostArgs) -> Result<()> {
     }
     if let Some(p) = args.peers {
         config.peers = Some(p);
+    }
+    if let Some(p) = args.access {
+        config.access = Some(p);
     }
     let host = Host::open(&config)?;
     let rt = runtime()?;

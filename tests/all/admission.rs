@@ -30,6 +30,7 @@ impl Setup {
         let (alice, _, _) = roam_keys::write_keypair(&keys, "alice")?;
         let (mallory, _, _) = roam_keys::write_keypair(&keys, "mallory")?;
         std::fs::create_dir_all(dir.path().join("trust"))?;
+        roam_tests::open_access(&dir.path().join("trust"))?;
         std::fs::copy(keys.join("alice.pub"), dir.path().join("trust/alice.pub"))?;
         std::fs::write(dir.path().join("trust/policy.toml"), "[keys.alice]\ncapabilities = [\"log:*\"]\n")?;
         Ok(Self { alice: SecretKey::load(&alice)?, mallory: SecretKey::load(&mallory)?, dir })

@@ -44,6 +44,9 @@ impl Net {
         std::fs::create_dir_all(dir.path().join("trust"))?;
         std::fs::copy(dir.path().join("keys/alice.pub"), dir.path().join("trust/alice.pub"))?;
         std::fs::create_dir_all(dir.path().join("empty-trust"))?;
+        for trust in ["trust", "empty-trust"] {
+            roam_tests::open_access(&dir.path().join(trust))?;
+        }
         let net =
             Self { alice: SecretKey::load(&alice)?, dir, addresses: Mutex::default(), listeners: Mutex::default() };
         for name in hosts {
@@ -416,6 +419,7 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
             launched_at: roam_host::state::now_secs(),
             limits: AgentLimits::default(),
             anchors: Vec::new(),
+            owner: None,
         },
         hop: 1,
         snapshot_digest: roam_keys::hash_module(digest_of),

@@ -47,6 +47,7 @@ fn setup(dir: &Path) -> Result<Keys> {
     let keys = dir.join("keys");
     let trust = dir.join("trust");
     std::fs::create_dir_all(&trust)?;
+    roam_tests::open_access(&trust)?;
     let load = |name: &str| -> Result<SecretKey> {
         let (key, public, _) = roam_keys::write_keypair(&keys, name)?;
         if name != "mallory" {

@@ -42,6 +42,7 @@ impl World {
         }
         // The host also trusts mallory; the client does not.
         std::fs::copy(keys.join("mallory.pub"), dir.path().join("host-trust/mallory.pub"))?;
+        roam_tests::open_access(&dir.path().join("host-trust"))?;
         Ok(Self { alice: SecretKey::load(&alice)?, mallory: SecretKey::load(&mallory)?, dir })
     }
 

@@ -25,6 +25,7 @@ impl Small {
         let trust = dir.path().join("trust");
         let (key_path, _, _) = roam_keys::write_keypair(&dir.path().join("keys"), "tester")?;
         std::fs::create_dir_all(&trust)?;
+        roam_tests::open_access(&trust)?;
         std::fs::copy(dir.path().join("keys/tester.pub"), trust.join("tester.pub"))?;
         let mut config = HostConfig::new(trust, dir.path().join("data"));
         config.limits.time_ms = 400;
@@ -204,6 +205,7 @@ async fn resources_open_only_with_a_signed_capability() -> Result<()> {
 async fn connections_over_the_cap_are_told_so_and_closed() -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("trust"))?;
+    roam_tests::open_access(&dir.path().join("trust"))?;
     let mut config = HostConfig::new(dir.path().join("trust"), dir.path().join("data"));
     config.limits.max_connections = 1;
     let running = RunningHost::start(Host::open(&config)?, "127.0.0.1:0".parse()?).await?;

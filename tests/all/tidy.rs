@@ -64,7 +64,7 @@ const LAYERS: &[&[&str]] = &[
     // Running modules; what crosses the network.
     &["engine", "protocol", "transport"],
     &["handshake"],
-    &["client", "admission"],
+    &["access", "client", "admission"],
     &["fetch", "config", "refusal", "known_hosts"],
     &["local", "agents"],
     &["host"],

@@ -64,7 +64,7 @@ pub(crate) fn main() -> Result<()> {
         bail!("the build succeeded but {} is missing", roam.display());
     }
 
-    step("[4/11] Creating the signing key of alice, and a trust store that trusts her");
+    step("[4/11] Keys for alice and bob; a trust store that trusts alice's modules; who may ask what");
     let keys = demo.join("keys");
     let trust = demo.join("trust");
     roam_run(&roam, |c| c.args(["keys", "new", "alice", "--dir"]).arg(&keys))?;
@@ -76,6 +76,26 @@ pub(crate) fn main() -> Result<()> {
     );
     fs::write(trust.join("policy.toml"), policy).context("cannot write policy.toml")?;
     println!("trust store {}: alice.pub, and policy.toml granting alice {}", show(&trust), CAPS.join(", "));
+    // alice is also a person who uses the hosts: her client proves her key (--identity). bob
+    // may launch agents of his own, nothing else.
+    roam_run(&roam, |c| c.args(["keys", "new", "bob", "--dir"]).arg(&keys))?;
+    let hex = |name: &str| -> Result<String> {
+        let text = fs::read_to_string(keys.join(format!("{name}.pub")))?;
+        Ok(text.split_whitespace().last().context("an empty public key file")?.to_owned())
+    };
+    let access = format!(
+        "# Who may ask these hosts for what.\n[clients]\nalice = \"{}\"\nbob = \"{}\"\n\n[allow]\n\
+         eval = [\"alice\"]\npublish = [\"alice\"]\nlist = [\"alice\"]\nfetch_code = [\"anyone\"]\n\
+         launch = [\"alice\", \"bob\"]\nrecall = [\"alice\", \"bob\"]\n",
+        hex("alice")?,
+        hex("bob")?
+    );
+    fs::write(trust.join("access.toml"), access).context("cannot write access.toml")?;
+    println!(
+        "access policy {}: alice may evaluate, publish, list and launch; bob may launch; anyone may fetch code",
+        show(&trust.join("access.toml"))
+    );
+    let alice = keys.join("alice.key");
     // Every host has a key, certified with its name and address by a cluster key that every
     // host trusts: the hosts accept each other as peers, and dial only each other.
     let host_keys = demo.join("hostkeys");
@@ -196,6 +216,7 @@ pub(crate) fn main() -> Result<()> {
             println!("\n{name} on {host_name} ({host_addr}), input {input}");
             let mut cmd = Command::new(&roam);
             cmd.arg("eval").arg(module).args(["--host", &pinned(host_name, host_addr)?, "--input", input]);
+            cmd.arg("--identity").arg(&alice);
             let started = Instant::now();
             let output =
                 cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot run `{}`", display(&cmd)))?;
@@ -238,16 +259,17 @@ pub(crate) fn main() -> Result<()> {
     }
     let (first_name, first_addr) = data_hosts.first().context("no data host")?.clone();
     let first_addr = pinned(&first_name, &first_addr)?;
-    roam_run(&roam, |c| c.arg("publish").arg(&as_code).args(["--host", &first_addr]))?;
-    roam_run(&roam, |c| c.args(["modules", "--host", &first_addr]))?;
+    roam_run(&roam, |c| c.arg("publish").arg(&as_code).args(["--host", &first_addr, "--identity"]).arg(&alice))?;
+    roam_run(&roam, |c| c.args(["modules", "--host", &first_addr, "--identity"]).arg(&alice))?;
     let embed = target_dir(&root).join("release/examples").join(format!("embed{}", std::env::consts::EXE_SUFFIX));
     run(Command::new(&embed)
         .args([&first_addr, "order-validator"])
         .arg(&trust)
         .arg(&as_query)
-        .env("ROAM_CACHE", demo.join("client-cache")))?;
+        .env("ROAM_CACHE", demo.join("client-cache"))
+        .env("ROAM_IDENTITY", &alice))?;
     println!("(the validator was downloaded once from {first_name}; see the downloads column)");
-    roam_run(&roam, |c| c.args(["modules", "--host", &first_addr]))?;
+    roam_run(&roam, |c| c.args(["modules", "--host", &first_addr, "--identity"]).arg(&alice))?;
 
     step("[10/11] A mobile agent: launched at home, it visits the three data hosts and comes home");
     let survey = modules.join("stock_survey.signed.wasm");
@@ -265,7 +287,8 @@ pub(crate) fn main() -> Result<()> {
         data_hosts.iter().map(|(_, a)| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
     );
     let mut launch = Command::new(&roam);
-    launch.arg("launch").arg(&survey).args(["--host", &home_target, "--input", &itinerary, "--wait"]);
+    launch.arg("launch").arg(&survey).args(["--host", &home_target, "--input", &itinerary, "--wait", "--identity"]);
+    launch.arg(&alice);
     println!("$ {}", display(&launch));
     let started = Instant::now();
     let output = launch.stdin(Stdio::null()).output().context("cannot run roam launch")?;
@@ -283,8 +306,16 @@ pub(crate) fn main() -> Result<()> {
         println!("    {line}");
     }
 
-    step("[11/11] The agent's route and how each resource was bound at each hop");
-    roam_run(&roam, |c| c.args(["agents", "--host", &home_target, &id]))?;
+    step("[11/11] The agent's route and how each resource was bound at each hop; it is alice's alone");
+    roam_run(&roam, |c| c.args(["agents", "--host", &home_target, &id, "--identity"]).arg(&alice))?;
+    let mut as_bob = Command::new(&roam);
+    as_bob.args(["agents", "--host", &home_target, &id, "--identity"]).arg(keys.join("bob.key"));
+    println!("$ {}", display(&as_bob));
+    let refused = as_bob.stdin(Stdio::null()).output().context("cannot run roam agents")?;
+    if refused.status.success() {
+        bail!("bob was shown alice's agent");
+    }
+    println!("{}", String::from_utf8_lossy(&refused.stderr).trim_end());
 
     println!();
     hosts.stop_all()?;
@@ -293,7 +324,7 @@ pub(crate) fn main() -> Result<()> {
         "To try it by hand, start a host (it prints its address; its log shows its key) and evaluate a query on it \
          (the first connection remembers the host's key; name it as KEY@127.0.0.1:7700 to pin it):\n  \
          {roam} host --trust demo/trust --data-dir demo/data-1/state --table sales=demo/data-1/sales.csv --listen 127.0.0.1:7700\n  \
-         {roam} eval demo/modules/sales_median.signed.wasm --host 127.0.0.1:7700 --input '{{\"min_quantity\": 5}}'",
+         {roam} eval demo/modules/sales_median.signed.wasm --host 127.0.0.1:7700 --identity demo/keys/alice.key --input '{{\"min_quantity\": 5}}'",
         roam = show(&roam)
     );
     Ok(())

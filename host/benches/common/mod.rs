@@ -10,6 +10,15 @@ pub const QUICK: &str = r#"(module
   (data (i32.const 0) "\f5")
   (func (export "roam_query") (call $finish (i32.const 0) (i32.const 0) (i32.const 1))))"#;
 
+/// An access policy that grants every right to anyone: the benchmarks measure speed, and their
+/// clients are anonymous.
+pub fn open_access(trust_dir: &std::path::Path) -> Result<()> {
+    let rights = ["eval", "publish", "fetch_code", "fetch_query", "fetch_agent", "list", "launch", "recall", "admin"];
+    let text: String = rights.iter().map(|r| format!("{r} = [\"anyone\"]\n")).collect();
+    std::fs::write(trust_dir.join(roam_host::access::ACCESS_FILE), format!("[allow]\n{text}"))?;
+    Ok(())
+}
+
 /// Signs `wasm` with `key` as version 1.0.0 of `name`, valid for an hour.
 pub fn sign(key: &SecretKey, wasm: &[u8], kind: Kind, name: &str, caps: &[&str]) -> Result<Vec<u8>> {
     let now = roam_host::state::now_secs();

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use roam_keys::Kind;
+use roam_keys::{Kind, PublicKey};
 
 use super::store::{self, Homed, Journey, Outgoing, Row, RowState};
 use super::{Agents, PEER_TIMEOUT, binding, new_id};
@@ -19,7 +19,12 @@ use crate::state::now_secs;
 
 impl Agents {
     /// Launches an agent with this host as its home. Returns its id once it is persisted.
-    pub(crate) fn launch(&self, module: Vec<u8>, input: Vec<u8>) -> Result<String, RemoteError> {
+    pub(crate) fn launch(
+        &self,
+        module: Vec<u8>,
+        input: Vec<u8>,
+        owner: Option<PublicKey>,
+    ) -> Result<String, RemoteError> {
         let hash = roam_keys::hash_module(&module);
         if self.state.module(&hash).map_err(internal)?.is_none() {
             self.admission.admit(module, Some(Kind::Agent), Rollback::Refuse).map_err(admit_error)?;
@@ -36,6 +41,7 @@ impl Agents {
             launched_at: now_secs(),
             limits: self.agent_limits,
             anchors,
+            owner,
         };
         let row = Row {
             id: id.clone(),
@@ -53,7 +59,7 @@ impl Agents {
         };
         self.state
             .transaction(|tx| {
-                store::insert_homed(tx, &id, &record.label, &self.name)?;
+                store::insert_homed(tx, &id, &record.label, &self.name, owner.as_ref())?;
                 store::insert(tx, &row).map(|_| ())
             })
             .map_err(internal)?;
@@ -174,16 +180,25 @@ impl Agents {
     }
 
     /// Agents this host knows: those it is home to, then those that are (or were) here.
-    pub(crate) fn agents(&self, only: Option<&str>) -> Result<Vec<AgentInfo>, RemoteError> {
+    pub(crate) fn agents(&self, only: Option<&str>, viewer: Viewer) -> Result<Vec<AgentInfo>, RemoteError> {
         let mut out = Vec::new();
         let homed = store::all_homed(&self.state).map_err(internal)?;
+        let mut others = 0;
         for h in &homed {
             if only.is_none_or(|id| id == h.id) {
-                out.push(homed_info(h));
+                if viewer.sees(h.owner.as_ref()) {
+                    out.push(homed_info(h));
+                } else {
+                    others += 1;
+                }
             }
         }
         for row in store::latest(&self.state, only).map_err(internal)? {
             if homed.iter().any(|h| h.id == row.id) {
+                continue;
+            }
+            if !viewer.sees(row.owner.as_ref()) {
+                others += 1;
                 continue;
             }
             out.push(AgentInfo {
@@ -198,14 +213,44 @@ impl Agents {
                 home: false,
                 heard_at: row.updated,
                 recall_ordered: None,
+                owner: row.owner,
             });
         }
         if let Some(id) = only
             && out.is_empty()
         {
+            if others > 0 {
+                return Err(RemoteError::new(ErrorKind::Denied, format!("agent {id} is not yours: {}", viewer.why())));
+            }
             return Err(RemoteError::new(ErrorKind::NotFound, format!("this host knows no agent {id}")));
         }
         Ok(out)
+    }
+}
+
+/// Who asks about agents, and what they may see.
+#[derive(Clone, Debug)]
+pub struct Viewer {
+    /// The key the client proved, if any.
+    pub caller: Option<PublicKey>,
+    /// Whether it may see every agent (an administrator).
+    pub all: bool,
+    /// Where the right to see every agent is granted, for refusals.
+    pub granted_in: String,
+}
+
+impl Viewer {
+    /// Whether this viewer sees an agent owned by `owner`.
+    fn sees(&self, owner: Option<&PublicKey>) -> bool {
+        self.all || (self.caller.is_some() && owner == self.caller.as_ref())
+    }
+
+    /// Why another's agent is hidden from this viewer.
+    pub(super) fn why(&self) -> String {
+        format!(
+            "only the client that launched an agent sees and recalls it, and administrators (the right admin, in {})",
+            self.granted_in
+        )
     }
 }
 
@@ -223,6 +268,7 @@ pub(super) fn homed_info(h: &Homed) -> AgentInfo {
         home: true,
         heard_at: h.updated,
         recall_ordered: h.recall_at,
+        owner: h.owner,
     }
 }
 

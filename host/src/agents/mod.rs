@@ -36,6 +36,8 @@ pub(crate) mod store;
 mod transfer;
 mod visit;
 
+pub use home::Viewer;
+
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -19,8 +19,9 @@ use std::sync::Arc;
 
 use roam_keys::PublicKey;
 
+use super::Agents;
+use super::home::{Viewer, homed_info};
 use super::store::{self, Outgoing, Row, RowState};
-use super::{Agents, home::homed_info};
 use crate::protocol::wire::{AgentInfo, AgentLimits, AgentRecord, Recall, Signed, domain, from_cbor, to_cbor};
 use crate::protocol::{ErrorKind, RemoteError, Response};
 use crate::refusal::{internal, refused};
@@ -49,26 +50,48 @@ pub(super) fn is_order_for(signed: &Signed, record: &AgentRecord) -> bool {
 impl Agents {
     /// `roam recall` at the agent's home: persists the order, starts it on its way, and answers
     /// with what the home knows of the agent (already ended, if it was too late).
-    pub(crate) async fn recall(self: &Arc<Self>, id: &str) -> Result<Response, RemoteError> {
+    pub(crate) async fn recall(
+        self: &Arc<Self>,
+        id: &str,
+        viewer: Viewer,
+        may_recall_own: Result<(), RemoteError>,
+    ) -> Result<Response, RemoteError> {
         let id = id.to_owned();
         let info = self
-            .blocking(move |agents| agents.order_recall(&id))
+            .blocking(move |agents| agents.order_recall(&id, &viewer, may_recall_own))
             .await
             .unwrap_or_else(|| Err(RemoteError::new(ErrorKind::Internal, "the recall failed inside the host")))?;
         self.wake.notify_one();
         Ok(Response::Agents(vec![info]))
     }
 
-    /// The home's half of [`recall`](Self::recall). Blocking.
-    fn order_recall(&self, id: &str) -> Result<AgentInfo, RemoteError> {
+    /// The home's half of [`recall`](Self::recall): `viewer` must own the agent and may recall
+    /// it (`may_recall_own`), or be an administrator. Blocking.
+    fn order_recall(
+        &self,
+        id: &str,
+        viewer: &Viewer,
+        may_recall_own: Result<(), RemoteError>,
+    ) -> Result<AgentInfo, RemoteError> {
         let order = Signed::sign(domain::RECALL, &Recall { agent: id.to_owned(), at: now_secs() }, &self.key)
             .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
         let done = self
             .state
             .transaction(|tx| {
                 let Some(homed) = store::get_homed(tx, id)? else { return Ok(None) };
+                if !viewer.all {
+                    if viewer.caller.is_none() || homed.owner != viewer.caller {
+                        return Ok(Some(Err(RemoteError::new(
+                            ErrorKind::Denied,
+                            format!("agent {id} is not yours: {}", viewer.why()),
+                        ))));
+                    }
+                    if let Err(e) = may_recall_own.clone() {
+                        return Ok(Some(Err(e)));
+                    }
+                }
                 if homed.state.is_over() || homed.recall_at.is_some() {
-                    return Ok(Some((homed, None)));
+                    return Ok(Some(Ok((homed, None))));
                 }
                 store::order_recall(tx, id)?;
                 // The home is the first host of the agent's trail: the chase starts here.
@@ -80,13 +103,14 @@ impl Agents {
                 {
                     store::push_outbox(tx, &last.address, Outgoing::Recall, &to_cbor(&order))?;
                 }
-                Ok(store::get_homed(tx, id)?.map(|h| (h, Some(chase))))
+                Ok(store::get_homed(tx, id)?.map(|h| Ok((h, Some(chase)))))
             })
             .map_err(internal)?;
         crate::fault::point("recall-ordered");
-        let Some((homed, chase)) = done else {
+        let Some(done) = done else {
             return Err(RemoteError::new(ErrorKind::NotFound, format!("this host knows no agent {id}")));
         };
+        let (homed, chase) = done?;
         match chase {
             Some(chase) => {
                 lock(&self.orders).insert(id.to_owned(), order);

@@ -13,6 +13,8 @@
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use roam_keys::PublicKey;
+
 use crate::protocol::wire::{AgentRecord, Visit, from_cbor, to_cbor};
 use crate::state::{State, StateError, now_secs};
 
@@ -47,7 +49,8 @@ CREATE TABLE IF NOT EXISTS homed (
     route    BLOB NOT NULL,
     launched INTEGER NOT NULL,
     updated  INTEGER NOT NULL,
-    recall_at INTEGER
+    recall_at INTEGER,
+    owner    BLOB
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -72,6 +75,7 @@ pub(crate) fn create(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         ("agents", "sent_to", "TEXT"),
         ("agents", "receipt", "BLOB"),
         ("homed", "recall_at", "INTEGER"),
+        ("homed", "owner", "BLOB"),
         ("outbox", "kind", "TEXT NOT NULL DEFAULT 'report'"),
     ] {
         let present: bool =
@@ -265,9 +269,11 @@ pub(crate) struct Homed {
     pub updated: u64,
     /// When a recall was ordered (unix milliseconds), if one was.
     pub recall_at: Option<u64>,
+    /// The client that launched it, if it proved a key.
+    pub owner: Option<PublicKey>,
 }
 
-const HOMED_COLUMNS: &str = "id, label, state, location, hops, result, detail, route, updated, recall_at";
+const HOMED_COLUMNS: &str = "id, label, state, location, hops, result, detail, route, updated, recall_at, owner";
 
 fn homed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Homed> {
     Ok(Homed {
@@ -281,6 +287,7 @@ fn homed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Homed> {
         route: from_cbor(&r.get::<_, Vec<u8>>(7)?, "the route").unwrap_or_default(),
         updated: r.get(8)?,
         recall_at: r.get(9)?,
+        owner: r.get::<_, Option<[u8; 32]>>(10)?.map(PublicKey::from_bytes),
     })
 }
 
@@ -424,6 +431,8 @@ pub(crate) struct Listing {
     pub state: RowState,
     /// Its label, from its record (empty if the record does not decode).
     pub label: String,
+    /// Its owner, from its record.
+    pub owner: Option<PublicKey>,
     pub detail: Option<String>,
     /// When the row last changed (unix seconds).
     pub updated: u64,
@@ -443,6 +452,7 @@ pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<Listing>, 
                 id: r.get(0)?,
                 hop: r.get(1)?,
                 state: r.get(2)?,
+                owner: record.as_ref().ok().and_then(|rec| rec.owner),
                 label: record.map(|rec| rec.label).unwrap_or_default(),
                 detail: r.get(4)?,
                 updated: r.get(5)?,
@@ -492,12 +502,18 @@ pub(crate) fn order_recall(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<(
     Ok(())
 }
 
-pub(crate) fn insert_homed(tx: &Transaction<'_>, id: &str, label: &str, location: &str) -> rusqlite::Result<()> {
+pub(crate) fn insert_homed(
+    tx: &Transaction<'_>,
+    id: &str,
+    label: &str,
+    location: &str,
+    owner: Option<&PublicKey>,
+) -> rusqlite::Result<()> {
     let now = now_secs() as i64;
     tx.execute(
-        "INSERT OR IGNORE INTO homed (id, label, state, location, hops, route, launched, updated)
-         VALUES (?1, ?2, 'running', ?3, 0, ?4, ?5, ?5)",
-        params![id, label, location, to_cbor(&Vec::<Visit>::new()), now],
+        "INSERT OR IGNORE INTO homed (id, label, state, location, hops, route, launched, updated, owner)
+         VALUES (?1, ?2, 'running', ?3, 0, ?4, ?5, ?5, ?6)",
+        params![id, label, location, to_cbor(&Vec::<Visit>::new()), now, owner.map(|k| k.as_bytes().to_vec())],
     )?;
     Ok(())
 }
@@ -563,6 +579,7 @@ mod tests {
             launched_at: 0,
             limits: crate::protocol::wire::AgentLimits::default(),
             anchors: Vec::new(),
+            owner: None,
         }
     }
 

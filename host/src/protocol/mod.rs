@@ -378,6 +378,9 @@ pub enum ErrorKind {
     /// The client did not prove the key this request needs (a host-to-host request on an
     /// anonymous connection, or from a key that is not a peer).
     Unauthenticated,
+    /// The caller holds no right to this request: the host's access policy, or the agent is
+    /// someone else's.
+    Denied,
 }
 
 /// An error that crosses the network: a kind to act on and a message for a person.

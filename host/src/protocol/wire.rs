@@ -129,6 +129,10 @@ pub struct AgentRecord {
     pub limits: AgentLimits,
     /// Where its by-identifier and by-value resources live.
     pub anchors: Vec<Anchor>,
+    /// The client that launched it, if it proved a key: it alone (with the home's
+    /// administrators) may see and recall the agent.
+    #[serde(default)]
+    pub owner: Option<PublicKey>,
 }
 
 /// How an agent's journey ends when it reaches home.
@@ -344,6 +348,9 @@ pub struct AgentInfo {
     /// When its home ordered it back (unix milliseconds), if it did.
     #[serde(default)]
     pub recall_ordered: Option<u64>,
+    /// The client that launched it, if it proved a key.
+    #[serde(default)]
+    pub owner: Option<PublicKey>,
 }
 
 /// Encodes a value as CBOR (infallible for the types here).

@@ -1,0 +1,159 @@
+//! Who may ask a host for what: client identities proven in TLS, the access policy, and agents
+//! that belong to whoever launched them. Real hosts on loopback.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use roam_host::client::{Client, ClientError, json_to_cbor};
+use roam_host::protocol::{ErrorKind, ModuleRef, Request, Response};
+use roam_keys::{Kind, SecretKey};
+
+use crate::agents::Net;
+
+/// A query that answers CBOR `true` at once.
+const QUICK: &str = r#"(module
+  (import "roam" "finish" (func $finish (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "\f5")
+  (func (export "roam_query") (call $finish (i32.const 0) (i32.const 0) (i32.const 1))))"#;
+
+/// A client of `addr` proving `key`, or anonymous.
+async fn client(addr: &str, key: Option<&SecretKey>) -> Result<Client> {
+    let tls = roam_host::transport::client_config(key.cloned().map(Arc::new))?;
+    Ok(Client::connect_target(addr, tls).await?)
+}
+
+/// The refusal `answer` must be: denied, naming `right` and the policy file.
+fn denied(answer: Result<Response, ClientError>, right: &str) -> Result<String> {
+    match answer? {
+        Response::Error(e) if e.kind == ErrorKind::Denied => {
+            ensure!(e.message.contains(right), "the refusal does not name {right}: {e}");
+            ensure!(e.message.contains("access.toml"), "the refusal does not name the policy file: {e}");
+            Ok(e.message)
+        }
+        other => bail!("expected a refusal for want of {right}, got {other:?}"),
+    }
+}
+
+/// A host whose policy grants alice everything but administration, carol administration, and
+/// nobody else anything but code: a stranger, anonymous or with a key the host does not know,
+/// cannot list, read, recall, evaluate (by hash or whole), fetch a query module or launch;
+/// alice sees and recalls her own agent, carol every agent; mallory, identified but unknown,
+/// gets no further than an anonymous client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_may_fetch_code_and_nothing_else_and_agents_are_their_owners() -> Result<()> {
+    // "down" is a peer that never starts: the agent waits for it, so it can be recalled.
+    let net = Net::new(&["home", "down"])?;
+    let [alice, carol, mallory] = ["alice", "carol", "mallory"].map(|_| SecretKey::generate());
+    let (alice, carol, mallory) = (alice?, carol?, mallory?);
+    let policy = format!(
+        "[clients]\nalice = \"{}\"\ncarol = \"{}\"\n[allow]\n\
+         eval = [\"alice\"]\npublish = [\"alice\"]\nfetch_query = [\"alice\"]\nfetch_agent = [\"alice\"]\n\
+         list = [\"alice\"]\nlaunch = [\"alice\"]\nrecall = [\"alice\"]\nadmin = [\"carol\"]\n",
+        alice.public(),
+        carol.public()
+    );
+    std::fs::write(net.path("trust/access.toml"), policy)?;
+    let (_, home) = net.start(&net.config("home", "trust")?).await?;
+    let addr = home.addr().to_string();
+
+    // alice evaluates a query (the host keeps it), publishes a code module, launches an agent.
+    let query =
+        roam_tests::sign_with(&net.alice, &wat::parse_str(QUICK)?, Kind::Query, "quick", "1.0.0", &[], (0, 3600))?;
+    let hash = roam_keys::hash_module(&query);
+    let mut as_alice = client(&addr, Some(&alice)).await?;
+    as_alice.eval(&query, vec![0xa0]).await.context("alice's evaluation")?;
+    let code = std::fs::read(roam_tests::agent_wasm("order_validator")?)?;
+    let code = roam_tests::sign_with(&net.alice, &code, Kind::Code, "validator", "1.0.0", &[], (0, 3600))?;
+    let code_hash = roam_keys::hash_module(&code);
+    as_alice.publish(code).await.context("alice's publish")?;
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let dead = format!("127.0.0.1:{}", net.port("down")?);
+    let id = as_alice.launch(module.clone(), json_to_cbor(&serde_json::json!({ "hosts": [dead] }))).await?;
+
+    for (who, key) in [("anonymous", None), ("mallory", Some(&mallory))] {
+        let mut c = client(&addr, key).await?;
+        let by_hash = Request::Eval { module: ModuleRef::Hash(hash), input: vec![0xa0] };
+        denied(c.request(&by_hash).await, "eval").context(who)?;
+        let whole = Request::Eval { module: ModuleRef::Bytes(query.clone()), input: vec![0xa0] };
+        denied(c.request(&whole).await, "eval").context(who)?;
+        denied(c.request(&Request::Fetch { hash, offset: 0, max: 1 << 16 }).await, "fetch_query").context(who)?;
+        denied(c.request(&Request::Resolve { name: "quick".into(), version: None }).await, "fetch_query")
+            .context(who)?;
+        denied(c.request(&Request::List).await, "list").context(who)?;
+        let launch = Request::Launch { module: module.clone(), input: vec![0xa0] };
+        denied(c.request(&launch).await, "launch").context(who)?;
+        // Code on demand is open to anyone.
+        let (total, _) = c.fetch_chunk(code_hash, 0, 1 << 16).await.context(who)?;
+        ensure!(total > 0, "{who} fetched an empty code module");
+        // Another's agent: not listed, not shown, not recalled.
+        let listed = c.agents().await.context(who)?;
+        ensure!(listed.is_empty(), "{who} was shown {listed:?}");
+        match c.request(&Request::Agents { id: Some(id.clone()) }).await? {
+            Response::Error(e) if e.kind == ErrorKind::Denied && e.message.contains("not yours") => {}
+            other => bail!("{who} was shown alice's agent: {other:?}"),
+        }
+        match c.request(&Request::Recall { id: id.clone() }).await? {
+            Response::Error(e) if e.kind == ErrorKind::Denied => {}
+            other => bail!("{who} recalled alice's agent: {other:?}"),
+        }
+    }
+    // The stranger's recall changed nothing: the agent still waits for its destination.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = as_alice.agent(&id).await?;
+        ensure!(info.recall_ordered.is_none(), "a stranger's recall was ordered: {info:?}");
+        if info.state == "parked" {
+            assert_eq!(info.owner, Some(alice.public()), "{info:?}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the agent never waited: {info:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The administrator sees it; its owner recalls it.
+    let mut as_carol = client(&addr, Some(&carol)).await?;
+    ensure!(as_carol.agents().await?.iter().any(|a| a.id == id), "the administrator does not see the agent");
+    let ordered = as_alice.recall(&id).await?;
+    ensure!(ordered.recall_ordered.is_some(), "{ordered:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while as_alice.agent(&id).await?.state != "recalled" {
+        ensure!(Instant::now() < deadline, "alice's recall never brought the agent home");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    home.shutdown().await;
+    Ok(())
+}
+
+/// The command line proves the identity given with `--identity` (or `ROAM_IDENTITY`): the host
+/// answers alice, and tells an anonymous client which right it lacks and where it is granted.
+#[test]
+fn the_command_line_proves_its_identity() -> Result<()> {
+    use roam_tests::{HostProcess, args, roam, roam_err, roam_ok};
+    let dir = tempfile::tempdir()?;
+    let (alice, alice_pub, _) = roam_keys::write_keypair(dir.path(), "alice")?;
+    let trust = dir.path().join("trust");
+    std::fs::create_dir_all(&trust)?;
+    let policy =
+        format!("[clients]\nalice = \"{}\"\n[allow]\nlist = [\"alice\"]\n", roam_keys::PublicKey::load(&alice_pub)?);
+    std::fs::write(trust.join("access.toml"), policy)?;
+    let host = HostProcess::spawn(args!["--trust", trust])?;
+    let addr = host.addr.to_string();
+
+    let said = roam_err(args!["modules", "--host", addr])?;
+    assert!(said.contains("anonymous") && said.contains("list") && said.contains("access.toml"), "{said}");
+    roam_ok(args!["modules", "--host", addr, "--identity", alice])?;
+    // The same through the environment.
+    let mut cmd = std::process::Command::new(roam_tests::roam_bin()?);
+    let out = cmd
+        .args(args!["modules", "--host", addr])
+        .env("ROAM_IDENTITY", &alice)
+        .env("ROAM_KNOWN_HOSTS", dir.path().join("known_hosts"))
+        .output()?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A file that is not a key says so.
+    let out = roam(args!["modules", "--host", addr, "--identity", alice_pub])?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("identity"), "{said}");
+    Ok(())
+}
