@@ -243,6 +243,31 @@ impl Access {
         ))
     }
 
+    /// What the log says of the policy when it is loaded.
+    pub fn describe_policy(&self) -> String {
+        let granted: Vec<String> = self
+            .grants
+            .iter()
+            .filter(|(_, g)| g.anyone || g.identified || !g.keys.is_empty())
+            .map(|(right, g)| {
+                let who = if g.anyone {
+                    "anyone".to_owned()
+                } else if g.identified {
+                    "identified clients".to_owned()
+                } else {
+                    format!("{} clients", g.keys.len())
+                };
+                format!("{} to {who}", right.name())
+            })
+            .collect();
+        let from = if self.path.exists() { "" } else { " (no such file: the defaults)" };
+        format!(
+            "{}{from}: grants {}",
+            self.path.display(),
+            if granted.is_empty() { "nothing".to_owned() } else { granted.join(", ") }
+        )
+    }
+
     /// The file the policy comes from (or would).
     pub fn path(&self) -> &Path {
         &self.path

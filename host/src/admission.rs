@@ -37,7 +37,8 @@ pub enum AdmitError {
 /// A trust store, the module store it guards, and the size limit: see the module docs.
 #[derive(Debug)]
 pub struct Admission {
-    trust: TrustStore,
+    /// Replaced whole when the host reloads its trust store.
+    trust: std::sync::RwLock<Arc<TrustStore>>,
     state: Arc<State>,
     max_size: usize,
 }
@@ -45,7 +46,12 @@ pub struct Admission {
 impl Admission {
     /// Modules for `state`, checked against `trust`, at most `max_size` bytes.
     pub fn new(trust: TrustStore, state: Arc<State>, max_size: usize) -> Self {
-        Self { trust, state, max_size }
+        Self { trust: std::sync::RwLock::new(Arc::new(trust)), state, max_size }
+    }
+
+    /// Checks modules against `trust` from now on.
+    pub fn set_trust(&self, trust: TrustStore) {
+        *self.trust.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(trust);
     }
 
     /// The largest module admitted.
@@ -64,13 +70,9 @@ impl Admission {
             Rollback::Refuse => &*self.state,
             Rollback::Allow => &NoHistory,
         };
-        let ctx = VerifyContext {
-            trust: &self.trust,
-            now: now_secs(),
-            max_size: self.max_size,
-            expected_kind: kind,
-            history,
-        };
+        let trust = self.trust.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let ctx =
+            VerifyContext { trust: &trust, now: now_secs(), max_size: self.max_size, expected_kind: kind, history };
         roam_keys::verify(bytes, &ctx)
     }
 

@@ -32,6 +32,12 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
         self.map.get(key)
     }
 
+    /// Forgets every entry.
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+
     /// How many entries are kept.
     pub(crate) fn len(&self) -> usize {
         self.map.len()

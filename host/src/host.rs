@@ -65,8 +65,8 @@ struct Inner {
     /// How long a peer may take over one frame, from its first byte.
     frame_timeout: Duration,
     max_connections: usize,
-    /// Who may ask this host for what.
-    access: Access,
+    /// Who may ask this host for what; replaced whole on a reload.
+    access: std::sync::RwLock<Arc<Access>>,
 }
 
 impl Host {
@@ -78,18 +78,7 @@ impl Host {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
         let key = Arc::new(load_or_create_key(config)?);
-        let trust = TrustStore::load(&config.trust)?;
-        let access_path = config.access.clone().unwrap_or_else(|| config.trust.join(ACCESS_FILE));
-        let access = Access::load(&access_path)?;
-        let peers = match &config.peers {
-            Some(dir) => {
-                let peers = Peers::load(dir, key.public())
-                    .with_context(|| format!("cannot load the peers directory {}", dir.display()))?;
-                tracing::info!("peers ({}): {}", dir.display(), peers.describe());
-                peers
-            }
-            None => Peers::none(key.public()),
-        };
+        let Policies { trust, access, peers } = Policies::load(config, key.public())?;
         let state = Arc::new(State::open(&config.data_dir)?);
         state.set_durable(config.durable)?;
         let mut resources = Resources::default();
@@ -142,7 +131,7 @@ impl Host {
                 max_frame: config.limits.frame_kib << 10,
                 frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
                 max_connections: config.limits.max_connections,
-                access,
+                access: std::sync::RwLock::new(Arc::new(access)),
             }),
         })
     }
@@ -188,6 +177,24 @@ impl Host {
         self.inner.agents.set_address(address);
     }
 
+    /// Reads the trust store, the access policy and the peers directory of `config` again and
+    /// uses them from now on, without dropping agents or connections (on SIGHUP). All three are
+    /// read before any is replaced: if one does not load, nothing changes.
+    ///
+    /// # Errors
+    /// Why one of them could not be loaded; the host goes on with what it had.
+    pub fn reload(&self, config: &HostConfig) -> anyhow::Result<()> {
+        let Policies { trust, access, peers } = Policies::load(config, self.public_key())?;
+        let inner = &self.inner;
+        inner.admission.set_trust(trust);
+        *inner.access.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(access);
+        inner.agents.set_peers(peers);
+        // Modules verified under the old trust store are verified again when next used.
+        lock(&inner.admitted).clear();
+        inner.agents.forget_code();
+        Ok(())
+    }
+
     /// Checks the certificate a connecting host presented for the key it proved, and keeps it
     /// (see [`Peers::present`]); `Err` says why it is refused.
     pub(crate) fn present_certificate(
@@ -213,7 +220,7 @@ impl Host {
         {
             return Response::Error(e);
         }
-        let access = &self.inner.access;
+        let access = self.inner.access();
         let needs = match &request {
             Request::Eval { .. } => Some(Right::Eval),
             Request::Publish { .. } => Some(Right::Publish),
@@ -385,7 +392,12 @@ impl Inner {
         if kind != Kind::Query && caller.is_some_and(|k| self.agents.peers().is_peer(k)) {
             return Ok(());
         }
-        self.access.check(Right::fetch(kind), caller)
+        self.access().check(Right::fetch(kind), caller)
+    }
+
+    /// The access policy, as of now.
+    fn access(&self) -> Arc<Access> {
+        self.access.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The module a name (and version) resolves to, for code on demand.
@@ -508,4 +520,32 @@ fn load_or_create_key(config: &HostConfig) -> anyhow::Result<SecretKey> {
     let (key_path, _, public) = roam_keys::write_keypair(dir, "host")?;
     tracing::info!(key = %key_path.display(), %public, "created a new host key");
     Ok(SecretKey::load(&key_path)?)
+}
+
+/// What a host reads from files and may read again on a reload: who signs what it runs, who may
+/// ask it for what, and who its peers are.
+struct Policies {
+    trust: TrustStore,
+    access: Access,
+    peers: Peers,
+}
+
+impl Policies {
+    fn load(config: &HostConfig, own_key: PublicKey) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let trust = TrustStore::load(&config.trust)?;
+        let access_path = config.access.clone().unwrap_or_else(|| config.trust.join(ACCESS_FILE));
+        let access = Access::load(&access_path)?;
+        tracing::info!("access policy {}", access.describe_policy());
+        let peers = match &config.peers {
+            Some(dir) => {
+                let peers = Peers::load(dir, own_key)
+                    .with_context(|| format!("cannot load the peers directory {}", dir.display()))?;
+                tracing::info!("peers ({}): {}", dir.display(), peers.describe());
+                peers
+            }
+            None => Peers::none(own_key),
+        };
+        Ok(Self { trust, access, peers })
+    }
 }

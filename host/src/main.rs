@@ -755,21 +755,29 @@ fn host(args: HostArgs) -> Result<()> {
             host.public_key(),
             running.addr()
         );
-        shutdown_signal().await?;
+        serve_until_stopped(&host, &config).await?;
         tracing::info!("shutting down");
         running.shutdown().await;
         Ok(())
     })
 }
 
-async fn shutdown_signal() -> Result<()> {
+/// Waits for SIGTERM or SIGINT; on SIGHUP, reloads the trust store, the access policy and the
+/// peers, keeping what it had if one of them does not load.
+async fn serve_until_stopped(host: &Host, config: &roam_host::config::HostConfig) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return r.context("cannot watch SIGINT"),
+            _ = term.recv() => return Ok(()),
+            _ = hup.recv() => match host.reload(config) {
+                Ok(()) => tracing::info!("SIGHUP: reloaded the trust store, the access policy and the peers"),
+                Err(e) => tracing::error!("SIGHUP: {e:#}; nothing was reloaded, the host goes on as it was"),
+            },
+        }
     }
-    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

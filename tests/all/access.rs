@@ -157,3 +157,74 @@ fn the_command_line_proves_its_identity() -> Result<()> {
     assert!(!out.status.success() && said.contains("identity"), "{said}");
     Ok(())
 }
+
+/// The host reloads its access policy on SIGHUP, and a connection open across the reload gets
+/// the new answer; a policy that does not load on SIGHUP changes nothing, and the log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_takes_effect_on_sighup_without_dropping_connections() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let alice = SecretKey::generate()?;
+    let trust = dir.path().join("trust");
+    std::fs::create_dir_all(&trust)?;
+    let clients = format!("[clients]\nalice = \"{}\"\n", alice.public());
+    std::fs::write(trust.join("access.toml"), &clients)?;
+    let host = roam_tests::HostProcess::spawn(roam_tests::args!["--trust", trust])?;
+    let pid = host.pid().context("the host has no pid")?.to_string();
+    let mut kept = client(&host.addr.to_string(), Some(&alice)).await?;
+    denied(kept.request(&Request::List).await, "list")?;
+
+    // Waits until the host's log says `what` for the `n`th time.
+    let logged = |what: &str, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while host.stderr().matches(what).count() < n {
+            ensure!(Instant::now() < deadline, "the host never logged {what:?}:\n{}", host.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        anyhow::Ok(())
+    };
+    let hangup = || -> Result<()> {
+        let status = std::process::Command::new("kill").args(["-HUP", &pid]).status()?;
+        ensure!(status.success(), "kill -HUP failed");
+        Ok(())
+    };
+    std::fs::write(trust.join("access.toml"), format!("{clients}[allow]\nlist = [\"alice\"]\n"))?;
+    hangup()?;
+    logged("SIGHUP: reloaded", 1)?;
+    match kept.request(&Request::List).await? {
+        Response::Modules(_) => {}
+        other => bail!("the new policy was not applied on the kept connection: {other:?}"),
+    }
+
+    std::fs::write(trust.join("access.toml"), format!("{clients}[allow]\nlist = [\"alcie\"]\n"))?;
+    hangup()?;
+    logged("nothing was reloaded", 1)?;
+    assert!(host.stderr().contains("alcie"), "the log does not say what is wrong:\n{}", host.stderr());
+    match kept.request(&Request::List).await? {
+        Response::Modules(_) => {}
+        other => bail!("a policy that did not load changed the host: {other:?}"),
+    }
+    host.stop()
+}
+
+/// A signer removed from the trust store, on a reload, is no longer trusted even for a module
+/// the host already verified and holds: it is verified again when next asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signer_removed_on_reload_is_refused_even_for_modules_already_held() -> Result<()> {
+    let net = Net::new(&["home"])?;
+    let config = net.config("home", "trust")?;
+    let (host, running) = net.start(&config).await?;
+    let addr = running.addr().to_string();
+    let query =
+        roam_tests::sign_with(&net.alice, &wat::parse_str(QUICK)?, Kind::Query, "quick", "1.0.0", &[], (0, 3600))?;
+    let mut c = client(&addr, None).await?;
+    c.eval(&query, vec![0xa0]).await.context("the first evaluation")?;
+    std::fs::remove_file(net.path("trust/alice.pub"))?;
+    host.reload(&config)?;
+    let by_hash = Request::Eval { module: ModuleRef::Hash(roam_keys::hash_module(&query)), input: vec![0xa0] };
+    match c.request(&by_hash).await? {
+        Response::Error(e) if e.kind == ErrorKind::Verification => {}
+        other => bail!("a module of a signer no longer trusted ran: {other:?}"),
+    }
+    running.shutdown().await;
+    Ok(())
+}

@@ -61,7 +61,7 @@ impl Agents {
                 }
                 Step::NeedsCode(back) => {
                     snapshot = back;
-                    let sender = self.peers.name_of(&signed.signer).unwrap_or_else(|| envelope.sender_addr.clone());
+                    let sender = self.peers().name_of(&signed.signer).unwrap_or_else(|| envelope.sender_addr.clone());
                     self.fetch_code(&sender, envelope.record.code).await?;
                     crate::fault::point("receiver-fetched-code");
                     fetched = true;

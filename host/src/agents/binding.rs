@@ -119,7 +119,7 @@ pub(crate) fn bind(inner: &Agents, record: &AgentRecord, manifest: &Manifest, ag
                     agent: agent.to_owned(),
                     key: inner.key.clone(),
                     tls: inner.tls.clone(),
-                    peers: inner.peers.clone(),
+                    peers: inner.peers(),
                 };
                 bound.add_remote(&decl.name, kind, a.attachment, Arc::new(forward));
             }

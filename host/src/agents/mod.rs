@@ -75,8 +75,9 @@ pub struct Agents {
     name: String,
     /// The host's key: it proves it to peers and signs envelopes, reports and calls with it.
     key: Arc<SecretKey>,
-    /// The hosts this host accepts agents, reports and forwarded calls from, and dials.
-    peers: Arc<peers::Peers>,
+    /// The hosts this host accepts agents, reports and forwarded calls from, and dials; replaced
+    /// whole when the host reloads its configuration.
+    peers: std::sync::RwLock<Arc<peers::Peers>>,
     state: Arc<State>,
     resources: Arc<Resources>,
     engine: Arc<Engine>,
@@ -143,7 +144,7 @@ impl Agents {
             tls: parts.tls,
             name: parts.name,
             key: parts.key,
-            peers: parts.peers,
+            peers: std::sync::RwLock::new(parts.peers),
             state: parts.state,
             resources: parts.resources,
             engine: parts.engine,

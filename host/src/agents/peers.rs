@@ -232,20 +232,27 @@ impl Peers {
 }
 
 impl Agents {
-    /// This host's peers.
-    pub(crate) fn peers(&self) -> &Peers {
-        &self.peers
+    /// This host's peers, as of now.
+    pub(crate) fn peers(&self) -> Arc<Peers> {
+        self.peers.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Replaces this host's peers (a reload). Connections kept to peers are dropped, so that
+    /// each next exchange dials, and checks, anew.
+    pub(crate) fn set_peers(&self, peers: Peers) {
+        *self.peers.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(peers);
+        lock(&self.peer_pool).clear();
     }
 
     pub(super) fn is_peer(&self, key: &PublicKey) -> bool {
-        self.peers.is_peer(key)
+        self.peers().is_peer(key)
     }
 
     /// Where to send an agent or a report home: the home's name among this host's peers (found
     /// by its key), else the address the home gave itself. A host's own idea of its address
     /// (`0.0.0.0:7700`, an address behind a proxy) need not be the one its peers dial.
     pub(super) fn home_of(&self, record: &AgentRecord) -> String {
-        self.peers.name_of(&record.home_key).unwrap_or_else(|| record.home.clone())
+        self.peers().name_of(&record.home_key).unwrap_or_else(|| record.home.clone())
     }
 
     /// Checks who sends a host-to-host message signed by `signer` on a connection whose client
@@ -303,7 +310,7 @@ impl Agents {
     /// A new connection to another host (a peer's name or address), proving this host's key;
     /// refused without a connection if it is not a peer, and the peer must prove its key.
     pub(crate) async fn dial(&self, dest: &str) -> Result<Client, ClientError> {
-        dial(&self.peers, &self.tls, dest).await
+        dial(&self.peers(), &self.tls, dest).await
     }
 
     /// Keeps a connection whose last exchange succeeded, for the next one to `addr`.
