@@ -701,7 +701,28 @@ pub fn threads(pid: u32, prefix: &str) -> Result<Vec<(u32, u32)>> {
 /// # Errors
 /// If the host cannot be reached or TLS fails.
 pub async fn tls_stream(addr: &str) -> Result<roam_host::transport::ClientStream> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tls_stream_from(addr, None).await
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (any of 127.0.0.0/8 reaches a
+/// host on 127.0.0.1), so that a test can be several clients, as a host counts them; `None`:
+/// the usual source.
+///
+/// # Errors
+/// If the socket cannot be bound or connected.
+pub async fn connect_from(addr: &str, source: Option<Ipv4Addr>) -> Result<tokio::net::TcpStream> {
+    let Some(source) = source else { return Ok(tokio::net::TcpStream::connect(addr).await?) };
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
+    Ok(socket.connect(addr.parse()?).await?)
+}
+
+/// [`tls_stream`] from the loopback address `source` (see [`connect_from`]).
+///
+/// # Errors
+/// As [`tls_stream`].
+pub async fn tls_stream_from(addr: &str, source: Option<Ipv4Addr>) -> Result<roam_host::transport::ClientStream> {
+    let tcp = connect_from(addr, source).await?;
     let config = roam_host::transport::anonymous()?;
     let (stream, _) = roam_host::handshake::tls(tcp, addr, config, roam_host::protocol::FRAME_TIMEOUT).await?;
     Ok(stream)
@@ -712,8 +733,19 @@ pub async fn tls_stream(addr: &str) -> Result<roam_host::transport::ClientStream
 /// # Errors
 /// If the host cannot be reached, TLS fails, or the welcome does not come.
 pub async fn opened(addr: &str) -> Result<(roam_host::transport::ClientStream, roam_host::handshake::Welcome)> {
+    opened_from(addr, None).await
+}
+
+/// [`opened`] from the loopback address `source` (see [`connect_from`]).
+///
+/// # Errors
+/// As [`opened`].
+pub async fn opened_from(
+    addr: &str,
+    source: Option<Ipv4Addr>,
+) -> Result<(roam_host::transport::ClientStream, roam_host::handshake::Welcome)> {
     use roam_host::protocol::{FRAME_TIMEOUT, read_message, write_message};
-    let mut stream = tls_stream(addr).await?;
+    let mut stream = tls_stream_from(addr, source).await?;
     write_message(&mut stream, &roam_host::handshake::Hello::new("by hand")).await?;
     let welcome = read_message(&mut stream, 1 << 16, FRAME_TIMEOUT).await?;
     Ok((stream, welcome))

@@ -14,6 +14,10 @@
 //! log_kib = 1024              # most bytes one call appends to log resources
 //! workers = 2                 # default: number of cores
 //! max_connections = 256
+//! connections_per_source = 32 # open at once from one IP address
+//! reserved_connections = 64   # of max_connections, kept for peers and identified clients
+//! idle_s = 60                 # a connection silent between requests is closed after this
+//! inflight_mib = 256          # large frames being read or written, host-wide
 //! frame_timeout_ms = 30000    # a frame must arrive whole within this of its first byte
 //!
 //! [[resources]]
@@ -137,6 +141,16 @@ pub struct LimitsConfig {
     pub workers: Option<usize>,
     /// Open connections at once.
     pub max_connections: usize,
+    /// Connections open at once from one IP address.
+    pub connections_per_source: usize,
+    /// Of `max_connections`, how many only peers and identified clients may take: anonymous
+    /// clients can never fill the host.
+    pub reserved_connections: usize,
+    /// How long a connection may stay silent between requests, seconds.
+    pub idle_s: u64,
+    /// Bytes of large frames being read or written at once, host-wide, MiB: a frame that does
+    /// not fit waits (up to the frame timeout) for others to finish.
+    pub inflight_mib: usize,
     /// How long a request may wait for a free worker, milliseconds.
     pub queue_ms: u64,
     /// Most hops of an agent launched here.
@@ -163,6 +177,10 @@ impl Default for LimitsConfig {
             frame_timeout_ms: crate::protocol::FRAME_TIMEOUT.as_millis() as u64,
             workers: None,
             max_connections: 256,
+            connections_per_source: 32,
+            reserved_connections: 64,
+            idle_s: 60,
+            inflight_mib: 256,
             queue_ms: 5_000,
             agent_hops: 256,
             agent_snapshot_mib: 16,
@@ -172,7 +190,33 @@ impl Default for LimitsConfig {
     }
 }
 
+/// How a host shares its connections and the memory of frames in flight.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Open connections at once.
+    pub max: usize,
+    /// From one IP address.
+    pub per_source: usize,
+    /// Kept for peers and identified clients.
+    pub reserved: usize,
+    /// Silence allowed between requests.
+    pub idle: Duration,
+    /// Bytes of large frames in flight, host-wide.
+    pub inflight_bytes: usize,
+}
+
 impl LimitsConfig {
+    /// The connection limits these settings give.
+    pub fn connections(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max: self.max_connections,
+            per_source: self.connections_per_source,
+            reserved: self.reserved_connections,
+            idle: Duration::from_secs(self.idle_s),
+            inflight_bytes: self.inflight_mib << 20,
+        }
+    }
+
     /// How many modules run at once.
     pub fn workers(&self) -> usize {
         self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1)
@@ -222,6 +266,18 @@ impl LimitsConfig {
         }
         if self.max_connections == 0 {
             return bad("limits.max_connections must be at least 1");
+        }
+        if self.connections_per_source == 0 || self.reserved_connections >= self.max_connections {
+            return bad(
+                "limits.connections_per_source must be at least 1, and limits.reserved_connections less than \
+                 limits.max_connections",
+            );
+        }
+        if self.idle_s == 0 {
+            return bad("limits.idle_s must be at least 1");
+        }
+        if (self.inflight_mib << 10) < self.frame_kib {
+            return bad("limits.inflight_mib must hold at least one frame of limits.frame_kib");
         }
         if ((self.agent_snapshot_mib as usize) << 10) + 64 > self.frame_kib {
             return bad(

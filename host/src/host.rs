@@ -17,7 +17,7 @@ use crate::admission::{Admission, Rollback};
 use crate::agents::peers::Peers;
 use crate::agents::{Agents, Parts, Viewer};
 use crate::cache::{Bounded, MODULES_KEPT};
-use crate::config::HostConfig;
+use crate::config::{ConnectionLimits, HostConfig};
 use crate::engine::{Engine, Runnable};
 use crate::protocol::{ErrorKind, ModuleInfo, ModuleRef, RemoteError, Request, Response};
 use crate::refusal::{admit_error, internal, load_error, run_error, verify_error};
@@ -64,7 +64,7 @@ struct Inner {
     max_frame: usize,
     /// How long a peer may take over one frame, from its first byte.
     frame_timeout: Duration,
-    max_connections: usize,
+    connections: ConnectionLimits,
     /// Who may ask this host for what; replaced whole on a reload.
     access: std::sync::RwLock<Arc<Access>>,
 }
@@ -130,7 +130,7 @@ impl Host {
                 queue_timeout: Duration::from_millis(config.limits.queue_ms),
                 max_frame: config.limits.frame_kib << 10,
                 frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
-                max_connections: config.limits.max_connections,
+                connections: config.limits.connections(),
                 access: std::sync::RwLock::new(Arc::new(access)),
             }),
         })
@@ -161,9 +161,9 @@ impl Host {
         self.inner.frame_timeout
     }
 
-    /// How many connections the host serves at once.
-    pub fn max_connections(&self) -> usize {
-        self.inner.max_connections
+    /// How this host shares its connections and the memory of frames in flight.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        self.inner.connections
     }
 
     /// The host's state database.

@@ -2,20 +2,26 @@
 //!
 //! The accept loop only accepts; each connection runs in its own task, and the Wasm itself runs
 //! on the host's bounded worker pool, so a slow module never stalls accepting or other
-//! connections. A connection over the cap is told so and closed. Shutdown stops accepting,
-//! lets each connection finish the request in hand, and waits for them.
+//! connections. Connections are shared fairly ([`Gate`]): one IP address holds at most
+//! `per_source` of them (more are closed at once, before TLS), and anonymous clients never take
+//! the slots reserved for peers and identified clients; a connection over the cap is told so
+//! and closed. Large frames take their size from a host-wide budget of bytes in flight before
+//! they are read or written ([`Budget`]). Shutdown stops accepting, lets each connection finish
+//! the request in hand, and waits for them.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::ConnectionLimits;
 use crate::handshake::{self, Hello, Welcome};
 use crate::host::Host;
 use crate::protocol::{self, ErrorKind, FrameError, RemoteError, Request, Response};
@@ -23,8 +29,9 @@ use crate::transport;
 
 /// How long a refused connection is drained before it is closed (see [`linger`]).
 const LINGER: Duration = Duration::from_millis(500);
-/// How long a connection may sit idle between requests.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Frames at least this large take their size from the [`Budget`]; smaller ones, bounded by
+/// the number of connections, do not.
+const BUDGETED: usize = 64 << 10;
 /// Requests and responses with more bulk data than this are decoded, encoded and written on the
 /// bulk lane (see [`Lane`]).
 const BULKY: usize = 256 << 10;
@@ -111,20 +118,128 @@ impl Drop for Lane {
     }
 }
 
+/// Who holds the host's connections: how many in all, how many anonymous, how many from each
+/// IP address.
+#[derive(Debug)]
+struct Gate {
+    limits: ConnectionLimits,
+    held: Mutex<Held>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    all: usize,
+    anonymous: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// One connection's place at the [`Gate`], given back when it is dropped.
+#[derive(Debug)]
+struct Place {
+    gate: Arc<Gate>,
+    source: IpAddr,
+    /// Whether it counts among the whole host's connections (else it is only told so).
+    admitted: bool,
+    anonymous: bool,
+}
+
+impl Gate {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A place for a new connection from `source`; `None` if that address holds its share
+    /// already (the connection is closed at once). Over the host's cap, the place is not
+    /// admitted: the client is told why.
+    fn enter(self: &Arc<Self>, source: IpAddr) -> Option<Place> {
+        let mut held = self.held();
+        let from_source = held.by_source.entry(source).or_default();
+        if *from_source >= self.limits.per_source {
+            return None;
+        }
+        *from_source += 1;
+        let admitted = held.all < self.limits.max;
+        held.all += usize::from(admitted);
+        Some(Place { gate: self.clone(), source, admitted, anonymous: false })
+    }
+}
+
+impl Place {
+    /// Counts the connection as anonymous, if the slots anonymous clients may take are not all
+    /// taken; `false` if they are (the reserve is for peers and identified clients).
+    fn anonymous(&mut self) -> bool {
+        let limits = self.gate.limits;
+        let mut held = self.gate.held();
+        if held.anonymous >= limits.max - limits.reserved {
+            return false;
+        }
+        held.anonymous += 1;
+        self.anonymous = true;
+        true
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut held = self.gate.held();
+        held.all -= usize::from(self.admitted);
+        held.anonymous -= usize::from(self.anonymous);
+        if let Some(n) = held.by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                held.by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// The host-wide budget of bytes in large frames being read or written, in KiB.
+#[derive(Clone, Debug)]
+struct Budget {
+    kib: Arc<Semaphore>,
+    /// The budget's size, for messages.
+    bytes: usize,
+}
+
+impl Budget {
+    fn new(bytes: usize) -> Self {
+        Self { kib: Arc::new(Semaphore::new(bytes >> 10)), bytes }
+    }
+
+    /// Room for a frame of `size` bytes, waiting at most `within` for it; `None` for a small
+    /// frame, which takes no room.
+    async fn room(&self, size: usize, within: Duration) -> Result<Option<OwnedSemaphorePermit>, FrameError> {
+        if size < BUDGETED {
+            return Ok(None);
+        }
+        // The configuration makes the budget hold at least one frame of the largest size.
+        let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX);
+        match tokio::time::timeout(within, self.kib.clone().acquire_many_owned(kib)).await {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            _ => Err(FrameError::Busy(format!(
+                "frames of {} MiB in all are being read or written, the most it holds at once; retry shortly",
+                self.bytes >> 20
+            ))),
+        }
+    }
+}
+
 async fn serve(host: Host, listener: TcpListener, tls: TlsAcceptor, lane: Lane, mut stopped: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(host.max_connections()));
+    let limits = host.connection_limits();
+    let gate = Arc::new(Gate { limits, held: Mutex::default() });
+    let budget = Budget::new(limits.inflight_bytes);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let permit = slots.clone().try_acquire_owned().ok();
-                    let (host, lane, tls) = (host.clone(), lane.handle.clone(), tls.clone());
+                    // One address over its share is closed at once: it gets no TLS handshake.
+                    let Some(place) = gate.enter(peer.ip()) else { continue };
+                    let (host, lane, tls, budget) = (host.clone(), lane.handle.clone(), tls.clone(), budget.clone());
                     let stopped = stopped.clone();
                     connections.spawn(async move {
-                        let _permit = permit.as_ref();
-                        if let Err(e) = connection(host, stream, tls, lane, permit.is_some(), stopped).await {
+                        if let Err(e) = connection(host, stream, tls, lane, place, budget, stopped).await {
                             tracing::debug!(%peer, "connection ended: {e}");
                         }
                     });
@@ -151,7 +266,8 @@ async fn connection(
     stream: TcpStream,
     tls: TlsAcceptor,
     lane: tokio::runtime::Handle,
-    admitted: bool,
+    mut place: Place,
+    budget: Budget,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
@@ -175,9 +291,20 @@ async fn connection(
         _ = stopped.changed() => return Ok(()),
         accepted = handshake::accept(&tls, stream, within) => accepted?,
     };
-    if !admitted {
-        // Over the cap: say so, without waiting for the client's hello.
-        let busy = format!("the host is at its limit of {} connections; retry shortly", host.max_connections());
+    let limits = host.connection_limits();
+    // Over the cap, or over the share of anonymous clients: say so, without waiting for the
+    // client's hello.
+    let busy = if !place.admitted {
+        Some(format!("the host is at its limit of {} connections; retry shortly", limits.max))
+    } else if peer.is_none() && !place.anonymous() {
+        Some(format!(
+            "the host's {} connections for anonymous clients are taken; retry shortly, or connect with --identity",
+            limits.max - limits.reserved
+        ))
+    } else {
+        None
+    };
+    if let Some(busy) = busy {
         send(&mut stream, &Welcome::Refused(RemoteError::new(ErrorKind::Busy, busy)), within).await?;
         linger(&mut stream).await;
         return Ok(());
@@ -216,10 +343,12 @@ async fn connection(
         let read = async {
             // Between requests the peer may stay silent for the idle timeout; once a frame
             // starts, it must arrive whole within the frame timeout.
-            let body = protocol::read_frame_after(&mut stream, max, within, Some(IDLE_TIMEOUT)).await?;
-            bulk(&lane, body.len(), move || protocol::decode::<Request>(&body)).await
+            let room = |size| budget.room(size, within);
+            let (body, room) = protocol::read_frame_after(&mut stream, max, within, Some(limits.idle), room).await?;
+            let request = bulk(&lane, body.len(), move || protocol::decode::<Request>(&body)).await?;
+            Ok::<_, FrameError>((request, room))
         };
-        let request = tokio::select! {
+        let (request, read_room) = tokio::select! {
             _ = stopped.changed() => return Ok(()),
             read = read => match read {
                 Ok(r) => r,
@@ -228,7 +357,8 @@ async fn connection(
                     if says_why(&e) {
                         // The frame boundary may be lost, so no further request on this
                         // connection can be trusted: say why, then close.
-                        let reply = Response::Error(RemoteError::new(ErrorKind::Protocol, e.to_string()));
+                        let kind = if matches!(e, FrameError::Busy(_)) { ErrorKind::Busy } else { ErrorKind::Protocol };
+                        let reply = Response::Error(RemoteError::new(kind, e.to_string()));
                         let _ = send(&mut stream, &reply, within).await;
                         linger(&mut stream).await;
                     }
@@ -237,6 +367,12 @@ async fn connection(
             },
         };
         let response = host.handle(request, peer).await;
+        drop(read_room);
+        // A large answer takes its room before it is encoded; without room, it is not sent.
+        let (response, _write_room) = match budget.room(response.bulk_bytes(), within).await {
+            Ok(room) => (response, room),
+            Err(e) => (Response::Error(RemoteError::new(ErrorKind::Busy, e.to_string())), None),
+        };
         let bulky = response.bulk_bytes() > BULKY;
         // A peer that stops reading must not hold its connection either.
         let respond = async move {
@@ -291,5 +427,12 @@ async fn bulk<T: Send + 'static>(
 /// Whether a failed read is the peer's fault and worth telling it about before closing (rather
 /// than a connection that is gone or idle).
 fn says_why(e: &FrameError) -> bool {
-    matches!(e, FrameError::Malformed(_) | FrameError::TooLarge { .. } | FrameError::Empty | FrameError::Slow(_))
+    matches!(
+        e,
+        FrameError::Malformed(_)
+            | FrameError::TooLarge { .. }
+            | FrameError::Empty
+            | FrameError::Slow(_)
+            | FrameError::Busy(_)
+    )
 }

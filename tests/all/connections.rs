@@ -23,9 +23,18 @@ const QUICK: &str = r#"(module
   (data (i32.const 0) "\f5")
   (func (export "roam_query") (call $finish (i32.const 0) (i32.const 0) (i32.const 1))))"#;
 
-/// Opens a connection by hand (TLS, then a hello); returns the stream and the host's answer.
+/// A loopback address other than 127.0.0.1, a new one for each call (in turn): the connections
+/// of these tests come from many clients, so that none is over its share of the host.
+fn another_source() -> std::net::Ipv4Addr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250;
+    std::net::Ipv4Addr::new(127, 0, 1, 2 + n as u8)
+}
+
+/// Opens a connection by hand (TLS, then a hello) from [`another_source`]; returns the stream
+/// and the host's answer.
 async fn open(addr: &str) -> Result<(ClientStream, Welcome)> {
-    roam_tests::opened(addr).await
+    roam_tests::opened_from(addr, Some(another_source())).await
 }
 
 /// A connection by hand, past the handshake.
@@ -113,6 +122,7 @@ async fn slow_connections_are_closed_at_the_frame_deadline_while_others_are_serv
     let mut config = HostConfig::new(fixture.trust_dir(), fixture.path().join("data"));
     config.limits.frame_timeout_ms = deadline.as_millis() as u64;
     config.limits.max_connections = CAP;
+    config.limits.reserved_connections = 0;
     let running = RunningHost::start(Host::open(&config)?, "127.0.0.1:0".parse()?).await?;
     let addr = running.addr().to_string();
     let quick = fixture.sign(&wat::parse_str(QUICK)?, "alice", Kind::Query, "quick", "1.0.0", &[])?;
@@ -135,7 +145,7 @@ async fn slow_connections_are_closed_at_the_frame_deadline_while_others_are_serv
                 }
             });
         } else {
-            let stream = TcpStream::connect(&addr).await?;
+            let stream = roam_tests::connect_from(&addr, Some(another_source())).await?;
             slow.spawn(async move { trickle_until_closed(stream, hello, gap).await });
         }
     }
@@ -172,7 +182,16 @@ async fn slow_connections_are_closed_at_the_frame_deadline_while_others_are_serv
 async fn a_connection_declaring_a_huge_frame_costs_memory_for_the_bytes_it_sent() -> Result<()> {
     const PEERS: u64 = 200;
     let fixture = roam_tests::Fixture::new()?;
-    let host = fixture.host::<[&str; 0], _>([])?;
+    // Room for every announced frame in the budget of bytes in flight, and slots for every
+    // peer: what is measured is what an announcement costs before its bytes come.
+    let config = fixture.write(
+        "host.toml",
+        format!(
+            "trust = {:?}\n[limits]\ninflight_mib = 8192\nreserved_connections = 0\n",
+            fixture.trust_dir().display().to_string()
+        ),
+    )?;
+    let host = fixture.host(roam_tests::args!["--config", config])?;
     let addr = host.addr.to_string();
     let cap = protocol::DEFAULT_MAX_FRAME;
     // Warm up: the runtime's threads and buffers exist before the baseline.
@@ -266,4 +285,117 @@ async fn frames_at_the_cap_are_read_and_over_it_are_refused_unread() -> Result<(
     }
     running.shutdown().await;
     Ok(())
+}
+
+/// One source (127.0.0.2) opens 300 connections, half silent before TLS, half idle after a
+/// completed handshake: it holds at most its share of the host (`connections_per_source`), the
+/// rest are closed at once, and a normal evaluation from another source still answers at once.
+/// Anonymous clients never take the slots reserved for identified ones, and a connection idle
+/// after its handshake is closed at the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_holding_many_connections_leaves_the_host_to_others() -> Result<()> {
+    let fixture = roam_tests::Fixture::new()?;
+    let mut config = HostConfig::new(fixture.trust_dir(), fixture.path().join("data"));
+    config.limits.idle_s = 2;
+    let share = config.limits.connections_per_source;
+    let running = RunningHost::start(Host::open(&config)?, "127.0.0.1:0".parse()?).await?;
+    let addr = running.addr().to_string();
+    let quick = fixture.sign(&wat::parse_str(QUICK)?, "alice", Kind::Query, "quick", "1.0.0", &[])?;
+    let flooder = Some(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+    let mut silent = Vec::new();
+    for _ in 0..150 {
+        silent.push(roam_tests::connect_from(&addr, flooder).await?);
+    }
+    let mut idle = Vec::new();
+    for _ in 0..150 {
+        if let Ok((stream, Welcome::Accepted { .. })) = roam_tests::opened_from(&addr, flooder).await {
+            idle.push(stream);
+        }
+    }
+    assert!(idle.len() <= share, "one source held {} connections past their handshake; its share is {share}", idle.len());
+
+    let started = Instant::now();
+    let answer = Client::connect(&addr).await?.eval(&quick, vec![0xa0]).await?;
+    let took = started.elapsed();
+    assert_eq!(answer, vec![0xf5]);
+    eprintln!("an evaluation beside 300 connections of one source took {took:?}");
+    assert!(took < Duration::from_secs(1), "an evaluation beside one source's 300 connections took {took:?}");
+
+    // A connection idle after its handshake is closed at the idle timeout.
+    let mut idler = open(&addr).await?.0;
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(30), idler.read(&mut byte)).await;
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "an idle connection was not closed: {closed:?}");
+    drop((silent, idle));
+    running.shutdown().await;
+    Ok(())
+}
+
+/// With 10 connections, 4 kept for identified clients: the seventh anonymous connection is told
+/// the anonymous slots are taken, and an identified client still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_never_take_the_slots_kept_for_identified_ones() -> Result<()> {
+    let fixture = roam_tests::Fixture::new()?;
+    let mut config = HostConfig::new(fixture.trust_dir(), fixture.path().join("data"));
+    config.limits.max_connections = 10;
+    config.limits.reserved_connections = 4;
+    let running = RunningHost::start(Host::open(&config)?, "127.0.0.1:0".parse()?).await?;
+    let addr = running.addr().to_string();
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(accepted(&addr).await?);
+    }
+    match open(&addr).await? {
+        (_, Welcome::Refused(e)) if e.kind == ErrorKind::Busy && e.message.contains("anonymous") => {}
+        (_, other) => bail!("a seventh anonymous connection was {other:?}"),
+    }
+    let key = std::sync::Arc::new(roam_keys::SecretKey::generate()?);
+    let tls = roam_host::transport::client_config(Some(key))?;
+    let mut identified = Client::connect_target(&addr, tls).await.context("an identified client was refused")?;
+    assert!(matches!(identified.request(&Request::Ping).await?, Response::Pong));
+    drop(held);
+    running.shutdown().await;
+    Ok(())
+}
+
+/// 32 connections each send a 32 MiB frame at once; with a budget of 64 MiB of frames in
+/// flight, the host reads them a few at a time, and its peak resident memory grows by less than
+/// the budget plus 100 MB (it grew by about a gibibyte without one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_large_frames_stay_within_the_budget_of_bytes_in_flight() -> Result<()> {
+    const FRAMES: usize = 32;
+    const SIZE: usize = 32 << 20;
+    const BUDGET_MIB: u64 = 64;
+    let fixture = roam_tests::Fixture::new()?;
+    let config = fixture.write(
+        "host.toml",
+        format!("trust = {:?}\n[limits]\ninflight_mib = {BUDGET_MIB}\n", fixture.trust_dir().display().to_string()),
+    )?;
+    let host = fixture.host(roam_tests::args!["--config", config])?;
+    let addr = host.addr.to_string();
+    // Warm up, then the baseline: the peak so far.
+    drop(accepted(&addr).await?);
+    let before = host.memory("VmHWM")?;
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..FRAMES {
+        let mut stream = accepted(&addr).await?;
+        senders.spawn(async move {
+            let mut frame = (SIZE as u32).to_be_bytes().to_vec();
+            frame.resize(4 + SIZE, 0x81);
+            stream.write_all(&frame).await?;
+            stream.flush().await?;
+            // Each is answered (malformed, or busy) and closed once read or given up on.
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut rest)).await;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(sent) = senders.join_next().await {
+        sent??;
+    }
+    let grew = host.memory("VmHWM")?.saturating_sub(before);
+    eprintln!("{FRAMES} frames of {} MiB at once: peak RSS +{} MiB (budget {BUDGET_MIB} MiB)", SIZE >> 20, grew >> 20);
+    assert!(grew < (BUDGET_MIB << 20) + 100_000_000, "peak resident memory grew by {} MiB", grew >> 20);
+    host.stop()
 }

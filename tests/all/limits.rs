@@ -208,6 +208,7 @@ async fn connections_over_the_cap_are_told_so_and_closed() -> Result<()> {
     roam_tests::open_access(&dir.path().join("trust"))?;
     let mut config = HostConfig::new(dir.path().join("trust"), dir.path().join("data"));
     config.limits.max_connections = 1;
+    config.limits.reserved_connections = 0;
     let running = RunningHost::start(Host::open(&config)?, "127.0.0.1:0".parse()?).await?;
     let addr = running.addr().to_string();
     let first = Client::connect(&addr).await?;

@@ -63,6 +63,9 @@ pub enum FrameError {
     /// The peer took too long.
     #[error("timed out waiting for the peer")]
     Timeout,
+    /// The host has no room for the frame now (its budget of bytes in flight is taken).
+    #[error("the host is busy: {0}")]
+    Busy(String),
     /// The peer started a frame but did not finish it in time.
     #[error("the frame did not arrive whole within {0:?} of its first byte")]
     Slow(Duration),
@@ -84,17 +87,22 @@ const IO_SLICE: usize = 64 << 10;
 /// whole frame must arrive `within` that time, so a peer trickling bytes cannot hold a
 /// connection, and the body's buffer grows only with the bytes received.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize, within: Duration) -> Result<Vec<u8>, FrameError> {
-    read_frame_after(r, max, within, None).await
+    read_frame_after(r, max, within, None, |_| async { Ok(()) }).await.map(|(body, ())| body)
 }
 
 /// [`read_frame`], waiting at most `idle` (if given) for the frame's first byte: `Timeout` if
 /// none came.
-pub async fn read_frame_after<R: AsyncRead + Unpin>(
+pub async fn read_frame_after<R, G, F>(
     r: &mut R,
     max: usize,
     within: Duration,
     idle: Option<Duration>,
-) -> Result<Vec<u8>, FrameError> {
+    admit: impl FnOnce(usize) -> F,
+) -> Result<(Vec<u8>, G), FrameError>
+where
+    R: AsyncRead + Unpin,
+    F: Future<Output = Result<G, FrameError>>,
+{
     let mut len = [0u8; 4];
     let first = r.read_exact(&mut len[..1]);
     let first = match idle {
@@ -121,6 +129,7 @@ pub async fn read_frame_after<R: AsyncRead + Unpin>(
         if size > max {
             return Err(FrameError::TooLarge { size, max });
         }
+        let admitted = admit(size).await?;
         let mut body = Vec::with_capacity(size.min(FIRST_READ));
         while body.len() < size {
             let want = (size - body.len()).min(IO_SLICE);
@@ -129,7 +138,7 @@ pub async fn read_frame_after<R: AsyncRead + Unpin>(
                 return Err(FrameError::Truncated { size, received: body.len() });
             }
         }
-        Ok(body)
+        Ok((body, admitted))
     };
     tokio::time::timeout(within, rest).await.map_err(|_| FrameError::Slow(within))?
 }
