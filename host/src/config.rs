@@ -161,6 +161,9 @@ pub struct LimitsConfig {
     pub agent_lifetime_s: u64,
     /// Largest table an agent carries by copy or move, KiB.
     pub copy_kib: usize,
+    /// How long the records of agents that ended are kept, seconds: then they are forgotten
+    /// (those of an agent whose lifetime is not over yet are kept until it is).
+    pub agent_retention_s: u64,
 }
 
 impl Default for LimitsConfig {
@@ -186,6 +189,7 @@ impl Default for LimitsConfig {
             agent_snapshot_mib: 16,
             agent_lifetime_s: 24 * 3600,
             copy_kib: 1024,
+            agent_retention_s: 7 * 24 * 3600,
         }
     }
 }
@@ -268,10 +272,11 @@ impl LimitsConfig {
             return bad("limits.max_connections must be at least 1");
         }
         if self.connections_per_source == 0 || self.reserved_connections >= self.max_connections {
-            return bad(
-                "limits.connections_per_source must be at least 1, and limits.reserved_connections less than \
-                 limits.max_connections",
-            );
+            return bad("limits.connections_per_source must be at least 1, and limits.reserved_connections less than \
+                 limits.max_connections");
+        }
+        if self.agent_retention_s == 0 {
+            return bad("limits.agent_retention_s must be at least 1");
         }
         if self.idle_s == 0 {
             return bad("limits.idle_s must be at least 1");

@@ -113,6 +113,7 @@ impl Host {
             queue_timeout: Duration::from_millis(config.limits.queue_ms),
             limits: config.limits.agents(),
             max_copy: config.limits.copy_kib << 10,
+            retention: Duration::from_secs(config.limits.agent_retention_s),
         })?;
         Ok(Self {
             inner: Arc::new(Inner {

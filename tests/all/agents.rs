@@ -463,6 +463,14 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
     let message = refusal(send(unknown, snapshot.clone()).await?)?;
     assert!(message.contains("a host sends only its own messages"), "{message}");
 
+    // An agent whose lifetime is over, in a fresh envelope from a trusted peer: what a replay
+    // of a transfer whose records this host has forgotten (`agent_retention_s`) would be.
+    let mut expired = envelope(target_key, 4, &snapshot);
+    expired.record.launched_at -= expired.record.limits.lifetime_secs + 3600;
+    let expired = Signed::sign(domain::ENVELOPE, &expired, &peer_key)?;
+    let message = refusal(send(expired, snapshot.clone()).await?)?;
+    assert!(message.contains("lifetime") && message.contains("is over"), "{message}");
+
     // An envelope whose signed body was changed after signing.
     let mut forged = good.clone();
     let n = forged.body.len() - 3;

@@ -313,7 +313,11 @@ async fn one_source_holding_many_connections_leaves_the_host_to_others() -> Resu
             idle.push(stream);
         }
     }
-    assert!(idle.len() <= share, "one source held {} connections past their handshake; its share is {share}", idle.len());
+    assert!(
+        idle.len() <= share,
+        "one source held {} connections past their handshake; its share is {share}",
+        idle.len()
+    );
 
     let started = Instant::now();
     let answer = Client::connect(&addr).await?.eval(&quick, vec![0xa0]).await?;

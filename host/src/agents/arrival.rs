@@ -104,6 +104,16 @@ impl Agents {
         if envelope.ending.is_some() && envelope.record.home_key != self.key.public() {
             return Err(refused("an agent can only end its journey at its home"));
         }
+        // An agent past its lifetime would only fail here; refusing it is also what lets this
+        // host forget the records of agents whose lifetime is over (`store::prune`).
+        let record = &envelope.record;
+        let over = record.launched_at.saturating_add(record.limits.lifetime_secs).saturating_add(CLOCK_SKEW);
+        if envelope.ending.is_none() && over < now_secs() {
+            return Err(refused(format!(
+                "agent {id}'s lifetime of {} s is over; it cannot start another visit",
+                record.limits.lifetime_secs
+            )));
+        }
         if let Some(Ending::Finished(result)) = &envelope.ending {
             let event = Event::Finished { host: self.name.clone(), result: result.clone() };
             let receipt = self.receipt(id, hop, envelope.snapshot_digest)?;

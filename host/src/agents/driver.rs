@@ -8,12 +8,14 @@
 //! loopback). It waits, and starts transfers and deliveries, through the runtime's handle.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use super::store::{self, RowState};
-use super::{Agents, RETRY_EVERY};
+use super::{Agents, CLOCK_SKEW, PRUNE_BATCH, PRUNE_EVERY, RETRY_EVERY};
+use crate::state::now_secs;
 use crate::sync::lock;
 
 /// The most transfers one round of the agent driver starts: a host with many parked agents
@@ -67,7 +69,26 @@ impl Agents {
         }
     }
 
+    /// Forgets the records of agents that ended more than the retention ago, once in a while.
+    fn prune(&self) {
+        {
+            let mut at = lock(&self.pruned_at);
+            if at.elapsed() < PRUNE_EVERY.min(self.retention) {
+                return;
+            }
+            *at = Instant::now();
+        }
+        let now = now_secs();
+        let cutoff = now.saturating_sub(self.retention.as_secs());
+        match self.state.transaction(|tx| store::prune(tx, cutoff, now, CLOCK_SKEW, PRUNE_BATCH)) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("forgot {n} records of agents that ended over {:?} ago", self.retention),
+            Err(e) => tracing::warn!("cannot forget old agent records: {e}"),
+        }
+    }
+
     fn round(self: &Arc<Self>, handle: &Handle) {
+        self.prune();
         // Queued messages go first: a recall order passed on must not wait for the visits of
         // this round. Reports and transfers run as tasks of their own, one per destination and
         // one per agent, so a slow or dead peer holds up only what is bound for it; what this

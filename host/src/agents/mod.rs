@@ -64,6 +64,10 @@ pub const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// How long a peer may take to answer one host-to-host request (a transfer includes fetching
 /// the code, if the peer lacks it), so a hung peer never stalls the driver.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the driver forgets the records of agents that ended long ago.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How many records one pass forgets at most, so that a pass stays short.
+const PRUNE_BATCH: usize = 1000;
 /// How many recall orders a host keeps in memory for its transfers' last look.
 const ORDERS_KEPT: usize = 4096;
 
@@ -114,6 +118,10 @@ pub struct Agents {
     agent_limits: AgentLimits,
     /// Largest table an agent carries by copy or move.
     max_copy: usize,
+    /// How long the records of agents that ended are kept.
+    retention: Duration,
+    /// When the driver last forgot old records.
+    pruned_at: Mutex<Instant>,
 }
 
 /// What the host lends its agents.
@@ -134,6 +142,7 @@ pub(crate) struct Parts {
     pub queue_timeout: Duration,
     pub limits: AgentLimits,
     pub max_copy: usize,
+    pub retention: Duration,
 }
 
 impl Agents {
@@ -162,6 +171,8 @@ impl Agents {
             queue_timeout: parts.queue_timeout,
             agent_limits: parts.limits,
             max_copy: parts.max_copy,
+            retention: parts.retention,
+            pruned_at: Mutex::new(Instant::now()),
         })
     }
 

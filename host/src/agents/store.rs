@@ -565,6 +565,36 @@ pub(crate) fn delete_outbox(state: &State, seq: i64) -> Result<(), StateError> {
     state.transaction(|tx| tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq]).map(|_| ()))
 }
 
+/// Deletes at most `batch` records of agents that ended here, last changed before `cutoff`
+/// (unix seconds): terminal `agents` rows whose agent's lifetime, plus `skew`, is over by `now`,
+/// and the home's entries of journeys that ended. Returns how many rows went.
+///
+/// Replay protection holds without them: a host refuses an envelope more than `skew` old, and
+/// one for an agent whose lifetime is over (`arrive`), so no envelope for a pruned row can be
+/// accepted again.
+pub(crate) fn prune(tx: &Transaction<'_>, cutoff: u64, now: u64, skew: u64, batch: usize) -> rusqlite::Result<usize> {
+    let mut stmt =
+        tx.prepare("SELECT id, hop, record FROM agents WHERE state IN ('done', 'failed') AND updated < ?1 LIMIT ?2")?;
+    let old: Vec<(String, u32, Vec<u8>)> = stmt
+        .query_map(params![cutoff as i64, batch as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut pruned = 0;
+    for (id, hop, record) in old {
+        // A record that does not decode says nothing of the agent's lifetime: it is kept.
+        let Ok(record) = from_cbor::<AgentRecord>(&record, "the agent record") else { continue };
+        let over = record.launched_at.saturating_add(record.limits.lifetime_secs).saturating_add(skew);
+        if over < now {
+            pruned += tx.execute("DELETE FROM agents WHERE id = ?1 AND hop = ?2", params![id, hop])?;
+        }
+    }
+    pruned += tx.execute(
+        "DELETE FROM homed WHERE id IN (SELECT id FROM homed WHERE state IN ('finished', 'failed', 'recalled')
+         AND updated < ?1 LIMIT ?2)",
+        params![cutoff as i64, batch as i64],
+    )?;
+    Ok(pruned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,6 +646,49 @@ mod tests {
         let due: Vec<_> = due_to_move(&state, 3, hung)?.into_iter().map(|r| r.id).collect();
         assert_eq!(due, ["agent-3", "agent-4", "agent-5"]);
         assert_eq!(due_to_move(&state, 100, |_, _| false)?.len(), 10);
+        Ok(())
+    }
+
+    /// Records of agents that ended are forgotten once older than the retention, and only once
+    /// the agent's lifetime (plus the clock skew) is over: until then an envelope for it could
+    /// still be accepted, and its row is what refuses a replay.
+    #[test]
+    fn only_ended_agents_past_their_lifetime_and_the_retention_are_forgotten() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let state = State::open(dir.path())?;
+        let now = now_secs();
+        let row = |id: &str, state: RowState, launched_ago: u64| {
+            let mut record = record(id);
+            record.launched_at = now - launched_ago;
+            record.limits.lifetime_secs = 100;
+            Row { state, record: Ok(record), ..leaving(id) }
+        };
+        state.transaction(|tx| {
+            create(tx)?;
+            insert(tx, &row("ended-long-ago", RowState::Done, 1_000))?;
+            insert(tx, &row("failed-long-ago", RowState::Failed, 1_000))?;
+            insert(tx, &row("still-alive", RowState::Done, 10))?;
+            insert(tx, &row("still-parked", RowState::Parked, 1_000))?;
+            insert_homed(tx, "ended-long-ago", "test@1.0.0", "here", None)?;
+            tx.execute("UPDATE homed SET state = 'finished'", [])?;
+            insert_homed(tx, "still-parked", "test@1.0.0", "here", None)?;
+            Ok(())
+        })?;
+        let left = |table: &str| -> Result<Vec<String>, StateError> {
+            state.transaction(|tx| {
+                let mut stmt = tx.prepare(&format!("SELECT id FROM {table} ORDER BY id"))?;
+                stmt.query_map([], |r| r.get(0))?.collect()
+            })
+        };
+        // Rows just written are younger than the retention: nothing goes.
+        state.transaction(|tx| prune(tx, now - 60, now, 300, 100))?;
+        assert_eq!(left("agents")?.len(), 4);
+        // Past the retention: the ended agents whose lifetime and skew are over go.
+        let pruned = state.transaction(|tx| prune(tx, now + 60, now, 300, 100))?;
+        assert_eq!(left("agents")?, ["still-alive", "still-parked"]);
+        assert_eq!(left("homed")?, ["still-parked"]);
+        assert_eq!(pruned, 3);
         Ok(())
     }
 }
