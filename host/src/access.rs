@@ -228,10 +228,7 @@ impl Access {
         if self.allows(right, caller) {
             return Ok(());
         }
-        let who = match caller {
-            None => "an anonymous client (give your key with --identity)".to_owned(),
-            Some(key) => format!("client {}", self.describe(key)),
-        };
+        let who = self.caller(caller);
         Err(RemoteError::new(
             ErrorKind::Denied,
             format!(
@@ -273,12 +270,75 @@ impl Access {
         &self.path
     }
 
+    /// Who `caller` is, for refusals.
+    pub fn caller(&self, caller: Option<&PublicKey>) -> String {
+        match caller {
+            None => "an anonymous client (give your key with --identity)".to_owned(),
+            Some(key) => format!("client {}", self.describe(key)),
+        }
+    }
+
     /// A caller as people know it: its name in the policy, else its key.
     pub fn describe(&self, key: &PublicKey) -> String {
         match self.names.get(key) {
             Some(name) => format!("{name} ({}…)", &key.to_hex()[..16]),
             None => key.to_hex(),
         }
+    }
+}
+
+/// How many launches and publishes each caller has made in the current hour, to hold them to
+/// the host's quotas.
+#[derive(Debug)]
+pub struct Quotas {
+    launches: u32,
+    publishes: u32,
+    used: std::sync::Mutex<crate::cache::Bounded<(Right, Option<PublicKey>), Window>>,
+}
+
+/// When a caller's hour began, and how many times it used a right since.
+type Window = (std::time::Instant, u32);
+
+/// The window a quota counts in.
+const QUOTA_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How many callers' counts are kept: more than a host has clients in an hour.
+const QUOTA_CALLERS: usize = 65_536;
+
+impl Quotas {
+    /// Quotas of `launches` and `publishes` per caller and hour.
+    pub fn new(launches: u32, publishes: u32) -> Self {
+        Self { launches, publishes, used: std::sync::Mutex::new(crate::cache::Bounded::new(QUOTA_CALLERS)) }
+    }
+
+    /// Counts one use of `right` (launch or publish) by `caller`, if its quota allows it.
+    ///
+    /// # Errors
+    /// A `busy` refusal that says when the caller may go on.
+    pub fn take(&self, right: Right, caller: Option<&PublicKey>, who: &str) -> Result<(), RemoteError> {
+        let (limit, what, setting) = match right {
+            Right::Launch => (self.launches, "launched agents", "launches_per_hour"),
+            Right::Publish => (self.publishes, "published modules", "publishes_per_hour"),
+            _ => return Ok(()),
+        };
+        let mut used = crate::sync::lock(&self.used);
+        let key = (right, caller.copied());
+        let now = std::time::Instant::now();
+        let (since, count) = match used.get(&key) {
+            Some(&(since, count)) if now.duration_since(since) < QUOTA_WINDOW => (since, count),
+            _ => (now, 0),
+        };
+        if count >= limit {
+            let wait = QUOTA_WINDOW.saturating_sub(now.duration_since(since)).as_secs() + 1;
+            return Err(RemoteError::new(
+                ErrorKind::Busy,
+                format!(
+                    "{who} has {what} {count} times this hour, the most this host allows (limits.{setting}); retry in \
+                     {wait} s"
+                ),
+            ));
+        }
+        used.insert(key, (since, count + 1));
+        Ok(())
     }
 }
 

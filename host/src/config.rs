@@ -161,6 +161,10 @@ pub struct LimitsConfig {
     pub agent_lifetime_s: u64,
     /// Largest table an agent carries by copy or move, KiB.
     pub copy_kib: usize,
+    /// Agents one caller (a client key, or all anonymous callers together) may launch an hour.
+    pub launches_per_hour: u32,
+    /// Modules one caller may publish an hour.
+    pub publishes_per_hour: u32,
     /// How long the records of agents that ended are kept, seconds: then they are forgotten
     /// (those of an agent whose lifetime is not over yet are kept until it is).
     pub agent_retention_s: u64,
@@ -190,6 +194,8 @@ impl Default for LimitsConfig {
             agent_lifetime_s: 24 * 3600,
             copy_kib: 1024,
             agent_retention_s: 7 * 24 * 3600,
+            launches_per_hour: 1000,
+            publishes_per_hour: 100,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use roam_keys::{Kind, ModuleHash, PublicKey, SecretKey, TrustStore, VerifiedModule, VerifyError};
 use tokio::sync::Semaphore;
 
-use crate::access::{ACCESS_FILE, Access, Right};
+use crate::access::{ACCESS_FILE, Access, Quotas, Right};
 use crate::admission::{Admission, Rollback};
 use crate::agents::peers::Peers;
 use crate::agents::{Agents, Parts, Viewer};
@@ -65,6 +65,8 @@ struct Inner {
     /// How long a peer may take over one frame, from its first byte.
     frame_timeout: Duration,
     connections: ConnectionLimits,
+    /// How many launches and publishes each caller has left this hour.
+    quotas: Quotas,
     /// Who may ask this host for what; replaced whole on a reload.
     access: std::sync::RwLock<Arc<Access>>,
 }
@@ -133,6 +135,7 @@ impl Host {
                 frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
                 connections: config.limits.connections(),
                 access: std::sync::RwLock::new(Arc::new(access)),
+                quotas: Quotas::new(config.limits.launches_per_hour, config.limits.publishes_per_hour),
             }),
         })
     }
@@ -232,7 +235,9 @@ impl Host {
             _ => None,
         };
         if let Some(right) = needs
-            && let Err(e) = access.check(right, peer.as_ref())
+            && let Err(e) = access
+                .check(right, peer.as_ref())
+                .and_then(|()| self.inner.quotas.take(right, peer.as_ref(), &access.caller(peer.as_ref())))
         {
             return Response::Error(e);
         }

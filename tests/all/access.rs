@@ -228,3 +228,30 @@ async fn a_signer_removed_on_reload_is_refused_even_for_modules_already_held() -
     running.shutdown().await;
     Ok(())
 }
+
+/// Each caller may launch so many agents an hour: past that it is told when to retry, and
+/// another caller is not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launches_are_held_to_a_quota_per_caller() -> Result<()> {
+    let net = Net::new(&["home"])?;
+    let mut config = net.config("home", "trust")?;
+    config.limits.launches_per_hour = 2;
+    let (_, home) = net.start(&config).await?;
+    let addr = home.addr().to_string();
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let input = json_to_cbor(&serde_json::json!({ "hosts": [] }));
+    let mut anonymous = client(&addr, None).await?;
+    for _ in 0..2 {
+        anonymous.launch(module.clone(), input.clone()).await?;
+    }
+    match anonymous.request(&Request::Launch { module: module.clone(), input: input.clone() }).await? {
+        Response::Error(e) if e.kind == ErrorKind::Busy => {
+            assert!(e.message.contains("launches_per_hour") && e.message.contains("retry in"), "{e}");
+        }
+        other => bail!("a launch over the quota was {other:?}"),
+    }
+    let someone = SecretKey::generate()?;
+    client(&addr, Some(&someone)).await?.launch(module, input).await.context("another caller was held back")?;
+    home.shutdown().await;
+    Ok(())
+}
