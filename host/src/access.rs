@@ -24,6 +24,9 @@
 //! launch = ["alice"]        # launch agents, and see one's own
 //! recall = ["alice"]        # recall one's own agents
 //! admin = ["alice"]         # see and recall every agent
+//!
+//! [eval_capabilities]       # optional: a client or group evaluates only modules whose
+//! bob = ["table:sales"]     # capabilities all match these (exact, or a prefix ending in '*')
 //! ```
 //!
 //! The host's peers (other hosts, proven by their keys) may always fetch agent and code modules:
@@ -121,6 +124,8 @@ struct File {
     groups: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     allow: BTreeMap<Right, Vec<String>>,
+    #[serde(default)]
+    eval_capabilities: BTreeMap<String, Vec<String>>,
 }
 
 /// Who is granted a right.
@@ -139,6 +144,8 @@ pub struct Access {
     /// Client keys by name, and names by key.
     names: BTreeMap<PublicKey, String>,
     grants: BTreeMap<Right, Grant>,
+    /// The capabilities a client's evaluations may ask for, if it is restricted.
+    eval_capabilities: BTreeMap<PublicKey, Vec<String>>,
 }
 
 impl Access {
@@ -146,7 +153,12 @@ impl Access {
     /// else. `path` is where the operator would write the file.
     pub fn closed(path: PathBuf) -> Self {
         let anyone = Grant { anyone: true, ..Grant::default() };
-        Self { path, names: BTreeMap::new(), grants: BTreeMap::from([(Right::FetchCode, anyone)]) }
+        Self {
+            path,
+            names: BTreeMap::new(),
+            grants: BTreeMap::from([(Right::FetchCode, anyone)]),
+            eval_capabilities: BTreeMap::new(),
+        }
     }
 
     /// Reads the policy at `path`; a missing file is [`Access::closed`].
@@ -209,6 +221,20 @@ impl Access {
             }
             access.grants.insert(right, grant);
         }
+        for (name, patterns) in file.eval_capabilities {
+            let members: Vec<PublicKey> = match (keys.get(name.as_str()), file.groups.get(&name)) {
+                (Some(key), _) => vec![*key],
+                (None, Some(members)) => members.iter().filter_map(|m| keys.get(m.as_str()).copied()).collect(),
+                (None, None) => {
+                    return Err(invalid(format!(
+                        "eval_capabilities names {name:?}, which is neither a client nor a group"
+                    )));
+                }
+            };
+            for key in members {
+                access.eval_capabilities.entry(key).or_default().extend(patterns.iter().cloned());
+            }
+        }
         access.names = names;
         Ok(access)
     }
@@ -268,6 +294,28 @@ impl Access {
     /// The file the policy comes from (or would).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Checks that `caller` may evaluate a module that asks for `capabilities`: a client whose
+    /// evaluations are restricted (`[eval_capabilities]`) only if each matches its patterns.
+    ///
+    /// # Errors
+    /// A refusal that names the capability and the file.
+    pub fn check_eval(&self, caller: Option<&PublicKey>, capabilities: &[String]) -> Result<(), RemoteError> {
+        let Some(patterns) = caller.and_then(|k| self.eval_capabilities.get(k)) else { return Ok(()) };
+        let allowed = |cap: &String| patterns.iter().any(|p| roam_keys::Policy::pattern_allows(p, cap));
+        match capabilities.iter().find(|cap| !allowed(cap)) {
+            None => Ok(()),
+            Some(cap) => Err(RemoteError::new(
+                ErrorKind::Denied,
+                format!(
+                    "{} may evaluate only modules whose capabilities match {patterns:?} ([eval_capabilities] in {}); \
+                     this one asks for {cap}",
+                    self.caller(caller),
+                    self.path.display()
+                ),
+            )),
+        }
     }
 
     /// Who `caller` is, for refusals.
@@ -386,6 +434,23 @@ mod tests {
     }
 
     #[test]
+    fn a_client_may_be_held_to_queries_asking_for_some_capabilities() -> Result<(), Box<dyn std::error::Error>> {
+        let text = format!(
+            "[clients]\nalice = \"{ALICE}\"\nbob = \"{BOB}\"\n[groups]\nsales = [\"bob\"]\n\
+             [allow]\neval = [\"alice\", \"sales\"]\n[eval_capabilities]\nsales = [\"table:sales\", \"log:*\"]\n"
+        );
+        let access = Access::parse(&text, Path::new("access.toml"))?;
+        let (alice, bob) = (key(ALICE)?, key(BOB)?);
+        let caps = |c: &[&str]| c.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        access.check_eval(Some(&bob), &caps(&["table:sales", "log:audit"]))?;
+        access.check_eval(Some(&bob), &[])?;
+        let refusal = access.check_eval(Some(&bob), &caps(&["table:sales", "table:stock"])).err().ok_or("allowed")?;
+        assert!(refusal.message.contains("table:stock") && refusal.message.contains("eval_capabilities"), "{refusal}");
+        access.check_eval(Some(&alice), &caps(&["table:stock"]))?;
+        Ok(())
+    }
+
+    #[test]
     fn a_policy_that_names_what_it_does_not_define_is_refused() {
         for text in [
             "[allow]\neval = [\"alcie\"]\n".to_owned(),
@@ -393,6 +458,7 @@ mod tests {
             format!("[clients]\nalice = \"{ALICE}\"\n[groups]\nops = [\"alice\", \"bob\"]\n"),
             "[clients]\nalice = \"not hex\"\n".to_owned(),
             format!("[clients]\nalice = \"{ALICE}\"\nbob = \"{ALICE}\"\n"),
+            "[eval_capabilities]\nnobody = [\"table:sales\"]\n".to_owned(),
         ] {
             assert!(Access::parse(&text, Path::new("access.toml")).is_err(), "{text}");
         }

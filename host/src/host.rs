@@ -252,7 +252,7 @@ impl Host {
         let agents = agents.clone();
         match request {
             Request::Ping => Response::Pong,
-            Request::Eval { module, input } => self.eval(module, input).await.unwrap_or_else(Response::Error),
+            Request::Eval { module, input } => self.eval(module, input, peer).await.unwrap_or_else(Response::Error),
             Request::Publish { module } => blocking(move || inner.publish(module).map(Response::Published)).await,
             Request::List => blocking(move || inner.state.modules().map(Response::Modules).map_err(internal)).await,
             Request::Resolve { name, version } => {
@@ -297,7 +297,12 @@ impl Host {
         off_runtime(move || inner.publish(bytes)).await
     }
 
-    async fn eval(&self, module: ModuleRef, input: Vec<u8>) -> Result<Response, RemoteError> {
+    async fn eval(
+        &self,
+        module: ModuleRef,
+        input: Vec<u8>,
+        caller: Option<PublicKey>,
+    ) -> Result<Response, RemoteError> {
         // A module known to run long waits here for a long-call permit, before it takes a module
         // thread. (One sent whole is checked once admitted, in `eval_blocking`.)
         let long = match &module {
@@ -308,7 +313,7 @@ impl Host {
         let inner = self.inner.clone();
         let job = self.inner.threads.run(move || {
             let _permit = permit;
-            inner.eval_blocking(module, input, long)
+            inner.eval_blocking(module, input, long, caller)
         });
         job.await
             .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("the evaluation failed inside the host: {e}")))?
@@ -428,13 +433,14 @@ impl Inner {
         }
     }
 
-    /// Runs a query module; `long` is the long-call permit it waited for, if it is known to run
-    /// long.
+    /// Runs a query module for `caller`; `long` is the long-call permit it waited for, if it is
+    /// known to run long.
     fn eval_blocking(
         &self,
         module: ModuleRef,
         input: Vec<u8>,
         long: Option<tokio::sync::OwnedSemaphorePermit>,
+        caller: Option<PublicKey>,
     ) -> Result<Response, RemoteError> {
         let whole = matches!(module, ModuleRef::Bytes(_));
         let admitted = match module {
@@ -447,6 +453,7 @@ impl Inner {
                 None => self.admit(bytes)?,
             },
         };
+        self.access().check_eval(caller.as_ref(), &admitted.verified.claims().capabilities)?;
         // A long module sent whole, so without its long-call permit: it runs only if one is
         // free now, since waiting here would hold a module thread.
         let _long = match long {

@@ -36,8 +36,8 @@ fn denied(answer: Result<Response, ClientError>, right: &str) -> Result<String> 
     }
 }
 
-/// A host whose policy grants alice everything but administration, carol administration, and
-/// nobody else anything but code: a stranger, anonymous or with a key the host does not know,
+/// A host whose policy grants alice everything but administration, carol administration, dave
+/// evaluations of queries that ask for logs only, and nobody else anything but code: a stranger, anonymous or with a key the host does not know,
 /// cannot list, read, recall, evaluate (by hash or whole), fetch a query module or launch;
 /// alice sees and recalls her own agent, carol every agent; mallory, identified but unknown,
 /// gets no further than an anonymous client.
@@ -45,14 +45,16 @@ fn denied(answer: Result<Response, ClientError>, right: &str) -> Result<String> 
 async fn a_stranger_may_fetch_code_and_nothing_else_and_agents_are_their_owners() -> Result<()> {
     // "down" is a peer that never starts: the agent waits for it, so it can be recalled.
     let net = Net::new(&["home", "down"])?;
-    let [alice, carol, mallory] = ["alice", "carol", "mallory"].map(|_| SecretKey::generate());
-    let (alice, carol, mallory) = (alice?, carol?, mallory?);
+    let [alice, carol, dave, mallory] = ["alice", "carol", "dave", "mallory"].map(|_| SecretKey::generate());
+    let (alice, carol, dave, mallory) = (alice?, carol?, dave?, mallory?);
     let policy = format!(
-        "[clients]\nalice = \"{}\"\ncarol = \"{}\"\n[allow]\n\
-         eval = [\"alice\"]\npublish = [\"alice\"]\nfetch_query = [\"alice\"]\nfetch_agent = [\"alice\"]\n\
-         list = [\"alice\"]\nlaunch = [\"alice\"]\nrecall = [\"alice\"]\nadmin = [\"carol\"]\n",
+        "[clients]\nalice = \"{}\"\ncarol = \"{}\"\ndave = \"{}\"\n[allow]\n\
+         eval = [\"alice\", \"dave\"]\npublish = [\"alice\"]\nfetch_query = [\"alice\"]\nfetch_agent = [\"alice\"]\n\
+         list = [\"alice\"]\nlaunch = [\"alice\"]\nrecall = [\"alice\"]\nadmin = [\"carol\"]\n\
+         [eval_capabilities]\ndave = [\"log:*\"]\n",
         alice.public(),
-        carol.public()
+        carol.public(),
+        dave.public()
     );
     std::fs::write(net.path("trust/access.toml"), policy)?;
     let (_, home) = net.start(&net.config("home", "trust")?).await?;
@@ -64,6 +66,21 @@ async fn a_stranger_may_fetch_code_and_nothing_else_and_agents_are_their_owners(
     let hash = roam_keys::hash_module(&query);
     let mut as_alice = client(&addr, Some(&alice)).await?;
     as_alice.eval(&query, vec![0xa0]).await.context("alice's evaluation")?;
+    // dave may evaluate only queries that ask for logs: not one that asks for a table.
+    let asks_for_sales = roam_tests::sign_with(
+        &net.alice,
+        &wat::parse_str(QUICK)?,
+        Kind::Query,
+        "quick",
+        "1.1.0",
+        &["table:sales"],
+        (0, 3600),
+    )?;
+    let mut as_dave = client(&addr, Some(&dave)).await?;
+    as_dave.eval(&query, vec![0xa0]).await.context("dave's evaluation of a query asking for nothing")?;
+    let whole = Request::Eval { module: ModuleRef::Bytes(asks_for_sales), input: vec![0xa0] };
+    let said = denied(as_dave.request(&whole).await, "eval_capabilities")?;
+    assert!(said.contains("table:sales"), "{said}");
     let code = std::fs::read(roam_tests::agent_wasm("order_validator")?)?;
     let code = roam_tests::sign_with(&net.alice, &code, Kind::Code, "validator", "1.0.0", &[], (0, 3600))?;
     let code_hash = roam_keys::hash_module(&code);
