@@ -137,6 +137,19 @@ pub async fn agent(home: &str, id: &str) -> Result<AgentInfo> {
     }
 }
 
+/// Waits (up to 30 s) until the agent waits, parked, at its home; returns what the home knows.
+pub async fn parked(home: &str, id: &str) -> Result<AgentInfo> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = agent(home, id).await?;
+        if info.state == "parked" {
+            return Ok(info);
+        }
+        ensure!(Instant::now() < deadline, "the agent never parked: {info:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (up to `limit`) until the agent ended at its home; returns what the home knows.
 pub async fn ended(home: &str, id: &str, limit: Duration) -> Result<AgentInfo> {
     let deadline = Instant::now() + limit;
@@ -698,15 +711,7 @@ async fn an_agent_is_never_handed_to_a_host_that_is_not_a_trusted_peer() -> Resu
     let home_addr = home_run.addr().to_string();
     let id = launch(&home_addr, module, serde_json::json!({ "hosts": ["a"] })).await?;
     // The agent waits for the real a, told why.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let info = loop {
-        let info = agent(&home_addr, &id).await?;
-        if info.state == "parked" {
-            break info;
-        }
-        ensure!(Instant::now() < deadline, "the agent never waited: {info:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let info = parked(&home_addr, &id).await?;
     let detail = info.detail.unwrap_or_default();
     assert!(detail.contains("proved key") && detail.contains("do not trust it"), "{detail}");
     assert!(rogue.state().module(&roam_keys::hash_module(&net.sign_agent("hop_counter", "x", &[])?))?.is_none());

@@ -14,7 +14,7 @@ use roam_host::protocol::{Request, Response};
 use roam_host::server::RunningHost;
 use roam_host::state::now_millis;
 
-use crate::agents::{Net, agent, check_hop_counter, ended, launch, result_json, with_route};
+use crate::agents::{Net, agent, check_hop_counter, ended, launch, parked, result_json, with_route};
 use crate::crash::{Rng, account};
 
 /// Checks what a recalled hop-counter handed over against the hosts of its route, and returns
@@ -161,18 +161,6 @@ async fn a_recall_reaches_an_agent_whose_host_was_down_when_it_was_ordered() -> 
 }
 
 /// Waits until the home reports the agent parked.
-async fn parked(home: &str, id: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = agent(home, id).await?;
-        if info.state == "parked" {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "the agent never parked: {info:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A recall order acts only on an agent whose home signed it: a trusted peer's own order for
 /// another home's agent is refused, the agent stays where it waits, and its home's order works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

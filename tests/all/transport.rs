@@ -21,7 +21,7 @@ use roam_keys::{Kind, PublicKey, TrustStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::agents::{Net, agent, check_hop_counter, ended, launch, result_json, with_route};
+use crate::agents::{Net, agent, check_hop_counter, ended, launch, parked, result_json, with_route};
 use crate::crash::{account, free_port, host_args};
 
 /// The type of a TLS record that carries encrypted data (in TLS 1.3, every record after the
@@ -174,6 +174,18 @@ async fn relay_listener() -> Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     Ok((listener, addr))
+}
+
+/// Hosts home, a and b of `net`, with a relay in front of a whose address is a's in its peers'
+/// address book (returned too): everything bound for a goes through it.
+async fn with_a_relayed(net: &Net) -> Result<([RunningHost; 3], Relay, SocketAddr)> {
+    let (listener, to_a) = relay_listener().await?;
+    net.set_addr("a", &to_a.to_string())?;
+    let (_, home) = net.start(&net.config("home", "trust")?).await?;
+    let (_, a) = net.start(&net.config("a", "trust")?).await?;
+    let (_, b) = net.start(&net.config("b", "trust")?).await?;
+    let relay = Relay::start(listener, a.addr());
+    Ok(([home, a, b], relay, to_a))
 }
 
 /// Host `name` of `net`, in this process, that tells its peers to reach it at `advertised`.
@@ -401,14 +413,8 @@ async fn a_capture_of_eval_code_on_demand_and_an_agent_shows_no_plaintext() -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_byte_flipping_proxy_delays_a_transfer_but_the_agent_arrives_once() -> Result<()> {
     let net = Net::new(&["home", "a", "b"])?;
-    // The agent reaches a through a relay that corrupts what it carries there, for now: the
-    // relay's address is a's in its peers' address book.
-    let (listener, to_a) = relay_listener().await?;
-    net.set_addr("a", &to_a.to_string())?;
-    let (_, home) = net.start(&net.config("home", "trust")?).await?;
-    let (_, a) = net.start(&net.config("a", "trust")?).await?;
-    let (_, b) = net.start(&net.config("b", "trust")?).await?;
-    let relay = Relay::start(listener, a.addr());
+    // The agent reaches a through a relay that corrupts what it carries there, for now.
+    let ([home, a, b], relay, to_a) = with_a_relayed(&net).await?;
     relay.flip.store(true, Ordering::SeqCst);
 
     let home_addr = home.addr().to_string();
@@ -475,15 +481,7 @@ async fn a_host_dials_only_its_peers() -> Result<()> {
     });
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let id = launch(&home_addr, module.clone(), serde_json::json!({ "hosts": [stranger_addr] })).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let info = loop {
-        let info = agent(&home_addr, &id).await?;
-        if info.state == "parked" {
-            break info;
-        }
-        ensure!(Instant::now() < deadline, "the agent never waited: {info:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let info = parked(&home_addr, &id).await?;
     let detail = info.detail.unwrap_or_default();
     assert!(detail.contains("not one of this host's peers") && detail.contains("not dialed"), "{detail}");
     assert_eq!(offered.load(Ordering::SeqCst), 0, "the host dialed an address that is not a peer's");
@@ -607,15 +605,7 @@ async fn revoked_expired_foreign_and_borrowed_certificates_make_no_peer() -> Res
     // An agent sent to the revoked host waits, told why; the host sees no connection.
     let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let id = launch(&home_addr, module, serde_json::json!({ "hosts": ["b"] })).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let info = loop {
-        let info = agent(&home_addr, &id).await?;
-        if info.state == "parked" {
-            break info;
-        }
-        ensure!(Instant::now() < deadline, "the agent never waited: {info:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let info = parked(&home_addr, &id).await?;
     assert!(info.detail.as_deref().unwrap_or_default().contains("not one of this host's peers"), "{info:?}");
     home.shutdown().await;
     Ok(())
@@ -684,12 +674,7 @@ async fn recorded_connections_replayed_to_a_host_change_nothing() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_receipt_makes_the_sender_retry_and_the_agent_still_runs_once() -> Result<()> {
     let net = Net::new(&["home", "a", "b"])?;
-    let (listener, to_a) = relay_listener().await?;
-    net.set_addr("a", &to_a.to_string())?;
-    let (_, home) = net.start(&net.config("home", "trust")?).await?;
-    let (_, a) = net.start(&net.config("a", "trust")?).await?;
-    let (_, b) = net.start(&net.config("b", "trust")?).await?;
-    let relay = Relay::start(listener, a.addr());
+    let ([home, a, b], relay, _) = with_a_relayed(&net).await?;
     relay.flip_back.store(true, Ordering::SeqCst);
 
     let home_addr = home.addr().to_string();
