@@ -183,6 +183,13 @@ impl Access {
         let file: File = toml::from_str(text).map_err(|e| invalid(e.message().to_owned()))?;
         let mut keys = BTreeMap::new();
         let mut names = BTreeMap::new();
+        if let Some(reserved) =
+            ["anyone", "identified"].into_iter().find(|r| file.clients.contains_key(*r) || file.groups.contains_key(*r))
+        {
+            return Err(invalid(format!(
+                "{reserved:?} means something in [allow]; a client or group cannot be named so"
+            )));
+        }
         for (name, hex) in &file.clients {
             let key = PublicKey::from_hex(hex.trim()).map_err(|e| invalid(format!("clients.{name}: {e}")))?;
             if let Some(other) = names.insert(key, name.clone()) {
@@ -234,6 +241,16 @@ impl Access {
             for key in members {
                 access.eval_capabilities.entry(key).or_default().extend(patterns.iter().cloned());
             }
+        }
+        // A restriction that calling without one's key would escape is no restriction.
+        if !access.eval_capabilities.is_empty()
+            && access.grants.get(&Right::Eval).is_some_and(|g| g.anyone || g.identified)
+        {
+            return Err(invalid(
+                "[eval_capabilities] restricts some clients, but [allow] eval grants \"anyone\" or \"identified\": \
+                 they could evaluate without their key, or with another"
+                    .into(),
+            ));
         }
         access.names = names;
         Ok(access)
@@ -316,6 +333,11 @@ impl Access {
                 ),
             )),
         }
+    }
+
+    /// Whether the policy names `key` among its clients.
+    pub fn names(&self, key: &PublicKey) -> bool {
+        self.names.contains_key(key)
     }
 
     /// Who `caller` is, for refusals.
@@ -459,6 +481,10 @@ mod tests {
             "[clients]\nalice = \"not hex\"\n".to_owned(),
             format!("[clients]\nalice = \"{ALICE}\"\nbob = \"{ALICE}\"\n"),
             "[eval_capabilities]\nnobody = [\"table:sales\"]\n".to_owned(),
+            "[clients]\nanyone = \"1111111111111111111111111111111111111111111111111111111111111111\"\n".to_owned(),
+            format!(
+                "[clients]\nbob = \"{BOB}\"\n[allow]\neval = [\"identified\"]\n[eval_capabilities]\nbob = [\"log:*\"]\n"
+            ),
         ] {
             assert!(Access::parse(&text, Path::new("access.toml")).is_err(), "{text}");
         }

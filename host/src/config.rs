@@ -148,8 +148,9 @@ pub struct LimitsConfig {
     pub reserved_connections: usize,
     /// How long a connection may stay silent between requests, seconds.
     pub idle_s: u64,
-    /// Bytes of large frames being read or written at once, host-wide, MiB: a frame that does
-    /// not fit waits (up to the frame timeout) for others to finish.
+    /// Bytes of large frames being read or written at once, host-wide, MiB: half for peers and
+    /// the clients the access policy names, half for everyone else. A frame that does not fit
+    /// waits (up to the frame timeout) for others to finish.
     pub inflight_mib: usize,
     /// How long a request may wait for a free worker, milliseconds.
     pub queue_ms: u64,
@@ -287,8 +288,8 @@ impl LimitsConfig {
         if self.idle_s == 0 {
             return bad("limits.idle_s must be at least 1");
         }
-        if (self.inflight_mib << 10) < self.frame_kib {
-            return bad("limits.inflight_mib must hold at least one frame of limits.frame_kib");
+        if (self.inflight_mib << 10) / 2 < self.frame_kib {
+            return bad("limits.inflight_mib must hold at least two frames of limits.frame_kib (one in each half)");
         }
         if ((self.agent_snapshot_mib as usize) << 10) + 64 > self.frame_kib {
             return bad(

@@ -199,6 +199,13 @@ impl Host {
         Ok(())
     }
 
+    /// Whether `key` is known here: a peer's, or a client's the access policy names. Others,
+    /// however many keys they make, share what anonymous clients get (slots, quotas, room for
+    /// frames).
+    pub(crate) fn is_known(&self, key: &PublicKey) -> bool {
+        self.inner.agents.peers().is_peer(key) || self.inner.access().names(key)
+    }
+
     /// Checks the certificate a connecting host presented for the key it proved, and keeps it
     /// (see [`Peers::present`]); `Err` says why it is refused.
     pub(crate) fn present_certificate(
@@ -235,9 +242,11 @@ impl Host {
             _ => None,
         };
         if let Some(right) = needs
-            && let Err(e) = access
-                .check(right, peer.as_ref())
-                .and_then(|()| self.inner.quotas.take(right, peer.as_ref(), &access.caller(peer.as_ref())))
+            && let Err(e) = access.check(right, peer.as_ref()).and_then(|()| {
+                // Keys the policy does not name share the anonymous callers' quota.
+                let counted = peer.as_ref().filter(|k| access.names(k));
+                self.inner.quotas.take(right, counted, &access.caller(peer.as_ref()))
+            })
         {
             return Response::Error(e);
         }
@@ -384,9 +393,12 @@ impl Inner {
         max: u32,
         caller: Option<&PublicKey>,
     ) -> Result<Response, RemoteError> {
-        if let Some(info) = self.state.module(&hash).map_err(internal)? {
-            self.may_fetch(info.kind, caller)?;
-        }
+        // A module without its index row (being stored, say) is not served: its kind, which
+        // says who may fetch it, is in the row.
+        let Some(info) = self.state.module(&hash).map_err(internal)? else {
+            return Err(RemoteError::new(ErrorKind::NotFound, format!("this host holds no module {hash}")));
+        };
+        self.may_fetch(info.kind, caller)?;
         let chunk = self.state.read_module_chunk(&hash, offset, max.min(MAX_CHUNK) as usize).map_err(internal)?;
         let Some((total, bytes)) = chunk else {
             return Err(RemoteError::new(ErrorKind::NotFound, format!("this host holds no module {hash}")));
@@ -549,16 +561,16 @@ impl Policies {
         let trust = TrustStore::load(&config.trust)?;
         let access_path = config.access.clone().unwrap_or_else(|| config.trust.join(ACCESS_FILE));
         let access = Access::load(&access_path)?;
-        tracing::info!("access policy {}", access.describe_policy());
         let peers = match &config.peers {
-            Some(dir) => {
-                let peers = Peers::load(dir, own_key)
-                    .with_context(|| format!("cannot load the peers directory {}", dir.display()))?;
-                tracing::info!("peers ({}): {}", dir.display(), peers.describe());
-                peers
-            }
+            Some(dir) => Peers::load(dir, own_key)
+                .with_context(|| format!("cannot load the peers directory {}", dir.display()))?,
             None => Peers::none(own_key),
         };
+        // Said once all three loaded: a reload that fails describes nothing it did not apply.
+        tracing::info!("access policy {}", access.describe_policy());
+        if let Some(dir) = &config.peers {
+            tracing::info!("peers ({}): {}", dir.display(), peers.describe());
+        }
         Ok(Self { trust, access, peers })
     }
 }

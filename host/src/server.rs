@@ -152,6 +152,13 @@ impl Gate {
     /// already (the connection is closed at once). Over the host's cap, the place is not
     /// admitted: the client is told why.
     fn enter(self: &Arc<Self>, source: IpAddr) -> Option<Place> {
+        // An IPv6 client may take any address of its /64: the prefix is the source.
+        let source = match source {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)))
+            }
+            other => other,
+        };
         let mut held = self.held();
         let from_source = held.by_source.entry(source).or_default();
         if *from_source >= self.limits.per_source {
@@ -193,34 +200,50 @@ impl Drop for Place {
     }
 }
 
-/// The host-wide budget of bytes in large frames being read or written, in KiB.
+/// The host-wide budget of bytes in large frames being read or written, in KiB: one half for
+/// peers and known clients, one for everyone else, so that strangers announcing large frames
+/// they never send cannot hold up peers' transfers.
 #[derive(Clone, Debug)]
 struct Budget {
-    kib: Arc<Semaphore>,
-    /// The budget's size, for messages.
-    bytes: usize,
+    known: Arc<Semaphore>,
+    others: Arc<Semaphore>,
+    /// Each half's size, for messages.
+    half: usize,
 }
 
 impl Budget {
     fn new(bytes: usize) -> Self {
-        Self { kib: Arc::new(Semaphore::new(bytes >> 10)), bytes }
+        let half = bytes / 2;
+        Self { known: Arc::new(Semaphore::new(half >> 10)), others: Arc::new(Semaphore::new(half >> 10)), half }
     }
 
-    /// Room for a frame of `size` bytes, waiting at most `within` for it; `None` for a small
-    /// frame, which takes no room.
-    async fn room(&self, size: usize, within: Duration) -> Result<Option<OwnedSemaphorePermit>, FrameError> {
+    /// Room for a frame of `size` bytes in `known`'s half, waiting at most `within` for it if
+    /// given (else as long as it takes); `None` for a small frame, which takes no room.
+    async fn room(
+        &self,
+        size: usize,
+        known: bool,
+        within: Option<Duration>,
+    ) -> Result<Option<OwnedSemaphorePermit>, FrameError> {
         if size < BUDGETED {
             return Ok(None);
         }
-        // The configuration makes the budget hold at least one frame of the largest size.
+        // The configuration makes each half hold at least one frame of the largest size.
         let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX);
-        match tokio::time::timeout(within, self.kib.clone().acquire_many_owned(kib)).await {
-            Ok(Ok(permit)) => Ok(Some(permit)),
-            _ => Err(FrameError::Busy(format!(
-                "frames of {} MiB in all are being read or written, the most it holds at once; retry shortly",
-                self.bytes >> 20
-            ))),
-        }
+        let pool = if known { &self.known } else { &self.others };
+        let acquire = pool.clone().acquire_many_owned(kib);
+        let busy = || {
+            FrameError::Busy(format!(
+                "frames of {} MiB in all are being read or written for clients like this one, the most it holds at \
+                 once; retry shortly",
+                self.half >> 20
+            ))
+        };
+        let permit = match within {
+            Some(within) => tokio::time::timeout(within, acquire).await.map_err(|_| busy())?,
+            None => acquire.await,
+        };
+        permit.map(Some).map_err(|_| busy())
     }
 }
 
@@ -292,13 +315,16 @@ async fn connection(
         accepted = handshake::accept(&tls, stream, within) => accepted?,
     };
     let limits = host.connection_limits();
-    // Over the cap, or over the share of anonymous clients: say so, without waiting for the
-    // client's hello.
+    // Anonymous, or with a key that is neither a peer's nor a client's the policy names.
+    let known = peer.is_some_and(|k| host.is_known(&k));
+    // Over the cap, or over the share of clients it does not know: say so, without waiting for
+    // the client's hello.
     let busy = if !place.admitted {
         Some(format!("the host is at its limit of {} connections; retry shortly", limits.max))
-    } else if peer.is_none() && !place.anonymous() {
+    } else if !known && !place.anonymous() {
         Some(format!(
-            "the host's {} connections for anonymous clients are taken; retry shortly, or connect with --identity",
+            "the host's {} connections for clients it does not know are taken; retry shortly, or connect with an \
+             identity its access policy names",
             limits.max - limits.reserved
         ))
     } else {
@@ -343,7 +369,7 @@ async fn connection(
         let read = async {
             // Between requests the peer may stay silent for the idle timeout; once a frame
             // starts, it must arrive whole within the frame timeout.
-            let room = |size| budget.room(size, within);
+            let room = |size| budget.room(size, known, Some(within));
             let (body, room) = protocol::read_frame_after(&mut stream, max, within, Some(limits.idle), room).await?;
             let request = bulk(&lane, body.len(), move || protocol::decode::<Request>(&body)).await?;
             Ok::<_, FrameError>((request, room))
@@ -368,11 +394,9 @@ async fn connection(
         };
         let response = host.handle(request, peer).await;
         drop(read_room);
-        // A large answer takes its room before it is encoded; without room, it is not sent.
-        let (response, _write_room) = match budget.room(response.bulk_bytes(), within).await {
-            Ok(room) => (response, room),
-            Err(e) => (Response::Error(RemoteError::new(ErrorKind::Busy, e.to_string())), None),
-        };
+        // A large answer waits for its room before it is encoded (the work is done: it is not
+        // thrown away); the room comes back as other answers are written or time out.
+        let _write_room = budget.room(response.bulk_bytes(), known, None).await?;
         let bulky = response.bulk_bytes() > BULKY;
         // A peer that stops reading must not hold its connection either.
         let respond = async move {

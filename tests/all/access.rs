@@ -247,10 +247,14 @@ async fn a_signer_removed_on_reload_is_refused_even_for_modules_already_held() -
 }
 
 /// Each caller may launch so many agents an hour: past that it is told when to retry, and
-/// another caller is not held back.
+/// another caller the policy names is not held back; a key it does not name shares the
+/// anonymous callers' quota.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launches_are_held_to_a_quota_per_caller() -> Result<()> {
     let net = Net::new(&["home"])?;
+    let someone = SecretKey::generate()?;
+    let policy = format!("[clients]\nsomeone = \"{}\"\n{}", someone.public(), roam_tests::OPEN_ACCESS);
+    std::fs::write(net.path("trust/access.toml"), policy)?;
     let mut config = net.config("home", "trust")?;
     config.limits.launches_per_hour = 2;
     let (_, home) = net.start(&config).await?;
@@ -267,7 +271,13 @@ async fn launches_are_held_to_a_quota_per_caller() -> Result<()> {
         }
         other => bail!("a launch over the quota was {other:?}"),
     }
-    let someone = SecretKey::generate()?;
+    // A key the policy does not name counts as anonymous: it cannot start a quota afresh.
+    let throwaway = SecretKey::generate()?;
+    let mut c = client(&addr, Some(&throwaway)).await?;
+    match c.request(&Request::Launch { module: module.clone(), input: input.clone() }).await? {
+        Response::Error(e) if e.kind == ErrorKind::Busy => {}
+        other => bail!("a throwaway key got a quota of its own: {other:?}"),
+    }
     client(&addr, Some(&someone)).await?.launch(module, input).await.context("another caller was held back")?;
     home.shutdown().await;
     Ok(())

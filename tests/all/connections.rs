@@ -336,11 +336,15 @@ async fn one_source_holding_many_connections_leaves_the_host_to_others() -> Resu
     Ok(())
 }
 
-/// With 10 connections, 4 kept for identified clients: the seventh anonymous connection is told
-/// the anonymous slots are taken, and an identified client still gets in.
+/// With 10 connections, 4 kept for peers and the clients the policy names: the seventh
+/// anonymous connection is told the slots for others are taken, so is one with a throwaway key,
+/// and a named client still gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_clients_never_take_the_slots_kept_for_identified_ones() -> Result<()> {
     let fixture = roam_tests::Fixture::new()?;
+    let key = std::sync::Arc::new(roam_keys::SecretKey::generate()?);
+    let policy = format!("[clients]\nknown = \"{}\"\n{}", key.public(), roam_tests::OPEN_ACCESS);
+    fixture.write("trust/access.toml", policy)?;
     let mut config = HostConfig::new(fixture.trust_dir(), fixture.path().join("data"));
     config.limits.max_connections = 10;
     config.limits.reserved_connections = 4;
@@ -351,10 +355,16 @@ async fn anonymous_clients_never_take_the_slots_kept_for_identified_ones() -> Re
         held.push(accepted(&addr).await?);
     }
     match open(&addr).await? {
-        (_, Welcome::Refused(e)) if e.kind == ErrorKind::Busy && e.message.contains("anonymous") => {}
+        (_, Welcome::Refused(e)) if e.kind == ErrorKind::Busy && e.message.contains("does not know") => {}
         (_, other) => bail!("a seventh anonymous connection was {other:?}"),
     }
-    let key = std::sync::Arc::new(roam_keys::SecretKey::generate()?);
+    // A key the policy does not name is no better than none.
+    let throwaway = std::sync::Arc::new(roam_keys::SecretKey::generate()?);
+    let tls = roam_host::transport::client_config(Some(throwaway))?;
+    match Client::connect_target(&addr, tls).await {
+        Err(roam_host::client::ClientError::Refused(e)) if e.kind == ErrorKind::Busy => {}
+        other => bail!("a throwaway key took a reserved slot: {other:?}"),
+    }
     let tls = roam_host::transport::client_config(Some(key))?;
     let mut identified = Client::connect_target(&addr, tls).await.context("an identified client was refused")?;
     assert!(matches!(identified.request(&Request::Ping).await?, Response::Pong));

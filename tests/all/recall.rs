@@ -93,7 +93,9 @@ async fn a_recall_at_a_random_moment_brings_a_fast_hopping_agent_home() -> Resul
             "recalled" => {
                 ensure!(answer.recall_ordered.is_some(), "trial {trial}: {answer:?}");
                 let visits = check_recalled(&info, &names).with_context(|| format!("trial {trial}"))?;
-                let info = with_route(&home_addr, &id, visits + 1).await?;
+                // Recalled before its first visit (at home), it has no route at all.
+                let before_first = info.result.is_empty();
+                let info = with_route(&home_addr, &id, if before_first { 0 } else { visits + 1 }).await?;
                 after_order.push(info.route.iter().filter(|v| v.at >= ordered_at).count());
                 recalled += 1;
             }

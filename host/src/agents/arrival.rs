@@ -104,6 +104,13 @@ impl Agents {
         if envelope.ending.is_some() && envelope.record.home_key != self.key.public() {
             return Err(refused("an agent can only end its journey at its home"));
         }
+        // A journey ends only at a home that still knows it: one whose records were forgotten
+        // (`store::prune`, long after it ended) cannot end, nor its recall entry run, again.
+        if envelope.ending.is_some()
+            && self.state.transaction(|tx| store::get_homed(tx, id)).map_err(internal)?.is_none()
+        {
+            return Err(refused(format!("this host is not the home of agent {id}, or forgot it long ago")));
+        }
         // An agent past its lifetime would only fail here; refusing it is also what lets this
         // host forget the records of agents whose lifetime is over (`store::prune`).
         let record = &envelope.record;

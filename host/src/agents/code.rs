@@ -21,13 +21,13 @@ pub(crate) struct AgentCode {
 }
 
 impl Agents {
-    /// Loads (once) an agent module this host holds.
     /// Forgets the agent modules loaded so far: they are verified again when next used (after
     /// the trust store changed).
     pub(crate) fn forget_code(&self) {
         lock(&self.agent_code).clear();
     }
 
+    /// Loads (once) an agent module this host holds.
     pub(super) fn agent_code(&self, hash: ModuleHash) -> Result<Arc<AgentCode>, RemoteError> {
         if let Some(code) = lock(&self.agent_code).get(&hash) {
             return Ok(code.clone());

@@ -106,10 +106,22 @@ impl Peers {
             let cert = HostCertificate::load(&path)?;
             peers.check_issuer(&cert).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             cert.check_signature().with_context(|| path.display().to_string())?;
-            if let Err(e) = cert.verify(now_secs()) {
-                tracing::warn!("{}: {e}", path.display());
+            if now_secs() >= cert.expires {
+                tracing::warn!(
+                    "{}: the certificate of host {} has expired; certify it again",
+                    path.display(),
+                    cert.name
+                );
             }
-            if cert.key == own_key {
+            if let Some(other) = peers.name_taken(&cert.name, &cert.key) {
+                anyhow::bail!(
+                    "{}: the name {} is also key {other}'s; a peer's name must be its own",
+                    path.display(),
+                    cert.name
+                );
+            }
+            // Of two certificates of this host, the one valid longest.
+            if cert.key == own_key && peers.own.as_ref().is_none_or(|o| o.expires < cert.expires) {
                 peers.own = Some(cert.clone());
             }
             lock(&peers.certified).insert(cert.key, cert);
@@ -136,9 +148,9 @@ impl Peers {
         )
     }
 
-    /// This host's own certificate, to present to the peers it connects to.
+    /// This host's own certificate, to present to the peers it connects to, while it is valid.
     pub(crate) fn own_certificate(&self) -> Option<&HostCertificate> {
-        self.own.as_ref()
+        self.own.as_ref().filter(|c| now_secs() < c.expires)
     }
 
     /// Whether `key` is one of this host's peers now: its own, a trusted `.pub`, or certified
@@ -159,6 +171,19 @@ impl Peers {
     /// # Errors
     /// What is wrong with it, for the connecting host to read.
     pub(crate) fn present(&self, cert: HostCertificate, proven: &PublicKey) -> Result<(), String> {
+        // A host known here by its .pub needs no certificate: one that does not check out here
+        // (from a cluster this host does not trust, say) changes nothing.
+        let known = self.keys.get(proven).is_some() && !self.keys.is_revoked(proven);
+        match self.check_presented(cert, proven) {
+            Err(e) if known => {
+                tracing::debug!(key = %proven, "a peer known by its key presented a certificate that does not hold here: {e}");
+                Ok(())
+            }
+            checked => checked,
+        }
+    }
+
+    fn check_presented(&self, cert: HostCertificate, proven: &PublicKey) -> Result<(), String> {
         if cert.key != *proven {
             return Err(format!(
                 "the certificate presented is for key {}, but the connection proved key {proven}",
@@ -169,6 +194,9 @@ impl Peers {
         cert.verify(now_secs()).map_err(|e| e.to_string())?;
         if self.keys.is_revoked(&cert.key) {
             return Err(format!("host key {} is revoked by this host's peers policy", cert.key));
+        }
+        if let Some(other) = self.name_taken(&cert.name, &cert.key) {
+            return Err(format!("the name {} in the certificate is another peer's (key {other}) here", cert.name));
         }
         let mut certified = lock(&self.certified);
         if certified.get(&cert.key) != Some(&cert) {
@@ -208,6 +236,13 @@ impl Peers {
                  certificate from a trusted cluster key); not dialed"
             ),
         })
+    }
+
+    /// The key of another peer that goes by `name` here, if one does: names say where to dial.
+    fn name_taken(&self, name: &str, key: &PublicKey) -> Option<PublicKey> {
+        let listed = self.addresses.get(name).map(|(_, k)| *k);
+        let certified = || lock(&self.certified).values().find(|c| c.name == name && c.key != *key).map(|c| c.key);
+        listed.filter(|k| k != key).or_else(certified)
     }
 
     /// Whether a certificate kept here makes its host a peer now.

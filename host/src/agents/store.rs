@@ -573,18 +573,33 @@ pub(crate) fn delete_outbox(state: &State, seq: i64) -> Result<(), StateError> {
 /// one for an agent whose lifetime is over (`arrive`), so no envelope for a pruned row can be
 /// accepted again.
 pub(crate) fn prune(tx: &Transaction<'_>, cutoff: u64, now: u64, skew: u64, batch: usize) -> rusqlite::Result<usize> {
-    let mut stmt =
-        tx.prepare("SELECT id, hop, record FROM agents WHERE state IN ('done', 'failed') AND updated < ?1 LIMIT ?2")?;
-    let old: Vec<(String, u32, Vec<u8>)> = stmt
-        .query_map(params![cutoff as i64, batch as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut pruned = 0;
-    for (id, hop, record) in old {
-        // A record that does not decode says nothing of the agent's lifetime: it is kept.
-        let Ok(record) = from_cbor::<AgentRecord>(&record, "the agent record") else { continue };
-        let over = record.launched_at.saturating_add(record.limits.lifetime_secs).saturating_add(skew);
-        if over < now {
-            pruned += tx.execute("DELETE FROM agents WHERE id = ?1 AND hop = ?2", params![id, hop])?;
+    let mut stmt = tx.prepare(
+        "SELECT id, hop, record FROM agents WHERE state IN ('done', 'failed') AND updated < ?1
+         ORDER BY updated, id, hop LIMIT ?2 OFFSET ?3",
+    )?;
+    let (mut pruned, mut kept) = (0, 0);
+    // Rows that must stay (their agent's lifetime is not over) are stepped over, so that they
+    // never hold back the rows behind them; a pass reads at most ten batches.
+    for _ in 0..10 {
+        let old: Vec<(String, u32, Vec<u8>)> = stmt
+            .query_map(params![cutoff as i64, batch as i64, kept as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        if old.is_empty() {
+            break;
+        }
+        for (id, hop, record) in old {
+            // A record that does not decode says nothing of the agent's lifetime: it is kept.
+            let over = from_cbor::<AgentRecord>(&record, "the agent record")
+                .map(|r| r.launched_at.saturating_add(r.limits.lifetime_secs).saturating_add(skew));
+            match over {
+                Ok(over) if over < now => {
+                    pruned += tx.execute("DELETE FROM agents WHERE id = ?1 AND hop = ?2", params![id, hop])?;
+                }
+                _ => kept += 1,
+            }
+        }
+        if pruned >= batch {
+            break;
         }
     }
     pruned += tx.execute(
@@ -668,7 +683,7 @@ mod tests {
             create(tx)?;
             insert(tx, &row("ended-long-ago", RowState::Done, 1_000))?;
             insert(tx, &row("failed-long-ago", RowState::Failed, 1_000))?;
-            insert(tx, &row("still-alive", RowState::Done, 10))?;
+            insert(tx, &row("alive-still", RowState::Done, 10))?;
             insert(tx, &row("still-parked", RowState::Parked, 1_000))?;
             insert_homed(tx, "ended-long-ago", "test@1.0.0", "here", None)?;
             tx.execute("UPDATE homed SET state = 'finished'", [])?;
@@ -684,11 +699,13 @@ mod tests {
         // Rows just written are younger than the retention: nothing goes.
         state.transaction(|tx| prune(tx, now - 60, now, 300, 100))?;
         assert_eq!(left("agents")?.len(), 4);
-        // Past the retention: the ended agents whose lifetime and skew are over go.
-        let pruned = state.transaction(|tx| prune(tx, now + 60, now, 300, 100))?;
-        assert_eq!(left("agents")?, ["still-alive", "still-parked"]);
+        // Past the retention: the ended agents whose lifetime and skew are over go, a batch at a
+        // time, the row that must stay (first in line) stepped over.
+        let first = state.transaction(|tx| prune(tx, now + 60, now, 300, 1))?;
+        assert!(first >= 1, "the row that must stay held back the others");
+        state.transaction(|tx| prune(tx, now + 60, now, 300, 100))?;
+        assert_eq!(left("agents")?, ["alive-still", "still-parked"]);
         assert_eq!(left("homed")?, ["still-parked"]);
-        assert_eq!(pruned, 3);
         Ok(())
     }
 }

@@ -91,7 +91,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize, within: Dur
 }
 
 /// [`read_frame`], waiting at most `idle` (if given) for the frame's first byte: `Timeout` if
-/// none came.
+/// none came. Once the length is known, `admit` decides whether the frame may be read (a
+/// budget's room, held with the body): its own wait does not count against `within`, which
+/// the header and then the body each have.
 pub async fn read_frame_after<R, G, F>(
     r: &mut R,
     max: usize,
@@ -114,7 +116,7 @@ where
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
         Err(e) => return Err(e.into()),
     }
-    let rest = async {
+    let header = async {
         let mut received = 1;
         while received < len.len() {
             match r.read(&mut len[received..]).await? {
@@ -122,14 +124,18 @@ where
                 n => received += n,
             }
         }
-        let size = u32::from_be_bytes(len) as usize;
-        if size == 0 {
-            return Err(FrameError::Empty);
-        }
-        if size > max {
-            return Err(FrameError::TooLarge { size, max });
-        }
-        let admitted = admit(size).await?;
+        Ok(())
+    };
+    tokio::time::timeout(within, header).await.map_err(|_| FrameError::Slow(within))??;
+    let size = u32::from_be_bytes(len) as usize;
+    if size == 0 {
+        return Err(FrameError::Empty);
+    }
+    if size > max {
+        return Err(FrameError::TooLarge { size, max });
+    }
+    let admitted = admit(size).await?;
+    let body = async {
         let mut body = Vec::with_capacity(size.min(FIRST_READ));
         while body.len() < size {
             let want = (size - body.len()).min(IO_SLICE);
@@ -138,9 +144,10 @@ where
                 return Err(FrameError::Truncated { size, received: body.len() });
             }
         }
-        Ok((body, admitted))
+        Ok(body)
     };
-    tokio::time::timeout(within, rest).await.map_err(|_| FrameError::Slow(within))?
+    let body = tokio::time::timeout(within, body).await.map_err(|_| FrameError::Slow(within))??;
+    Ok((body, admitted))
 }
 
 /// Reads and decodes one message (see [`read_frame`]).
