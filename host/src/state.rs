@@ -151,6 +151,7 @@ impl State {
         if verdict != "ok" {
             return Err(StateError::Corrupt { path, detail: verdict });
         }
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Self { path, modules_dir, conn: Mutex::new(conn) })
     }
 
@@ -266,7 +267,7 @@ impl State {
     fn select(&self, filter: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<ModuleInfo>, StateError> {
         let conn = lock(&self.conn);
         let sql = format!("SELECT hash, kind, name, version, signer, size, downloads FROM modules {filter}");
-        let mut stmt = conn.prepare(&sql).map_err(|e| self.db(e))?;
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db(e))?;
         let rows = stmt
             .query_map(args, |r| {
                 Ok((

@@ -79,7 +79,7 @@ pub(crate) fn create(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         ("outbox", "kind", "TEXT NOT NULL DEFAULT 'report'"),
     ] {
         let present: bool =
-            tx.query_row("SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2", [table, column], |r| r.get(0))?;
+            one(tx, "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2", [table, column], |r| r.get(0))?;
         if !present {
             tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {declaration}"))?;
         }
@@ -294,7 +294,8 @@ fn homed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Homed> {
 /// Inserts a row; `false` if (id, hop) is already there.
 pub(crate) fn insert(tx: &Transaction<'_>, r: &Row) -> rusqlite::Result<bool> {
     let record = r.record.as_ref().map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.clone().into()))?;
-    let n = tx.execute(
+    let n = exec(
+        tx,
         "INSERT OR IGNORE INTO agents
              (id, hop, state, record, snapshot, input, next, envelope, detail, recall, updated, receipt)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -326,7 +327,8 @@ pub(crate) fn set_state(
     next: Option<&[u8]>,
     detail: Option<&str>,
 ) -> rusqlite::Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "UPDATE agents SET state = ?3, snapshot = ?4, next = ?5, detail = ?6, updated = ?7 WHERE id = ?1 AND hop = ?2",
         params![id, hop, state, snapshot, next, detail, now_secs() as i64],
     )?;
@@ -334,20 +336,20 @@ pub(crate) fn set_state(
 }
 
 pub(crate) fn get(tx: &Transaction<'_>, id: &str, hop: u32) -> rusqlite::Result<Option<Row>> {
-    tx.query_row(&format!("SELECT {ROW_COLUMNS} FROM agents WHERE id = ?1 AND hop = ?2"), params![id, hop], row)
-        .optional()
+    one(tx, &format!("SELECT {ROW_COLUMNS} FROM agents WHERE id = ?1 AND hop = ?2"), params![id, hop], row).optional()
 }
 
 pub(crate) fn max_hop(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<u32>> {
-    tx.query_row("SELECT max(hop) FROM agents WHERE id = ?1", [id], |r| r.get(0))
+    one(tx, "SELECT max(hop) FROM agents WHERE id = ?1", [id], |r| r.get(0))
 }
 
 /// Rows in any of `states`, oldest first.
 pub(crate) fn in_states(state: &State, states: &[RowState]) -> Result<Vec<Row>, StateError> {
     state.transaction(|tx| {
         let marks = vec!["?"; states.len()].join(", ");
-        let mut stmt =
-            tx.prepare(&format!("SELECT {ROW_COLUMNS} FROM agents WHERE state IN ({marks}) ORDER BY updated, id"))?;
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM agents WHERE state IN ({marks}) ORDER BY updated, id"
+        ))?;
         let rows = stmt.query_map(rusqlite::params_from_iter(states), row)?;
         rows.collect()
     })
@@ -385,7 +387,8 @@ pub(crate) fn due_to_move(
 /// Parks a row (or keeps it parked) with its next move, and sets its next retry further out.
 /// The snapshot stays as it is: a failed retry writes a few bytes, not the agent's memory.
 pub(crate) fn park(tx: &Transaction<'_>, id: &str, hop: u32, next: &[u8], detail: &str) -> rusqlite::Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "UPDATE agents SET state = 'parked', next = ?3, detail = ?4, updated = ?5,
              retry_at = ?6 + min(?7 << min(retries, 16), ?8), retries = retries + 1
          WHERE id = ?1 AND hop = ?2",
@@ -397,7 +400,8 @@ pub(crate) fn park(tx: &Transaction<'_>, id: &str, hop: u32, next: &[u8], detail
 /// Marks a row handed off to `dest`, which gave `receipt`: this host no longer holds the agent,
 /// and knows where it went (a recall order that comes later follows it there).
 pub(crate) fn hand_off(tx: &Transaction<'_>, id: &str, hop: u32, dest: &str, receipt: &[u8]) -> rusqlite::Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "UPDATE agents SET state = 'done', snapshot = NULL, next = NULL, detail = NULL, sent_to = ?3, updated = ?4,
              receipt = ?5
          WHERE id = ?1 AND hop = ?2",
@@ -408,7 +412,7 @@ pub(crate) fn hand_off(tx: &Transaction<'_>, id: &str, hop: u32, dest: &str, rec
 
 /// Records a row's next move (pinned to one destination, say), leaving its snapshot alone.
 pub(crate) fn set_next(tx: &Transaction<'_>, id: &str, hop: u32, next: &[u8]) -> rusqlite::Result<()> {
-    tx.execute("UPDATE agents SET next = ?3 WHERE id = ?1 AND hop = ?2", params![id, hop, next])?;
+    exec(tx, "UPDATE agents SET next = ?3 WHERE id = ?1 AND hop = ?2", params![id, hop, next])?;
     Ok(())
 }
 
@@ -419,8 +423,7 @@ fn now_millis() -> i64 {
 /// The agent's latest row here (its highest hop): the live one if it is here, else where it
 /// went or how it ended.
 pub(crate) fn latest_row(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Row>> {
-    tx.query_row(&format!("SELECT {ROW_COLUMNS} FROM agents WHERE id = ?1 ORDER BY hop DESC LIMIT 1"), [id], row)
-        .optional()
+    one(tx, &format!("SELECT {ROW_COLUMNS} FROM agents WHERE id = ?1 ORDER BY hop DESC LIMIT 1"), [id], row).optional()
 }
 
 /// An agent's latest row, for listing.
@@ -441,7 +444,7 @@ pub(crate) struct Listing {
 /// Each agent's latest row here (its highest hop), without its snapshot: for listing.
 pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<Listing>, StateError> {
     state.transaction(|tx| {
-        let mut stmt = tx.prepare(
+        let mut stmt = tx.prepare_cached(
             "SELECT id, hop, state, record, detail, updated FROM agents a
              WHERE hop = (SELECT max(hop) FROM agents b WHERE b.id = a.id) AND (?1 IS NULL OR id = ?1)
              ORDER BY id",
@@ -464,7 +467,8 @@ pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<Listing>, 
 
 /// Marks the agent's live row (not done or failed) for recall; `true` if there was one.
 pub(crate) fn mark_recall(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<bool> {
-    let n = tx.execute(
+    let n = exec(
+        tx,
         // A parked agent goes home at the next round, not after its backoff.
         "UPDATE agents SET recall = 1, retry_at = 0 WHERE id = ?1 AND state IN ('ready', 'leaving', 'parked')",
         [id],
@@ -475,8 +479,9 @@ pub(crate) fn mark_recall(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<bo
 /// Keeps a recall order (CBOR of the signed order) until `expires` (unix seconds); `false` if
 /// one was already kept for the agent. Forgets expired orders on the way.
 pub(crate) fn keep_order(tx: &Transaction<'_>, agent: &str, signed: &[u8], expires: u64) -> rusqlite::Result<bool> {
-    tx.execute("DELETE FROM recalls WHERE expires < ?1", [now_secs() as i64])?;
-    let n = tx.execute(
+    exec(tx, "DELETE FROM recalls WHERE expires < ?1", [now_secs() as i64])?;
+    let n = exec(
+        tx,
         "INSERT OR IGNORE INTO recalls (agent, signed, expires) VALUES (?1, ?2, ?3)",
         params![agent, signed, i64::try_from(expires).unwrap_or(i64::MAX)],
     )?;
@@ -485,17 +490,18 @@ pub(crate) fn keep_order(tx: &Transaction<'_>, agent: &str, signed: &[u8], expir
 
 /// The recall order kept for an agent (CBOR of the signed order), if any.
 pub(crate) fn order(tx: &Transaction<'_>, agent: &str) -> rusqlite::Result<Option<Vec<u8>>> {
-    tx.query_row("SELECT signed FROM recalls WHERE agent = ?1", [agent], |r| r.get(0)).optional()
+    one(tx, "SELECT signed FROM recalls WHERE agent = ?1", [agent], |r| r.get(0)).optional()
 }
 
 /// Forgets an agent's recall order (one that turned out not to be from its home).
 pub(crate) fn forget_order(tx: &Transaction<'_>, agent: &str) -> rusqlite::Result<()> {
-    tx.execute("DELETE FROM recalls WHERE agent = ?1", [agent]).map(|_| ())
+    exec(tx, "DELETE FROM recalls WHERE agent = ?1", [agent]).map(|_| ())
 }
 
 /// Records at the home that a recall was ordered now (unix milliseconds); keeps the first time.
 pub(crate) fn order_recall(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "UPDATE homed SET recall_at = coalesce(recall_at, ?2) WHERE id = ?1",
         params![id, i64::try_from(crate::state::now_millis()).unwrap_or(i64::MAX)],
     )?;
@@ -510,7 +516,8 @@ pub(crate) fn insert_homed(
     owner: Option<&PublicKey>,
 ) -> rusqlite::Result<()> {
     let now = now_secs() as i64;
-    tx.execute(
+    exec(
+        tx,
         "INSERT OR IGNORE INTO homed (id, label, state, location, hops, route, launched, updated, owner)
          VALUES (?1, ?2, 'running', ?3, 0, ?4, ?5, ?5, ?6)",
         params![id, label, location, to_cbor(&Vec::<Visit>::new()), now, owner.map(|k| k.as_bytes().to_vec())],
@@ -519,19 +526,20 @@ pub(crate) fn insert_homed(
 }
 
 pub(crate) fn get_homed(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Homed>> {
-    tx.query_row(&format!("SELECT {HOMED_COLUMNS} FROM homed WHERE id = ?1"), [id], homed).optional()
+    one(tx, &format!("SELECT {HOMED_COLUMNS} FROM homed WHERE id = ?1"), [id], homed).optional()
 }
 
 pub(crate) fn all_homed(state: &State) -> Result<Vec<Homed>, StateError> {
     state.transaction(|tx| {
-        let mut stmt = tx.prepare(&format!("SELECT {HOMED_COLUMNS} FROM homed ORDER BY launched, id"))?;
+        let mut stmt = tx.prepare_cached(&format!("SELECT {HOMED_COLUMNS} FROM homed ORDER BY launched, id"))?;
         let rows = stmt.query_map([], homed)?;
         rows.collect()
     })
 }
 
 pub(crate) fn put_homed(tx: &Transaction<'_>, h: &Homed) -> rusqlite::Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "UPDATE homed SET state = ?2, location = ?3, hops = ?4, result = ?5, detail = ?6, route = ?7, updated = ?8 WHERE id = ?1",
         params![h.id, h.state, h.location, h.hops, h.result, h.detail, to_cbor(&h.route), now_secs() as i64],
     )?;
@@ -539,14 +547,14 @@ pub(crate) fn put_homed(tx: &Transaction<'_>, h: &Homed) -> rusqlite::Result<()>
 }
 
 pub(crate) fn push_outbox(tx: &Transaction<'_>, dest: &str, kind: Outgoing, message: &[u8]) -> rusqlite::Result<()> {
-    tx.execute("INSERT INTO outbox (dest, message, kind) VALUES (?1, ?2, ?3)", params![dest, message, kind])?;
+    exec(tx, "INSERT INTO outbox (dest, message, kind) VALUES (?1, ?2, ?3)", params![dest, message, kind])?;
     Ok(())
 }
 
 /// The homes that have reports waiting.
 pub(crate) fn outbox_destinations(state: &State) -> Result<Vec<String>, StateError> {
     state.transaction(|tx| {
-        let mut stmt = tx.prepare("SELECT DISTINCT dest FROM outbox")?;
+        let mut stmt = tx.prepare_cached("SELECT DISTINCT dest FROM outbox")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         rows.collect()
     })
@@ -555,14 +563,31 @@ pub(crate) fn outbox_destinations(state: &State) -> Result<Vec<String>, StateErr
 /// The messages waiting for one host, oldest first: (sequence number, kind, CBOR message).
 pub(crate) fn outbox_for(state: &State, dest: &str) -> Result<Vec<(i64, Outgoing, Vec<u8>)>, StateError> {
     state.transaction(|tx| {
-        let mut stmt = tx.prepare("SELECT seq, kind, message FROM outbox WHERE dest = ?1 ORDER BY seq LIMIT 256")?;
+        let mut stmt =
+            tx.prepare_cached("SELECT seq, kind, message FROM outbox WHERE dest = ?1 ORDER BY seq LIMIT 256")?;
         let rows = stmt.query_map([dest], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         rows.collect()
     })
 }
 
 pub(crate) fn delete_outbox(state: &State, seq: i64) -> Result<(), StateError> {
-    state.transaction(|tx| tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq]).map(|_| ()))
+    state.transaction(|tx| exec(tx, "DELETE FROM outbox WHERE seq = ?1", [seq]).map(|_| ()))
+}
+
+/// Runs a statement from the connection's cache of prepared statements (parsing SQL each time
+/// cost a hop about half a million instructions).
+fn exec<P: rusqlite::Params>(tx: &Transaction<'_>, sql: &str, params: P) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
+}
+
+/// [`exec`] for a query of one row.
+fn one<T, P: rusqlite::Params>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: P,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    tx.prepare_cached(sql)?.query_row(params, f)
 }
 
 /// Deletes at most `batch` records of agents that ended here, last changed before `cutoff`
