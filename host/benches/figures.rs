@@ -849,10 +849,20 @@ fn roam_bin() -> Result<PathBuf> {
 }
 
 impl HostProcess {
-    /// Starts `roam host` with `--trust trust --data-dir data` and waits until it listens.
+    /// Starts `roam host` with `--trust trust --data-dir data` and waits until it listens. The
+    /// benchmark's clients all connect from 127.0.0.1, one source as the host counts them: it
+    /// may hold as many connections as the host does.
     fn spawn(trust: &Path, data: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data)?;
+        let config = data.join("host.toml");
+        std::fs::write(
+            &config,
+            format!("trust = {:?}\n[limits]\nconnections_per_source = 256\n", trust.display().to_string()),
+        )?;
         let mut child = Command::new(roam_bin()?)
-            .args(["host", "--listen", "127.0.0.1:0", "--trust"])
+            .args(["host", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--trust")
             .arg(trust)
             .arg("--data-dir")
             .arg(data)
