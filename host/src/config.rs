@@ -15,7 +15,7 @@
 //! workers = 2                 # default: number of cores
 //! max_connections = 256
 //! connections_per_source = 32 # open at once from one IP address
-//! reserved_connections = 64   # of max_connections, kept for peers and identified clients
+//! reserved_connections = 64   # of max_connections, kept for peers and the clients access.toml names
 //! idle_s = 60                 # a connection silent between requests is closed after this
 //! inflight_mib = 256          # large frames being read or written, host-wide
 //! frame_timeout_ms = 30000    # a frame must arrive whole within this of its first byte
@@ -143,8 +143,8 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Connections open at once from one IP address.
     pub connections_per_source: usize,
-    /// Of `max_connections`, how many only peers and identified clients may take: anonymous
-    /// clients can never fill the host.
+    /// Of `max_connections`, how many only peers and the clients the access policy names may
+    /// take: strangers can never fill the host.
     pub reserved_connections: usize,
     /// How long a connection may stay silent between requests, seconds.
     pub idle_s: u64,
@@ -208,7 +208,7 @@ pub struct ConnectionLimits {
     pub max: usize,
     /// From one IP address.
     pub per_source: usize,
-    /// Kept for peers and identified clients.
+    /// Kept for peers and the clients the access policy names.
     pub reserved: usize,
     /// Silence allowed between requests.
     pub idle: Duration,

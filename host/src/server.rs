@@ -3,10 +3,11 @@
 //! The accept loop only accepts; each connection runs in its own task, and the Wasm itself runs
 //! on the host's bounded worker pool, so a slow module never stalls accepting or other
 //! connections. Connections are shared fairly ([`Gate`]): one IP address holds at most
-//! `per_source` of them (more are closed at once, before TLS), and anonymous clients never take
-//! the slots reserved for peers and identified clients; a connection over the cap is told so
-//! and closed. Large frames take their size from a host-wide budget of bytes in flight before
-//! they are read or written ([`Budget`]). Shutdown stops accepting, lets each connection finish
+//! `per_source` of them (more are closed at once, before TLS), and clients the host does not
+//! know (anonymous, or with a key that is neither a peer's nor named by the access policy) never
+//! take the slots reserved for the others; a connection over the cap is told so and closed.
+//! Large frames take their size from a host-wide budget of bytes in flight, half of it for
+//! known callers, before they are read or written ([`Budget`]). Shutdown stops accepting, lets each connection finish
 //! the request in hand, and waits for them.
 
 use std::collections::HashMap;
@@ -118,8 +119,8 @@ impl Drop for Lane {
     }
 }
 
-/// Who holds the host's connections: how many in all, how many anonymous, how many from each
-/// IP address.
+/// Who holds the host's connections: how many in all, how many of clients it does not know, how
+/// many from each IP address.
 #[derive(Debug)]
 struct Gate {
     limits: ConnectionLimits,
@@ -129,7 +130,7 @@ struct Gate {
 #[derive(Debug, Default)]
 struct Held {
     all: usize,
-    anonymous: usize,
+    unknown: usize,
     by_source: HashMap<IpAddr, usize>,
 }
 
@@ -140,7 +141,8 @@ struct Place {
     source: IpAddr,
     /// Whether it counts among the whole host's connections (else it is only told so).
     admitted: bool,
-    anonymous: bool,
+    /// Whether it counts among the connections of clients the host does not know.
+    unknown: bool,
 }
 
 impl Gate {
@@ -167,21 +169,22 @@ impl Gate {
         *from_source += 1;
         let admitted = held.all < self.limits.max;
         held.all += usize::from(admitted);
-        Some(Place { gate: self.clone(), source, admitted, anonymous: false })
+        Some(Place { gate: self.clone(), source, admitted, unknown: false })
     }
 }
 
 impl Place {
-    /// Counts the connection as anonymous, if the slots anonymous clients may take are not all
-    /// taken; `false` if they are (the reserve is for peers and identified clients).
-    fn anonymous(&mut self) -> bool {
+    /// Counts the connection as one of a client the host does not know, if the slots such
+    /// clients may take are not all taken; `false` if they are (the reserve is for peers and
+    /// the clients the access policy names).
+    fn as_unknown(&mut self) -> bool {
         let limits = self.gate.limits;
         let mut held = self.gate.held();
-        if held.anonymous >= limits.max - limits.reserved {
+        if held.unknown >= limits.max - limits.reserved {
             return false;
         }
-        held.anonymous += 1;
-        self.anonymous = true;
+        held.unknown += 1;
+        self.unknown = true;
         true
     }
 }
@@ -190,7 +193,7 @@ impl Drop for Place {
     fn drop(&mut self) {
         let mut held = self.gate.held();
         held.all -= usize::from(self.admitted);
-        held.anonymous -= usize::from(self.anonymous);
+        held.unknown -= usize::from(self.unknown);
         if let Some(n) = held.by_source.get_mut(&self.source) {
             *n -= 1;
             if *n == 0 {
@@ -321,7 +324,7 @@ async fn connection(
     // the client's hello.
     let busy = if !place.admitted {
         Some(format!("the host is at its limit of {} connections; retry shortly", limits.max))
-    } else if !known && !place.anonymous() {
+    } else if !known && !place.as_unknown() {
         Some(format!(
             "the host's {} connections for clients it does not know are taken; retry shortly, or connect with an \
              identity its access policy names",
