@@ -286,7 +286,7 @@ impl Host {
                 agents.recall(&id, viewer, may_recall_own).await.unwrap_or_else(Response::Error)
             }
             Request::RecallAgent(signed) => blocking(move || agents.receive_recall(&signed, peer)).await,
-            Request::Call(signed) => blocking(move || agents.receive_call(&signed)).await,
+            Request::Call(signed) => blocking(move || agents.receive_call(&signed, &access)).await,
         }
     }
 

@@ -282,3 +282,47 @@ async fn launches_are_held_to_a_quota_per_caller() -> Result<()> {
     home.shutdown().await;
     Ok(())
 }
+
+/// A forwarded call on a home's resource is applied to the agent's owner: once the operator
+/// takes away the owner's right to launch, the home's resources are closed to the agents the
+/// owner already sent out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_shut_out_on_reload_loses_the_home_resources_of_agents_already_out() -> Result<()> {
+    use roam_host::protocol::wire::{Call, CallOp, Signed, domain};
+    // "down" never starts: the agent waits for it while the calls are made on its behalf.
+    let net = Net::new(&["home", "down", "peer"])?;
+    let alice = SecretKey::generate()?;
+    let clients = format!("[clients]\nalice = \"{}\"\n", alice.public());
+    std::fs::write(net.path("trust/access.toml"), format!("{clients}[allow]\nlaunch = [\"alice\"]\n"))?;
+    let config = crate::agents::survey_home(&net)?;
+    let (home, running) = net.start(&config).await?;
+    let addr = running.addr().to_string();
+    let module = net.sign_agent("stock_survey", "stock-survey", &["table:stock", "table:config", "log:reports"])?;
+    let dead = format!("127.0.0.1:{}", net.port("down")?);
+    let mut as_alice = client(&addr, Some(&alice)).await?;
+    let id = as_alice.launch(module, json_to_cbor(&serde_json::json!({ "hosts": [dead] }))).await?;
+
+    // The host the agent is on, appending to the home's reports log for it.
+    let peer_key = SecretKey::load(&net.path("host-keys/peer.key"))?;
+    let mut peer = Client::connect_as(&addr, &peer_key).await?;
+    let append = |line: &str| -> Result<Request> {
+        let call = Call {
+            agent: id.clone(),
+            resource: "reports".into(),
+            op: CallOp::Append { line: line.into() },
+            at: roam_host::state::now_secs(),
+        };
+        Ok(Request::Call(Signed::sign(domain::CALL, &call, &peer_key)?))
+    };
+    match peer.request(&append("while alice may launch")?).await? {
+        Response::Accepted => {}
+        other => bail!("the owner's agent could not use the home's log: {other:?}"),
+    }
+    std::fs::write(net.path("trust/access.toml"), &clients)?;
+    home.reload(&config)?;
+    let said = denied(peer.request(&append("after alice was shut out")?).await, "launch")?;
+    ensure!(said.contains(&id), "the refusal does not name the agent: {said}");
+    assert_eq!(home.state().log_lines("reports")?.len(), 1, "a refused call wrote to the log");
+    running.shutdown().await;
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 use super::store;
 use super::{Agents, CLOCK_SKEW};
+use crate::access::{Access, Right};
 use crate::protocol::wire::{Call, CallOp, Signed, domain};
 use crate::protocol::{ErrorKind, RemoteError, Response};
 use crate::refusal::{internal, refused};
@@ -10,8 +11,10 @@ use crate::state::now_secs;
 
 impl Agents {
     /// A call forwarded by the host where an agent is, on a resource this host owns. The agent
-    /// must be one of this host's own (launched here) and its signed capabilities must grant it.
-    pub(crate) fn receive_call(&self, signed: &Signed) -> Result<Response, RemoteError> {
+    /// must be one of this host's own (launched here), its owner must still hold the right to
+    /// launch here (a client the operator has since shut out no longer reaches this host's
+    /// resources through agents already out), and its signed capabilities must grant it.
+    pub(crate) fn receive_call(&self, signed: &Signed, access: &Access) -> Result<Response, RemoteError> {
         let call: Call = signed.open(domain::CALL, |k| self.is_peer(k)).map_err(|e| refused(e.to_string()))?;
         let now = now_secs();
         if call.at.saturating_add(CLOCK_SKEW) < now || call.at > now.saturating_add(CLOCK_SKEW) {
@@ -27,6 +30,12 @@ impl Agents {
             .map_err(internal)?
             .ok_or_else(|| refused(format!("agent {} was not launched here", call.agent)))?;
         let record = row.record.map_err(refused)?;
+        access.check(Right::Launch, record.owner.as_ref()).map_err(|e| {
+            RemoteError::new(
+                e.kind,
+                format!("agent {} may no longer use this host's resources: {}", call.agent, e.message),
+            )
+        })?;
         let granted = self.capabilities(record.code)?;
         let resource = self.resources.get(&call.resource).ok_or_else(|| {
             RemoteError::new(ErrorKind::NotFound, format!("this host offers no resource {}", call.resource))
