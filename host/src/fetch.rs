@@ -158,6 +158,8 @@ pub struct CodeCache {
     dir: PathBuf,
     state: Arc<State>,
     admission: Admission,
+    /// TLS proving the person's identity to hosts; anonymous when `None`.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl CodeCache {
@@ -165,7 +167,21 @@ impl CodeCache {
     pub fn open(dir: &Path, trust: TrustStore) -> Result<Self, FetchError> {
         let state = Arc::new(State::open(dir)?);
         let admission = Admission::new(trust, state.clone(), roam_keys::DEFAULT_MAX_MODULE_SIZE);
-        Ok(Self { dir: dir.to_owned(), state, admission })
+        Ok(Self { dir: dir.to_owned(), state, admission, tls: None })
+    }
+
+    /// Connects to hosts with `tls` (made by [`crate::transport::client_config`]): proving the
+    /// person's identity, for hosts that grant code on demand only to the clients they know.
+    pub fn with_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    async fn connect(&self, source: &str) -> Result<Client, ClientError> {
+        match &self.tls {
+            Some(tls) => Client::connect_target(source, tls.clone()).await,
+            None => Client::connect(source).await,
+        }
     }
 
     /// `$ROAM_CACHE`, else `$XDG_CACHE_HOME/roam`, else `~/.cache/roam`.
@@ -204,7 +220,7 @@ impl CodeCache {
         if let Some(module) = self.load(hash, kind)? {
             return Ok((hash, module));
         }
-        let bytes = download(Client::connect(source), hash, self.admission.max_size(), progress).await?;
+        let bytes = download(self.connect(source), hash, self.admission.max_size(), progress).await?;
         self.add(bytes, kind)
     }
 
@@ -220,7 +236,7 @@ impl CodeCache {
         if !refresh && let Some(hash) = self.state.resolution(addr, &key)? {
             return Ok(hash);
         }
-        let mut client = Client::connect(source).await?;
+        let mut client = self.connect(source).await?;
         let info = client.resolve(name, version).await?;
         self.state.set_resolution(addr, &key, &info.hash)?;
         Ok(info.hash)

@@ -83,6 +83,7 @@ pub struct Builder {
     allow: Vec<String>,
     resources: Resources,
     refresh: bool,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Builder {
@@ -116,10 +117,19 @@ impl Builder {
         self
     }
 
+    /// Connects to hosts with `tls` (see [`CodeCache::with_tls`]) instead of anonymously.
+    pub fn tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Opens the cache and builds the engine.
     pub fn build(self) -> Result<CodeOnDemand, LocalError> {
         let dir = self.cache.unwrap_or_else(CodeCache::default_dir);
-        let cache = CodeCache::open(&dir, self.trust)?;
+        let mut cache = CodeCache::open(&dir, self.trust)?;
+        if let Some(tls) = self.tls {
+            cache = cache.with_tls(tls);
+        }
         let engine =
             Engine::new(self.limits, Some(cache.code_dir())).map_err(|e| LocalError::Setup(format!("{e:#}")))?;
         Ok(CodeOnDemand {
@@ -152,6 +162,7 @@ impl CodeOnDemand {
             allow: Vec::new(),
             resources: Resources::default(),
             refresh: false,
+            tls: None,
         }
     }
 

@@ -586,7 +586,8 @@ fn run(cli: Cli) -> Result<()> {
             let mut builder = roam_host::local::CodeOnDemand::builder(trust)
                 .cache_dir(cache_dir)
                 .resources(resources)
-                .refresh(refresh);
+                .refresh(refresh)
+                .tls(pins.tls.clone());
             for cap in allow {
                 builder = builder.allow(cap);
             }

@@ -326,3 +326,38 @@ async fn an_owner_shut_out_on_reload_loses_the_home_resources_of_agents_already_
     running.shutdown().await;
     Ok(())
 }
+
+/// `roam run` proves the identity too: a host that grants code on demand only to alice serves
+/// her, and tells an anonymous client which right it lacks.
+#[test]
+fn code_on_demand_proves_the_identity_for_hosts_that_ask_for_one() -> Result<()> {
+    use roam_tests::{Fixture, args, roam_err, roam_ok};
+    let fx = Fixture::new()?;
+    let alice = roam_keys::PublicKey::load(&fx.keys_dir().join("alice.pub"))?;
+    let policy = format!("[clients]\nalice = \"{alice}\"\n[allow]\npublish = [\"alice\"]\nfetch_code = [\"alice\"]\n");
+    std::fs::write(fx.trust_dir().join("access.toml"), policy)?;
+    let wasm = std::fs::read(roam_tests::agent_wasm("order_validator")?)?;
+    let code = fx.write("validator.wasm", fx.sign(&wasm, "alice", Kind::Code, "order-validator", "1.0.0", &[])?)?;
+    let host = fx.host::<[&str; 0], &str>([])?;
+    let addr = host.addr.to_string();
+    let identity = fx.key_path("alice");
+    roam_ok(args!["publish", code, "--host", addr, "--identity", identity])?;
+    let order = r#"{"id": 1, "region": "north", "product": "widget", "quantity": 3, "unit_cents": 250, "total_cents": 750, "day": 12}"#;
+    let run = |cache: &str, more: &[&std::ffi::OsStr]| -> Vec<std::ffi::OsString> {
+        let cache = fx.path().join(cache);
+        let trust = fx.trust_dir();
+        let mut all =
+            args!["run", "order-validator", "--from", addr, "--trust", trust, "--cache", cache, "--input", order]
+                .map(std::ffi::OsStr::to_owned)
+                .to_vec();
+        all.extend(more.iter().map(|a| a.to_os_string()));
+        all
+    };
+    let said = roam_err(run("anonymous", &[]))?;
+    assert!(said.contains("anonymous") && said.contains("fetch_code") && said.contains("access.toml"), "{said}");
+    let as_alice = run("alice", &args!["--identity", identity]);
+    let out = roam_ok(as_alice)?;
+    let answer: serde_json::Value = serde_json::from_str(&out).with_context(|| out.clone())?;
+    ensure!(answer["valid"] == serde_json::Value::Bool(true), "{answer}");
+    host.stop()
+}
