@@ -463,3 +463,34 @@ fn says_why(e: &FrameError) -> bool {
             | FrameError::Busy(_)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv6 client holds the addresses of its whole /64, so its share is counted by prefix;
+    /// a place given back is free again.
+    #[test]
+    fn an_ipv6_prefix_is_one_source() -> Result<(), Box<dyn std::error::Error>> {
+        let limits = ConnectionLimits {
+            max: 16,
+            per_source: 2,
+            reserved: 0,
+            idle: Duration::from_secs(60),
+            inflight_bytes: 1 << 20,
+        };
+        let gate = Arc::new(Gate { limits, held: Mutex::new(Held::default()) });
+        let ip = |s: &str| s.parse::<IpAddr>();
+        let first = gate.enter(ip("2001:db8::1")?).ok_or("no place")?;
+        let _second = gate.enter(ip("2001:db8::ffff:2")?).ok_or("no place")?;
+        assert!(gate.enter(ip("2001:db8::3")?).is_none(), "a third address of the same /64 got a place");
+        assert!(gate.enter(ip("2001:db8:0:1::1")?).is_some(), "the next /64 is another source");
+        // IPv4 addresses each are their own source.
+        let _a = gate.enter(ip("192.0.2.1")?).ok_or("no place")?;
+        let _b = gate.enter(ip("192.0.2.1")?).ok_or("no place")?;
+        assert!(gate.enter(ip("192.0.2.2")?).is_some());
+        drop(first);
+        assert!(gate.enter(ip("2001:db8::4")?).is_some(), "a place given back was not free again");
+        Ok(())
+    }
+}
