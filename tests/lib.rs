@@ -438,8 +438,6 @@ impl HostProcess {
         let log = scratch.path().join("stderr.log");
         let stderr = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = command
-            // The log is a file, read by people and by assertions: no colour codes in it.
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

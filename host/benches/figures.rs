@@ -866,7 +866,7 @@ impl HostProcess {
             .arg(trust)
             .arg("--data-dir")
             .arg(data)
-            .env("ROAM_LOG", "warn")
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

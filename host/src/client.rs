@@ -273,16 +273,29 @@ impl Client {
 /// # Errors
 /// If the part before `@` is not a key.
 pub fn split_target(target: &str) -> Result<(Option<PublicKey>, &str), ClientError> {
-    match target.split_once('@') {
-        None => Ok((None, target)),
+    let (key, addr) = match target.split_once('@') {
+        None => (None, target),
         Some((key, addr)) => {
             let key = PublicKey::from_hex(key).map_err(|e| ClientError::Target {
                 target: target.to_owned(),
                 reason: format!("before the @ goes the host's public key, 64 hex digits: {e}"),
             })?;
-            Ok((Some(key), addr))
+            (Some(key), addr)
         }
+    };
+    // HOST:PORT, or [V6]:PORT: a bare address or name lacks the port.
+    let has_port = addr.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+    });
+    if !has_port {
+        return Err(ClientError::Target {
+            target: target.to_owned(),
+            reason: "give the host as HOST:PORT (roam hosts listen on 7700 unless told otherwise, e.g. \
+                     127.0.0.1:7700)"
+                .to_owned(),
+        });
     }
+    Ok((key, addr))
 }
 
 fn tls_error(addr: &str, e: &dyn std::fmt::Display) -> ClientError {

@@ -206,6 +206,17 @@ impl Host {
         self.inner.agents.peers().is_peer(key) || self.inner.access().names(key)
     }
 
+    /// Who a caller is, for the log: a peer by its name, a client by the access policy's name
+    /// for it, else its key, or anonymous.
+    pub(crate) fn describe_caller(&self, key: Option<&PublicKey>) -> String {
+        let Some(key) = key else { return "anonymous".to_owned() };
+        if let Some(name) = self.inner.agents.peers().name_of(key) {
+            return format!("peer {name}");
+        }
+        let access = self.inner.access();
+        if access.names(key) { access.describe(key) } else { format!("unnamed key {key}") }
+    }
+
     /// Checks the certificate a connecting host presented for the key it proved, and keeps it
     /// (see [`Peers::present`]); `Err` says why it is refused.
     pub(crate) fn present_certificate(

@@ -54,6 +54,7 @@ pub(crate) fn run_error(e: RunError) -> RemoteError {
         RunError::StackOverflow(_) => ErrorKind::StackOverflow,
         RunError::Trap { .. } | RunError::Contract(_) | RunError::NoResult => ErrorKind::Trap,
         RunError::Module(_) => ErrorKind::Module,
+        RunError::Capability(_) => ErrorKind::Capability,
         RunError::Busy => ErrorKind::Busy,
         RunError::Instantiate(_) => ErrorKind::Load,
     };

@@ -125,6 +125,9 @@ impl Drop for Lane {
 struct Gate {
     limits: ConnectionLimits,
     held: Mutex<Held>,
+    /// The second (since the Unix epoch) a closed connection was last logged: a flood of
+    /// connections must not become a flood of log lines.
+    warned: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +149,16 @@ struct Place {
 }
 
 impl Gate {
+    fn new(limits: ConnectionLimits) -> Self {
+        Self { limits, held: Mutex::default(), warned: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Whether a closed connection may be logged now: once a second at most.
+    fn warn_now(&self) -> bool {
+        let now = crate::state::now_secs();
+        self.warned.swap(now, std::sync::atomic::Ordering::Relaxed) != now
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -252,7 +265,7 @@ impl Budget {
 
 async fn serve(host: Host, listener: TcpListener, tls: TlsAcceptor, lane: Lane, mut stopped: watch::Receiver<bool>) {
     let limits = host.connection_limits();
-    let gate = Arc::new(Gate { limits, held: Mutex::default() });
+    let gate = Arc::new(Gate::new(limits));
     let budget = Budget::new(limits.inflight_bytes);
     let mut connections = JoinSet::new();
     loop {
@@ -261,11 +274,17 @@ async fn serve(host: Host, listener: TcpListener, tls: TlsAcceptor, lane: Lane, 
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // One address over its share is closed at once: it gets no TLS handshake.
-                    let Some(place) = gate.enter(peer.ip()) else { continue };
+                    let Some(place) = gate.enter(peer.ip()) else {
+                        if gate.warn_now() {
+                            tracing::warn!(%peer, "refused a connection: its address holds {} already \
+                                (connections_per_source; further refusals are not logged for a second)", limits.per_source);
+                        }
+                        continue;
+                    };
                     let (host, lane, tls, budget) = (host.clone(), lane.handle.clone(), tls.clone(), budget.clone());
                     let stopped = stopped.clone();
                     connections.spawn(async move {
-                        if let Err(e) = connection(host, stream, tls, lane, place, budget, stopped).await {
+                        if let Err(e) = connection(host, stream, peer, tls, lane, place, budget, stopped).await {
                             tracing::debug!(%peer, "connection ended: {e}");
                         }
                     });
@@ -287,9 +306,11 @@ async fn serve(host: Host, listener: TcpListener, tls: TlsAcceptor, lane: Lane, 
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     host: Host,
     stream: TcpStream,
+    source: SocketAddr,
     tls: TlsAcceptor,
     lane: tokio::runtime::Handle,
     mut place: Place,
@@ -309,6 +330,7 @@ async fn connection(
     }
     if first[0] != transport::TLS_HANDSHAKE_BYTE {
         let mut stream = stream;
+        tracing::warn!(%source, "refused a connection: it does not speak TLS (an older roam client, or not roam)");
         let _ = send(&mut stream, &handshake::not_tls(), within).await;
         linger(&mut stream).await;
         return Err(FrameError::Malformed("a client that does not speak TLS".into()));
@@ -334,6 +356,7 @@ async fn connection(
         None
     };
     if let Some(busy) = busy {
+        tracing::warn!(%source, caller = %host.describe_caller(peer.as_ref()), "refused a connection: {busy}");
         send(&mut stream, &Welcome::Refused(RemoteError::new(ErrorKind::Busy, busy)), within).await?;
         linger(&mut stream).await;
         return Ok(());
@@ -361,6 +384,7 @@ async fn connection(
     if let (Welcome::Accepted { .. }, Some(cert), Some(proven)) = (&welcome, hello.certificate, peer)
         && let Err(e) = host.present_certificate(cert, &proven)
     {
+        tracing::warn!(%source, "refused a host's certificate: {e}");
         welcome = Welcome::Refused(RemoteError::new(ErrorKind::Unauthenticated, e));
     }
     send(&mut stream, &welcome, within).await?;
@@ -395,7 +419,10 @@ async fn connection(
                 }
             },
         };
+        let (operation, subject, started) = (request.operation(), request.subject(), std::time::Instant::now());
         let response = host.handle(request, peer).await;
+        let caller = host.describe_caller(peer.as_ref());
+        log_request(source, &caller, operation, subject.as_deref(), started.elapsed(), &response);
         drop(read_room);
         // A large answer waits for its room before it is encoded (the work is done: it is not
         // thrown away); the room comes back as other answers are written or time out.
@@ -413,6 +440,33 @@ async fn connection(
         } else {
             respond.await?
         };
+    }
+}
+
+/// Logs a request once it is answered: served at info, refused at warn with the reason, failed
+/// in the host at error; a module's own failure (a trap, its time) is the caller's news, at info.
+fn log_request(
+    source: SocketAddr,
+    caller: &str,
+    operation: &str,
+    subject: Option<&str>,
+    took: Duration,
+    response: &Response,
+) {
+    let subject = subject.unwrap_or("-");
+    let ms = took.as_secs_f64() * 1000.0;
+    match response {
+        Response::Error(e) if e.kind == ErrorKind::Internal => {
+            tracing::error!(%source, %caller, %operation, %subject, ms, "request failed in the host: {}", e.message);
+        }
+        Response::Error(e) if e.kind.is_refusal() => {
+            tracing::warn!(%source, %caller, %operation, %subject, ms, kind = ?e.kind, "request refused: {}", e.message);
+        }
+        Response::Error(e) => {
+            tracing::info!(%source, %caller, %operation, %subject, ms, kind = ?e.kind, "request failed: {}", e.message);
+        }
+        Response::Pong => tracing::debug!(%source, %caller, %operation, ms, "request served"),
+        _ => tracing::info!(%source, %caller, %operation, %subject, ms, "request served"),
     }
 }
 
@@ -479,7 +533,7 @@ mod tests {
             idle: Duration::from_secs(60),
             inflight_bytes: 1 << 20,
         };
-        let gate = Arc::new(Gate { limits, held: Mutex::new(Held::default()) });
+        let gate = Arc::new(Gate::new(limits));
         let ip = |s: &str| s.parse::<IpAddr>();
         let first = gate.enter(ip("2001:db8::1")?).ok_or("no place")?;
         let _second = gate.enter(ip("2001:db8::ffff:2")?).ok_or("no place")?;

@@ -35,8 +35,8 @@ impl Net {
     /// A net whose hosts are `hosts`: each gets a key and an address that every other one
     /// has as a peer's (`peers/NAME.pub`, `peers/addresses.toml`).
     pub fn new(hosts: &[&str]) -> Result<Self> {
-        // ROAM_LOG=debug shows the hosts' logs with --nocapture.
-        if let Ok(filter) = std::env::var("ROAM_LOG") {
+        // RUST_LOG=debug shows the hosts' logs with --nocapture.
+        if let Ok(filter) = std::env::var("RUST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         }
         let dir = tempfile::tempdir()?;

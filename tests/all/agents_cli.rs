@@ -38,9 +38,13 @@ fn launch_agents_and_recall_from_the_command_line() -> Result<()> {
     let home_addr = home.addr.to_string();
 
     let input = serde_json::json!({ "hosts": [a.addr.to_string(), a.addr.to_string()] }).to_string();
-    let out = roam_ok(roam_tests::args!["launch", module, "--host", home_addr, "--input", input, "--wait"])?;
-    let (id, result) = out.split_once('\n').context("no result after the id")?;
-    let result: serde_json::Value = serde_json::from_str(result)?;
+    let launched =
+        roam_tests::roam(roam_tests::args!["launch", module, "--host", home_addr, "--input", input, "--wait"])?;
+    let stderr = String::from_utf8_lossy(&launched.stderr).into_owned();
+    anyhow::ensure!(launched.status.success(), "{stderr}");
+    // stdout holds the result alone (`roam launch --wait | jq`); the id is a note on stderr.
+    let result: serde_json::Value = serde_json::from_slice(&launched.stdout)?;
+    let id = stderr.lines().find_map(|l| l.strip_prefix("launched agent ")).context("no id on stderr")?;
     check_hop_counter(&result, &["a", "a"])?;
 
     let list = roam_ok(roam_tests::args!["agents", "--host", home_addr])?;

@@ -302,13 +302,13 @@ fn remote_evaluation_matches_the_same_computation_done_locally() -> Result<()> {
     host.stop()
 }
 
-/// Runs `roam eval` on a module the host must refuse: exit code 1 and `error: <reason>`.
+/// Runs `roam eval` on a module the host must refuse: exit code 3 (refused) and `error: <reason>`.
 fn refused(module: &Path, addr: &str) -> Result<String> {
     let output = roam(args!["eval", module, "--host", addr])?;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(
         output.status.code(),
-        Some(1),
+        Some(3),
         "`roam eval {}` should have been refused\n--- stdout ---\n{}\n--- stderr ---\n{stderr}",
         module.display(),
         String::from_utf8_lossy(&output.stdout),

@@ -60,7 +60,7 @@ fn spawn(net: &Net, name: &str, port: u16, fault: Option<&str>) -> Result<Proc> 
 /// `<name>.log` in the net's directory, appended so that it survives restarts.
 pub fn start(net: &Net, name: &str, mut cmd: Command) -> Result<Proc> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(net.path(&format!("{name}.log")))?;
-    cmd.env("ROAM_LOG", std::env::var("ROAM_LOG").unwrap_or_else(|_| "info".into()))
+    cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);

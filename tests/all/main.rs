@@ -13,6 +13,7 @@ mod connections;
 mod crash;
 mod limits;
 mod recall;
+mod scripting;
 mod storage;
 mod tidy;
 mod transport;

@@ -84,6 +84,9 @@ pub struct Guest {
     deadline: Instant,
     /// Set when the limiter refused a memory or table growth, to report it as such.
     denied: Option<String>,
+    /// Set when the module asked for a resource its signature does not grant: if it then
+    /// fails, that refusal is why, not the module's own message about it.
+    refused_capability: Option<String>,
     /// `name@version`, for log lines.
     label: Arc<str>,
     /// Diagnostic bytes left for this call.
@@ -122,6 +125,7 @@ impl Guest {
             result_bytes: limits.result_bytes,
             deadline,
             denied: None,
+            refused_capability: None,
             label,
             log_budget: LOG_BUDGET,
             append_budget: limits.log_bytes,
@@ -146,7 +150,10 @@ impl Guest {
     pub fn take_result(&mut self) -> Result<Vec<u8>, RunError> {
         match self.outcome.take() {
             Some(Outcome::Ok(bytes)) => Ok(bytes),
-            Some(Outcome::Err(message)) => Err(RunError::Module(message)),
+            Some(Outcome::Err(message)) => match self.refused_capability.take() {
+                Some(refusal) => Err(RunError::Capability(refusal)),
+                None => Err(RunError::Module(message)),
+            },
             None => Err(RunError::NoResult),
         }
     }
@@ -312,12 +319,11 @@ mod data {
             };
             let needed = resource.capability();
             if !g.may_use(&needed) {
-                return Ok(g.fail(
-                    ErrorCode::Denied,
-                    format!(
-                        "the module's signature does not grant capability {needed:?}; re-sign it with --cap {needed}"
-                    ),
-                ));
+                let refusal = format!(
+                    "the module's signature does not grant capability {needed:?}; re-sign it with --cap {needed}"
+                );
+                g.refused_capability = Some(refusal.clone());
+                return Ok(g.fail(ErrorCode::Denied, refusal));
             }
             // One handle per resource, however often it is opened: the handle table stays as
             // small as the host's list of resources.

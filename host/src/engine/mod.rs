@@ -103,6 +103,9 @@ pub enum RunError {
         /// The module's own last words, if it said any.
         message: Option<String>,
     },
+    /// The module failed after asking for a resource its signature does not grant.
+    #[error("{0}")]
+    Capability(String),
     /// The module itself reported an error (its query function returned `Err`).
     #[error("the module reported an error: {0}")]
     Module(String),

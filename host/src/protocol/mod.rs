@@ -297,6 +297,44 @@ pub enum Request {
 }
 
 impl Request {
+    /// The request's name in the host's log.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Self::Eval { .. } => "eval",
+            Self::Publish { .. } => "publish",
+            Self::List => "list",
+            Self::Resolve { .. } => "resolve",
+            Self::Fetch { .. } => "fetch",
+            Self::Launch { .. } => "launch",
+            Self::Transfer { .. } => "transfer",
+            Self::Report(_) => "report",
+            Self::Agents { .. } => "agents",
+            Self::Recall { .. } => "recall",
+            Self::RecallAgent(_) => "recall-agent",
+            Self::Call(_) => "call",
+            Self::Ping => "ping",
+        }
+    }
+
+    /// What the request is about, for the host's log: a module sent whole (the name and
+    /// version it claims, before any check), a module's hash, a name, or an agent.
+    pub fn subject(&self) -> Option<String> {
+        let claimed = |bytes: &[u8]| match roam_keys::read_claims_unverified(bytes) {
+            Ok(c) => format!("{}@{} (claimed)", c.name, c.version),
+            Err(_) => format!("{} bytes, unsigned", bytes.len()),
+        };
+        match self {
+            Self::Eval { module: ModuleRef::Bytes(bytes), .. }
+            | Self::Publish { module: bytes }
+            | Self::Launch { module: bytes, .. } => Some(claimed(bytes)),
+            Self::Eval { module: ModuleRef::Hash(hash), .. } | Self::Fetch { hash, .. } => Some(hash.to_string()),
+            Self::Resolve { name, version: Some(v) } => Some(format!("{name}@{v}")),
+            Self::Resolve { name, version: None } => Some(name.clone()),
+            Self::Agents { id: Some(id) } | Self::Recall { id } => Some(id.clone()),
+            _ => None,
+        }
+    }
+
     /// The key that signed a host-to-host request (a transfer, report, recall order or forwarded
     /// call), which only another host may send; `None` for the requests any client may make.
     pub fn host_signer(&self) -> Option<&PublicKey> {
@@ -397,6 +435,24 @@ pub enum ErrorKind {
     /// The caller holds no right to this request: the host's access policy, or the agent is
     /// someone else's.
     Denied,
+}
+
+impl ErrorKind {
+    /// Whether the host declined the request (as opposed to a module failing, or the host).
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            Self::Protocol
+                | Self::Busy
+                | Self::Verification
+                | Self::Capability
+                | Self::Load
+                | Self::NotFound
+                | Self::Refused
+                | Self::Unauthenticated
+                | Self::Denied
+        )
+    }
 }
 
 /// An error that crosses the network: a kind to act on and a message for a person.

@@ -12,12 +12,35 @@ use roam_host::known_hosts::KnownHosts;
 use roam_host::protocol::wire::AgentInfo;
 use roam_host::server::RunningHost;
 use roam_keys::{HostCertificate, Kind, PublicKey, SecretKey, SignRequest, TrustStore, VerifyContext};
+use serde_json::json;
+
+mod logs;
+mod output;
+
+use output::{NotFinished, TimedOut, agent_json, ago, date, json_out, module_json, note, out, print_result};
 
 #[derive(Parser)]
-#[command(name = "roam", version, about = "Move code to data: signed Wasm modules, run where the data lives")]
+#[command(
+    name = "roam",
+    version,
+    about = "Move code to data: signed Wasm modules, run where the data lives",
+    after_help = output::EXIT_STATUSES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Print the data as one JSON document on stdout instead of lines and tables for people.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Show more of roam's log (-v debug, -vv trace); RUST_LOG, when set, decides instead.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors on stderr: no notes, no progress.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// How log lines are written on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: logs::LogFormat,
     /// The public key (hex) the host must prove; also given as KEY@HOST:PORT. Without either,
     /// the key remembered in the known hosts file, or, for a host never seen before, the key it
     /// proves now (trust on first use, as ssh does).
@@ -77,7 +100,7 @@ impl Pins {
             ),
             None => {
                 self.known.remember(addr, &proven)?;
-                eprintln!(
+                note!(
                     "roam: first connection to {addr}: its key {proven} is trusted from now on (remembered in {})",
                     self.known.path().display()
                 );
@@ -152,7 +175,7 @@ enum Command {
         /// The signed query module.
         module: PathBuf,
         /// The host's address, e.g. 127.0.0.1:7700.
-        #[arg(long)]
+        #[arg(long, env = "ROAM_HOST")]
         host: String,
         #[command(flatten)]
         input: InputArgs,
@@ -161,22 +184,22 @@ enum Command {
     Publish {
         /// The signed module.
         module: PathBuf,
-        /// The host's address.
-        #[arg(long)]
+        /// The host's address, HOST:PORT.
+        #[arg(long, env = "ROAM_HOST")]
         host: String,
     },
     /// List the modules a host holds.
     Modules {
-        /// The host's address.
-        #[arg(long)]
+        /// The host's address, HOST:PORT.
+        #[arg(long, env = "ROAM_HOST")]
         host: String,
     },
     /// Launch a mobile agent; the host becomes its home. Prints the agent's id.
     Launch {
         /// The signed agent module.
         module: PathBuf,
-        /// The home host's address.
-        #[arg(long)]
+        /// The home host's address, HOST:PORT.
+        #[arg(long, env = "ROAM_HOST")]
         host: String,
         #[command(flatten)]
         input: InputArgs,
@@ -190,8 +213,8 @@ enum Command {
     /// Show the agents a host knows: where each is, its hops and state; for one agent, its
     /// route and how each resource was bound at each hop.
     Agents {
-        /// The host's address (an agent's home knows its whole route).
-        #[arg(long)]
+        /// The host's address, HOST:PORT (an agent's home knows its whole route).
+        #[arg(long, env = "ROAM_HOST")]
         host: String,
         /// Only this agent, in detail.
         id: Option<String>,
@@ -203,8 +226,8 @@ enum Command {
     Recall {
         /// The agent's id.
         id: String,
-        /// The agent's home host.
-        #[arg(long)]
+        /// The agent's home host, HOST:PORT.
+        #[arg(long, env = "ROAM_HOST")]
         host: String,
         /// Wait for the agent to end, then print how: recalled with its partial result, finished
         /// first with its result, or failed.
@@ -218,8 +241,8 @@ enum Command {
     Run {
         /// NAME, NAME@VERSION, or the module's hash.
         module: roam_host::fetch::ModuleSpec,
-        /// The host to fetch it from.
-        #[arg(long)]
+        /// The host to fetch it from, HOST:PORT.
+        #[arg(long, env = "ROAM_HOST")]
         from: String,
         #[command(flatten)]
         input: InputArgs,
@@ -238,6 +261,12 @@ enum Command {
         /// Ask the host again what the name resolves to.
         #[arg(long)]
         refresh: bool,
+    },
+    /// Print a shell completion script: `roam completions bash > /etc/bash_completion.d/roam`,
+    /// or for zsh, fish, elvish, powershell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -338,16 +367,19 @@ struct HostArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ROAM_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    logs::init(cli.log_format, cli.verbose, cli.quiet);
+    output::set_quiet(cli.quiet);
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => match output::status(&e) {
+            // stdout was closed (`roam modules | head -1`): nothing more to say.
+            None => std::process::ExitCode::SUCCESS,
+            Some(status) => {
+                eprintln!("error: {}", output::describe(&e));
+                std::process::ExitCode::from(status)
+            }
+        },
     }
 }
 
@@ -363,11 +395,26 @@ fn identity(given: Option<&Path>) -> Result<Option<SecretKey>> {
 
 fn run(cli: Cli) -> Result<()> {
     let pins = Pins::new(&cli)?;
+    let as_json = cli.json;
     match cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut buffer = Vec::new();
+            clap_complete::generate(shell, &mut command, "roam", &mut buffer);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &buffer)?;
+            Ok(())
+        }
         Command::Keys { command: KeysCommand::New { name, dir } } => {
             let (key, public_path, public) = roam_keys::write_keypair(&dir, &name)?;
-            println!("secret key: {}", key.display());
-            println!("public key: {} ({public})", public_path.display());
+            if as_json {
+                return json_out(&json!({
+                    "secret_key_file": key,
+                    "public_key_file": public_path,
+                    "public_key": public.to_hex(),
+                }));
+            }
+            out!("secret key: {}", key.display());
+            out!("public key: {} ({public})", public_path.display());
             Ok(())
         }
         Command::Keys { command: KeysCommand::Certify { host_public, cluster, name, address, expires, dir } } => {
@@ -384,9 +431,19 @@ fn run(cli: Cli) -> Result<()> {
                 .open(&path)
                 .with_context(|| format!("cannot create {} (delete an old certificate first)", path.display()))?;
             std::io::Write::write_all(&mut file, cert.to_file_text().as_bytes())?;
-            let until = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(cert.expires));
-            println!("certificate: {} (host {name} at {address}, key {key}, until {until})", path.display());
-            println!("cluster key: {}", cluster.public());
+            let until = date(cert.expires);
+            if as_json {
+                return json_out(&json!({
+                    "certificate_file": path,
+                    "host": name,
+                    "address": address,
+                    "key": key.to_hex(),
+                    "expires": until,
+                    "cluster_key": cluster.public().to_hex(),
+                }));
+            }
+            out!("certificate: {} (host {name} at {address}, key {key}, until {until})", path.display());
+            out!("cluster key: {}", cluster.public());
             Ok(())
         }
         Command::Sign { input, key, kind, name, version, expires, caps, output } => {
@@ -404,7 +461,11 @@ fn run(cli: Cli) -> Result<()> {
             };
             let signed = roam_keys::sign_module(&wasm, &key, request)?;
             std::fs::write(&output, &signed).with_context(|| format!("cannot write {}", output.display()))?;
-            println!("signed {} -> {} ({})", input.display(), output.display(), roam_keys::hash_module(&signed));
+            let hash = roam_keys::hash_module(&signed);
+            if as_json {
+                return json_out(&json!({ "input": input, "output": output, "hash": hash.to_string() }));
+            }
+            out!("signed {} -> {} ({hash})", input.display(), output.display());
             Ok(())
         }
         Command::Verify { file, trust, kind } => {
@@ -415,14 +476,28 @@ fn run(cli: Cli) -> Result<()> {
             ctx.expected_kind = kind;
             let verified = roam_keys::verify(bytes, &ctx).with_context(|| format!("{} refused", file.display()))?;
             let c = verified.claims();
-            println!("signer: {} ({})", verified.signer_name(), c.signer);
-            println!("kind: {}", c.kind);
-            println!("name: {}", c.name);
-            println!("version: {}", c.version);
-            println!("hash: {hash}");
-            println!("code hash: {}", c.module_hash);
-            println!("capabilities: {}", c.capabilities.join(", "));
-            println!("valid: {} .. {} (unix seconds)", c.not_before, c.expires);
+            if as_json {
+                return json_out(&json!({
+                    "signer": verified.signer_name(),
+                    "signer_key": c.signer.to_hex(),
+                    "kind": c.kind.to_string(),
+                    "name": c.name,
+                    "version": c.version.to_string(),
+                    "hash": hash.to_string(),
+                    "code_hash": c.module_hash.to_string(),
+                    "capabilities": c.capabilities,
+                    "not_before": date(c.not_before),
+                    "expires": date(c.expires),
+                }));
+            }
+            out!("signer: {} ({})", verified.signer_name(), c.signer);
+            out!("kind: {}", c.kind);
+            out!("name: {}", c.name);
+            out!("version: {}", c.version);
+            out!("hash: {hash}");
+            out!("code hash: {}", c.module_hash);
+            out!("capabilities: {}", c.capabilities.join(", "));
+            out!("valid: from {} until {} (UTC)", date(c.not_before), date(c.expires));
             Ok(())
         }
         Command::Host(args) => host(args),
@@ -438,18 +513,29 @@ fn run(cli: Cli) -> Result<()> {
         Command::Publish { module, host } => {
             let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
             let info = runtime()?.block_on(async { anyhow::Ok(pins.connect(&host).await?.publish(bytes).await?) })?;
-            println!("published {}@{} ({}, {} bytes) as {}", info.name, info.version, info.kind, info.size, info.hash);
+            if as_json {
+                return json_out(&module_json(&info));
+            }
+            out!("published {}@{} ({}, {} bytes) as {}", info.name, info.version, info.kind, info.size, info.hash);
             Ok(())
         }
         Command::Modules { host } => {
             let list = runtime()?.block_on(async { anyhow::Ok(pins.connect(&host).await?.list().await?) })?;
-            println!(
+            if as_json {
+                return json_out(&list.iter().map(module_json).collect());
+            }
+            out!(
                 "{:<24} {:<10} {:<6} {:>9} {:>9}  {:<16} hash",
-                "name", "version", "kind", "size", "downloads", "signer"
+                "name",
+                "version",
+                "kind",
+                "size",
+                "downloads",
+                "signer"
             );
             for m in list {
                 let signer = m.signer.to_hex();
-                println!(
+                out!(
                     "{:<24} {:<10} {:<6} {:>9} {:>9}  {:<16} {}",
                     m.name,
                     m.version.to_string(),
@@ -468,24 +554,36 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(async {
                 let mut client = pins.connect(&host).await?;
                 let id = client.launch(bytes, input).await?;
-                println!("{id}");
                 if !wait {
+                    if as_json {
+                        return json_out(&json!({ "id": id }));
+                    }
+                    out!("{id}");
                     return Ok(());
                 }
+                // stdout is for the result alone (`roam launch --wait | jq`).
+                note!("launched agent {id}");
                 let deadline = std::time::Instant::now() + timeout;
                 loop {
                     let agent = client.agent(&id).await?;
                     match agent.state.as_str() {
-                        "finished" => {
-                            let result = cbor_to_json(&agent.result).map_err(anyhow::Error::msg)?;
-                            println!("{}", serde_json::to_string_pretty(&result)?);
-                            return Ok(());
-                        }
+                        "finished" if as_json => return json_out(&agent_json(&agent)?),
+                        "finished" => return print_result(&agent.result),
                         "failed" | "recalled" => {
-                            bail!("agent {id} {}: {}", agent.state, agent.detail.unwrap_or_default())
+                            if as_json {
+                                json_out(&agent_json(&agent)?)?;
+                            }
+                            let detail = agent.detail.unwrap_or_default();
+                            return Err(NotFinished(format!("agent {id} {}: {detail}", agent.state)).into());
                         }
                         _ if std::time::Instant::now() > deadline => {
-                            bail!("agent {id} is still {} at {} after {timeout:?}", agent.state, agent.location)
+                            return Err(TimedOut(format!(
+                                "agent {id} is still {} at {} after {}; it goes on (see `roam agents {id}`)",
+                                agent.state,
+                                agent.location,
+                                humantime::format_duration(timeout)
+                            ))
+                            .into());
                         }
                         _ => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
@@ -496,7 +594,10 @@ fn run(cli: Cli) -> Result<()> {
             let mut client = pins.connect(&host).await?;
             let Some(id) = id else {
                 let list = client.agents().await?;
-                println!("{:<32}  {:<24} {:<11} {:>4}  {:<20} detail", "id", "agent", "state", "hops", "host");
+                if as_json {
+                    return json_out(&list.iter().map(agent_json).collect::<Result<Vec<_>>>()?.into());
+                }
+                out!("{:<32}  {:<24} {:<11} {:>4}  {:<20} detail", "id", "agent", "state", "hops", "host");
                 for a in list {
                     let mut detail = a.detail.clone().unwrap_or_default();
                     if a.recall_ordered.is_some() && !is_over(&a) {
@@ -506,30 +607,30 @@ fn run(cli: Cli) -> Result<()> {
                             format!("recall ordered; {detail}")
                         };
                     }
-                    println!(
-                        "{:<32}  {:<24} {:<11} {:>4}  {:<20} {}",
-                        a.id, a.label, a.state, a.hops, a.location, detail
-                    );
+                    out!("{:<32}  {:<24} {:<11} {:>4}  {:<20} {}", a.id, a.label, a.state, a.hops, a.location, detail);
                 }
                 return Ok(());
             };
             let a = client.agent(&id).await?;
-            println!("agent:    {} ({})", a.id, a.label);
-            println!("state:    {}{}", a.state, a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default());
-            println!("location: {}", describe_location(&a));
-            println!("hops:     {}", a.hops);
+            if as_json {
+                return json_out(&agent_json(&a)?);
+            }
+            out!("agent:    {} ({})", a.id, a.label);
+            out!("state:    {}{}", a.state, a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default());
+            out!("location: {}", describe_location(&a));
+            out!("hops:     {}", a.hops);
             if let Some(owner) = a.owner {
-                println!("owner:    {owner}");
+                out!("owner:    {owner}");
             }
             if let Some(ordered) = a.recall_ordered {
                 let over = matches!(a.state.as_str(), "finished" | "failed" | "recalled");
                 let status = if over { "" } else { ", on its way to the agent" };
-                println!("recall:   ordered {}{status}", ago(ordered / 1000));
+                out!("recall:   ordered {}{status}", ago(ordered / 1000));
             }
             if a.home {
-                println!("route:");
+                out!("route:");
                 for v in &a.route {
-                    println!(
+                    out!(
                         "  hop {:>3}  {} ({})  {}{}",
                         v.hop,
                         v.host,
@@ -541,7 +642,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             if !a.result.is_empty() {
                 let result = cbor_to_json(&a.result).map_err(anyhow::Error::msg)?;
-                println!("result:   {}", serde_json::to_string(&result)?);
+                out!("result:   {}", serde_json::to_string(&result)?);
             }
             Ok(())
         }),
@@ -549,29 +650,33 @@ fn run(cli: Cli) -> Result<()> {
             let mut client = pins.connect(&host).await?;
             let mut agent = client.recall(&id).await?;
             if is_over(&agent) {
-                eprintln!("agent {id} had already ended: nothing to recall");
-                return print_outcome(&agent);
+                note!("agent {id} had already ended: nothing to recall");
+                return print_outcome(&agent, as_json);
             }
             let ordered = format!("recall ordered: agent {id} was last at {}", describe_location(&agent));
             if !wait {
-                println!("{ordered}");
+                if as_json {
+                    return json_out(&agent_json(&agent)?);
+                }
+                out!("{ordered}");
                 return Ok(());
             }
-            eprintln!("{ordered}");
+            note!("{ordered}");
             let deadline = std::time::Instant::now() + timeout;
             while !is_over(&agent) {
                 if std::time::Instant::now() > deadline {
-                    bail!(
+                    return Err(TimedOut(format!(
                         "agent {id} is still {} at {} after {}; the recall order stands",
                         agent.state,
                         agent.location,
                         humantime::format_duration(timeout)
-                    );
+                    ))
+                    .into());
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 agent = client.agent(&id).await?;
             }
-            print_outcome(&agent)
+            print_outcome(&agent, as_json)
         }),
         Command::Run { module, from, input, trust, allow, tables, cache, refresh } => {
             let trust_dir = trust.or_else(default_trust_dir).context("give --trust DIR: no default trust store")?;
@@ -594,7 +699,7 @@ fn run(cli: Cli) -> Result<()> {
             let cod = builder.build()?;
             let input = input.read()?;
             let progress = |got: u64, total: u64| {
-                if total >= 1 << 20 {
+                if total >= 1 << 20 && !output::quiet() {
                     eprint!("\rdownloading {module}: {} / {} KiB", got >> 10, total >> 10);
                     if got == total {
                         eprintln!();
@@ -618,20 +723,24 @@ fn is_over(agent: &AgentInfo) -> bool {
 
 /// How an agent's journey ended: a line for people on stderr, its result (or partial result) as
 /// JSON on stdout.
-fn print_outcome(agent: &AgentInfo) -> Result<()> {
+fn print_outcome(agent: &AgentInfo, as_json: bool) -> Result<()> {
     let id = &agent.id;
     let detail = agent.detail.clone().unwrap_or_default();
     match agent.state.as_str() {
-        "recalled" => eprintln!("agent {id} is home: {detail}"),
+        "recalled" => note!("agent {id} is home: {detail}"),
         "finished" if agent.recall_ordered.is_some() => {
-            eprintln!("agent {id} finished at {} before the recall reached it", agent.location);
+            note!("agent {id} finished at {} before the recall reached it", agent.location);
         }
-        "finished" => eprintln!("agent {id} finished at {}", agent.location),
-        _ => eprintln!("agent {id} {}: {detail}", agent.state),
+        "finished" => note!("agent {id} finished at {}", agent.location),
+        _ => note!("agent {id} {}: {detail}", agent.state),
     }
-    if !agent.result.is_empty() {
-        let result = cbor_to_json(&agent.result).map_err(anyhow::Error::msg)?;
-        println!("{}", serde_json::to_string_pretty(&result)?);
+    if as_json {
+        json_out(&agent_json(agent)?)?;
+    } else if !agent.result.is_empty() {
+        print_result(&agent.result)?;
+    }
+    if agent.state == "failed" {
+        return Err(NotFinished(format!("agent {id} failed: {detail}")).into());
     }
     Ok(())
 }
@@ -647,12 +756,6 @@ fn describe_location(agent: &AgentInfo) -> String {
     }
     out.push(')');
     out
-}
-
-/// "3 s ago" for a time in unix seconds.
-fn ago(secs: u64) -> String {
-    let elapsed = roam_host::state::now_secs().saturating_sub(secs);
-    format!("{} ago", humantime::format_duration(Duration::from_secs(elapsed)))
 }
 
 /// The receipt a host gave for a visit, as the route shows it: who signed, and when.
@@ -682,12 +785,6 @@ fn describe_bindings(bindings: &[roam_abi::Bound]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn print_result(output: &[u8]) -> Result<()> {
-    let result = cbor_to_json(output).map_err(anyhow::Error::msg)?;
-    println!("{}", serde_json::to_string_pretty(&result)?);
-    Ok(())
 }
 
 fn default_trust_dir() -> Option<PathBuf> {
@@ -743,9 +840,8 @@ fn host(args: HostArgs) -> Result<()> {
         let running = RunningHost::start(host.clone(), config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        println!("listening on {}", running.addr());
-        use std::io::Write as _;
-        std::io::stdout().flush()?;
+        out!("listening on {}", running.addr());
+        std::io::Write::flush(&mut std::io::stdout())?;
         // Only the address goes to stdout (scripts read that one line); the key, which clients
         // pin as KEY@ADDRESS, is in the log.
         tracing::info!(

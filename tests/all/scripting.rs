@@ -1,0 +1,231 @@
+//! The command line as scripts and operators use it: `--json`, data alone on stdout, quiet
+//! broken pipes, exit statuses, `ROAM_HOST`, completions, and the host's log (`RUST_LOG`,
+//! `--log-format json`, one line per request, refusals at warn).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use roam_tests::{Fixture, HostProcess, args, roam, roam_ok};
+
+/// The exit statuses `roam --help` documents.
+const REFUSED: i32 = 3;
+const TIMED_OUT: i32 = 4;
+const NOT_FINISHED: i32 = 5;
+
+/// `roam` with the environment of [`roam_tests::roam`] plus `env`.
+fn roam_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<std::process::Output> {
+    let home = tempfile::tempdir()?;
+    let mut cmd = Command::new(roam_tests::roam_bin()?);
+    cmd.args(args).env("HOME", home.path()).env_remove("ROAM_IDENTITY").env_remove("ROAM_HOST");
+    cmd.env("ROAM_KNOWN_HOSTS", home.path().join("known_hosts"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(cmd.stdin(Stdio::null()).output()?)
+}
+
+/// A host with alice's query published... as a code module, for `modules` to list.
+fn host_with_a_module(fx: &Fixture) -> Result<HostProcess> {
+    let host = fx.host(args!["--log", "audit"])?;
+    let wasm = std::fs::read(roam_tests::agent_wasm("order_validator")?)?;
+    let code =
+        fx.write("validator.wasm", fx.sign(&wasm, "alice", roam_keys::Kind::Code, "validator", "1.0.0", &[])?)?;
+    roam_ok(args!["publish", code, "--host", host.addr.to_string()])?;
+    Ok(host)
+}
+
+#[test]
+fn json_output_holds_the_data_alone_and_a_closed_pipe_ends_quietly() -> Result<()> {
+    let fx = Fixture::new()?;
+    let host = host_with_a_module(&fx)?;
+    let addr = host.addr.to_string();
+
+    let listed: serde_json::Value = serde_json::from_str(&roam_ok(args!["modules", "--host", addr, "--json"])?)?;
+    let first = &listed[0];
+    ensure!(first["name"] == "validator" && first["kind"] == "code" && first["version"] == "1.0.0", "{listed}");
+    ensure!(first["hash"].as_str().is_some_and(|h| h.len() == 64), "{listed}");
+
+    // Dates, not unix seconds, in both forms of `verify`.
+    let signed = fx.path().join("validator.wasm");
+    let verified: serde_json::Value =
+        serde_json::from_str(&roam_ok(args!["verify", signed, "--trust", fx.trust_dir(), "--json"])?)?;
+    ensure!(verified["expires"].as_str().is_some_and(|d| d.starts_with("20") && d.ends_with('Z')), "{verified}");
+    let text = roam_ok(args!["verify", signed, "--trust", fx.trust_dir()])?;
+    ensure!(text.contains("valid: from 20") && !text.contains("unix seconds"), "{text}");
+
+    // `roam modules | head -0`: the reader is gone before roam writes.
+    let mut child = Command::new(roam_tests::roam_bin()?)
+        .args(["modules", "--host", &addr])
+        .env("ROAM_KNOWN_HOSTS", fx.path().join("known_hosts"))
+        .env_remove("ROAM_IDENTITY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "a closed pipe ended roam with {}: {stderr}", out.status);
+    ensure!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+
+    // ROAM_HOST stands for --host.
+    let out = roam_with_env(&["modules", "--json"], &[("ROAM_HOST", &addr)])?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    host.stop()
+}
+
+#[test]
+fn exit_statuses_tell_refusals_timeouts_and_unfinished_agents_apart() -> Result<()> {
+    // A host whose policy refuses anonymous listing: status 3.
+    let dir = tempfile::tempdir()?;
+    let trust = dir.path().join("trust");
+    std::fs::create_dir_all(&trust)?;
+    let closed = HostProcess::spawn(args!["--trust", trust])?;
+    let out = roam(args!["modules", "--host", closed.addr.to_string()])?;
+    ensure!(out.status.code() == Some(REFUSED), "{out:?}");
+    closed.stop()?;
+
+    // A usage error: status 2, and a bare address says the port is missing (status 1).
+    ensure!(roam(args!["modules"])?.status.code() == Some(2));
+    let out = roam(args!["modules", "--host", "127.0.0.1"])?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1) && said.contains("HOST:PORT"), "{said}");
+
+    // An agent waiting for a host that is down: --wait gives up (4); recalled while a
+    // --wait waits for its result, it ends without finishing (5).
+    let net = crate::agents::Net::new(&["home", "down"])?;
+    let home = HostProcess::spawn(args![
+        "--name",
+        "home",
+        "--listen",
+        format!("127.0.0.1:{}", net.port("home")?),
+        "--key",
+        net.path("host-keys/home.key"),
+        "--trust",
+        net.path("trust"),
+        "--peers",
+        net.path("peers"),
+        "--data-dir",
+        net.path("data-home")
+    ])?;
+    let home_addr = home.addr.to_string();
+    let module = net.path("hop.wasm");
+    std::fs::write(&module, net.sign_agent("hop_counter", "hop-counter", &[])?)?;
+    let input = serde_json::json!({ "hosts": [format!("127.0.0.1:{}", net.port("down")?)] }).to_string();
+    let out = roam(args!["launch", module, "--host", home_addr, "--input", input, "--wait", "--timeout", "1s"])?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(TIMED_OUT) && said.contains("still"), "{out:?}");
+    ensure!(out.stdout.is_empty(), "stdout holds more than the result: {out:?}");
+
+    let waiting = Command::new(roam_tests::roam_bin()?)
+        .args(args!["launch", module, "--host", home_addr, "--input", input, "--wait"])
+        .env("ROAM_KNOWN_HOSTS", net.path("known_hosts"))
+        .env_remove("ROAM_IDENTITY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let listed: serde_json::Value =
+            serde_json::from_str(&roam_ok(args!["agents", "--host", home_addr, "--json"])?)?;
+        let parked = listed.as_array().context("a list")?.iter().filter(|a| a["state"] == "parked").count();
+        // The timed-out one and the waited-for one.
+        if parked == 2 {
+            let newest = listed.as_array().context("a list")?.iter().map(|a| a["id"].clone());
+            // Recall both: whichever is the waited-for one ends its --wait.
+            for id in newest {
+                roam_ok(args!["recall", id.as_str().context("an id")?, "--host", home_addr])?;
+            }
+            break listed;
+        }
+        ensure!(Instant::now() < deadline, "the agents never parked: {listed}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = waiting.wait_with_output()?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(NOT_FINISHED) && said.contains("recalled"), "{said} ({listed})");
+    home.stop()
+}
+
+#[test]
+fn completions_are_generated_for_the_usual_shells() -> Result<()> {
+    for (shell, mark) in [("bash", "_roam()"), ("zsh", "#compdef roam"), ("fish", "complete -c roam")] {
+        let script = roam_ok(args!["completions", shell])?;
+        ensure!(script.contains(mark) && script.contains("launch"), "{shell}: {}", &script[..script.len().min(200)]);
+    }
+    Ok(())
+}
+
+/// Every request is logged once, with who asked, what and how it went; a refusal at warn with
+/// its reason; no colour codes in a file; `--log-format json` writes JSON lines; RUST_LOG
+/// chooses what is shown, with the engine's internals quiet unless it names them.
+#[test]
+fn the_host_logs_each_request_and_each_refusal() -> Result<()> {
+    let fx = Fixture::new()?;
+    let host = host_with_a_module(&fx)?;
+    let addr = host.addr.to_string();
+    let bad = fx.write("tampered.wasm", b"\0asm\x01\0\0\0")?;
+    let _ = roam(args!["eval", bad, "--host", addr])?;
+    // Each line is written before the answer is sent.
+    let log = host.stderr();
+    host.stop()?;
+    let line = |what: &str, operation: &str| {
+        let operation = format!("operation={operation}");
+        log.lines().find(|l| l.contains(what) && l.contains(&operation)).map(str::to_owned)
+    };
+    let served = line("request served", "publish").with_context(|| format!("no line for the publish:\n{log}"))?;
+    ensure!(
+        served.contains("INFO") && served.contains("validator@1.0.0") && served.contains("caller=anonymous"),
+        "{served}"
+    );
+    let refused = line("request refused", "eval").with_context(|| format!("no line for the refused eval:\n{log}"))?;
+    ensure!(refused.contains("WARN") && refused.contains("signature"), "{refused}");
+    ensure!(!log.contains('\x1b'), "colour codes in a log file:\n{log}");
+
+    let json_host = fx.host(args!["--log-format", "json"])?;
+    roam_ok(args!["modules", "--host", json_host.addr.to_string()])?;
+    let log = json_host.stderr();
+    json_host.stop()?;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let event: serde_json::Value = serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+        ensure!(event["level"].is_string() && event["message"].is_string(), "{line}");
+    }
+    ensure!(log.contains("\"operation\":\"list\""), "{log}");
+    Ok(())
+}
+
+/// RUST_LOG is the one variable: at debug it shows roam's own detail, not the engine's
+/// internals, unless it names them.
+#[test]
+fn rust_log_shows_roam_and_keeps_the_engine_quiet_unless_asked() -> Result<()> {
+    let fx = Fixture::new()?;
+    let host = host_with_a_module(&fx)?;
+    let addr = host.addr.to_string();
+    let run = |filter: &str, cache: &str| -> Result<String> {
+        let cache = fx.path().join(cache);
+        let trust = fx.trust_dir();
+        let args = [
+            "run",
+            "validator",
+            "--from",
+            &addr,
+            "--trust",
+            &trust.to_string_lossy(),
+            "--cache",
+            &cache.to_string_lossy(),
+            "--input",
+            "{}",
+        ];
+        let out = roam_with_env(&args, &[("RUST_LOG", filter)])?;
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let debug = run("debug", "cache-a")?;
+    ensure!(!debug.contains("wasmtime") && !debug.contains("cranelift"), "{debug}");
+    let asked = run("debug,cranelift=debug", "cache-b")?;
+    ensure!(
+        asked.contains("cranelift"),
+        "naming cranelift in RUST_LOG did not show it:\n{}",
+        &asked[..asked.len().min(2000)]
+    );
+    host.stop()
+}
