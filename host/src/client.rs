@@ -132,6 +132,12 @@ impl Client {
         let hello = Hello { certificate, ..Hello::new(concat!("roam/", env!("CARGO_PKG_VERSION"))) };
         let opened = handshake::connect(stream, addr, config, &hello, CONNECT_TIMEOUT).await.map_err(|e| match e {
             handshake::Failed::Frame(e) => ClientError::Frame(e),
+            handshake::Failed::Tls(e) if speaks_no_tls(&e) => ClientError::Tls {
+                addr: addr.to_owned(),
+                reason: "the server there does not answer in TLS, so it is not a roam host (or roam before \
+                         version 0.3); check the address and port"
+                    .to_owned(),
+            },
             handshake::Failed::Tls(e) => tls_error(addr, &e),
             handshake::Failed::Refused(e) => ClientError::Refused(e),
         })?;
@@ -298,6 +304,13 @@ pub fn split_target(target: &str) -> Result<(Option<PublicKey>, &str), ClientErr
     Ok((key, addr))
 }
 
+/// Whether a failed TLS handshake got bytes that are not TLS at all: another kind of server.
+fn speaks_no_tls(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::InvalidMessage(_)))
+}
+
 fn tls_error(addr: &str, e: &dyn std::fmt::Display) -> ClientError {
     ClientError::Tls { addr: addr.to_owned(), reason: e.to_string() }
 }
@@ -330,8 +343,8 @@ pub fn json_to_cbor(value: &serde_json::Value) -> Vec<u8> {
 /// Decodes a CBOR value (a module's result) as JSON. Byte strings become arrays of numbers,
 /// and map keys that are not text are written as text (see [`key_text`]).
 pub fn cbor_to_json(bytes: &[u8]) -> Result<serde_json::Value, String> {
-    let value: ciborium::Value =
-        ciborium::from_reader(bytes).map_err(|e| format!("the result is not valid CBOR: {e}"))?;
+    let value: ciborium::Value = ciborium::from_reader(bytes)
+        .map_err(|e| format!("the result is not valid CBOR: {}", roam_keys::cbor_error(&e)))?;
     Ok(to_json(value))
 }
 

@@ -78,7 +78,9 @@ pub struct HostConfig {
     /// The host's secret key file; default `DATA_DIR/host.key`, created if missing.
     #[serde(default)]
     pub key: Option<PathBuf>,
-    /// The trust store: a directory of `*.pub` files and an optional `policy.toml`.
+    /// The trust store: a directory of `*.pub` files and an optional `policy.toml`. Required,
+    /// in the file or from the command line (`--trust`).
+    #[serde(default)]
     pub trust: PathBuf,
     /// Where the host keeps its state, module store and code cache.
     #[serde(default = "default_data_dir")]
@@ -344,7 +346,7 @@ impl HostConfig {
             .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim_end().to_owned() })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let rebase = |p: &mut PathBuf| {
-            if p.is_relative() {
+            if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);
             }
         };
@@ -393,6 +395,11 @@ impl HostConfig {
 
     /// Checks the values that a type cannot.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if self.trust.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "no trust store: give `trust = \"DIR\"` in the configuration file, or --trust DIR".into(),
+            ));
+        }
         self.limits.check()?;
         let mut names = std::collections::BTreeSet::new();
         for r in &self.resources {

@@ -579,6 +579,9 @@ impl Policies {
         };
         // Said once all three loaded: a reload that fails describes nothing it did not apply.
         tracing::info!("access policy {}", access.describe_policy());
+        for warning in trust.warnings() {
+            tracing::warn!("trust store {}: {warning}", config.trust.display());
+        }
         if let Some(dir) = &config.peers {
             tracing::info!("peers ({}): {}", dir.display(), peers.describe());
         }

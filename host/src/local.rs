@@ -224,6 +224,6 @@ impl CodeOnDemand {
             .map_err(|e| LocalError::Codec(format!("cannot encode the input: {e}")))?;
         let output = self.call_raw(module, bytes)?;
         ciborium::from_reader(output.as_slice())
-            .map_err(|e| LocalError::Codec(format!("cannot decode the result: {e}")))
+            .map_err(|e| LocalError::Codec(format!("cannot decode the result: {}", roam_keys::cbor_error(&e))))
     }
 }

@@ -55,6 +55,7 @@ pub(crate) fn run_error(e: RunError) -> RemoteError {
         RunError::Trap { .. } | RunError::Contract(_) | RunError::NoResult => ErrorKind::Trap,
         RunError::Module(_) => ErrorKind::Module,
         RunError::Capability(_) => ErrorKind::Capability,
+        RunError::ResultTooLarge { .. } => ErrorKind::Refused,
         RunError::Busy => ErrorKind::Busy,
         RunError::Instantiate(_) => ErrorKind::Load,
     };

@@ -66,7 +66,10 @@ pub enum CertError {
     },
     /// The certificate is past its expiry (or not yet issued).
     #[error(
-        "the certificate of host {name} is valid from {issued} to {expires} (unix seconds), not now ({now}); certify the host again with `roam keys certify`"
+        "the certificate of host {name} is valid from {} to {}, not now ({}); certify the host again with `roam keys certify`",
+        crate::date(*issued),
+        crate::date(*expires),
+        crate::date(*now)
     )]
     Expired {
         /// The certified name.

@@ -76,3 +76,65 @@ pub const SIGNATURE_SECTION: &str = "roam.signature";
 
 /// The default cap on a module's size, checked before anything is parsed.
 pub const DEFAULT_MAX_MODULE_SIZE: usize = 16 * 1024 * 1024;
+
+/// A CBOR decoding error in words: ciborium's own `Display` is its `Debug`
+/// (`Semantic(None, "invalid type: …")`), which must not reach a person.
+pub fn cbor_error<E: std::fmt::Display>(e: &ciborium::de::Error<E>) -> String {
+    use ciborium::de::Error;
+    match e {
+        Error::Io(e) => format!("cannot read it: {e}"),
+        Error::Syntax(at) => format!("it is not well-formed CBOR (at byte {at})"),
+        Error::Semantic(Some(at), what) => format!("{what} (at byte {at})"),
+        Error::Semantic(None, what) => what.clone(),
+        Error::RecursionLimitExceeded => "it is nested too deeply".to_owned(),
+    }
+}
+
+/// A time in unix seconds as people read it in messages: UTC, RFC 3339.
+pub fn date(secs: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.min(253_402_300_799));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// The kinds of resource a capability names: `table:NAME`, `log:NAME`.
+pub const CAPABILITY_KINDS: [&str; 2] = ["table", "log"];
+
+/// What is wrong with a capability (or a policy's capability pattern), if anything: it must be
+/// `KIND:NAME` with KIND one of [`CAPABILITY_KINDS`] and a NAME (which may end in `*`), or `*`.
+pub fn capability_problem(capability: &str) -> Option<String> {
+    if capability == "*" {
+        return None;
+    }
+    let kinds = CAPABILITY_KINDS.join(", ");
+    let Some((kind, name)) = capability.split_once(':') else {
+        return Some(format!("a capability is KIND:NAME with KIND one of {kinds} (e.g. table:sales, log:audit)"));
+    };
+    if !CAPABILITY_KINDS.contains(&kind) && kind != "*" {
+        return Some(format!("{kind:?} is no kind of resource; KIND is one of {kinds} (e.g. table:sales)"));
+    }
+    if name.is_empty() || name.chars().any(char::is_whitespace) {
+        return Some("the NAME after KIND: is non-empty and has no whitespace (e.g. table:sales)".to_owned());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    /// ciborium's errors print as their Debug form; people get words.
+    #[test]
+    fn cbor_errors_read_as_words() {
+        let decoded: Result<Vec<u8>, _> = ciborium::from_reader(&[0xff][..]);
+        let message = decoded.err().map(|e| super::cbor_error(&e)).unwrap_or_default();
+        assert!(!message.is_empty() && !message.contains("Semantic(") && !message.contains("Syntax("), "{message}");
+    }
+
+    #[test]
+    fn capabilities_are_kind_and_name() {
+        for good in ["table:sales", "log:audit", "log:*", "*", "table:sal*"] {
+            assert_eq!(super::capability_problem(good), None, "{good}");
+        }
+        for bad in ["sales", "tables:sales", "table:", "table: x"] {
+            assert!(super::capability_problem(bad).is_some(), "{bad}");
+        }
+    }
+}

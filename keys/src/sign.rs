@@ -28,14 +28,13 @@ pub enum SignError {
         /// Requested expiry, unix seconds.
         expires: u64,
     },
-    /// A requested capability is empty or contains whitespace.
-    #[error(
-        "cannot sign: invalid capability {capability:?}; capabilities are non-empty and contain \
-         no whitespace, e.g. \"table:sales\""
-    )]
+    /// A requested capability is not `KIND:NAME`.
+    #[error("cannot sign: invalid capability {capability:?}: {problem}")]
     BadCapability {
         /// The capability as given.
         capability: String,
+        /// What is wrong with it.
+        problem: String,
     },
     /// The claims could not be encoded as CBOR.
     #[error("cannot sign: encoding the claims failed: {0}")]
@@ -149,8 +148,10 @@ fn check_request(req: &SignRequest) -> Result<(), SignError> {
     if req.expires <= req.not_before {
         return Err(SignError::EmptyValidity { not_before: req.not_before, expires: req.expires });
     }
-    if let Some(bad) = req.capabilities.iter().find(|c| c.is_empty() || c.chars().any(char::is_whitespace)) {
-        return Err(SignError::BadCapability { capability: bad.clone() });
+    for capability in &req.capabilities {
+        if let Some(problem) = crate::capability_problem(capability) {
+            return Err(SignError::BadCapability { capability: capability.clone(), problem });
+        }
     }
     Ok(())
 }

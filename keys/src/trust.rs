@@ -299,6 +299,30 @@ impl TrustStore {
         self.policy.as_ref()
     }
 
+    /// What in the policy is likely a mistake, though it loads: an entry for a key name the
+    /// store holds no `.pub` for (a typo leaves the real key without capabilities), and
+    /// capabilities that name no kind of resource (`tables:sales`).
+    pub fn warnings(&self) -> Vec<String> {
+        let Some(policy) = &self.policy else { return Vec::new() };
+        let mut warnings = Vec::new();
+        for (name, entry) in &policy.keys {
+            if !self.keys.values().any(|k| &k.name == name) {
+                warnings.push(format!(
+                    "{POLICY_FILE} has [keys.{name}], but the trust store holds no {name}.{PUBLIC_EXT}: the entry \
+                     grants nothing (a typo of a key's name?)"
+                ));
+            }
+            for capability in &entry.capabilities {
+                if let Some(problem) = crate::capability_problem(capability) {
+                    warnings.push(format!(
+                        "{POLICY_FILE} grants {name} the capability {capability:?}, which matches nothing: {problem}"
+                    ));
+                }
+            }
+        }
+        warnings
+    }
+
     /// The trusted key, if `key` is in the store. Revoked keys are still returned; check
     /// [`TrustStore::is_revoked`].
     pub fn get(&self, key: &PublicKey) -> Option<&TrustedKey> {

@@ -67,8 +67,9 @@ impl fmt::Debug for VerifyContext<'_> {
 pub enum VerifyError {
     /// The module is larger than the configured cap.
     #[error(
-        "module is {size} bytes, over the limit of {max} bytes; it was refused unread. Raise the \
-         limit only if you expect modules this large"
+        "the module is {size} bytes, over the limit of {max} bytes; it was refused unread (a \
+         host's limit is `module_kib` in its configuration: raise it only if you expect modules \
+         this large)"
     )]
     TooLarge {
         /// The module's size.
@@ -111,8 +112,8 @@ pub enum VerifyError {
     BadPayload(String),
     /// The signer's key is revoked by the host's policy.
     #[error(
-        "the module is signed by key {key}, which this host's policy revokes; ask for a module \
-         signed with a current key"
+        "the module is signed by key {key}, which the trust store's policy revokes; ask for a \
+         module signed with a current key"
     )]
     Revoked {
         /// The signer's key.
@@ -120,8 +121,8 @@ pub enum VerifyError {
     },
     /// The signer's key is not in the host's trust store.
     #[error(
-        "the module is signed by key {key}, which this host does not trust; if you trust the \
-         signer, add their .pub file to the trust store"
+        "the module is signed by key {key}, which is not in the trust store it was checked against; \
+         if you trust the signer, add their .pub file to that trust store"
     )]
     UntrustedSigner {
         /// The signer's key.
@@ -135,8 +136,10 @@ pub enum VerifyError {
     BadSignature,
     /// The module is not valid yet.
     #[error(
-        "the module is not valid until {not_before} (unix seconds) and it is now {now}; wait, or \
-         check this host's clock"
+        "the module is not valid until {} and it is now {}; wait, or check the clock of the \
+         machine that checked it",
+        crate::date(*not_before),
+        crate::date(*now)
     )]
     NotYetValid {
         /// Start of validity.
@@ -146,8 +149,10 @@ pub enum VerifyError {
     },
     /// The module has expired.
     #[error(
-        "the module expired at {expires} (unix seconds) and it is now {now}; ask the signer for \
-         a freshly signed copy, or check this host's clock"
+        "the module expired at {} and it is now {}; ask the signer for a freshly signed copy, or \
+         check the clock of the machine that checked it",
+        crate::date(*expires),
+        crate::date(*now)
     )]
     Expired {
         /// End of validity.
@@ -392,7 +397,7 @@ fn decode_claims(payload: &[u8]) -> Result<Claims, VerifyError> {
 /// Decodes one CBOR item that must take up all of `bytes`: trailing bytes would let the same
 /// signed module exist in many byte-different forms.
 fn decode_exact<T: serde::de::DeserializeOwned>(mut bytes: &[u8]) -> Result<T, String> {
-    let value = ciborium::from_reader(&mut bytes).map_err(|e| e.to_string())?;
+    let value = ciborium::from_reader(&mut bytes).map_err(|e| crate::cbor_error(&e))?;
     if !bytes.is_empty() {
         return Err(format!("{} unexpected bytes after the CBOR value", bytes.len()));
     }

@@ -76,7 +76,7 @@ async fn refused_modules_are_neither_stored_nor_compiled() -> Result<()> {
         bad[at] ^= 0x01;
         cases.push((label, bad, ""));
     }
-    cases.push(("untrusted", s.sign(&s.mallory, Kind::Query, "1.0.0", (0, 3600), &[])?, "does not trust"));
+    cases.push(("untrusted", s.sign(&s.mallory, Kind::Query, "1.0.0", (0, 3600), &[])?, "not in the trust store"));
     cases.push(("expired", s.sign(&s.alice, Kind::Query, "1.0.0", (-7200, -3600), &[])?, "expired"));
     cases.push(("not yet valid", s.sign(&s.alice, Kind::Query, "1.0.0", (3600, 7200), &[])?, "not valid until"));
     cases.push(("wrong kind", s.sign(&s.alice, Kind::Agent, "1.0.0", (0, 3600), &[])?, "query module is needed"));

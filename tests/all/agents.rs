@@ -351,7 +351,7 @@ async fn an_agent_whose_signer_the_destination_does_not_trust_is_refused_and_hom
     let info = ended(&home_addr, &id, Duration::from_secs(60)).await?;
     assert_eq!(info.state, "failed");
     let detail = info.detail.unwrap_or_default();
-    assert!(detail.contains("refused") && detail.contains("does not trust"), "{detail}");
+    assert!(detail.contains("refused") && detail.contains("not in the trust store"), "{detail}");
     let info = with_route(&home_addr, &id, 2).await?;
     assert_eq!(info.route.last().map(|v| v.host.as_str()), Some("trusting"));
     for r in [trusting, wary, home_run] {

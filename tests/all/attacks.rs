@@ -207,7 +207,7 @@ async fn every_signature_attack_is_refused_with_its_own_error_and_nothing_is_kep
             Eval,
             flip(&query, in_signature(&query, k.alice.public().as_bytes())?),
             Verification,
-            "which this host does not trust",
+            "which is not in the trust store",
         ),
         ("truncated module", Eval, truncated, Verification, "truncated"),
         (
@@ -215,7 +215,7 @@ async fn every_signature_attack_is_refused_with_its_own_error_and_nothing_is_kep
             Eval,
             sign(&k.mallory, &wasm, Kind::Query, "quick", "1.0.0", (0, 3600), &[])?,
             Verification,
-            "which this host does not trust",
+            "which is not in the trust store",
         ),
         (
             "signer field forged (alice named, mallory signed)",
@@ -292,7 +292,7 @@ async fn every_signature_attack_is_refused_with_its_own_error_and_nothing_is_kep
             Eval,
             sign(&k.alice, &padded, Kind::Query, "quick", "1.0.0", (0, 3600), &[])?,
             Verification,
-            "over the limit of",
+            "module_kib",
         ),
         (
             "query launched as an agent",

@@ -83,9 +83,17 @@ async fn a_recall_at_a_random_moment_brings_a_fast_hopping_agent_home() -> Resul
     let (mut recalled, mut finished, mut after_order) = (0, 0, Vec::new());
     for trial in 0..TRIALS {
         let id = launch(&home_addr, module.clone(), input.clone()).await?;
-        // A moment in the first half of a journey (this waits for no outcome), far enough
-        // from its end that the order has time to catch up.
-        tokio::time::sleep(journey.mul_f64(0.5 * rng.below(1000) as f64 / 1000.0)).await;
+        // A moment in the first half of a journey, far enough from its end that the order has
+        // time to catch up: once the home has heard of a random hop, plus a random part of a
+        // hop's time. Counted in hops, not in time measured earlier, so a machine whose load
+        // changes during the test does not move the moment to the journey's end.
+        let target = u32::try_from(rng.below(VISITS as u64 / 2))?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while crate::agents::agent(&home_addr, &id).await?.hops < target {
+            ensure!(Instant::now() < deadline, "trial {trial}: the agent never reached hop {target}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(journey.mul_f64(rng.below(1000) as f64 / 1000.0 / VISITS as f64)).await;
         let asked_at = now_millis();
         let answer = Client::connect(&home_addr).await?.recall(&id).await?;
         // When the home persisted the order: on a loaded machine, connecting and asking may

@@ -229,3 +229,132 @@ fn rust_log_shows_roam_and_keeps_the_engine_quiet_unless_asked() -> Result<()> {
     );
     host.stop()
 }
+
+/// The messages of the first hour: each cause once, what to do, no Rust internals.
+#[test]
+fn errors_say_what_happened_once_and_what_to_do() -> Result<()> {
+    let fx = Fixture::new()?;
+    let host = host_with_a_module(&fx)?;
+    let addr = host.addr.to_string();
+    let stderr = |out: std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // Nothing listening: the cause once, and the question to ask.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let said = stderr(roam(args!["modules", "--host", closed])?);
+    ensure!(said.matches("Connection refused").count() == 1 && said.contains("listening there"), "{said}");
+
+    // Another kind of server: said so, not "frame of 1213486160 bytes".
+    let http = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let http_addr = http.local_addr()?.to_string();
+    std::thread::spawn(move || {
+        for stream in http.incoming().flatten().take(1) {
+            let _ = std::io::Write::write_all(&mut &stream, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let said = stderr(roam(args!["modules", "--host", http_addr])?);
+    ensure!(said.contains("not a roam host") && !said.contains("bytes"), "{said}");
+
+    // A name the host does not hold: said once, even asked again with --refresh.
+    let said = stderr(roam(args![
+        "run",
+        "nosuch",
+        "--from",
+        addr,
+        "--trust",
+        fx.trust_dir(),
+        "--cache",
+        fx.path().join("c"),
+        "--refresh"
+    ])?);
+    ensure!(said.matches("no module named nosuch").count() == 1, "{said}");
+
+    // The local trust store is not "this host".
+    let bob_only = fx.path().join("bob-only");
+    std::fs::create_dir_all(&bob_only)?;
+    std::fs::copy(fx.keys_dir().join("bob.pub"), bob_only.join("bob.pub"))?;
+    let said = stderr(roam(args![
+        "run",
+        "validator",
+        "--from",
+        addr,
+        "--trust",
+        bob_only,
+        "--cache",
+        fx.path().join("c2"),
+        "--input",
+        "{}"
+    ])?);
+    ensure!(said.contains("not in the trust store") && !said.contains("this host"), "{said}");
+
+    // `--input-file -` is stdin.
+    let mut child = Command::new(roam_tests::roam_bin()?)
+        .args(args!["run", "validator", "--from", addr, "--trust", fx.trust_dir(), "--cache", fx.path().join("c3")])
+        .args(["--input-file", "-"])
+        .env("ROAM_KNOWN_HOSTS", fx.path().join("known_hosts"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let order = r#"{"id": 7, "region": "north", "product": "widget", "quantity": 3, "unit_cents": 250, "total_cents": 750, "day": 12}"#;
+    std::io::Write::write_all(&mut child.stdin.take().context("stdin")?, order.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| stderr(out.clone()))?;
+    ensure!(verdict["id"] == 7, "{verdict}");
+
+    // A capability that is not KIND:NAME is refused at signing.
+    let wasm = roam_tests::agent_wasm("sales_by_region")?;
+    let said = stderr(roam(args![
+        "sign",
+        wasm,
+        "--key",
+        fx.key_path("alice"),
+        "--kind",
+        "query",
+        "--name",
+        "q",
+        "--version",
+        "1.0.0",
+        "--cap",
+        "sales",
+        "-o",
+        fx.path().join("q.wasm")
+    ])?);
+    ensure!(said.contains("KIND:NAME") && !fx.path().join("q.wasm").exists(), "{said}");
+
+    // A policy entry for a key the store does not hold, or a capability of no kind, is warned of.
+    let policy = fx.trust_dir().join("policy.toml");
+    let mut text = std::fs::read_to_string(&policy)?;
+    text.push_str("\n[keys.alcie]\ncapabilities = [\"tables:sales\"]\n");
+    std::fs::write(&policy, text)?;
+    let said = stderr(roam(args!["verify", fx.path().join("validator.wasm"), "--trust", fx.trust_dir()])?);
+    ensure!(said.contains("alcie.pub") && said.contains("tables:sales"), "{said}");
+    host.stop()
+}
+
+/// A configuration file need not repeat what the flags give, and a host that does not start
+/// leaves no data directory behind.
+#[test]
+fn flags_complete_the_file_and_a_failed_start_leaves_nothing() -> Result<()> {
+    let fx = Fixture::new()?;
+    let config = fx.write("host.toml", "name = \"from-file\"\n")?;
+    let data = fx.path().join("data-file");
+    let host = HostProcess::spawn(args!["--config", config, "--trust", fx.trust_dir(), "--data-dir", data])?;
+    host.stop()?;
+    let said = String::from_utf8_lossy(&roam(args!["host", "--config", config])?.stderr).into_owned();
+    ensure!(said.contains("--trust"), "{said}");
+
+    for (why, extra) in [("a missing table", vec!["--table", "sales=/nonexistent/sales.csv"]), ("a taken port", vec![])]
+    {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let listen = if extra.is_empty() { taken.local_addr()?.to_string() } else { "127.0.0.1:0".to_owned() };
+        let fresh = fx.path().join(format!("fresh-{}", why.len()));
+        let mut args = vec!["host".to_owned(), "--trust".into(), fx.trust_dir().display().to_string()];
+        args.extend(["--data-dir".into(), fresh.display().to_string(), "--listen".into(), listen]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = roam(&args)?;
+        ensure!(!out.status.success(), "{why}: the host started");
+        ensure!(!fresh.exists(), "{why}: {} was left behind", fresh.display());
+    }
+    Ok(())
+}

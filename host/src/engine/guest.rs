@@ -348,7 +348,10 @@ mod data {
                 } else {
                     match ciborium::from_reader(raw.as_slice()) {
                         Ok(p) => p,
-                        Err(e) => return Ok(g.fail(ErrorCode::InvalidArgument, format!("parameters: {e}"))),
+                        Err(e) => {
+                            let why = roam_keys::cbor_error(&e);
+                            return Ok(g.fail(ErrorCode::InvalidArgument, format!("parameters: {why}")));
+                        }
                     }
                 };
                 let Some(resource) = g.handles.get(handle as usize).cloned() else {

@@ -103,6 +103,17 @@ pub enum RunError {
         /// The module's own last words, if it said any.
         message: Option<String>,
     },
+    /// The result is over the host's limit: a limit, not a fault of the module.
+    #[error(
+        "the result is {size} bytes, over this host's limit of {max} bytes (result_kib in its \
+         configuration); ask for less, or ask its operator to raise the limit"
+    )]
+    ResultTooLarge {
+        /// The result's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The module failed after asking for a resource its signature does not grant.
     #[error("{0}")]
     Capability(String),
@@ -542,6 +553,7 @@ impl Engine {
         if let Some(trap) = e.downcast_ref::<HostTrap>() {
             return match trap {
                 HostTrap::Deadline => RunError::OutOfTime(self.limits.time),
+                HostTrap::ResultTooLarge { size, max } => RunError::ResultTooLarge { size: *size, max: *max },
                 other => RunError::Contract(other.to_string()),
             };
         }

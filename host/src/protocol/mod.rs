@@ -163,7 +163,7 @@ where
 /// Decodes a message body (ciborium bounds nesting depth, so hostile input cannot overflow the
 /// stack).
 pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
-    ciborium::from_reader(body).map_err(|e| FrameError::Malformed(e.to_string()))
+    ciborium::from_reader(body).map_err(|e| FrameError::Malformed(roam_keys::cbor_error(&e)))
 }
 
 /// Encodes one message as a frame: its length, then its CBOR.

@@ -74,7 +74,7 @@ impl Signed {
         }
         let payload =
             self.body.strip_prefix(domain).ok_or_else(|| SignedError::Malformed("wrong message type".into()))?;
-        ciborium::from_reader(payload).map_err(|e| SignedError::Malformed(e.to_string()))
+        ciborium::from_reader(payload).map_err(|e| SignedError::Malformed(roam_keys::cbor_error(&e)))
     }
 }
 
@@ -364,5 +364,5 @@ pub fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Decodes CBOR, with a message naming what was expected.
 pub fn from_cbor<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
-    ciborium::from_reader(bytes).map_err(|e| format!("{what} does not decode: {e}"))
+    ciborium::from_reader(bytes).map_err(|e| format!("{what} does not decode: {}", roam_keys::cbor_error(&e)))
 }

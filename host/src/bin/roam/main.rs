@@ -276,7 +276,7 @@ struct InputArgs {
     /// The input as JSON (default {}).
     #[arg(long, conflicts_with = "input_file")]
     input: Option<String>,
-    /// Read the input (JSON) from a file.
+    /// Read the input (JSON) from a file; `-` reads it from stdin.
     #[arg(long)]
     input_file: Option<PathBuf>,
 }
@@ -286,6 +286,9 @@ impl InputArgs {
     fn read(self) -> Result<Vec<u8>> {
         let text = match (self.input, self.input_file) {
             (Some(t), _) => t,
+            (None, Some(f)) if f.as_os_str() == "-" => {
+                std::io::read_to_string(std::io::stdin().lock()).context("cannot read the input from stdin")?
+            }
             (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
             (None, None) => "{}".to_owned(),
         };
@@ -470,7 +473,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Verify { file, trust, kind } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let trust = TrustStore::load(&trust)?;
+            let trust = load_trust(&trust)?;
             let hash = roam_keys::hash_module(&bytes);
             let mut ctx = VerifyContext::new(&trust, roam_host::state::now_secs());
             ctx.expected_kind = kind;
@@ -680,7 +683,7 @@ fn run(cli: Cli) -> Result<()> {
         }),
         Command::Run { module, from, input, trust, allow, tables, cache, refresh } => {
             let trust_dir = trust.or_else(default_trust_dir).context("give --trust DIR: no default trust store")?;
-            let trust = TrustStore::load(&trust_dir)?;
+            let trust = load_trust(&trust_dir)?;
             let cache_dir = cache.unwrap_or_else(roam_host::fetch::CodeCache::default_dir);
             let mut resources = roam_host::resources::Resources::default();
             for spec in &tables {
@@ -787,6 +790,15 @@ fn describe_bindings(bindings: &[roam_abi::Bound]) -> String {
         .join(", ")
 }
 
+/// The person's trust store, with a note for each likely mistake in its policy.
+fn load_trust(dir: &Path) -> Result<TrustStore> {
+    let trust = TrustStore::load(dir)?;
+    for warning in trust.warnings() {
+        note!("roam: warning: trust store {}: {warning}", dir.display());
+    }
+    Ok(trust)
+}
+
 fn default_trust_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("ROAM_TRUST") {
         return Some(dir.into());
@@ -834,12 +846,27 @@ fn host(args: HostArgs) -> Result<()> {
     if let Some(p) = args.access {
         config.access = Some(p);
     }
-    let host = Host::open(&config)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let running = RunningHost::start(host.clone(), config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        // A host that does not start (a bad table, a port in use) leaves no data directory it
+        // made: the next attempt starts as fresh as this one did.
+        let fresh = !config.data_dir.exists();
+        let started = async {
+            let host = Host::open(&config)?;
+            let running = RunningHost::start(host.clone(), config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            anyhow::Ok((host, running))
+        };
+        let (host, running) = match started.await {
+            Ok(started) => started,
+            Err(e) => {
+                if fresh {
+                    let _ = std::fs::remove_dir_all(&config.data_dir);
+                }
+                return Err(e);
+            }
+        };
         out!("listening on {}", running.addr());
         std::io::Write::flush(&mut std::io::stdout())?;
         // Only the address goes to stdout (scripts read that one line); the key, which clients

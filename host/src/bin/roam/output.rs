@@ -3,7 +3,7 @@
 //! outcome.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Result;
 use roam_host::client::{ClientError, cbor_to_json};
@@ -97,10 +97,7 @@ pub fn describe(e: &anyhow::Error) -> String {
     text
 }
 
-/// A time in unix seconds as people read it (UTC, RFC 3339).
-pub fn date(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-}
+pub use roam_keys::date;
 
 /// "3s ago" for a time in unix seconds.
 pub fn ago(secs: u64) -> String {
