@@ -39,7 +39,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::engine::Limits;
-use crate::resources::{Attachment, ResourceType};
+use crate::resources::{Attachment, ColumnType, ResourceType};
 
 /// Why a configuration could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -320,6 +320,10 @@ pub struct ResourceConfig {
     /// For a table: a CSV or SQLite file.
     #[serde(default)]
     pub source: Option<PathBuf>,
+    /// For a CSV table: the types of some of its columns (`integer`, `real`, `text`), which
+    /// win over inference.
+    #[serde(default)]
+    pub columns: std::collections::BTreeMap<String, ColumnType>,
 }
 
 impl HostConfig {
@@ -379,6 +383,7 @@ impl HostConfig {
             kind: ResourceType::Table,
             attachment: Attachment::Fastened,
             source: Some(path.into()),
+            columns: Default::default(),
         });
         Ok(())
     }
@@ -390,6 +395,7 @@ impl HostConfig {
             kind: ResourceType::Log,
             attachment: Attachment::Fixed,
             source: None,
+            columns: Default::default(),
         });
     }
 

@@ -87,7 +87,7 @@ impl Host {
         for r in &config.resources {
             match (r.kind, &r.source) {
                 (ResourceType::Table, Some(source)) => {
-                    resources.add_table(&r.name, r.attachment, source, &config.data_dir)?;
+                    resources.add_table_with(&r.name, r.attachment, source, &config.data_dir, &r.columns)?;
                 }
                 _ => resources.add_log(&r.name, r.attachment, state.clone()),
             }

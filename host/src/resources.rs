@@ -210,6 +210,7 @@ impl Resources {
 
     /// Adds a table backed by `source`: a CSV file (loaded into a SQLite file under `data_dir`
     /// when the CSV is newer than that copy) or a SQLite database holding a table of that name.
+    /// A CSV file's column types are inferred (see [`Resources::add_table_with`]).
     pub fn add_table(
         &mut self,
         name: &str,
@@ -217,11 +218,27 @@ impl Resources {
         source: &Path,
         data_dir: &Path,
     ) -> Result<(), ResourceError> {
+        self.add_table_with(name, attachment, source, data_dir, &BTreeMap::new())
+    }
+
+    /// As [`Resources::add_table`], with the types of some of a CSV file's columns declared:
+    /// a declared type wins over inference, and a value that does not fit it is refused. An
+    /// undeclared column is INTEGER if every value is an integer, REAL if every value is a
+    /// number, TEXT if none is; one that mixes numbers and words is refused, since any type
+    /// would make some rows silently disappear from queries.
+    pub fn add_table_with(
+        &mut self,
+        name: &str,
+        attachment: Attachment,
+        source: &Path,
+        data_dir: &Path,
+        columns: &BTreeMap<String, ColumnType>,
+    ) -> Result<(), ResourceError> {
         let load_err = |reason: String| ResourceError::Load { name: name.to_owned(), path: source.to_owned(), reason };
         let is_csv = source.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
         let db = if is_csv {
             let db = data_dir.join("tables").join(format!("{name}.db"));
-            import_csv_if_stale(source, &db, name).map_err(load_err)?;
+            import_csv_if_stale(source, &db, name, columns).map_err(load_err)?;
             db
         } else {
             source.to_owned()
@@ -601,14 +618,23 @@ impl Drop for Cursor {
     }
 }
 
-/// Imports a CSV file into a SQLite table, unless an import at least as new as the CSV exists.
-/// Column types are inferred: INTEGER if every value is an integer, REAL if every value is a
-/// number, TEXT otherwise. The import is written to a temporary file and renamed into place, so
-/// a crash never leaves a half-loaded table behind.
-fn import_csv_if_stale(csv_path: &Path, db: &Path, table: &str) -> Result<(), String> {
+/// Imports a CSV file into a SQLite table, unless an import at least as new as the CSV, made
+/// with the same declared columns, exists. Types as [`Resources::add_table_with`] says; the
+/// types chosen are logged. The import is written to a temporary file and renamed into place,
+/// so a crash never leaves a half-loaded table behind.
+fn import_csv_if_stale(
+    csv_path: &Path,
+    db: &Path,
+    table: &str,
+    declared: &BTreeMap<String, ColumnType>,
+) -> Result<(), String> {
     let csv_time = std::fs::metadata(csv_path).and_then(|m| m.modified()).map_err(|e| e.to_string())?;
+    // The declared columns the import was made with: another declaration means another import.
+    let declared_file = db.with_extension("columns");
+    let declaration = format!("{declared:?}");
     if let Ok(db_time) = std::fs::metadata(db).and_then(|m| m.modified())
         && db_time >= csv_time
+        && std::fs::read_to_string(&declared_file).unwrap_or_default() == declaration
     {
         return Ok(());
     }
@@ -618,13 +644,30 @@ fn import_csv_if_stale(csv_path: &Path, db: &Path, table: &str) -> Result<(), St
     if headers.is_empty() {
         return Err("the CSV file has no header row".into());
     }
-    let mut types = vec![ColumnType::Integer; headers.len()];
+    if let Some(unknown) = declared.keys().find(|c| !headers.contains(c)) {
+        return Err(format!("the configuration declares column {unknown:?}, which the CSV file does not have"));
+    }
+    let mut seen: Vec<Seen> = headers.iter().map(|h| Seen::new(declared.get(h).copied())).collect();
+    let mut rows = 0u64;
     for record in reader.records() {
         let record = record.map_err(|e| e.to_string())?;
-        for (t, field) in types.iter_mut().zip(record.iter()) {
-            *t = t.widen(field);
+        let line = record.position().map_or(0, csv::Position::line);
+        for ((seen, field), header) in seen.iter_mut().zip(record.iter()).zip(&headers) {
+            seen.add(field, line).map_err(|e| format!("column {header:?}: {e}"))?;
         }
+        rows += 1;
     }
+    let mut types = Vec::with_capacity(headers.len());
+    let mut described = Vec::with_capacity(headers.len());
+    for (seen, header) in seen.iter().zip(&headers) {
+        let (t, how, warning) = seen.decide().map_err(|e| format!("column {header:?}: {e}"))?;
+        if let Some(warning) = warning {
+            tracing::warn!("table {table}, column {header:?}: {warning}");
+        }
+        described.push(format!("{header} {} ({how})", t.sql()));
+        types.push(t);
+    }
+    tracing::info!("table {table}: {rows} rows from {}; columns {}", csv_path.display(), described.join(", "));
 
     if let Some(dir) = db.parent() {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -650,7 +693,86 @@ fn import_csv_if_stale(csv_path: &Path, db: &Path, table: &str) -> Result<(), St
     }
     tx.commit().map_err(|e| e.to_string())?;
     drop(conn);
-    std::fs::rename(&tmp, db).map_err(|e| e.to_string())
+    std::fs::rename(&tmp, db).map_err(|e| e.to_string())?;
+    std::fs::write(&declared_file, declaration).map_err(|e| e.to_string())
+}
+
+/// What an import has seen of one column's values.
+#[derive(Debug)]
+struct Seen {
+    declared: Option<ColumnType>,
+    integers: u64,
+    reals: u64,
+    /// The first decimal value and its line, for the warning.
+    first_real: Option<(u64, String)>,
+    words: u64,
+    /// The first value that is not a number, and its line, to say where the mix is.
+    first_word: Option<(u64, String)>,
+    first_number: Option<(u64, String)>,
+}
+
+impl Seen {
+    fn new(declared: Option<ColumnType>) -> Self {
+        Self { declared, integers: 0, reals: 0, first_real: None, words: 0, first_word: None, first_number: None }
+    }
+
+    fn add(&mut self, field: &str, line: u64) -> Result<(), String> {
+        if field.is_empty() {
+            return Ok(());
+        }
+        let kind = if field.parse::<i64>().is_ok() {
+            self.integers += 1;
+            ColumnType::Integer
+        } else if field.parse::<f64>().is_ok() {
+            self.reals += 1;
+            self.first_real.get_or_insert_with(|| (line, field.to_owned()));
+            ColumnType::Real
+        } else {
+            self.words += 1;
+            self.first_word.get_or_insert_with(|| (line, field.to_owned()));
+            ColumnType::Text
+        };
+        if kind != ColumnType::Text {
+            self.first_number.get_or_insert_with(|| (line, field.to_owned()));
+        }
+        match self.declared {
+            Some(ColumnType::Integer) if kind != ColumnType::Integer => {
+                Err(format!("line {line} holds {field:?}, not an integer as the configuration declares"))
+            }
+            Some(ColumnType::Real) if kind == ColumnType::Text => {
+                Err(format!("line {line} holds {field:?}, not a number as the configuration declares"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The column's type, how it was chosen, and what the operator should hear of it.
+    fn decide(&self) -> Result<(ColumnType, &'static str, Option<String>), String> {
+        if let Some(t) = self.declared {
+            return Ok((t, "declared", None));
+        }
+        if let (Some((word_line, word)), Some((number_line, number))) = (&self.first_word, &self.first_number) {
+            return Err(format!(
+                "it mixes numbers ({number:?} on line {number_line}) and words ({word:?} on line {word_line}), so \
+                 some rows would silently not match queries; fix the values, or declare the column's type in the \
+                 table's `columns` in host.toml (e.g. columns = {{ day = \"text\" }})"
+            ));
+        }
+        if self.words > 0 {
+            return Ok((ColumnType::Text, "inferred", None));
+        }
+        if self.reals > 0 {
+            let warning = self.first_real.as_ref().filter(|_| self.integers > 0).map(|(line, value)| {
+                format!(
+                    "{} integers and {} decimal values (the first {value:?} on line {line}): loaded as REAL; \
+                     declare the column `integer` in host.toml to have such values refused instead",
+                    self.integers, self.reals
+                )
+            });
+            return Ok((ColumnType::Real, "inferred", warning));
+        }
+        Ok((ColumnType::Integer, "inferred", None))
+    }
 }
 
 /// Writes a travelling table copy into a fresh SQLite file (through a temporary name).
@@ -684,23 +806,20 @@ fn write_copy(copy: &TableCopy, path: &Path, table: &str) -> Result<(), String> 
     std::fs::rename(&tmp, path).map_err(|e| e.to_string())
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum ColumnType {
+/// The type of a CSV table's column, declared in host.toml (`integer`, `real`, `text`) or
+/// inferred.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    /// 64-bit integers.
     Integer,
+    /// Double-precision numbers.
     Real,
+    /// Anything, as written.
     Text,
 }
 
 impl ColumnType {
-    fn widen(self, field: &str) -> Self {
-        match self {
-            _ if field.is_empty() => self,
-            Self::Integer if field.parse::<i64>().is_ok() => Self::Integer,
-            Self::Integer | Self::Real if field.parse::<f64>().is_ok() => Self::Real,
-            _ => Self::Text,
-        }
-    }
-
     fn sql(self) -> &'static str {
         match self {
             Self::Integer => "INTEGER",
@@ -831,12 +950,25 @@ mod tests {
     }
 
     #[test]
-    fn csv_columns_get_the_narrowest_type_that_fits_every_value() {
-        let t = ["1", "2", ""].iter().fold(ColumnType::Integer, |t, f| t.widen(f));
-        assert_eq!(t, ColumnType::Integer);
-        let t = ["1", "2.5"].iter().fold(ColumnType::Integer, |t, f| t.widen(f));
-        assert_eq!(t, ColumnType::Real);
-        let t = ["1", "x", "2"].iter().fold(ColumnType::Integer, |t, f| t.widen(f));
-        assert_eq!(t, ColumnType::Text);
+    fn csv_columns_get_the_narrowest_type_that_fits_every_value() -> Result<(), String> {
+        let decide = |declared, values: &[&str]| {
+            let mut seen = Seen::new(declared);
+            for (line, v) in values.iter().enumerate() {
+                seen.add(v, line as u64 + 2)?;
+            }
+            seen.decide()
+        };
+        assert_eq!(decide(None, &["1", "2", ""])?.0, ColumnType::Integer);
+        let (t, _, warning) = decide(None, &["1", "2.5"])?;
+        assert!(t == ColumnType::Real && warning.is_some_and(|w| w.contains("\"2.5\" on line 3")));
+        assert_eq!(decide(None, &["north", "", "south"])?.0, ColumnType::Text);
+        // Numbers and words: refused, saying where, unless declared.
+        let mixed = decide(None, &["10", "forty", ""]).err().unwrap_or_default();
+        assert!(mixed.contains("\"forty\" on line 3") && mixed.contains("columns"), "{mixed}");
+        assert_eq!(decide(Some(ColumnType::Text), &["10", "forty"])?.0, ColumnType::Text);
+        // A declared type refuses values that do not fit.
+        let refused = decide(Some(ColumnType::Integer), &["1", "3.5"]).err().unwrap_or_default();
+        assert!(refused.contains("line 3") && refused.contains("integer"), "{refused}");
+        Ok(())
     }
 }

@@ -200,6 +200,7 @@ pub fn survey_home(net: &Net) -> Result<HostConfig> {
         kind: ResourceType::Table,
         attachment: Attachment::Unattached,
         source: Some(net.path("config.csv")),
+        columns: Default::default(),
     });
     home.add_log("reports");
     Ok(home)

@@ -358,3 +358,38 @@ fn flags_complete_the_file_and_a_failed_start_leaves_nothing() -> Result<()> {
     }
     Ok(())
 }
+
+/// A CSV table's column types are reported at load; a column mixing numbers and words is
+/// refused with the line to fix, unless host.toml declares its type.
+#[test]
+fn csv_columns_are_reported_and_mixed_ones_refused_unless_declared() -> Result<()> {
+    let fx = Fixture::new()?;
+    let csv = fx.write("visits.csv", "id,day,amount\n1,10,2.5\n2,forty,3\n3,,4\n")?;
+    let data = fx.path().join("refused-data");
+    let table = format!("visits={}", csv.display());
+    let out = roam(args![
+        "host",
+        "--trust",
+        fx.trust_dir(),
+        "--data-dir",
+        data,
+        "--listen",
+        "127.0.0.1:0",
+        "--table",
+        table
+    ])?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "a mixed column loaded: {said}");
+    ensure!(said.contains("\"day\"") && said.contains("\"forty\" on line 3") && said.contains("columns"), "{said}");
+
+    let config = fx.write(
+        "host.toml",
+        "[[resources]]\nname = \"visits\"\ntype = \"table\"\nsource = \"visits.csv\"\ncolumns = { day = \"text\" }\n",
+    )?;
+    let host = HostProcess::spawn(args!["--config", config, "--trust", fx.trust_dir()])?;
+    let log = host.stderr();
+    host.stop()?;
+    ensure!(log.contains("day TEXT (declared)") && log.contains("id INTEGER (inferred)"), "{log}");
+    ensure!(log.contains("amount REAL (inferred)") && log.contains("\"2.5\" on line 2"), "{log}");
+    Ok(())
+}
