@@ -76,6 +76,19 @@ fn launch_agents_and_recall_from_the_command_line() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Listed newest first, filtered by state, with when each was launched and ended.
+    let listed: serde_json::Value =
+        serde_json::from_str(&roam_ok(roam_tests::args!["agents", "--host", home_addr, "--json"])?)?;
+    let listed = listed.as_array().context("a list")?;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0]["id"], id, "the newest is not first: {listed:?}");
+    assert!(listed[0]["launched"].is_string() && listed[0]["ended"].is_null(), "{:?}", listed[0]);
+    assert!(listed[1]["state"] == "finished" && listed[1]["ended"].is_string(), "{:?}", listed[1]);
+    let parked = roam_ok(roam_tests::args!["agents", "--host", home_addr, "--state", "parked"])?;
+    assert!(parked.contains(id) && !parked.contains("finished") && parked.lines().count() == 2, "{parked}");
+    let said = roam_tests::roam_err(roam_tests::args!["agents", "--host", home_addr, "--state", "done"])?;
+    assert!(said.contains("parked") && said.contains("recalled"), "{said}");
+
     let said = roam_ok(roam_tests::args!["recall", id, "--host", home_addr])?;
     assert!(said.starts_with("recall ordered: agent ") && said.contains("last heard of"), "{said}");
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -214,6 +214,8 @@ impl Agents {
                 heard_at: row.updated,
                 recall_ordered: None,
                 owner: row.owner,
+                launched_at: 0,
+                ended_at: None,
             });
         }
         if let Some(id) = only
@@ -269,6 +271,8 @@ pub(super) fn homed_info(h: &Homed) -> AgentInfo {
         heard_at: h.updated,
         recall_ordered: h.recall_at,
         owner: h.owner,
+        launched_at: h.launched,
+        ended_at: h.ended,
     }
 }
 

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS homed (
     launched INTEGER NOT NULL,
     updated  INTEGER NOT NULL,
     recall_at INTEGER,
-    owner    BLOB
+    owner    BLOB,
+    ended    INTEGER
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -76,6 +77,7 @@ pub(crate) fn create(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         ("agents", "receipt", "BLOB"),
         ("homed", "recall_at", "INTEGER"),
         ("homed", "owner", "BLOB"),
+        ("homed", "ended", "INTEGER"),
         ("outbox", "kind", "TEXT NOT NULL DEFAULT 'report'"),
     ] {
         let present: bool =
@@ -271,9 +273,14 @@ pub(crate) struct Homed {
     pub recall_at: Option<u64>,
     /// The client that launched it, if it proved a key.
     pub owner: Option<PublicKey>,
+    /// When it was launched (unix seconds).
+    pub launched: u64,
+    /// When its journey ended (unix seconds), once it has.
+    pub ended: Option<u64>,
 }
 
-const HOMED_COLUMNS: &str = "id, label, state, location, hops, result, detail, route, updated, recall_at, owner";
+const HOMED_COLUMNS: &str =
+    "id, label, state, location, hops, result, detail, route, updated, recall_at, owner, launched, ended";
 
 fn homed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Homed> {
     Ok(Homed {
@@ -288,6 +295,8 @@ fn homed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Homed> {
         updated: r.get(8)?,
         recall_at: r.get(9)?,
         owner: r.get::<_, Option<[u8; 32]>>(10)?.map(PublicKey::from_bytes),
+        launched: r.get(11)?,
+        ended: r.get(12)?,
     })
 }
 
@@ -540,8 +549,20 @@ pub(crate) fn all_homed(state: &State) -> Result<Vec<Homed>, StateError> {
 pub(crate) fn put_homed(tx: &Transaction<'_>, h: &Homed) -> rusqlite::Result<()> {
     exec(
         tx,
-        "UPDATE homed SET state = ?2, location = ?3, hops = ?4, result = ?5, detail = ?6, route = ?7, updated = ?8 WHERE id = ?1",
-        params![h.id, h.state, h.location, h.hops, h.result, h.detail, to_cbor(&h.route), now_secs() as i64],
+        "UPDATE homed SET state = ?2, location = ?3, hops = ?4, result = ?5, detail = ?6, route = ?7, updated = ?8,
+             ended = CASE WHEN ended IS NULL AND ?9 THEN ?8 ELSE ended END
+         WHERE id = ?1",
+        params![
+            h.id,
+            h.state,
+            h.location,
+            h.hops,
+            h.result,
+            h.detail,
+            to_cbor(&h.route),
+            now_secs() as i64,
+            h.state.is_over()
+        ],
     )?;
     Ok(())
 }

@@ -351,6 +351,12 @@ pub struct AgentInfo {
     /// The client that launched it, if it proved a key.
     #[serde(default)]
     pub owner: Option<PublicKey>,
+    /// When it was launched (unix seconds; 0 where this host does not know).
+    #[serde(default)]
+    pub launched_at: u64,
+    /// When its journey ended (unix seconds), at its home, once it has.
+    #[serde(default)]
+    pub ended_at: Option<u64>,
 }
 
 /// Encodes a value as CBOR (infallible for the types here).

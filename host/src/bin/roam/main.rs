@@ -210,14 +210,24 @@ enum Command {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-    /// Show the agents a host knows: where each is, its hops and state; for one agent, its
-    /// route and how each resource was bound at each hop.
+    /// Show your agents a host knows, newest first: where each is, its hops, state, and when
+    /// it was launched and ended; for one agent, its route and how each resource was bound at
+    /// each hop.
+    ///
+    /// States at an agent's home: running (a visit under way, here or on another host), in
+    /// transit (between two hosts), parked (its next host did not answer; retried), finished
+    /// (its result is here), failed (the detail says why), recalled (brought home by a recall;
+    /// its partial result is here). On a host it only visited, an agent that moved on is left.
     Agents {
         /// The host's address, HOST:PORT (an agent's home knows its whole route).
         #[arg(long, env = "ROAM_HOST")]
         host: String,
         /// Only this agent, in detail.
         id: Option<String>,
+        /// Only agents in this state (repeatable): running, "in transit", parked, finished,
+        /// failed, recalled, left.
+        #[arg(long = "state", value_name = "STATE")]
+        states: Vec<String>,
     },
     /// Bring an agent back to its home (receiver-initiated migration). The home persists the
     /// order and sends it after the agent, wherever it is; the agent comes home with its state
@@ -593,14 +603,30 @@ fn run(cli: Cli) -> Result<()> {
                 }
             })
         }
-        Command::Agents { host, id } => runtime()?.block_on(async {
+        Command::Agents { host, id, states } => runtime()?.block_on(async {
+            const STATES: [&str; 7] = ["running", "in transit", "parked", "finished", "failed", "recalled", "left"];
+            if let Some(unknown) = states.iter().find(|s| !STATES.contains(&s.as_str())) {
+                bail!("--state {unknown:?}: an agent's state is one of {}", STATES.join(", "));
+            }
             let mut client = pins.connect(&host).await?;
             let Some(id) = id else {
-                let list = client.agents().await?;
+                let mut list = client.agents().await?;
+                list.retain(|a| states.is_empty() || states.contains(&a.state));
+                // Newest first; agents a visited host knows only by id, in id order after them.
+                list.sort_by(|a, b| b.launched_at.cmp(&a.launched_at).then_with(|| a.id.cmp(&b.id)));
                 if as_json {
                     return json_out(&list.iter().map(agent_json).collect::<Result<Vec<_>>>()?.into());
                 }
-                out!("{:<32}  {:<24} {:<11} {:>4}  {:<20} detail", "id", "agent", "state", "hops", "host");
+                out!(
+                    "{:<32}  {:<24} {:<11} {:>4}  {:<20} {:<20} {:<20} detail",
+                    "id",
+                    "agent",
+                    "state",
+                    "hops",
+                    "launched",
+                    "ended",
+                    "host"
+                );
                 for a in list {
                     let mut detail = a.detail.clone().unwrap_or_default();
                     if a.recall_ordered.is_some() && !is_over(&a) {
@@ -610,7 +636,19 @@ fn run(cli: Cli) -> Result<()> {
                             format!("recall ordered; {detail}")
                         };
                     }
-                    out!("{:<32}  {:<24} {:<11} {:>4}  {:<20} {}", a.id, a.label, a.state, a.hops, a.location, detail);
+                    let launched = if a.launched_at > 0 { date(a.launched_at) } else { "-".to_owned() };
+                    let ended = a.ended_at.map_or_else(|| "-".to_owned(), date);
+                    out!(
+                        "{:<32}  {:<24} {:<11} {:>4}  {:<20} {:<20} {:<20} {}",
+                        a.id,
+                        a.label,
+                        a.state,
+                        a.hops,
+                        launched,
+                        ended,
+                        a.location,
+                        detail
+                    );
                 }
                 return Ok(());
             };
@@ -622,6 +660,12 @@ fn run(cli: Cli) -> Result<()> {
             out!("state:    {}{}", a.state, a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default());
             out!("location: {}", describe_location(&a));
             out!("hops:     {}", a.hops);
+            if a.launched_at > 0 {
+                out!("launched: {} ({})", date(a.launched_at), ago(a.launched_at));
+            }
+            if let Some(ended) = a.ended_at {
+                out!("ended:    {} ({})", date(ended), ago(ended));
+            }
             if let Some(owner) = a.owner {
                 out!("owner:    {owner}");
             }

@@ -161,6 +161,8 @@ pub fn agent_json(a: &AgentInfo) -> Result<Value> {
         "hops": a.hops,
         "home": a.home,
         "owner": a.owner.map(|k| k.to_hex()),
+        "launched": (a.launched_at > 0).then(|| date(a.launched_at)),
+        "ended": a.ended_at.map(date),
         "last_heard": (a.heard_at > 0).then(|| date(a.heard_at)),
         "recall_ordered": a.recall_ordered.map(|ms| date(ms / 1000)),
         "result": result,
