@@ -12,6 +12,7 @@ mod code_on_demand;
 mod connections;
 mod crash;
 mod limits;
+mod readme;
 mod recall;
 mod scripting;
 mod storage;
