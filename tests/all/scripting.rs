@@ -25,7 +25,7 @@ fn roam_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<std::process::Ou
     Ok(cmd.stdin(Stdio::null()).output()?)
 }
 
-/// A host with alice's query published... as a code module, for `modules` to list.
+/// A host holding alice's order validator, published as a code module.
 fn host_with_a_module(fx: &Fixture) -> Result<HostProcess> {
     let host = fx.host(args!["--log", "audit"])?;
     let wasm = std::fs::read(roam_tests::agent_wasm("order_validator")?)?;
@@ -157,8 +157,7 @@ fn completions_are_generated_for_the_usual_shells() -> Result<()> {
 }
 
 /// Every request is logged once, with who asked, what and how it went; a refusal at warn with
-/// its reason; no colour codes in a file; `--log-format json` writes JSON lines; RUST_LOG
-/// chooses what is shown, with the engine's internals quiet unless it names them.
+/// its reason; no colour codes in a file; `--log-format json` writes JSON lines.
 #[test]
 fn the_host_logs_each_request_and_each_refusal() -> Result<()> {
     let fx = Fixture::new()?;

@@ -299,10 +299,11 @@ pub(crate) fn main() -> Result<()> {
             show(&home_log)
         );
     }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let id = text.lines().next().unwrap_or_default().trim().to_owned();
+    // stdout holds the result alone; the id is on stderr ("launched agent ID").
+    let said = String::from_utf8_lossy(&output.stderr);
+    let id = said.lines().find_map(|l| l.strip_prefix("launched agent ")).context("roam launch gave no id")?.to_owned();
     println!("agent {id} came home after {} ms with:", started.elapsed().as_millis());
-    for line in text.lines().skip(1) {
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
         println!("    {line}");
     }
 
