@@ -97,6 +97,9 @@ pub struct HostConfig {
     /// store's directory (see [`crate::access`]).
     #[serde(default)]
     pub access: Option<PathBuf>,
+    /// Where to serve the read-only status listener (`/metrics`); off when `None`.
+    #[serde(default)]
+    pub status_listen: Option<SocketAddr>,
     /// Limits on modules and connections.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -338,6 +341,7 @@ impl HostConfig {
             durable: true,
             peers: None,
             access: None,
+            status_listen: None,
             limits: LimitsConfig::default(),
             resources: Vec::new(),
         }

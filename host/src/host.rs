@@ -69,6 +69,8 @@ struct Inner {
     quotas: Quotas,
     /// Who may ask this host for what; replaced whole on a reload.
     access: std::sync::RwLock<Arc<Access>>,
+    /// What it counts, for `/metrics`.
+    metrics: crate::metrics::Metrics,
 }
 
 impl Host {
@@ -136,6 +138,7 @@ impl Host {
                 connections: config.limits.connections(),
                 access: std::sync::RwLock::new(Arc::new(access)),
                 quotas: Quotas::new(config.limits.launches_per_hour, config.limits.publishes_per_hour),
+                metrics: crate::metrics::Metrics::default(),
             }),
         })
     }
@@ -204,6 +207,11 @@ impl Host {
     /// frames).
     pub(crate) fn is_known(&self, key: &PublicKey) -> bool {
         self.inner.agents.peers().is_peer(key) || self.inner.access().names(key)
+    }
+
+    /// What the host counts.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// Who a caller is, for the log: a peer by its name, a client by the access policy's name

@@ -275,6 +275,7 @@ async fn serve(host: Host, listener: TcpListener, tls: TlsAcceptor, lane: Lane, 
                 Ok((stream, peer)) => {
                     // One address over its share is closed at once: it gets no TLS handshake.
                     let Some(place) = gate.enter(peer.ip()) else {
+                        host.metrics().connection_refused("per_source");
                         if gate.warn_now() {
                             tracing::warn!(%peer, "refused a connection: its address holds {} already \
                                 (connections_per_source; further refusals are not logged for a second)", limits.per_source);
@@ -317,6 +318,7 @@ async fn connection(
     budget: Budget,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
+    let _open = Open::new(&host);
     stream.set_nodelay(true)?;
     let within = host.frame_timeout();
     // A client that does not start with TLS is told, in the clear, what it needs.
@@ -330,6 +332,7 @@ async fn connection(
     }
     if first[0] != transport::TLS_HANDSHAKE_BYTE {
         let mut stream = stream;
+        host.metrics().connection_refused("no_tls");
         tracing::warn!(%source, "refused a connection: it does not speak TLS (an older roam client, or not roam)");
         let _ = send(&mut stream, &handshake::not_tls(), within).await;
         linger(&mut stream).await;
@@ -356,6 +359,7 @@ async fn connection(
         None
     };
     if let Some(busy) = busy {
+        host.metrics().connection_refused("busy");
         tracing::warn!(%source, caller = %host.describe_caller(peer.as_ref()), "refused a connection: {busy}");
         send(&mut stream, &Welcome::Refused(RemoteError::new(ErrorKind::Busy, busy)), within).await?;
         linger(&mut stream).await;
@@ -384,6 +388,7 @@ async fn connection(
     if let (Welcome::Accepted { .. }, Some(cert), Some(proven)) = (&welcome, hello.certificate, peer)
         && let Err(e) = host.present_certificate(cert, &proven)
     {
+        host.metrics().connection_refused("certificate");
         tracing::warn!(%source, "refused a host's certificate: {e}");
         welcome = Welcome::Refused(RemoteError::new(ErrorKind::Unauthenticated, e));
     }
@@ -422,7 +427,14 @@ async fn connection(
         let (operation, subject, started) = (request.operation(), request.subject(), std::time::Instant::now());
         let response = host.handle(request, peer).await;
         let caller = host.describe_caller(peer.as_ref());
-        log_request(source, &caller, operation, subject.as_deref(), started.elapsed(), &response);
+        let took = started.elapsed();
+        let (outcome, refused) = match &response {
+            Response::Error(e) => (e.kind.name(), e.kind.is_refusal()),
+            Response::NeedModule(_) => ("need_module", false),
+            _ => ("ok", false),
+        };
+        host.metrics().request(operation, outcome, refused, took.as_secs_f64());
+        log_request(source, &caller, operation, subject.as_deref(), took, &response);
         drop(read_room);
         // A large answer waits for its room before it is encoded (the work is done: it is not
         // thrown away); the room comes back as other answers are written or time out.
@@ -440,6 +452,22 @@ async fn connection(
         } else {
             respond.await?
         };
+    }
+}
+
+/// Counts a connection as open for as long as it lives.
+struct Open<'a>(&'a Host);
+
+impl<'a> Open<'a> {
+    fn new(host: &'a Host) -> Self {
+        host.metrics().connection(1);
+        Self(host)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.metrics().connection(-1);
     }
 }
 

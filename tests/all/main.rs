@@ -15,6 +15,7 @@ mod limits;
 mod readme;
 mod recall;
 mod scripting;
+mod status;
 mod storage;
 mod tidy;
 mod transport;

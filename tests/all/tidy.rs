@@ -57,7 +57,7 @@ fn a_plain_build_leaves_the_test_only_features_out() -> Result<()> {
 const LAYERS: &[&[&str]] = &[
     // Helpers every layer may use.
     &["sync"],
-    &["cache", "fault", "workers"],
+    &["cache", "fault", "workers", "metrics"],
     // Storage, and the shape of an agent's memory.
     &["state", "snapshot"],
     &["resources"],
@@ -68,7 +68,7 @@ const LAYERS: &[&[&str]] = &[
     &["fetch", "config", "refusal", "known_hosts"],
     &["local", "agents"],
     &["host"],
-    &["server"],
+    &["server", "status"],
     // The binary.
     &["main"],
 ];

@@ -540,7 +540,7 @@ pub(crate) fn get_homed(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Opti
 
 pub(crate) fn all_homed(state: &State) -> Result<Vec<Homed>, StateError> {
     state.transaction(|tx| {
-        let mut stmt = tx.prepare_cached(&format!("SELECT {HOMED_COLUMNS} FROM homed ORDER BY launched, id"))?;
+        let mut stmt = tx.prepare_cached(&format!("SELECT {HOMED_COLUMNS} FROM homed ORDER BY launched, rowid"))?;
         let rows = stmt.query_map([], homed)?;
         rows.collect()
     })

@@ -438,6 +438,28 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Its name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Protocol => "protocol",
+            Self::Busy => "busy",
+            Self::Verification => "verification",
+            Self::Capability => "capability",
+            Self::Load => "load",
+            Self::Trap => "trap",
+            Self::OutOfTime => "out_of_time",
+            Self::OutOfMemory => "out_of_memory",
+            Self::StackOverflow => "stack_overflow",
+            Self::Module => "module",
+            Self::Internal => "internal",
+            Self::ShuttingDown => "shutting_down",
+            Self::NotFound => "not_found",
+            Self::Refused => "refused",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Denied => "denied",
+        }
+    }
+
     /// Whether the host declined the request (as opposed to a module failing, or the host).
     pub fn is_refusal(self) -> bool {
         matches!(

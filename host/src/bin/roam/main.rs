@@ -377,6 +377,10 @@ struct HostArgs {
     /// store; without it, anyone may fetch code modules and nobody may do anything else].
     #[arg(long)]
     access: Option<PathBuf>,
+    /// Serve read-only HTTP status here, e.g. 127.0.0.1:9700: /metrics in Prometheus' format.
+    /// Off unless given (or `status_listen` in the file).
+    #[arg(long, value_name = "ADDR")]
+    status_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -612,8 +616,11 @@ fn run(cli: Cli) -> Result<()> {
             let Some(id) = id else {
                 let mut list = client.agents().await?;
                 list.retain(|a| states.is_empty() || states.contains(&a.state));
-                // Newest first; agents a visited host knows only by id, in id order after them.
-                list.sort_by(|a, b| b.launched_at.cmp(&a.launched_at).then_with(|| a.id.cmp(&b.id)));
+                // Newest first: the home lists its agents in the order they were launched, and
+                // the sort keeps that order among agents launched in the same second. Agents a
+                // visited host knows (launched elsewhere, at no time it knows) come last.
+                list.reverse();
+                list.sort_by(|a, b| b.launched_at.cmp(&a.launched_at));
                 if as_json {
                     return json_out(&list.iter().map(agent_json).collect::<Result<Vec<_>>>()?.into());
                 }
@@ -890,6 +897,9 @@ fn host(args: HostArgs) -> Result<()> {
     if let Some(p) = args.access {
         config.access = Some(p);
     }
+    if let Some(a) = args.status_listen {
+        config.status_listen = Some(a);
+    }
     let rt = runtime()?;
     rt.block_on(async {
         // A host that does not start (a bad table, a port in use) leaves no data directory it
@@ -900,6 +910,12 @@ fn host(args: HostArgs) -> Result<()> {
             let running = RunningHost::start(host.clone(), config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
+            if let Some(addr) = config.status_listen {
+                let bound = roam_host::status::start(host.clone(), addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} for status (status_listen)"))?;
+                tracing::info!(%bound, "status listener: metrics at http://{bound}/metrics");
+            }
             anyhow::Ok((host, running))
         };
         let (host, running) = match started.await {
