@@ -453,11 +453,14 @@ pub(crate) struct Listing {
 /// Each agent's latest row here (its highest hop), without its snapshot: for listing.
 pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<Listing>, StateError> {
     state.transaction(|tx| {
-        let mut stmt = tx.prepare_cached(
+        // One agent's row by its key, not by a scan of every agent's rows.
+        let mut stmt = tx.prepare_cached(if only.is_some() {
+            "SELECT id, hop, state, record, detail, updated FROM agents WHERE id = ?1 ORDER BY hop DESC LIMIT 1"
+        } else {
             "SELECT id, hop, state, record, detail, updated FROM agents a
-             WHERE hop = (SELECT max(hop) FROM agents b WHERE b.id = a.id) AND (?1 IS NULL OR id = ?1)
-             ORDER BY id",
-        )?;
+             WHERE hop = (SELECT max(hop) FROM agents b WHERE b.id = a.id) AND ?1 IS NULL
+             ORDER BY id"
+        })?;
         let rows = stmt.query_map([only], |r| {
             let record: Result<AgentRecord, _> = from_cbor(&r.get::<_, Vec<u8>>(3)?, "the agent record");
             Ok(Listing {
