@@ -620,7 +620,7 @@ fn run(cli: Cli) -> Result<()> {
                 // the sort keeps that order among agents launched in the same second. Agents a
                 // visited host knows (launched elsewhere, at no time it knows) come last.
                 list.reverse();
-                list.sort_by(|a, b| b.launched_at.cmp(&a.launched_at));
+                list.sort_by_key(|a| std::cmp::Reverse(a.launched_at));
                 if as_json {
                     return json_out(&list.iter().map(agent_json).collect::<Result<Vec<_>>>()?.into());
                 }
