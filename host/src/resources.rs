@@ -693,8 +693,16 @@ fn import_csv_if_stale(
     }
     tx.commit().map_err(|e| e.to_string())?;
     drop(conn);
+    // The old declaration goes before the new table comes, and the new one after: a crash in
+    // between leaves no declaration, so the next start imports again.
+    match std::fs::remove_file(&declared_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
+        _ => {}
+    }
     std::fs::rename(&tmp, db).map_err(|e| e.to_string())?;
-    std::fs::write(&declared_file, declaration).map_err(|e| e.to_string())
+    let declared_tmp = declared_file.with_extension("columns-new");
+    std::fs::write(&declared_tmp, declaration).map_err(|e| e.to_string())?;
+    std::fs::rename(&declared_tmp, &declared_file).map_err(|e| e.to_string())
 }
 
 /// What an import has seen of one column's values.
@@ -720,10 +728,12 @@ impl Seen {
         if field.is_empty() {
             return Ok(());
         }
+        // Written as a number: "nan" and "inf" parse as floats but are words in a CSV file.
+        let numeric = field.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
         let kind = if field.parse::<i64>().is_ok() {
             self.integers += 1;
             ColumnType::Integer
-        } else if field.parse::<f64>().is_ok() {
+        } else if numeric && field.parse::<f64>().is_ok() {
             self.reals += 1;
             self.first_real.get_or_insert_with(|| (line, field.to_owned()));
             ColumnType::Real

@@ -153,7 +153,8 @@ impl Gate {
         Self { limits, held: Mutex::default(), warned: std::sync::atomic::AtomicU64::new(0) }
     }
 
-    /// Whether a closed connection may be logged now: once a second at most.
+    /// Whether a connection refused before its first request may be logged now: once a second
+    /// at most (the metrics count them all).
     fn warn_now(&self) -> bool {
         let now = crate::state::now_secs();
         self.warned.swap(now, std::sync::atomic::Ordering::Relaxed) != now
@@ -278,7 +279,7 @@ async fn serve(host: Host, listener: TcpListener, tls: TlsAcceptor, lane: Lane, 
                         host.metrics().connection_refused("per_source");
                         if gate.warn_now() {
                             tracing::warn!(%peer, "refused a connection: its address holds {} already \
-                                (connections_per_source; further refusals are not logged for a second)", limits.per_source);
+                                (connections_per_source)", limits.per_source);
                         }
                         continue;
                     };
@@ -333,7 +334,9 @@ async fn connection(
     if first[0] != transport::TLS_HANDSHAKE_BYTE {
         let mut stream = stream;
         host.metrics().connection_refused("no_tls");
-        tracing::warn!(%source, "refused a connection: it does not speak TLS (an older roam client, or not roam)");
+        if place.gate.warn_now() {
+            tracing::warn!(%source, "refused a connection: it does not speak TLS (an older roam client, or not roam)");
+        }
         let _ = send(&mut stream, &handshake::not_tls(), within).await;
         linger(&mut stream).await;
         return Err(FrameError::Malformed("a client that does not speak TLS".into()));
@@ -360,7 +363,9 @@ async fn connection(
     };
     if let Some(busy) = busy {
         host.metrics().connection_refused("busy");
-        tracing::warn!(%source, caller = %host.describe_caller(peer.as_ref()), "refused a connection: {busy}");
+        if place.gate.warn_now() {
+            tracing::warn!(%source, caller = %host.describe_caller(peer.as_ref()), "refused a connection: {busy}");
+        }
         send(&mut stream, &Welcome::Refused(RemoteError::new(ErrorKind::Busy, busy)), within).await?;
         linger(&mut stream).await;
         return Ok(());
@@ -389,7 +394,9 @@ async fn connection(
         && let Err(e) = host.present_certificate(cert, &proven)
     {
         host.metrics().connection_refused("certificate");
-        tracing::warn!(%source, "refused a host's certificate: {e}");
+        if place.gate.warn_now() {
+            tracing::warn!(%source, "refused a host's certificate: {}", loggable(&e));
+        }
         welcome = Welcome::Refused(RemoteError::new(ErrorKind::Unauthenticated, e));
     }
     send(&mut stream, &welcome, within).await?;
@@ -481,21 +488,43 @@ fn log_request(
     took: Duration,
     response: &Response,
 ) {
-    let subject = subject.unwrap_or("-");
+    // Names and messages can carry what a client sent: bounded and escaped, so that a request
+    // can neither flood the log nor forge lines in it.
+    let subject = match response {
+        Response::Published(info) => format!("{}@{} ({})", loggable(&info.name), info.version, info.hash),
+        _ => subject.map_or_else(|| "-".to_owned(), loggable),
+    };
     let ms = took.as_secs_f64() * 1000.0;
     match response {
         Response::Error(e) if e.kind == ErrorKind::Internal => {
-            tracing::error!(%source, %caller, %operation, %subject, ms, "request failed in the host: {}", e.message);
+            let why = loggable(&e.message);
+            tracing::error!(%source, %caller, %operation, %subject, ms, "request failed in the host: {why}");
         }
         Response::Error(e) if e.kind.is_refusal() => {
-            tracing::warn!(%source, %caller, %operation, %subject, ms, kind = ?e.kind, "request refused: {}", e.message);
+            let why = loggable(&e.message);
+            tracing::warn!(%source, %caller, %operation, %subject, ms, kind = ?e.kind, "request refused: {why}");
         }
         Response::Error(e) => {
-            tracing::info!(%source, %caller, %operation, %subject, ms, kind = ?e.kind, "request failed: {}", e.message);
+            let why = loggable(&e.message);
+            tracing::info!(%source, %caller, %operation, %subject, ms, kind = ?e.kind, "request failed: {why}");
         }
-        Response::Pong => tracing::debug!(%source, %caller, %operation, ms, "request served"),
+        // Polls and the chunks of a download come many a second: shown with -v.
+        Response::Pong | Response::Agents(_) | Response::Chunk { .. } => {
+            tracing::debug!(%source, %caller, %operation, %subject, ms, "request served");
+        }
         _ => tracing::info!(%source, %caller, %operation, %subject, ms, "request served"),
     }
+}
+
+/// Text from a request as the log may hold it: at most 200 characters, control characters
+/// escaped.
+fn loggable(text: &str) -> String {
+    const MAX: usize = 200;
+    let mut out: String = text.chars().take(MAX).flat_map(char::escape_debug).collect();
+    if text.chars().nth(MAX).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// Writes one message within `within`: a peer that stops reading, even to be told why it is
@@ -549,6 +578,15 @@ fn says_why(e: &FrameError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a client sends reaches the log bounded, and cannot start a line of its own.
+    #[test]
+    fn request_text_is_bounded_and_escaped_in_the_log() {
+        let forged = loggable("nosuch\n2026-12-02T00:00:00Z  INFO roam_host: all is well");
+        assert!(!forged.contains('\n') && forged.contains("\\n"), "{forged}");
+        let long = loggable(&"x".repeat(10_000));
+        assert!(long.chars().count() <= 201 && long.ends_with('…'), "{}", long.len());
+    }
 
     /// An IPv6 client holds the addresses of its whole /64, so its share is counted by prefix;
     /// a place given back is free again.

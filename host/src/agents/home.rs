@@ -182,7 +182,11 @@ impl Agents {
     /// Agents this host knows: those it is home to, then those that are (or were) here.
     pub(crate) fn agents(&self, only: Option<&str>, viewer: Viewer) -> Result<Vec<AgentInfo>, RemoteError> {
         let mut out = Vec::new();
-        let homed = store::all_homed(&self.state).map_err(internal)?;
+        // One agent (a `--wait` polls for it many times a second) by its key.
+        let homed = match only {
+            Some(id) => self.state.transaction(|tx| store::get_homed(tx, id)).map_err(internal)?.into_iter().collect(),
+            None => store::all_homed(&self.state).map_err(internal)?,
+        };
         let mut others = 0;
         for h in &homed {
             if only.is_none_or(|id| id == h.id) {

@@ -40,7 +40,8 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter(verbose, quiet))
-        .with_ansi(std::io::stderr().is_terminal());
+        // Colour only on a terminal, and not even there if NO_COLOR is set (no-color.org).
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

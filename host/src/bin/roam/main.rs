@@ -231,8 +231,8 @@ enum Command {
     },
     /// Bring an agent back to its home (receiver-initiated migration). The home persists the
     /// order and sends it after the agent, wherever it is; the agent comes home with its state
-    /// and hands over a partial result. Exits 0 once the order is persisted (or, with --wait,
-    /// once the agent ended, however it ended), non-zero on an error.
+    /// and hands over a partial result. Exits 0 once the order is persisted, or, with --wait,
+    /// once the agent came home recalled or finished (5 if it failed, 4 if --timeout passed).
     Recall {
         /// The agent's id.
         id: String,
@@ -418,7 +418,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut buffer = Vec::new();
             clap_complete::generate(shell, &mut command, "roam", &mut buffer);
-            std::io::Write::write_all(&mut std::io::stdout().lock(), &buffer)?;
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &buffer).map_err(output::stdout_error)?;
             Ok(())
         }
         Command::Keys { command: KeysCommand::New { name, dir } } => {
@@ -907,15 +907,17 @@ fn host(args: HostArgs) -> Result<()> {
         let fresh = !config.data_dir.exists();
         let started = async {
             let host = Host::open(&config)?;
-            let running = RunningHost::start(host.clone(), config.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            // The status listener first, so that failing to bind it comes before the host
+            // serves anyone.
             if let Some(addr) = config.status_listen {
                 let bound = roam_host::status::start(host.clone(), addr)
                     .await
                     .with_context(|| format!("cannot listen on {addr} for status (status_listen)"))?;
                 tracing::info!(%bound, "status listener: metrics at http://{bound}/metrics");
             }
+            let running = RunningHost::start(host.clone(), config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
             anyhow::Ok((host, running))
         };
         let (host, running) = match started.await {

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)?;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::output::stdout_error)?;
     }};
 }
 
@@ -44,9 +44,21 @@ pub fn quiet() -> bool {
 
 /// What `roam --help` says of exit statuses; [`status`] follows it.
 pub const EXIT_STATUSES: &str = "Exit status: 0 done; 1 error (the host unreachable, a file \
-    unreadable, a module that failed); 2 usage (a flag or argument wrong); 3 refused by the host (no \
-    right, signature or capability refused, a limit); 4 --wait gave up waiting; 5 the agent ended \
-    without finishing (failed, or recalled when --wait was waiting for its result).";
+    unreadable, a value roam cannot use, a module that failed); 2 usage (an unknown flag, a missing \
+    argument); 3 refused by the host (no right, a signature or capability refused, a limit); 4 \
+    --wait gave up waiting; 5 the agent ended without finishing (it failed, or was recalled while \
+    `roam launch --wait` waited for its result).";
+
+/// stdout was closed by its reader: the command ends quietly.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+pub struct StdoutClosed;
+
+/// A failed write to stdout as an error: [`StdoutClosed`] for a closed pipe (only a write to
+/// stdout: a peer's closed socket is an error like any other).
+pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe { StdoutClosed.into() } else { e.into() }
+}
 
 /// A `--wait` that gave up: exit status 4.
 #[derive(Debug, thiserror::Error)]
@@ -60,15 +72,13 @@ pub struct NotFinished(pub String);
 
 /// The exit status for an error; `None` for a closed stdout, which ends quietly.
 pub fn status(e: &anyhow::Error) -> Option<u8> {
-    let closed = e
-        .chain()
-        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe));
-    if closed {
+    if e.is::<StdoutClosed>() {
         return None;
     }
-    let refused = e
-        .chain()
-        .any(|c| matches!(c.downcast_ref::<ClientError>(), Some(ClientError::Remote(r)) if r.kind.is_refusal()));
+    let refused = e.chain().any(|c| {
+        matches!(c.downcast_ref::<ClientError>(),
+            Some(ClientError::Remote(r) | ClientError::Refused(r)) if r.kind.is_refusal())
+    });
     Some(if e.is::<TimedOut>() {
         4
     } else if e.is::<NotFinished>() {
