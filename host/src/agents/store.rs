@@ -84,6 +84,10 @@ pub(crate) fn create(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             one(tx, "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2", [table, column], |r| r.get(0))?;
         if !present {
             tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {declaration}"))?;
+            if column == "ended" {
+                // Agents that ended before the column existed: their last update was the end.
+                tx.execute_batch("UPDATE homed SET ended = updated WHERE state IN ('finished', 'failed', 'recalled')")?;
+            }
         }
     }
     // The driver looks up due moves by state and retry time, many times a second.
@@ -662,6 +666,27 @@ pub(crate) fn prune(tx: &Transaction<'_>, cutoff: u64, now: u64, skew: u64, batc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state database from before the `ended` column: agents that had ended get their last
+    /// update as their end, the others none.
+    #[test]
+    fn agents_that_ended_before_the_ended_column_end_at_their_last_update() -> Result<(), Box<dyn std::error::Error>> {
+        let mut conn = rusqlite::Connection::open_in_memory()?;
+        conn.execute_batch(
+            "CREATE TABLE homed (id TEXT PRIMARY KEY, label TEXT NOT NULL, state TEXT NOT NULL,
+                 location TEXT NOT NULL, hops INTEGER NOT NULL, result BLOB, detail TEXT, route BLOB NOT NULL,
+                 launched INTEGER NOT NULL, updated INTEGER NOT NULL);
+             INSERT INTO homed VALUES ('a', 'x@1.0.0', 'finished', 'h', 1, NULL, NULL, x'80', 5, 7),
+                                      ('b', 'x@1.0.0', 'running', 'h', 0, NULL, NULL, x'80', 5, 6);",
+        )?;
+        let tx = conn.transaction()?;
+        create(&tx)?;
+        tx.commit()?;
+        let mut stmt = conn.prepare("SELECT ended FROM homed ORDER BY id")?;
+        let ended: Vec<Option<i64>> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        assert_eq!(ended, vec![Some(7), None]);
+        Ok(())
+    }
 
     fn record(id: &str) -> AgentRecord {
         AgentRecord {
