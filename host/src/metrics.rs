@@ -48,7 +48,7 @@ impl Default for Metrics {
         let requests = Family::<Outcome, Counter>::default();
         registry.register("requests", "Requests answered, by operation and outcome", requests.clone());
         let latency = Family::<Operation, Histogram, fn() -> Histogram>::new_with_constructor(latency_buckets);
-        registry.register("request_duration_seconds", "Time from a request's arrival to its answer", latency.clone());
+        registry.register("request_duration_seconds", "Time from a decoded request to its response", latency.clone());
         let refusals = Family::<Reason, Counter>::default();
         registry.register("refusals", "Requests refused, by the kind of refusal", refusals.clone());
         let connections = Gauge::default();

@@ -153,6 +153,9 @@ fn completions_are_generated_for_the_usual_shells() -> Result<()> {
         let script = roam_ok(args!["completions", shell])?;
         ensure!(script.contains(mark) && script.contains("launch"), "{shell}: {}", &script[..script.len().min(200)]);
     }
+    // A broken identity does not stop a shell's set-up.
+    let out = roam_with_env(&["completions", "bash"], &[("ROAM_IDENTITY", "/nonexistent/identity.key")])?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     Ok(())
 }
 

@@ -411,16 +411,18 @@ fn identity(given: Option<&Path>) -> Result<Option<SecretKey>> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Completions need no identity: a broken ROAM_IDENTITY must not stop a shell's set-up.
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let mut buffer = Vec::new();
+        clap_complete::generate(shell, &mut command, "roam", &mut buffer);
+        std::io::Write::write_all(&mut std::io::stdout().lock(), &buffer).map_err(output::stdout_error)?;
+        return Ok(());
+    }
     let pins = Pins::new(&cli)?;
     let as_json = cli.json;
     match cli.command {
-        Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            let mut buffer = Vec::new();
-            clap_complete::generate(shell, &mut command, "roam", &mut buffer);
-            std::io::Write::write_all(&mut std::io::stdout().lock(), &buffer).map_err(output::stdout_error)?;
-            Ok(())
-        }
+        Command::Completions { .. } => Ok(()),
         Command::Keys { command: KeysCommand::New { name, dir } } => {
             let (key, public_path, public) = roam_keys::write_keypair(&dir, &name)?;
             if as_json {
