@@ -245,7 +245,7 @@ async fn main() -> Result<()> {
 
 /// Warm instantiate (and an empty call) of a module the engine has compiled.
 fn instantiate(s: &Setup) -> Result<Vec<Row>> {
-    let engine = Engine::new(Limits { instances: 8, ..Limits::default() }, None)?;
+    let engine = Engine::new(Limits { instances: 8, ..Limits::default() }, None, std::sync::Arc::default())?;
     let quick = sign(&s.key, &wat::parse_str(QUICK)?, Kind::Query, "quick", &[])?;
     let runnable = engine.load(roam_keys::hash_module(&quick), &s.verify(&quick)?)?;
     let none = Arc::new(Resources::default());
@@ -266,7 +266,7 @@ fn instantiate(s: &Setup) -> Result<Vec<Row>> {
 
 /// The aggregate query in Wasm, the same Rust natively, and SQLite's own SQL, on one table.
 fn aggregate(s: &Setup) -> Result<Vec<Row>> {
-    let engine = Engine::new(Limits { instances: 8, ..Limits::default() }, None)?;
+    let engine = Engine::new(Limits { instances: 8, ..Limits::default() }, None, std::sync::Arc::default())?;
     let mut resources = Resources::default();
     resources.add_table("sales", Attachment::Fastened, &s.sales_csv()?, s.dir.path())?;
     let resources = Arc::new(resources);

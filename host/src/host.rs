@@ -60,6 +60,9 @@ struct Inner {
     /// `workers` (but at least one), so however many long calls arrive, a module thread stays
     /// free for short ones.
     long_calls: Arc<Semaphore>,
+    /// How many permits `workers` and `long_calls` hold when none is taken.
+    workers_total: usize,
+    long_calls_total: usize,
     queue_timeout: Duration,
     max_frame: usize,
     /// How long a peer may take over one frame, from its first byte.
@@ -69,8 +72,8 @@ struct Inner {
     quotas: Quotas,
     /// Who may ask this host for what; replaced whole on a reload.
     access: std::sync::RwLock<Arc<Access>>,
-    /// What it counts, for `/metrics`.
-    metrics: crate::metrics::Metrics,
+    /// What it counts, for `/metrics` (shared with its engine and agents).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Host {
@@ -95,9 +98,12 @@ impl Host {
             }
         }
         let resources = Arc::new(resources);
-        let engine = Arc::new(Engine::new(config.limits.engine(), Some(config.data_dir.join("code")))?);
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let engine =
+            Arc::new(Engine::new(config.limits.engine(), Some(config.data_dir.join("code")), metrics.clone())?);
         let admission = Arc::new(Admission::new(trust, state.clone(), config.limits.module_kib << 10));
         let workers = Arc::new(Semaphore::new(config.limits.workers()));
+        let long_calls = config.limits.workers().saturating_sub(1).max(1);
         let threads = Arc::new(
             Workers::start("roam-worker", config.limits.workers()).context("cannot start the worker threads")?,
         );
@@ -118,6 +124,7 @@ impl Host {
             limits: config.limits.agents(),
             max_copy: config.limits.copy_kib << 10,
             retention: Duration::from_secs(config.limits.agent_retention_s),
+            metrics: metrics.clone(),
         })?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -131,14 +138,16 @@ impl Host {
                 agents: Arc::new(agents),
                 workers,
                 threads,
-                long_calls: Arc::new(Semaphore::new(config.limits.workers().saturating_sub(1).max(1))),
+                long_calls: Arc::new(Semaphore::new(long_calls)),
+                workers_total: config.limits.workers(),
+                long_calls_total: long_calls,
                 queue_timeout: Duration::from_millis(config.limits.queue_ms),
                 max_frame: config.limits.frame_kib << 10,
                 frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
                 connections: config.limits.connections(),
                 access: std::sync::RwLock::new(Arc::new(access)),
                 quotas: Quotas::new(config.limits.launches_per_hour, config.limits.publishes_per_hour),
-                metrics: crate::metrics::Metrics::default(),
+                metrics,
             }),
         })
     }
@@ -212,6 +221,20 @@ impl Host {
     /// What the host counts.
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.metrics
+    }
+
+    /// The metrics in Prometheus' text format, with the permits in use and the agents by state
+    /// read now. Reads the state database: call it off the async runtime.
+    ///
+    /// # Errors
+    /// If the state database cannot be read.
+    pub fn render_metrics(&self) -> Result<String, crate::state::StateError> {
+        let inner = &self.inner;
+        let census = inner.agents.census()?;
+        let workers = (inner.workers_total, inner.workers.available_permits());
+        let long_calls = (inner.long_calls_total, inner.long_calls.available_permits());
+        inner.metrics.census(workers, long_calls, &census);
+        Ok(inner.metrics.render())
     }
 
     /// Who a caller is, for the log: a peer by its name, a client by the access policy's name

@@ -130,8 +130,8 @@ impl Builder {
         if let Some(tls) = self.tls {
             cache = cache.with_tls(tls);
         }
-        let engine =
-            Engine::new(self.limits, Some(cache.code_dir())).map_err(|e| LocalError::Setup(format!("{e:#}")))?;
+        let engine = Engine::new(self.limits, Some(cache.code_dir()), Arc::default())
+            .map_err(|e| LocalError::Setup(format!("{e:#}")))?;
         Ok(CodeOnDemand {
             cache,
             engine,

@@ -5,9 +5,18 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+/// Agents by state, counted in the state database when the metrics are read.
+#[derive(Debug, Default)]
+pub struct Census {
+    /// Agents held here, by the state of their row (`ready`, `leaving`, `parked`, `failed`).
+    pub held: Vec<(&'static str, i64)>,
+    /// Agents homed here, by where their journey stands (`running`, `in transit`, …).
+    pub homed: Vec<(&'static str, i64)>,
+}
 
 /// A request's operation and how it went.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -27,6 +36,42 @@ struct Reason {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Source {
+    from: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Stage {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Ending {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Event {
+    event: &'static str,
+}
+
+/// Permits of a kind: how many there are and how many are taken.
+#[derive(Debug, Default)]
+struct Permits {
+    total: Gauge,
+    busy: Gauge,
+}
+
+impl Permits {
+    fn register(registry: &mut Registry, name: &str, what: &str) -> Self {
+        let permits = Self::default();
+        registry.register(name.to_owned(), format!("{what}: how many there are"), permits.total.clone());
+        registry.register(format!("{name}_busy"), format!("{what}: how many are taken"), permits.busy.clone());
+        permits
+    }
+}
+
 /// What a host counts.
 #[derive(Debug)]
 pub struct Metrics {
@@ -36,6 +81,16 @@ pub struct Metrics {
     refusals: Family<Reason, Counter>,
     connections: Gauge,
     connections_refused: Family<Reason, Counter>,
+    bytes_in_flight: Gauge,
+    module_loads: Family<Source, Counter>,
+    workers: Permits,
+    long_calls: Permits,
+    agents: Family<Stage, Gauge>,
+    homed: Family<Stage, Gauge>,
+    hops: Counter,
+    transfers: Family<Ending, Counter>,
+    transfer_bytes: Counter,
+    recalls: Family<Event, Counter>,
 }
 
 impl Default for Metrics {
@@ -59,7 +114,63 @@ impl Default for Metrics {
             "Connections refused before any request, by reason",
             connections_refused.clone(),
         );
-        Self { registry, requests, latency, refusals, connections, connections_refused }
+        let bytes_in_flight = Gauge::default();
+        registry.register(
+            "bytes_in_flight",
+            "Bytes of large frames being read or written, held against the in-flight budget",
+            bytes_in_flight.clone(),
+        );
+        let module_loads = Family::<Source, Counter>::default();
+        registry.register(
+            "module_loads",
+            "Compiled code looked up for a call: from memory, from the disk cache, or compiled",
+            module_loads.clone(),
+        );
+        let workers = Permits::register(&mut registry, "workers", "Worker permits (modules running at once)");
+        let long_calls = Permits::register(&mut registry, "long_calls", "Permits for calls of modules that run long");
+        let agents = Family::<Stage, Gauge>::default();
+        registry.register("agents", "Agents held here, by state (parked: no destination answered yet)", agents.clone());
+        let homed = Family::<Stage, Gauge>::default();
+        registry.register("homed_agents", "Agents whose home is here, by where their journey stands", homed.clone());
+        let hops = Counter::default();
+        registry.register("hops", "Agents that arrived here (each arrival is one hop)", hops.clone());
+        let transfers = Family::<Ending, Counter>::default();
+        registry.register(
+            "transfers",
+            "Destinations tried for an agent's next hop, by outcome (handed_off, unreachable, refused), and moves \
+             that found none (parked)",
+            transfers.clone(),
+        );
+        let transfer_bytes = Counter::default();
+        registry.register(
+            "transfer_bytes",
+            "Snapshot bytes of agents handed off to their next host",
+            transfer_bytes.clone(),
+        );
+        let recalls = Family::<Event, Counter>::default();
+        registry.register(
+            "recall_orders",
+            "Recall orders: ordered here (for an agent homed here) or received from a home or a peer",
+            recalls.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            refusals,
+            connections,
+            connections_refused,
+            bytes_in_flight,
+            module_loads,
+            workers,
+            long_calls,
+            agents,
+            homed,
+            hops,
+            transfers,
+            transfer_bytes,
+            recalls,
+        }
     }
 }
 
@@ -84,6 +195,47 @@ impl Metrics {
     /// `certificate`.
     pub fn connection_refused(&self, reason: &'static str) {
         self.connections_refused.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// The gauge of bytes in large frames being read or written.
+    pub fn bytes_in_flight(&self) -> &Gauge {
+        &self.bytes_in_flight
+    }
+
+    /// Compiled code was found for a call: `memory`, `disk` (the code cache) or `compile`.
+    pub fn module_load(&self, from: &'static str) {
+        self.module_loads.get_or_create(&Source { from }).inc();
+    }
+
+    /// An agent arrived here.
+    pub fn hop(&self) {
+        self.hops.inc();
+    }
+
+    /// A try to hand an agent on ended with `outcome`, carrying `bytes` of snapshot if it was
+    /// handed off.
+    pub fn transfer(&self, outcome: &'static str, bytes: usize) {
+        self.transfers.get_or_create(&Ending { outcome }).inc();
+        self.transfer_bytes.inc_by(bytes as u64);
+    }
+
+    /// A recall order was `ordered` here or `received`.
+    pub fn recall(&self, event: &'static str) {
+        self.recalls.get_or_create(&Event { event }).inc();
+    }
+
+    /// Sets what is read at scrape time rather than counted as it happens: worker and long-call
+    /// permits as (total, free), and agents by state.
+    pub fn census(&self, workers: (usize, usize), long_calls: (usize, usize), agents: &Census) {
+        for (permits, (total, free)) in [(&self.workers, workers), (&self.long_calls, long_calls)] {
+            permits.total.set(total as i64);
+            permits.busy.set(total.saturating_sub(free) as i64);
+        }
+        for (family, counts) in [(&self.agents, &agents.held), (&self.homed, &agents.homed)] {
+            for &(state, n) in counts {
+                family.get_or_create(&Stage { state }).set(n);
+            }
+        }
     }
 
     /// Everything, in Prometheus' text exposition format.

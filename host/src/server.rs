@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::ConnectionLimits;
 use crate::handshake::{self, Hello, Welcome};
 use crate::host::Host;
+use crate::metrics::Gauge;
 use crate::protocol::{self, ErrorKind, FrameError, RemoteError, Request, Response};
 use crate::transport;
 
@@ -226,22 +227,33 @@ struct Budget {
     others: Arc<Semaphore>,
     /// Each half's size, for messages.
     half: usize,
+    /// The bytes held, for `/metrics`.
+    gauge: Gauge,
+}
+
+/// Room a frame holds in the [`Budget`] until it is dropped.
+#[derive(Debug)]
+struct Room {
+    _permit: OwnedSemaphorePermit,
+    bytes: i64,
+    gauge: Gauge,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.bytes);
+    }
 }
 
 impl Budget {
-    fn new(bytes: usize) -> Self {
+    fn new(bytes: usize, gauge: Gauge) -> Self {
         let half = bytes / 2;
-        Self { known: Arc::new(Semaphore::new(half >> 10)), others: Arc::new(Semaphore::new(half >> 10)), half }
+        Self { known: Arc::new(Semaphore::new(half >> 10)), others: Arc::new(Semaphore::new(half >> 10)), half, gauge }
     }
 
     /// Room for a frame of `size` bytes in `known`'s half, waiting at most `within` for it if
     /// given (else as long as it takes); `None` for a small frame, which takes no room.
-    async fn room(
-        &self,
-        size: usize,
-        known: bool,
-        within: Option<Duration>,
-    ) -> Result<Option<OwnedSemaphorePermit>, FrameError> {
+    async fn room(&self, size: usize, known: bool, within: Option<Duration>) -> Result<Option<Room>, FrameError> {
         if size < BUDGETED {
             return Ok(None);
         }
@@ -260,14 +272,17 @@ impl Budget {
             Some(within) => tokio::time::timeout(within, acquire).await.map_err(|_| busy())?,
             None => acquire.await,
         };
-        permit.map(Some).map_err(|_| busy())
+        let permit = permit.map_err(|_| busy())?;
+        let bytes = i64::try_from(size).unwrap_or(i64::MAX);
+        self.gauge.inc_by(bytes);
+        Ok(Some(Room { _permit: permit, bytes, gauge: self.gauge.clone() }))
     }
 }
 
 async fn serve(host: Host, listener: TcpListener, tls: TlsAcceptor, lane: Lane, mut stopped: watch::Receiver<bool>) {
     let limits = host.connection_limits();
     let gate = Arc::new(Gate::new(limits));
-    let budget = Budget::new(limits.inflight_bytes);
+    let budget = Budget::new(limits.inflight_bytes, host.metrics().bytes_in_flight().clone());
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {

@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
@@ -26,7 +28,14 @@ pub async fn start(host: Host, addr: SocketAddr) -> std::io::Result<SocketAddr> 
         "/metrics",
         get(move || {
             let host = host.clone();
-            async move { ([(CONTENT_TYPE, PROMETHEUS_TEXT)], host.metrics().render()) }
+            async move {
+                match tokio::task::spawn_blocking(move || host.render_metrics()).await {
+                    Ok(Ok(text)) => ([(CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response(),
+                    Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the state database: {e}\n"))
+                        .into_response(),
+                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                }
+            }
         }),
     );
     tokio::spawn(async move {

@@ -65,3 +65,59 @@ async fn metrics_count_exactly_the_requests_made() -> Result<()> {
     running.shutdown().await;
     Ok(())
 }
+
+/// Reads `/metrics` at `addr` until `name` has `value` (counters move as the agents' driver
+/// gets to them); fails with the page after 30 s.
+async fn until(addr: std::net::SocketAddr, name: &str, value: f64) -> Result<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, text) = tokio::task::spawn_blocking(move || get(addr, "/metrics")).await??;
+        if sample(&text, name) == Some(value) {
+            return Ok(text);
+        }
+        ensure!(std::time::Instant::now() < deadline, "{name} never reached {value}:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_an_agent_that_hops_parks_and_is_recalled() -> Result<()> {
+    let net = Net::new(&["home", "a", "down"])?;
+    let (home, home_run) = net.start(&net.config("home", "trust")?).await?;
+    let (a, a_run) = net.start(&net.config("a", "trust")?).await?;
+    let home_status = roam_host::status::start(home.clone(), "127.0.0.1:0".parse()?).await?;
+    let a_status = roam_host::status::start(a.clone(), "127.0.0.1:0".parse()?).await?;
+    let dead = format!("127.0.0.1:{}", net.port("down")?);
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let home_addr = home_run.addr().to_string();
+    let id =
+        crate::agents::launch(&home_addr, module, serde_json::json!({ "hosts": [a_run.addr().to_string(), dead] }))
+            .await?;
+
+    // It reaches a, which cannot hand it on and parks it.
+    let text = until(a_status, "roam_agents{state=\"parked\"}", 1.0).await?;
+    ensure!(sample(&text, "roam_hops_total") == Some(1.0), "{text}");
+    ensure!(sample(&text, "roam_transfers_total{outcome=\"unreachable\"}") >= Some(1.0), "{text}");
+    ensure!(sample(&text, "roam_transfers_total{outcome=\"parked\"}") >= Some(1.0), "{text}");
+    ensure!(sample(&text, "roam_module_loads_total{from=\"compile\"}") >= Some(1.0), "{text}");
+    let text = until(home_status, "roam_homed_agents{state=\"parked\"}", 1.0).await?;
+    ensure!(sample(&text, "roam_transfers_total{outcome=\"handed_off\"}") == Some(1.0), "{text}");
+    ensure!(sample(&text, "roam_transfer_bytes_total") > Some(0.0), "{text}");
+    ensure!(sample(&text, "roam_agents{state=\"ready\"}") == Some(0.0), "{text}");
+    ensure!(sample(&text, "roam_workers_busy") == Some(0.0), "{text}");
+    ensure!(sample(&text, "roam_workers") == Some(net.config("home", "trust")?.limits.workers() as f64), "{text}");
+
+    // Recalled, it comes home: one order given at home, one received at a.
+    Client::connect(&home_addr).await?.recall(&id).await?;
+    let text = until(home_status, "roam_homed_agents{state=\"recalled\"}", 1.0).await?;
+    ensure!(sample(&text, "roam_recall_orders_total{event=\"ordered\"}") == Some(1.0), "{text}");
+    ensure!(sample(&text, "roam_hops_total") == Some(1.0), "it came home once:\n{text}");
+    ensure!(sample(&text, "roam_homed_agents{state=\"parked\"}") == Some(0.0), "{text}");
+    let text = until(a_status, "roam_transfers_total{outcome=\"handed_off\"}", 1.0).await?;
+    ensure!(sample(&text, "roam_recall_orders_total{event=\"received\"}") == Some(1.0), "{text}");
+    let text = until(a_status, "roam_agents{state=\"parked\"}", 0.0).await?;
+    ensure!(sample(&text, "roam_bytes_in_flight") == Some(0.0), "{text}");
+    a_run.shutdown().await;
+    home_run.shutdown().await;
+    Ok(())
+}

@@ -173,6 +173,7 @@ impl Agents {
             })
             .map_err(internal)?;
         crate::fault::point("receiver-persisted");
+        self.metrics.hop();
         tracing::info!(agent = %id, hop, from = %envelope.sender_addr, "agent arrived");
         if let Some(order) = order {
             if !coming_home {

@@ -122,6 +122,8 @@ pub struct Agents {
     retention: Duration,
     /// When the driver last forgot old records.
     pruned_at: Mutex<Instant>,
+    /// Counts hops, transfers and recall orders.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What the host lends its agents.
@@ -143,6 +145,7 @@ pub(crate) struct Parts {
     pub limits: AgentLimits,
     pub max_copy: usize,
     pub retention: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Agents {
@@ -173,6 +176,7 @@ impl Agents {
             max_copy: parts.max_copy,
             retention: parts.retention,
             pruned_at: Mutex::new(Instant::now()),
+            metrics: parts.metrics,
         })
     }
 
@@ -210,6 +214,11 @@ impl Agents {
         });
         job.await
             .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("the request failed inside the host: {e}")))?
+    }
+
+    /// Agents by state, for the metrics.
+    pub(crate) fn census(&self) -> Result<crate::metrics::Census, crate::state::StateError> {
+        store::census(&self.state)
     }
 
     /// Records the address other hosts reach this one at (its agents' home address). Only the

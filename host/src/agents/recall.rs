@@ -114,6 +114,7 @@ impl Agents {
         match chase {
             Some(chase) => {
                 lock(&self.orders).insert(id.to_owned(), order);
+                self.metrics.recall("ordered");
                 tracing::info!(agent = %id, location = %homed.location, "recall ordered");
                 self.log_chase(id, &chase);
             }
@@ -156,6 +157,7 @@ impl Agents {
         if matches!(chase, Chase::Here | Chase::Forwarded(_)) {
             lock(&self.orders).insert(order.agent.clone(), signed.clone());
         }
+        self.metrics.recall("received");
         tracing::info!(agent = %order.agent, from = %signed.signer, "recall order received");
         self.log_chase(&order.agent, &chase);
         if matches!(chase, Chase::Here | Chase::Forwarded(_)) {

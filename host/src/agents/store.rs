@@ -602,6 +602,29 @@ pub(crate) fn delete_outbox(state: &State, seq: i64) -> Result<(), StateError> {
     state.transaction(|tx| exec(tx, "DELETE FROM outbox WHERE seq = ?1", [seq]).map(|_| ()))
 }
 
+/// How many agents this host holds in each state (rows handed on or finished left out), and
+/// how many agents homed here are at each stage of their journey; every state is named, with
+/// zero if none is in it.
+pub(crate) fn census(state: &State) -> Result<crate::metrics::Census, StateError> {
+    fn counts<S: FromSql + PartialEq + Copy>(
+        tx: &Transaction<'_>,
+        sql: &str,
+        all: &[S],
+    ) -> rusqlite::Result<Vec<(S, i64)>> {
+        let found: Vec<(S, i64)> =
+            tx.prepare_cached(sql)?.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        Ok(all.iter().map(|s| (*s, found.iter().find(|(f, _)| f == s).map_or(0, |(_, n)| *n))).collect())
+    }
+    state.transaction(|tx| {
+        let held = counts(tx, "SELECT state, count(*) FROM agents GROUP BY state", &RowState::ALL)?;
+        let homed = counts(tx, "SELECT state, count(*) FROM homed GROUP BY state", &Journey::ALL)?;
+        Ok(crate::metrics::Census {
+            held: held.into_iter().filter(|(s, _)| *s != RowState::Done).map(|(s, n)| (s.as_str(), n)).collect(),
+            homed: homed.into_iter().map(|(s, n)| (s.as_str(), n)).collect(),
+        })
+    })
+}
+
 /// Runs a statement from the connection's cache of prepared statements (parsing SQL each time
 /// cost a hop about half a million instructions).
 fn exec<P: rusqlite::Params>(tx: &Transaction<'_>, sql: &str, params: P) -> rusqlite::Result<usize> {

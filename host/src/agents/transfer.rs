@@ -124,6 +124,7 @@ impl Agents {
             let (mut client, kept) = match self.connect(&dest).await {
                 Ok(c) => c,
                 Err(e) => {
+                    self.metrics.transfer("unreachable", 0);
                     tracing::info!(agent = %row.id, %dest, "destination unreachable: {e}");
                     if matches!(e, ClientError::Target { .. } | ClientError::WrongKey { .. }) {
                         not_peers.push(e.to_string());
@@ -170,6 +171,7 @@ impl Agents {
             match sent {
                 Ok(receipt) => {
                     self.keep(&dest, client);
+                    self.metrics.transfer("handed_off", snapshot.len());
                     crate::fault::point("sender-acked");
                     // An order kept here follows the agent, queued in the same transaction as the
                     // hand-off: one that came in during the send did not go with it, and one that
@@ -201,11 +203,13 @@ impl Agents {
                     return;
                 }
                 Err(SendError::Unreachable(e) | SendError::Broken(e)) => {
+                    self.metrics.transfer("unreachable", 0);
                     tracing::info!(agent = %row.id, %dest, "no answer from the destination: {e}");
                     unreachable.push(dest);
                     break;
                 }
                 Err(SendError::Refused(e)) => {
+                    self.metrics.transfer("refused", 0);
                     return self.fail_soon(row, format!("{dest} refused the agent: {e}")).await;
                 }
             }
@@ -214,6 +218,7 @@ impl Agents {
         if !not_peers.is_empty() {
             reason = format!("{reason}: {}", not_peers.join("; "));
         }
+        self.metrics.transfer("parked", 0);
         let first_time = row.state != RowState::Parked;
         let next = to_cbor(&Move { unreachable: Vec::new(), ..mv });
         let parked = self

@@ -19,6 +19,7 @@ use wasmtime::{Instance, InstancePre, Linker, Module, Store, Trap, Val};
 
 use self::guest::{Guest, HostTrap};
 use crate::cache::Bounded;
+use crate::metrics::Metrics;
 use crate::resources::Resources;
 use crate::snapshot::{GlobalSlots, GlobalValue, Snapshot, instrument};
 use crate::sync::lock;
@@ -296,6 +297,8 @@ pub struct Engine {
     stop: Arc<AtomicBool>,
     /// How many calls run demoted: while any does, the epoch ticks at [`YIELD_EVERY`].
     demoted: Arc<AtomicUsize>,
+    /// Counts where compiled code came from.
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -311,8 +314,9 @@ impl Drop for Engine {
 }
 
 impl Engine {
-    /// Builds the engine. `code_dir` caches compiled code on disk (created if missing).
-    pub fn new(limits: Limits, code_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+    /// Builds the engine. `code_dir` caches compiled code on disk (created if missing); `metrics`
+    /// counts where code came from.
+    pub fn new(limits: Limits, code_dir: Option<PathBuf>, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config.max_wasm_stack(limits.stack_bytes);
@@ -350,6 +354,7 @@ impl Engine {
             prepared: Mutex::new(Bounded::new(crate::cache::MODULES_KEPT)),
             stop,
             demoted,
+            metrics,
         })
     }
 
@@ -362,6 +367,7 @@ impl Engine {
     /// `key` names it in the caches: the module's address, plus a suffix for instrumented code.
     fn prepare(&self, key: &str, bytes: &[u8]) -> Result<Arc<Prepared>, LoadError> {
         if let Some(p) = lock(&self.prepared).get(key) {
+            self.metrics.module_load("memory");
             return Ok(p.clone());
         }
         let compiled = self.compile(key, bytes)?;
@@ -373,12 +379,15 @@ impl Engine {
 
     fn compile(&self, key: &str, bytes: &[u8]) -> Result<Module, LoadError> {
         let Some(dir) = &self.code_dir else {
+            self.metrics.module_load("compile");
             return Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")));
         };
         let path = dir.join(format!("{key}.{}.cwasm", self.fingerprint));
         if let Some(m) = self.load_cached(&path) {
+            self.metrics.module_load("disk");
             return Ok(m);
         }
+        self.metrics.module_load("compile");
         let compiled = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let artifact =
             compiled.serialize().map_err(|e| LoadError::Compile(format!("cannot serialize compiled code: {e:#}")))?;
