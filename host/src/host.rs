@@ -76,6 +76,74 @@ struct Inner {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// How many agents the status page shows.
+const OVERVIEW_AGENTS: usize = 50;
+
+/// What the status page shows of a host (see [`Host::overview`]).
+#[derive(Debug, serde::Serialize)]
+pub struct Overview {
+    pub host: String,
+    /// The address its peers reach it at.
+    pub address: String,
+    /// Its peers, by name, with their addresses.
+    pub peers: Vec<(String, String)>,
+    /// Agents held here, by state.
+    pub held: Vec<(&'static str, i64)>,
+    /// Agents homed here, by state.
+    pub homed: Vec<(&'static str, i64)>,
+    /// How many modules are stored, and how many refusals are kept.
+    pub modules: usize,
+    pub refusals: usize,
+    /// For the operator: the latest agents launched, held or homed here, newest first.
+    pub agents: Vec<AgentView>,
+    pub module_list: Vec<ModuleView>,
+    /// The latest refusals, newest last.
+    pub refusal_list: Vec<crate::metrics::Refusal>,
+}
+
+/// An agent as the status page shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct AgentView {
+    pub id: String,
+    pub label: String,
+    pub state: String,
+    pub location: String,
+    pub hops: u32,
+    /// Whether this host is its home (and so knows its route).
+    pub home: bool,
+    /// Its visits: hop, host name, unix milliseconds (of that host's clock).
+    pub route: Vec<(u32, String, u64)>,
+    pub detail: Option<String>,
+    /// When this host last heard of it (unix seconds).
+    pub heard_at: u64,
+}
+
+impl From<crate::protocol::wire::AgentInfo> for AgentView {
+    fn from(a: crate::protocol::wire::AgentInfo) -> Self {
+        Self {
+            route: a.route.into_iter().map(|v| (v.hop, v.host, v.at)).collect(),
+            id: a.id,
+            label: a.label,
+            state: a.state,
+            location: a.location,
+            hops: a.hops,
+            home: a.home,
+            detail: a.detail,
+            heard_at: a.heard_at,
+        }
+    }
+}
+
+/// A stored module as the status page shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct ModuleView {
+    pub name: String,
+    pub version: String,
+    pub kind: String,
+    pub hash: String,
+    pub size: u64,
+}
+
 impl Host {
     /// Opens a host from its configuration: loads the key (creating it if missing), the trust
     /// store, the state database and the resources, and builds the engine.
@@ -221,6 +289,50 @@ impl Host {
     /// What the host counts.
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.metrics
+    }
+
+    /// What the status page shows of this host now. `operator` (a viewer on the host's own
+    /// machine) sees the agents and the refusals; anyone else only counts. Reads the state
+    /// database: call it off the async runtime.
+    ///
+    /// # Errors
+    /// If the state database cannot be read.
+    pub fn overview(&self, operator: bool) -> Result<Overview, RemoteError> {
+        let inner = &self.inner;
+        let census = inner.agents.census().map_err(internal)?;
+        let modules = inner.state.modules().map_err(internal)?;
+        let mut overview = Overview {
+            host: inner.name.clone(),
+            address: inner.agents.address(),
+            peers: inner.agents.peers().addresses(),
+            held: census.held,
+            homed: census.homed,
+            modules: modules.len(),
+            refusals: inner.metrics.recent_refusals().len(),
+            agents: Vec::new(),
+            module_list: Vec::new(),
+            refusal_list: Vec::new(),
+        };
+        if operator {
+            let everyone = Viewer { caller: None, all: true, granted_in: String::new() };
+            let mut agents = inner.agents.agents(None, everyone)?;
+            // The latest launched, newest first.
+            agents.reverse();
+            agents.truncate(OVERVIEW_AGENTS);
+            overview.agents = agents.into_iter().map(AgentView::from).collect();
+            overview.module_list = modules
+                .into_iter()
+                .map(|m| ModuleView {
+                    name: m.name,
+                    version: m.version.to_string(),
+                    kind: m.kind.to_string(),
+                    hash: m.hash.to_string(),
+                    size: m.size,
+                })
+                .collect();
+            overview.refusal_list = inner.metrics.recent_refusals();
+        }
+        Ok(overview)
     }
 
     /// The metrics in Prometheus' text format, with the permits in use and the agents by state

@@ -72,9 +72,28 @@ impl Permits {
     }
 }
 
+/// A request refused, as the status page lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Refusal {
+    /// When (unix milliseconds).
+    pub at: u64,
+    pub operation: &'static str,
+    /// The refusal's kind (`denied`, `verification`, …).
+    pub reason: &'static str,
+    /// Who asked, as the log names them.
+    pub caller: String,
+    /// Why, bounded and escaped as in the log.
+    pub why: String,
+}
+
+/// How many refusals the status page keeps.
+const REFUSALS_KEPT: usize = 20;
+
 /// What a host counts.
 #[derive(Debug)]
 pub struct Metrics {
+    /// The latest refusals, newest last.
+    recent: std::sync::Mutex<std::collections::VecDeque<Refusal>>,
     registry: Registry,
     requests: Family<Outcome, Counter>,
     latency: Family<Operation, Histogram, fn() -> Histogram>,
@@ -154,6 +173,7 @@ impl Default for Metrics {
             recalls.clone(),
         );
         Self {
+            recent: std::sync::Mutex::default(),
             registry,
             requests,
             latency,
@@ -184,6 +204,20 @@ impl Metrics {
         if refused {
             self.refusals.get_or_create(&Reason { reason: outcome }).inc();
         }
+    }
+
+    /// Keeps `refusal` among the latest, for the status page.
+    pub fn note_refusal(&self, refusal: Refusal) {
+        let mut recent = crate::sync::lock(&self.recent);
+        if recent.len() == REFUSALS_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(refusal);
+    }
+
+    /// The latest refusals, newest last.
+    pub fn recent_refusals(&self) -> Vec<Refusal> {
+        crate::sync::lock(&self.recent).iter().cloned().collect()
     }
 
     /// A connection opened (`+1`) or closed (`-1`).

@@ -456,6 +456,17 @@ async fn connection(
             _ => ("ok", false),
         };
         host.metrics().request(operation, outcome, refused, took.as_secs_f64());
+        if let Response::Error(e) = &response
+            && refused
+        {
+            host.metrics().note_refusal(crate::metrics::Refusal {
+                at: crate::state::now_millis(),
+                operation,
+                reason: outcome,
+                caller: caller.clone(),
+                why: loggable(&e.message),
+            });
+        }
         log_request(source, &caller, operation, subject.as_deref(), took, &response);
         drop(read_room);
         // A large answer waits for its room before it is encoded (the work is done: it is not

@@ -12,6 +12,7 @@ mod code_on_demand;
 mod connections;
 mod crash;
 mod limits;
+mod page;
 mod readme;
 mod recall;
 mod scripting;

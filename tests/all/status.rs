@@ -121,3 +121,50 @@ async fn metrics_follow_an_agent_that_hops_parks_and_is_recalled() -> Result<()>
     home_run.shutdown().await;
     Ok(())
 }
+
+/// This machine's address on its first network interface (not loopback), as the route to
+/// a documentation address picks it; no packet is sent.
+fn outside_address() -> Result<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect("192.0.2.1:9").context("this machine has no network interface besides loopback")?;
+    let ip = socket.local_addr()?.ip();
+    ensure!(!ip.is_loopback(), "this machine has no network interface besides loopback");
+    Ok(ip)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_viewer_on_the_hosts_machine_sees_its_agents_modules_and_refusals() -> Result<()> {
+    let net = Net::new(&["home"])?;
+    let (host, running) = net.start(&net.config("home", "trust")?).await?;
+    // Listening on every interface, as an operator who wants the counts scraped from elsewhere.
+    let status = roam_host::status::start(host.clone(), "0.0.0.0:0".parse()?).await?;
+    let module = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    let home = running.addr().to_string();
+    let id = crate::agents::launch(&home, module, serde_json::json!({ "hosts": [] })).await?;
+    crate::agents::ended(&home, &id, std::time::Duration::from_secs(30)).await?;
+    let mut tampered = net.sign_agent("hop_counter", "hop-counter", &[])?;
+    tampered[100] ^= 1;
+    let _ = Client::connect(&home).await?.request(&Request::Publish { module: tampered }).await?;
+
+    let read = |ip: std::net::IpAddr| {
+        let addr = std::net::SocketAddr::new(ip, status.port());
+        tokio::task::spawn_blocking(move || get(addr, "/overview"))
+    };
+    let (_, inside) = read("127.0.0.1".parse()?).await??;
+    let inside: serde_json::Value = serde_json::from_str(&inside)?;
+    ensure!(inside["agents"][0]["id"] == id.as_str(), "{inside}");
+    ensure!(inside["module_list"][0]["name"] == "hop-counter", "{inside}");
+    ensure!(inside["refusal_list"][0]["operation"] == "publish", "{inside}");
+
+    let (_, outside) = read(outside_address()?).await??;
+    let outside: serde_json::Value = serde_json::from_str(&outside)?;
+    for hidden in ["agents", "module_list", "refusal_list"] {
+        ensure!(outside[hidden] == serde_json::json!([]), "{hidden} shown to a viewer elsewhere: {outside}");
+    }
+    ensure!(outside.to_string().matches(&id).count() == 0, "{outside}");
+    // What it does see: counts.
+    ensure!(outside["homed"].to_string().contains("[\"finished\",1]"), "{outside}");
+    ensure!(outside["modules"] == 1 && outside["refusals"] == 1, "{outside}");
+    running.shutdown().await;
+    Ok(())
+}

@@ -11,6 +11,7 @@
 //!   its aggregate; the demo prints its route and bindings.
 
 use std::fs::{self, File};
+use std::io::IsTerminal as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
@@ -174,11 +175,15 @@ pub(crate) fn main() -> Result<()> {
         println!("{name} listening on {addr} (log: {})", show(&log));
     }
     let mut cmd = Command::new(&roam);
+    // The home serves its live page on loopback: its agents' routes as they grow.
+    let page = free_address()?;
     cmd.args(["host", "--config"]).arg(home_dir.join("host.toml")).args(["--listen", &listen[HOME]]);
+    cmd.args(["--status-listen", &page]);
     println!("$ {}", display(&cmd));
     let home_log = home_dir.join("host.log");
     let home_addr = hosts.start(HOME, cmd, &home_log)?;
     println!("{HOME} listening on {home_addr} (log: {})", show(&home_log));
+    println!("{HOME}'s live page: http://{page}/ (open it to watch the agent of step 10 move; metrics at /metrics)");
     let data_hosts: Vec<(String, String)> =
         hosts.running.iter().filter(|h| h.name != HOME).map(|h| (h.name.clone(), h.addr.clone())).collect();
     // Clients name each host with its key (KEY@HOST:PORT): TLS then proves it is that host.
@@ -319,6 +324,10 @@ pub(crate) fn main() -> Result<()> {
     println!("{}", String::from_utf8_lossy(&refused.stderr).trim_end());
 
     println!();
+    if std::io::stdin().is_terminal() {
+        println!("The page at http://{page}/ shows the agent's route. Press Enter to stop the hosts.");
+        let _ = std::io::stdin().read_line(&mut String::new());
+    }
     hosts.stop_all()?;
     println!("\nDone. Keys, data, host logs and the signed modules are in {}.", show(&demo));
     println!(

@@ -277,9 +277,38 @@ fn ensure_wasm_target(agents_dir: &Path) -> Result<()> {
     run(Command::new("rustup").current_dir(agents_dir).args(["target", "add", WASM_TARGET]))
 }
 
+/// The browser the status page's test drives, and its WebDriver.
+const BROWSER: [&str; 2] = ["/usr/bin/chromium", "/usr/bin/chromedriver"];
+
+/// Installs Debian's Chromium and ChromeDriver if they are missing (the status page is tested
+/// in a real browser); elsewhere says what to install.
+fn ensure_browser() -> Result<()> {
+    if BROWSER.iter().all(|p| Path::new(p).is_file()) {
+        return Ok(());
+    }
+    if !succeeds(Command::new("apt-get").arg("--version")) {
+        bail!(
+            "the status page's test needs {} and {}; install Chromium and ChromeDriver there",
+            BROWSER[0],
+            BROWSER[1]
+        );
+    }
+    step("Installing Chromium and ChromeDriver (Debian's chromium, chromium-driver) for the status page's test");
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "chromium",
+        "chromium-driver",
+    ]))
+}
+
 /// `cargo xtask test [ARGS]`: the modules, the `roam` binary, then every test.
 fn test(extra: &[OsString]) -> Result<()> {
     agents()?;
+    ensure_browser()?;
     // With ARGS the caller is after some tests, not the whole check.
     if extra.is_empty() {
         style()?;

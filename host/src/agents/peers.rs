@@ -129,6 +129,11 @@ impl Peers {
         Ok(peers)
     }
 
+    /// The peers of the address book, by name, with their addresses.
+    pub(crate) fn addresses(&self) -> Vec<(String, String)> {
+        self.addresses.iter().map(|(name, (address, _))| (name.clone(), address.clone())).collect()
+    }
+
     /// What the log says of these peers at start.
     pub(crate) fn describe(&self) -> String {
         let by_key = self.keys.keys().filter(|k| !self.keys.is_revoked(&k.key)).count();

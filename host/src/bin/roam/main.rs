@@ -377,8 +377,9 @@ struct HostArgs {
     /// store; without it, anyone may fetch code modules and nobody may do anything else].
     #[arg(long)]
     access: Option<PathBuf>,
-    /// Serve read-only HTTP status here, e.g. 127.0.0.1:9700: /metrics in Prometheus' format.
-    /// Off unless given (or `status_listen` in the file).
+    /// Serve read-only HTTP status here, e.g. 127.0.0.1:9700: a live page of the host's agents
+    /// at /, /metrics in Prometheus' format. Off unless given (or `status_listen` in the file);
+    /// agent details are shown to viewers on this machine only.
     #[arg(long, value_name = "ADDR")]
     status_listen: Option<std::net::SocketAddr>,
 }
@@ -915,7 +916,7 @@ fn host(args: HostArgs) -> Result<()> {
                 let bound = roam_host::status::start(host.clone(), addr)
                     .await
                     .with_context(|| format!("cannot listen on {addr} for status (status_listen)"))?;
-                tracing::info!(%bound, "status listener: metrics at http://{bound}/metrics");
+                tracing::info!(%bound, "status page at http://{bound}/ (metrics at /metrics)");
             }
             let running = RunningHost::start(host.clone(), config.listen)
                 .await
