@@ -409,6 +409,26 @@ impl HostProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Self::spawn_with(wrapper, &[], args)
+    }
+
+    /// As [`HostProcess::spawn`], with `env` added to the host's environment.
+    ///
+    /// # Errors
+    /// As [`HostProcess::spawn`].
+    pub fn spawn_env<I, S>(env: &[(&str, &str)], args: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Self::spawn_with(&[], env, args)
+    }
+
+    fn spawn_with<I, S>(wrapper: &[&str], env: &[(&str, &str)], args: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let scratch = tempfile::Builder::new()
             .prefix("roam-host-")
@@ -426,7 +446,7 @@ impl HostProcess {
             }
             None => Command::new(roam_bin()?),
         };
-        command.arg("host").args(&args);
+        command.arg("host").args(&args).envs(env.iter().copied());
         if !args.iter().any(|a| a == "--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }

@@ -43,5 +43,6 @@ pub mod snapshot;
 pub mod state;
 pub mod status;
 mod sync;
+pub mod trace;
 pub mod transport;
 mod workers;

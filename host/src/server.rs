@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
@@ -447,7 +448,8 @@ async fn connection(
             },
         };
         let (operation, subject, started) = (request.operation(), request.subject(), std::time::Instant::now());
-        let response = host.handle(request, peer).await;
+        let span = tracing::info_span!(target: crate::trace::TARGET, "request", operation, host = %host.name());
+        let response = host.handle(request, peer).instrument(span).await;
         let caller = host.describe_caller(peer.as_ref());
         let took = started.elapsed();
         let (outcome, refused) = match &response {

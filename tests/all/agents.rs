@@ -434,6 +434,7 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
             limits: AgentLimits::default(),
             anchors: Vec::new(),
             owner: None,
+            trace: None,
         },
         hop: 1,
         snapshot_digest: roam_keys::hash_module(digest_of),
@@ -444,6 +445,7 @@ async fn replayed_altered_misaddressed_and_unknown_transfers_are_refused() -> Re
         ending: None,
         recall: None,
         unreachable: Vec::new(),
+        trace: None,
     };
     let mut send = async |signed: Signed, snapshot: Vec<u8>| -> Result<Response> {
         Ok(client.request(&Request::Transfer { envelope: signed, snapshot }).await?)

@@ -19,4 +19,5 @@ mod scripting;
 mod status;
 mod storage;
 mod tidy;
+mod tracing;
 mod transport;

@@ -57,7 +57,7 @@ fn a_plain_build_leaves_the_test_only_features_out() -> Result<()> {
 const LAYERS: &[&[&str]] = &[
     // Helpers every layer may use.
     &["sync"],
-    &["cache", "fault", "workers", "metrics"],
+    &["cache", "fault", "workers", "metrics", "trace"],
     // Storage, and the shape of an agent's memory.
     &["state", "snapshot"],
     &["resources"],

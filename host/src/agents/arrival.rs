@@ -6,6 +6,8 @@ use std::sync::Arc;
 use super::recall::is_order_for;
 use super::store::{self, Row, RowState};
 use super::{Agents, CLOCK_SKEW};
+use tracing::Instrument as _;
+
 use crate::protocol::wire::{Ending, Envelope, Event, Receipt, Report, Signed, domain, from_cbor, to_cbor};
 use crate::protocol::{ErrorKind, RemoteError, Response};
 use crate::refusal::{internal, refused};
@@ -25,6 +27,19 @@ impl Agents {
     pub(crate) async fn receive(self: &Arc<Self>, signed: Signed, snapshot: Vec<u8>) -> Result<Response, RemoteError> {
         let envelope: Envelope =
             signed.open(domain::ENVELOPE, |k| self.is_peer(k)).map_err(|e| refused(e.to_string()))?;
+        let span = tracing::info_span!(
+            target: crate::trace::TARGET, "arrival", agent = %envelope.record.id, hop = envelope.hop, host = %self.name
+        );
+        crate::trace::follow(&span, envelope.trace.as_deref().or(envelope.record.trace.as_deref()));
+        self.receive_opened(envelope, signed, snapshot).instrument(span).await
+    }
+
+    async fn receive_opened(
+        self: &Arc<Self>,
+        envelope: Envelope,
+        signed: Signed,
+        snapshot: Vec<u8>,
+    ) -> Result<Response, RemoteError> {
         let me = self.key.public();
         if envelope.destination != me {
             return Err(refused(format!(

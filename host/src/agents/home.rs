@@ -32,6 +32,9 @@ impl Agents {
         let code = self.agent_code(hash)?;
         let anchors = binding::anchors(&code.manifest, &self.resources, &self.address(), self.max_copy);
         let id = new_id()?;
+        // The journey's root: every later span of this agent, on any host, is its child.
+        let span = tracing::info_span!(target: crate::trace::TARGET, "launch", agent = %id, host = %self.name);
+        let _entered = span.enter();
         let record = AgentRecord {
             id: id.clone(),
             code: hash,
@@ -42,6 +45,7 @@ impl Agents {
             limits: self.agent_limits,
             anchors,
             owner,
+            trace: crate::trace::traceparent(&span),
         };
         let row = Row {
             id: id.clone(),

@@ -216,6 +216,13 @@ impl Agents {
             .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("the request failed inside the host: {e}")))?
     }
 
+    /// A span of an agent's journey (`what`: a visit or a transfer), a child of its launch.
+    fn journey_span(&self, what: &'static str, row: &store::Row, hop: u32) -> tracing::Span {
+        let span = tracing::info_span!(target: crate::trace::TARGET, "agent", otel.name = what, agent = %row.id, hop, host = %self.name);
+        crate::trace::follow(&span, row.record.as_ref().ok().and_then(|r| r.trace.as_deref()));
+        span
+    }
+
     /// Agents by state, for the metrics.
     pub(crate) fn census(&self) -> Result<crate::metrics::Census, crate::state::StateError> {
         store::census(&self.state)

@@ -722,6 +722,7 @@ mod tests {
             limits: crate::protocol::wire::AgentLimits::default(),
             anchors: Vec::new(),
             owner: None,
+            trace: None,
         }
     }
 

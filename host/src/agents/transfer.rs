@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use super::store::{self, Outgoing, Row, RowState};
 use super::{Agents, PEER_TIMEOUT, getrandom};
+use tracing::Instrument as _;
+
 use crate::client::{Client, ClientError};
 use crate::protocol::wire::{AgentRecord, Ending, Envelope, Event, Receipt, Signed, domain, from_cbor, to_cbor};
 use crate::protocol::{ErrorKind, Request, Response};
@@ -87,6 +89,11 @@ impl Agents {
     /// destination, the move is pinned to it (persisted before sending) and retried there only,
     /// so an unanswered transfer can never leave a second copy elsewhere.
     pub(crate) async fn transfer(self: &Arc<Self>, row: Row) {
+        let span = self.journey_span("transfer", &row, row.hop + 1);
+        self.move_on(row).instrument(span).await;
+    }
+
+    async fn move_on(self: &Arc<Self>, row: Row) {
         let Ok(record) = row.record.clone() else {
             return self.fail_soon(row, "its record does not decode".into()).await;
         };
@@ -279,6 +286,7 @@ impl Agents {
             ending: mv.ending.clone(),
             unreachable: unreachable.to_vec(),
             recall: recall.cloned(),
+            trace: crate::trace::traceparent(&tracing::Span::current()),
         };
         let signed =
             Signed::sign(domain::ENVELOPE, &envelope, &self.key).map_err(|e| SendError::Refused(e.to_string()))?;

@@ -18,6 +18,8 @@ use crate::sync::lock;
 impl Agents {
     /// Runs one `ready` agent's entry and persists what it decided. Blocking.
     pub(crate) fn run_ready(&self, row: Row) {
+        let span = self.journey_span("visit", &row, row.hop);
+        let _entered = span.enter();
         // The arrival is reported in the same transaction as what the visit led to.
         let mut arrived = None;
         if let Err(reason) = self.try_run(&row, &mut arrived) {

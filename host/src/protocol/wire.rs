@@ -133,6 +133,10 @@ pub struct AgentRecord {
     /// administrators) may see and recall the agent.
     #[serde(default)]
     pub owner: Option<PublicKey>,
+    /// The W3C `traceparent` of its launch, when its home exports traces: every visit and
+    /// transfer of the journey is its child, so the journey is one trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// How an agent's journey ends when it reaches home.
@@ -169,6 +173,9 @@ pub struct Envelope {
     /// the agent can run there.
     #[serde(default)]
     pub recall: Option<Signed>,
+    /// The W3C `traceparent` of the transfer that sent it, when the sender exports traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// A receiver's signed statement that it holds an agent: its answer to a transfer, given only

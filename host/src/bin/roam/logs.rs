@@ -18,7 +18,7 @@ pub enum LogFormat {
 /// names them.
 const INTERNALS: [&str; 4] = ["wasmtime", "cranelift", "regalloc2", "rustls"];
 
-/// The filter: `RUST_LOG` if set (with the engine's internals held at warn unless it names
+/// The log's filter: `RUST_LOG` if set (with the engine's internals held at warn unless it names
 /// them), else info, roam at debug for `-v` and trace for `-vv`, warn and above for `-q`.
 fn filter(verbose: u8, quiet: bool) -> EnvFilter {
     let spec = match std::env::var("RUST_LOG") {
@@ -32,18 +32,72 @@ fn filter(verbose: u8, quiet: bool) -> EnvFilter {
     };
     let mut directives = vec![spec.clone()];
     directives.extend(INTERNALS.iter().filter(|c| !spec.contains(*c)).map(|c| format!("{c}=warn")));
+    // roam's spans are for traces: the log's lines stay as they are without them.
+    directives.push(format!("{}=off", roam_host::trace::TARGET));
     EnvFilter::builder().parse_lossy(directives.join(","))
 }
 
-/// Sets up the log for this process.
-pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
-    let builder = tracing_subscriber::fmt()
+/// The trace exporter, flushed and stopped when dropped (the end of `main`).
+pub struct Telemetry(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("warning: the last traces may not have been exported: {e}");
+        }
+    }
+}
+
+/// An OTLP trace exporter (HTTP, protobuf) if `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; the other standard `OTEL_*` variables
+/// (headers, timeout, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*`) apply.
+fn exporter() -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build().map_err(|e| e.to_string())?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if !set("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name("roam");
+    }
+    // The batch processor exports from a thread of its own, off the request path.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    Ok(Some(provider))
+}
+
+/// Sets up the log for this process, and the trace exporter if one is configured.
+pub fn init(format: LogFormat, verbose: u8, quiet: bool) -> Telemetry {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_env_filter(filter(verbose, quiet))
         // Colour only on a terminal, and not even there if NO_COLOR is set (no-color.org).
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    let log_filter = filter(verbose, quiet);
+    let (provider, failed) = match exporter() {
+        Ok(provider) => (provider, None),
+        Err(e) => (None, Some(e)),
+    };
+    let traces = provider.as_ref().map(|p| {
+        let spans = tracing_subscriber::EnvFilter::new(format!("{}=info,roam_host=info", roam_host::trace::TARGET));
+        tracing_opentelemetry::layer().with_tracer(p.tracer("roam")).with_filter(spans)
+    });
+    tracing_subscriber::registry().with(fmt.with_filter(log_filter)).with(traces).init();
+    if let Some(e) = failed {
+        tracing::error!("traces are not exported: {e} (check OTEL_EXPORTER_OTLP_ENDPOINT)");
     }
+    Telemetry(provider)
 }

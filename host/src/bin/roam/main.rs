@@ -386,7 +386,7 @@ struct HostArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    logs::init(cli.log_format, cli.verbose, cli.quiet);
+    let _telemetry = logs::init(cli.log_format, cli.verbose, cli.quiet);
     output::set_quiet(cli.quiet);
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
