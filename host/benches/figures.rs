@@ -38,13 +38,14 @@ mod sample;
 use common::{QUICK, Stats, bytes, sign, time};
 
 /// The groups of figures, in the order they run; `--only GROUP` measures one.
-const GROUPS: [&str; 10] = [
+const GROUPS: [&str; 11] = [
     "instantiate",
     "aggregate",
     "round-trip",
     "connect",
     "snapshot",
     "hops",
+    "observability",
     "shipping",
     "code-on-demand",
     "throughput",
@@ -225,6 +226,7 @@ async fn main() -> Result<()> {
             "connect" => connect(&setup).await?,
             "snapshot" => snapshot(&setup)?,
             "hops" => hops(&setup, &arrivals).await?,
+            "observability" => observability(&setup, &arrivals).await?,
             "shipping" => shipping(&setup).await?,
             "code-on-demand" => code_on_demand(&setup).await?,
             "throughput" => throughput(&setup).await?,
@@ -399,12 +401,33 @@ fn snapshot(s: &Setup) -> Result<Vec<Row>> {
 struct Arrivals(Arc<Mutex<Vec<(u64, Instant)>>>);
 
 impl Arrivals {
-    /// Installs the only tracing subscriber of this process: it listens to that one event and
-    /// disables every other, so the hosts pay for nothing else.
+    /// Installs the only tracing subscriber of this process: it listens to that one event and,
+    /// while [`EXPORTING`] is set, exports roam's spans as `roam host` does with
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (to a receiver in this process); it disables everything
+    /// else, so the hosts pay for nothing else.
     fn install() -> Result<Self> {
+        use tracing_subscriber::Layer as _;
         use tracing_subscriber::layer::SubscriberExt;
         let arrivals = Self::default();
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(arrivals.clone()))?;
+        let provider =
+            roam_host::trace::exporter(Some(format!("{}/v1/traces", otlp_sink()?))).map_err(anyhow::Error::msg)?;
+        let traces = roam_host::trace::layer(&provider).with_filter(
+            tracing_subscriber::filter::DynFilterFn::new(|m, _| {
+                EXPORTING.load(std::sync::atomic::Ordering::Relaxed) && roam_host::trace::traced(m)
+            })
+            .with_callsite_filter(|m| {
+                if roam_host::trace::traced(m) {
+                    tracing::subscriber::Interest::sometimes()
+                } else {
+                    tracing::subscriber::Interest::never()
+                }
+            }),
+        );
+        let only_arrivals = tracing_subscriber::filter::filter_fn(|m| {
+            m.is_event() && m.target() == "roam_host::agents::arrival" && m.fields().field("hop").is_some()
+        });
+        let subscriber = tracing_subscriber::registry().with(arrivals.clone().with_filter(only_arrivals)).with(traces);
+        tracing::subscriber::set_global_default(subscriber)?;
         Ok(arrivals)
     }
 
@@ -434,11 +457,6 @@ impl tracing::field::Visit for ArrivalFields {
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Arrivals {
-    fn register_callsite(&self, m: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
-        let arrival = m.is_event() && m.target() == "roam_host::agents::arrival" && m.fields().field("hop").is_some();
-        if arrival { tracing::subscriber::Interest::always() } else { tracing::subscriber::Interest::never() }
-    }
-
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let mut fields = ArrivalFields::default();
         event.record(&mut fields);
@@ -446,6 +464,137 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Arrivals {
             lock(&self.0).push((hop, Instant::now()));
         }
     }
+}
+
+/// Whether the benchmark's hosts export their spans (see [`Arrivals::install`]).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An OTLP/HTTP receiver on loopback that takes every export and keeps nothing; its address.
+fn otlp_sink() -> Result<String> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || -> Result<()> {
+                let mut reader = std::io::BufReader::new(stream.try_clone()?);
+                let mut stream = stream;
+                loop {
+                    let mut length = 0;
+                    let mut line = String::new();
+                    if reader.read_line(&mut line)? == 0 {
+                        return Ok(());
+                    }
+                    while {
+                        line.clear();
+                        reader.read_line(&mut line)?;
+                        !line.trim().is_empty()
+                    } {
+                        if let Some((name, value)) = line.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse()?;
+                        }
+                    }
+                    reader.by_ref().take(length).read_to_end(&mut Vec::new())?;
+                    write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")?;
+                }
+            });
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+/// What metrics and traces cost. Traces: the same round trips and hops with the spans exported
+/// over OTLP (to a receiver in this process) and without, alternately, in rounds. Metrics are
+/// always on, so their cost is the time of the updates a round trip and a hop make, measured
+/// alone, against the round trip's and the hop's medians.
+async fn observability(s: &Setup, arrivals: &Arrivals) -> Result<Vec<Row>> {
+    let rounds = if s.smoke { 2 } else { 30 };
+    let set = |on: bool| EXPORTING.store(on, std::sync::atomic::Ordering::Relaxed);
+
+    let mut cfg = HostConfig::new(s.trust_dir.clone(), s.dir.path().join("observability"));
+    cfg.durable = !s.smoke;
+    let running = RunningHost::start(Host::open(&cfg)?, "127.0.0.1:0".parse()?).await?;
+    let mut client = Client::connect(&running.addr().to_string()).await?;
+    let quick = sign(&s.key, &wat::parse_str(QUICK)?, Kind::Query, "quick", &[])?;
+    client.eval(&quick, vec![0xa0]).await?;
+    let by_hash = Request::Eval { module: ModuleRef::Hash(roam_keys::hash_module(&quick)), input: vec![0xa0] };
+    let mut trips = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for on in [false, true] {
+            set(on);
+            for _ in 0..s.scale.iterations / rounds {
+                let t = Instant::now();
+                let r = client.request(&by_hash).await?;
+                trips[usize::from(on)].push(t.elapsed().as_secs_f64());
+                ensure!(matches!(r, Response::Result(_)), "unexpected {r:?}");
+            }
+        }
+    }
+    set(false);
+    running.shutdown().await;
+    let [trip_off, trip_on] = trips.map(Stats::new);
+
+    let module = sign(&s.key, &built("hop_counter")?, Kind::Agent, "hop-counter", &[])?;
+    let (running, _) = agent_hosts(&s.dir.path().join("agents-observed"), &s.key, false, false).await?;
+    let home = running[0].addr().to_string();
+    journey(&home, &module, &PEERS.map(String::from)).await?;
+    let route: Vec<String> = (0..s.scale.hops / 2).map(|i| PEERS[i % 2].to_owned()).collect();
+    let mut hops = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for on in [false, true] {
+            set(on);
+            arrivals.take();
+            journey(&home, &module, &route).await?;
+            let mut times = arrivals.take();
+            times.sort_by_key(|&(hop, _)| hop);
+            hops[usize::from(on)].extend(times.windows(2).map(|w| (w[1].1 - w[0].1).as_secs_f64()));
+        }
+    }
+    set(false);
+    for r in running {
+        r.shutdown().await;
+    }
+    let [hop_off, hop_on] = hops.map(Stats::new);
+
+    // The updates on each path (see README's metrics): a round trip counts its request and
+    // finds its code in memory; a hop counts the transfer at the sender, the transfer request
+    // and the arrival at the receiver, the report request and its code lookup at the home.
+    let metrics = roam_host::metrics::Metrics::default();
+    let per = |updates: &dyn Fn()| {
+        let n = 100_000;
+        let t = Instant::now();
+        for _ in 0..n {
+            updates();
+        }
+        t.elapsed().as_secs_f64() / f64::from(n)
+    };
+    let trip_updates = per(&|| {
+        metrics.request("eval", "ok", false, 1e-4);
+        metrics.module_load("memory");
+    });
+    let hop_updates = per(&|| {
+        metrics.transfer("handed_off", 20_000);
+        metrics.request("transfer", "ok", false, 1e-4);
+        metrics.hop();
+        metrics.request("report", "ok", false, 1e-4);
+        metrics.module_load("memory");
+    });
+    let share = |figure: &str, cost: f64, of: &Stats| {
+        Row::new(
+            figure,
+            format!("{:.2} %", 100.0 * cost / of.median()),
+            format!("{} of updates against a p50 of {}", time(cost), time(of.median())),
+            "≤ 5 %",
+        )
+    };
+    Ok(vec![
+        ratio("round trip with traces exported vs without", &trip_on, &trip_off, "≤ 1.05×"),
+        ratio("agent hop with traces exported vs without", &hop_on, &hop_off, "≤ 1.05×"),
+        share("metrics' share of a round trip", trip_updates, &trip_off),
+        share("metrics' share of an agent hop", hop_updates, &hop_off),
+    ])
 }
 
 /// A TCP relay in front of a host that records, per connection, the bytes the client sent and

@@ -36,6 +36,8 @@ const PAGE: &str = include_str!("status.html");
 const POLL: Duration = Duration::from_millis(250);
 /// How many event streams are served at once: each reads the state database as it polls.
 const STREAMS: usize = 16;
+/// How many connections the listener holds at once; past that, new ones wait to be accepted.
+const CONNECTIONS: usize = 64;
 
 #[derive(Clone)]
 struct Shared {
@@ -49,8 +51,8 @@ struct Shared {
 /// # Errors
 /// If `addr` cannot be bound.
 pub async fn start(host: Host, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
+    let listener = Capped { listener: TcpListener::bind(addr).await?, permits: Arc::new(Semaphore::new(CONNECTIONS)) };
+    let bound = listener.listener.local_addr()?;
     let shared = Shared { host, streams: Arc::new(Semaphore::new(STREAMS)) };
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -59,7 +61,7 @@ pub async fn start(host: Host, addr: SocketAddr) -> std::io::Result<SocketAddr> 
         .route("/events", get(events))
         .with_state(shared);
     tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        let app = app.into_make_service_with_connect_info::<Viewer>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("the status listener stopped: {e}");
         }
@@ -83,7 +85,7 @@ async fn read(host: Host, viewer: SocketAddr) -> Result<String, String> {
     serde_json::to_string(&overview).map_err(|e| e.to_string())
 }
 
-async fn overview(State(shared): State<Shared>, ConnectInfo(viewer): ConnectInfo<SocketAddr>) -> Response {
+async fn overview(State(shared): State<Shared>, ConnectInfo(Viewer(viewer)): ConnectInfo<Viewer>) -> Response {
     match read(shared.host, viewer).await {
         Ok(json) => ([(CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => unavailable(&e),
@@ -91,7 +93,7 @@ async fn overview(State(shared): State<Shared>, ConnectInfo(viewer): ConnectInfo
 }
 
 /// A stream of the overview: sent at once, then whenever it changes.
-async fn events(State(shared): State<Shared>, ConnectInfo(viewer): ConnectInfo<SocketAddr>) -> Response {
+async fn events(State(shared): State<Shared>, ConnectInfo(Viewer(viewer)): ConnectInfo<Viewer>) -> Response {
     let Ok(permit) = shared.streams.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{STREAMS} pages are open already; retry later\n"))
             .into_response();
@@ -126,4 +128,89 @@ async fn events(State(shared): State<Shared>, ConnectInfo(viewer): ConnectInfo<S
 
 fn unavailable(why: &str) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the host's state: {why}\n")).into_response()
+}
+
+/// The listener, holding at most [`CONNECTIONS`] connections: a page left open, or a client
+/// that never closes, cannot make the host take more.
+struct Capped {
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+impl axum::serve::Listener for Capped {
+    type Io = Held;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Held, SocketAddr) {
+        // The semaphore is never closed.
+        let permit = loop {
+            if let Ok(permit) = self.permits.clone().acquire_owned().await {
+                break permit;
+            }
+        };
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => return (Held { stream, _permit: permit }, peer),
+                // Out of file descriptors, say: wait rather than spin.
+                Err(e) => {
+                    tracing::debug!("the status listener cannot accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Who is reading: the address of the connection's other end.
+#[derive(Clone, Copy, Debug)]
+struct Viewer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capped>> for Viewer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Capped>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// A connection of the status listener, with its place among [`CONNECTIONS`].
+struct Held {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Held {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Held {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }

@@ -13,6 +13,53 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 /// The target of roam's spans.
 pub const TARGET: &str = "roam_trace";
 
+/// An OTLP/HTTP (protobuf) exporter of spans, batched on a thread of its own, off the request
+/// path: to `endpoint` (a whole URL, `…/v1/traces`) if given, else where the standard variables
+/// say (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, headers, timeout,
+/// `OTEL_BSP_*`); its service is `OTEL_SERVICE_NAME`, else `roam`.
+///
+/// # Errors
+/// If the endpoint is not a URL.
+pub fn exporter(endpoint: Option<String>) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
+    if let Some(endpoint) = endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let exporter = builder.build().map_err(|e| e.to_string())?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|v| v.is_empty()) {
+        resource = resource.with_service_name("roam");
+    }
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+/// The layer that turns roam's spans into OpenTelemetry spans for `provider`, with their own
+/// fields as attributes and no more (no source location, thread or busy time: each costs every
+/// span); filter it with [`traced`].
+pub fn layer<S>(provider: &opentelemetry_sdk::trace::SdkTracerProvider) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("roam"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_target(false)
+        .with_context_activation(false)
+}
+
+/// What a trace takes: roam's spans, and the host's events at warn and above (which become
+/// events of the span they happen in).
+pub fn traced(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target() == TARGET || (meta.target().starts_with("roam_host") && *meta.level() <= tracing::Level::WARN)
+}
+
 /// The W3C `traceparent` of `span`, if it is exported.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
     let context = span.context();

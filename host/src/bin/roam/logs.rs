@@ -50,30 +50,18 @@ impl Drop for Telemetry {
     }
 }
 
-/// An OTLP trace exporter (HTTP, protobuf) if `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; the other standard `OTEL_*` variables
-/// (headers, timeout, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*`) apply.
+/// The trace exporter, if `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
+/// is set.
 fn exporter() -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
     let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
     if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
         return Ok(None);
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build().map_err(|e| e.to_string())?;
-    let mut resource = opentelemetry_sdk::Resource::builder();
-    if !set("OTEL_SERVICE_NAME") {
-        resource = resource.with_service_name("roam");
-    }
-    // The batch processor exports from a thread of its own, off the request path.
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource.build())
-        .build();
-    Ok(Some(provider))
+    roam_host::trace::exporter(None).map(Some)
 }
 
 /// Sets up the log for this process, and the trace exporter if one is configured.
 pub fn init(format: LogFormat, verbose: u8, quiet: bool) -> Telemetry {
-    use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -92,8 +80,7 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) -> Telemetry {
         Err(e) => (None, Some(e)),
     };
     let traces = provider.as_ref().map(|p| {
-        let spans = tracing_subscriber::EnvFilter::new(format!("{}=info,roam_host=info", roam_host::trace::TARGET));
-        tracing_opentelemetry::layer().with_tracer(p.tracer("roam")).with_filter(spans)
+        roam_host::trace::layer(p).with_filter(tracing_subscriber::filter::filter_fn(roam_host::trace::traced))
     });
     tracing_subscriber::registry().with(fmt.with_filter(log_filter)).with(traces).init();
     if let Some(e) = failed {
