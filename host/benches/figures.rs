@@ -311,22 +311,42 @@ fn aggregate(s: &Setup) -> Result<Vec<Row>> {
     ])
 }
 
+/// Evaluations of a small query the host holds, by its hash, over one connection.
+struct Trips {
+    client: Client,
+    by_hash: Request,
+}
+
+impl Trips {
+    /// A host in this process (its data in `name`) holding the query, and a client of it.
+    async fn start(s: &Setup, name: &str) -> Result<(RunningHost, Self)> {
+        let mut cfg = HostConfig::new(s.trust_dir.clone(), s.dir.path().join(name));
+        cfg.durable = !s.smoke;
+        let running = RunningHost::start(Host::open(&cfg)?, "127.0.0.1:0".parse()?).await?;
+        let mut client = Client::connect(&running.addr().to_string()).await?;
+        let quick = sign(&s.key, &wat::parse_str(QUICK)?, Kind::Query, "quick", &[])?;
+        client.eval(&quick, vec![0xa0]).await?;
+        let by_hash = Request::Eval { module: ModuleRef::Hash(roam_keys::hash_module(&quick)), input: vec![0xa0] };
+        Ok((running, Self { client, by_hash }))
+    }
+
+    /// `n` round trips, each one's seconds added to `into`.
+    async fn run(&mut self, n: usize, into: &mut Vec<f64>) -> Result<()> {
+        for _ in 0..n {
+            let t = Instant::now();
+            let r = self.client.request(&self.by_hash).await?;
+            into.push(t.elapsed().as_secs_f64());
+            ensure!(matches!(r, Response::Result(_)), "unexpected {r:?}");
+        }
+        Ok(())
+    }
+}
+
 /// Remote evaluation round trip, module held by the host, loopback.
 async fn round_trip(s: &Setup) -> Result<Vec<Row>> {
-    let mut cfg = HostConfig::new(s.trust_dir.clone(), s.dir.path().join("round-trip"));
-    cfg.durable = !s.smoke;
-    let running = RunningHost::start(Host::open(&cfg)?, "127.0.0.1:0".parse()?).await?;
-    let mut client = Client::connect(&running.addr().to_string()).await?;
-    let quick = sign(&s.key, &wat::parse_str(QUICK)?, Kind::Query, "quick", &[])?;
-    client.eval(&quick, vec![0xa0]).await?;
-    let by_hash = Request::Eval { module: ModuleRef::Hash(roam_keys::hash_module(&quick)), input: vec![0xa0] };
+    let (running, mut trip) = Trips::start(s, "round-trip").await?;
     let mut trips = Vec::with_capacity(s.scale.iterations);
-    for _ in 0..s.scale.iterations {
-        let t = Instant::now();
-        let r = client.request(&by_hash).await?;
-        trips.push(t.elapsed().as_secs_f64());
-        ensure!(matches!(r, Response::Result(_)), "unexpected {r:?}");
-    }
+    trip.run(s.scale.iterations, &mut trips).await?;
     running.shutdown().await;
     Ok(vec![latency(
         "remote evaluation round trip, small query, cached, loopback",
@@ -513,23 +533,12 @@ async fn observability(s: &Setup, arrivals: &Arrivals) -> Result<Vec<Row>> {
     let rounds = if s.smoke { 2 } else { 30 };
     let set = |on: bool| EXPORTING.store(on, std::sync::atomic::Ordering::Relaxed);
 
-    let mut cfg = HostConfig::new(s.trust_dir.clone(), s.dir.path().join("observability"));
-    cfg.durable = !s.smoke;
-    let running = RunningHost::start(Host::open(&cfg)?, "127.0.0.1:0".parse()?).await?;
-    let mut client = Client::connect(&running.addr().to_string()).await?;
-    let quick = sign(&s.key, &wat::parse_str(QUICK)?, Kind::Query, "quick", &[])?;
-    client.eval(&quick, vec![0xa0]).await?;
-    let by_hash = Request::Eval { module: ModuleRef::Hash(roam_keys::hash_module(&quick)), input: vec![0xa0] };
+    let (running, mut trip) = Trips::start(s, "observability").await?;
     let mut trips = [Vec::new(), Vec::new()];
     for _ in 0..rounds {
         for on in [false, true] {
             set(on);
-            for _ in 0..s.scale.iterations / rounds {
-                let t = Instant::now();
-                let r = client.request(&by_hash).await?;
-                trips[usize::from(on)].push(t.elapsed().as_secs_f64());
-                ensure!(matches!(r, Response::Result(_)), "unexpected {r:?}");
-            }
+            trip.run(s.scale.iterations / rounds, &mut trips[usize::from(on)]).await?;
         }
     }
     set(false);

@@ -83,9 +83,9 @@ const OVERVIEW_AGENTS: usize = 50;
 #[derive(Debug, serde::Serialize)]
 pub struct Overview {
     pub host: String,
-    /// The address its peers reach it at.
+    /// For the operator: the address its peers reach it at.
     pub address: String,
-    /// Its peers, by name, with their addresses.
+    /// For the operator: its peers, by name, with their addresses.
     pub peers: Vec<(String, String)>,
     /// Agents held here, by state.
     pub held: Vec<(&'static str, i64)>,
@@ -303,8 +303,8 @@ impl Host {
         let modules = inner.state.modules().map_err(internal)?;
         let mut overview = Overview {
             host: inner.name.clone(),
-            address: inner.agents.address(),
-            peers: inner.agents.peers().addresses(),
+            address: String::new(),
+            peers: Vec::new(),
             held: census.held,
             homed: census.homed,
             modules: modules.len(),
@@ -314,6 +314,8 @@ impl Host {
             refusal_list: Vec::new(),
         };
         if operator {
+            overview.address = inner.agents.address();
+            overview.peers = inner.agents.peers().addresses();
             let everyone = Viewer { caller: None, all: true, granted_in: String::new() };
             let mut agents = inner.agents.agents(None, everyone)?;
             // The latest launched, newest first.

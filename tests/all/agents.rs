@@ -114,6 +114,31 @@ impl Net {
         Ok(config)
     }
 
+    /// Host `name` as a `roam host` process (with `env` added to its environment), on the
+    /// port bound for it.
+    pub fn process(&self, name: &str, env: &[(&str, &str)]) -> Result<roam_tests::HostProcess> {
+        let key = self.path(&format!("host-keys/{name}.key"));
+        let (trust, peers, data) = (self.path("trust"), self.path("peers"), self.path(&format!("data-{name}")));
+        let listen = format!("127.0.0.1:{}", self.port(name)?);
+        roam_tests::HostProcess::spawn_env(
+            env,
+            roam_tests::args![
+                "--name",
+                name,
+                "--listen",
+                listen,
+                "--key",
+                key,
+                "--trust",
+                trust,
+                "--peers",
+                peers,
+                "--data-dir",
+                data
+            ],
+        )
+    }
+
     pub fn sign_agent(&self, file: &str, name: &str, caps: &[&str]) -> Result<Vec<u8>> {
         let wasm = std::fs::read(agent_wasm(file)?)?;
         roam_tests::sign_with(&self.alice, &wasm, Kind::Agent, name, "1.0.0", caps, (0, 3600))

@@ -9,28 +9,10 @@ use crate::agents::{Net, check_hop_counter};
 /// `roam launch --wait`, `roam agents` and `roam recall`, as a person would use them.
 #[test]
 fn launch_agents_and_recall_from_the_command_line() -> Result<()> {
-    use roam_tests::{HostProcess, roam_err, roam_ok};
+    use roam_tests::{roam_err, roam_ok};
     // "down" is a peer that never starts.
     let net = Net::new(&["home", "a", "down"])?;
-    let host = |name: &str| -> Result<HostProcess> {
-        let key = net.path(&format!("host-keys/{name}.key"));
-        let (trust, peers, data) = (net.path("trust"), net.path("peers"), net.path(&format!("data-{name}")));
-        let listen = format!("127.0.0.1:{}", net.port(name)?);
-        HostProcess::spawn(roam_tests::args![
-            "--name",
-            name,
-            "--listen",
-            listen,
-            "--key",
-            key,
-            "--trust",
-            trust,
-            "--peers",
-            peers,
-            "--data-dir",
-            data
-        ])
-    };
+    let host = |name: &str| net.process(name, &[]);
     let home = host("home")?;
     let a = host("a")?;
     let module = net.path("hop.wasm");

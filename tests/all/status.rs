@@ -158,7 +158,7 @@ async fn only_a_viewer_on_the_hosts_machine_sees_its_agents_modules_and_refusals
 
     let (_, outside) = read(outside_address()?).await??;
     let outside: serde_json::Value = serde_json::from_str(&outside)?;
-    for hidden in ["agents", "module_list", "refusal_list"] {
+    for hidden in ["agents", "module_list", "refusal_list", "peers"] {
         ensure!(outside[hidden] == serde_json::json!([]), "{hidden} shown to a viewer elsewhere: {outside}");
     }
     ensure!(outside.to_string().matches(&id).count() == 0, "{outside}");

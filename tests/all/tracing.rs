@@ -11,7 +11,6 @@ use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message as _;
-use roam_tests::HostProcess;
 
 use crate::agents::Net;
 
@@ -117,28 +116,7 @@ fn one_agents_journey_across_two_host_processes_is_one_trace() -> Result<()> {
     let net = Net::new(&["home", "a"])?;
     // A short batch delay, so that spans reach the receiver soon after they end.
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "50")];
-    let host = |name: &str| -> Result<HostProcess> {
-        let key = net.path(&format!("host-keys/{name}.key"));
-        let (trust, peers, data) = (net.path("trust"), net.path("peers"), net.path(&format!("data-{name}")));
-        let listen = format!("127.0.0.1:{}", net.port(name)?);
-        HostProcess::spawn_env(
-            &env,
-            roam_tests::args![
-                "--name",
-                name,
-                "--listen",
-                listen,
-                "--key",
-                key,
-                "--trust",
-                trust,
-                "--peers",
-                peers,
-                "--data-dir",
-                data
-            ],
-        )
-    };
+    let host = |name: &str| net.process(name, &env);
     let home = host("home")?;
     let a = host("a")?;
     let module = net.path("hop.wasm");
