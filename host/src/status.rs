@@ -79,7 +79,8 @@ async fn metrics(State(shared): State<Shared>) -> Response {
 
 /// The overview as JSON, for `viewer`.
 async fn read(host: Host, viewer: SocketAddr) -> Result<String, String> {
-    let operator = viewer.ip().is_loopback();
+    // `::ffff:127.0.0.1` on a dual-stack listener is loopback too.
+    let operator = viewer.ip().to_canonical().is_loopback();
     let overview = tokio::task::spawn_blocking(move || host.overview(operator)).await.map_err(|e| e.to_string())?;
     let overview = overview.map_err(|e| e.message)?;
     serde_json::to_string(&overview).map_err(|e| e.to_string())

@@ -148,6 +148,7 @@ impl Agents {
                     self.apply_report(tx, &report)
                 })
                 .map_err(internal)?;
+            self.metrics.hop();
             return Ok(Step::Answered(Response::Received(receipt)));
         }
         // A recalled agent is restored at home like any arrival, to hand over what it has.
