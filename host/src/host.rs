@@ -77,7 +77,7 @@ struct Inner {
 }
 
 /// How many agents the status page shows.
-const OVERVIEW_AGENTS: usize = 50;
+const OVERVIEW_AGENTS: u32 = 50;
 
 /// What the status page shows of a host (see [`Host::overview`]).
 #[derive(Debug, serde::Serialize)]
@@ -316,11 +316,7 @@ impl Host {
         if operator {
             overview.address = inner.agents.address();
             overview.peers = inner.agents.peers().addresses();
-            let everyone = Viewer { caller: None, all: true, granted_in: String::new() };
-            let mut agents = inner.agents.agents(None, everyone)?;
-            // The latest launched, newest first.
-            agents.reverse();
-            agents.truncate(OVERVIEW_AGENTS);
+            let agents = inner.agents.recent(OVERVIEW_AGENTS).map_err(internal)?;
             overview.agents = agents.into_iter().map(AgentView::from).collect();
             overview.module_list = modules
                 .into_iter()

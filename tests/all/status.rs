@@ -1,4 +1,5 @@
-//! The status listener: `/metrics` counts exactly the requests made.
+//! The status listener: `/metrics` counts exactly the requests made; details go to the
+//! operator only, and strangers cannot crowd the operator out.
 
 use anyhow::{Context, Result, ensure};
 use roam_host::client::Client;
@@ -16,10 +17,15 @@ const QUICK: &str = r#"(module
 
 /// `GET path` on `addr`, HTTP/1.1: the status and the body.
 fn get(addr: std::net::SocketAddr, path: &str) -> Result<(String, String)> {
+    get_as(addr, path, &addr.to_string())
+}
+
+/// `GET path` on `addr` for the host named `host` (the `Host` header).
+fn get_as(addr: std::net::SocketAddr, path: &str, host: &str) -> Result<(String, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
     let (head, body) = answer.split_once("\r\n\r\n").context("no end of headers")?;
@@ -157,14 +163,102 @@ async fn only_a_viewer_on_the_hosts_machine_sees_its_agents_modules_and_refusals
     ensure!(inside["refusal_list"][0]["operation"] == "publish", "{inside}");
 
     let (_, outside) = read(outside_address()?).await??;
-    let outside: serde_json::Value = serde_json::from_str(&outside)?;
-    for hidden in ["agents", "module_list", "refusal_list", "peers"] {
-        ensure!(outside[hidden] == serde_json::json!([]), "{hidden} shown to a viewer elsewhere: {outside}");
+    // A page from elsewhere, in a browser on the host's machine, whose name was made to
+    // resolve to 127.0.0.1 (DNS rebinding): it connects from loopback, but names itself.
+    let local = std::net::SocketAddr::new("127.0.0.1".parse()?, status.port());
+    let host = format!("rebound.example:{}", status.port());
+    let (_, rebound) = tokio::task::spawn_blocking(move || get_as(local, "/overview", &host)).await??;
+    for (who, seen) in [("a viewer elsewhere", outside), ("a page named otherwise", rebound)] {
+        let seen: serde_json::Value = serde_json::from_str(&seen)?;
+        for hidden in ["agents", "module_list", "refusal_list", "peers"] {
+            ensure!(seen[hidden] == serde_json::json!([]), "{hidden} shown to {who}: {seen}");
+        }
+        ensure!(seen.to_string().matches(&id).count() == 0, "{seen}");
+        // What it does see: counts.
+        ensure!(seen["homed"].to_string().contains("[\"finished\",1]"), "{seen}");
+        ensure!(seen["modules"] == 1 && seen["refusals"] == 1, "{seen}");
     }
-    ensure!(outside.to_string().matches(&id).count() == 0, "{outside}");
-    // What it does see: counts.
-    ensure!(outside["homed"].to_string().contains("[\"finished\",1]"), "{outside}");
-    ensure!(outside["modules"] == 1 && outside["refusals"] == 1, "{outside}");
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Opens `/events` on `addr` and reads the answer's status line; the stream stays open.
+fn open_events(addr: std::net::SocketAddr) -> Result<(std::net::TcpStream, String)> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(stream, "GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+    let mut status = String::new();
+    std::io::BufReader::new(&stream).read_line(&mut status)?;
+    Ok((stream, status))
+}
+
+/// Whether the host closes `stream` (which sends nothing) within `within`.
+fn closed_within(stream: &mut std::net::TcpStream, within: std::time::Duration) -> Result<bool> {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = [0; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Ok(false);
+            }
+            Err(_) => return Ok(true),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_crowd_out_the_operator_nor_keep_silent_connections() -> Result<()> {
+    let net = Net::new(&["home"])?;
+    let (host, running) = net.start(&net.config("home", "trust")?).await?;
+    let status = roam_host::status::start(host.clone(), "0.0.0.0:0".parse()?).await?;
+    let outside = std::net::SocketAddr::new(outside_address()?, status.port());
+    let local = std::net::SocketAddr::new("127.0.0.1".parse()?, status.port());
+
+    tokio::task::spawn_blocking(move || {
+        // Strangers open every event stream they may; the next one is turned away...
+        let mut streams = Vec::new();
+        loop {
+            let (stream, line) = open_events(outside)?;
+            if !line.contains("200") {
+                ensure!(line.contains("503"), "{line}");
+                break;
+            }
+            streams.push(stream);
+            ensure!(streams.len() <= 64, "no stream was ever refused");
+        }
+        // ...but the operator's page still gets one.
+        let (_operators, line) = open_events(local)?;
+        ensure!(line.contains("200"), "the operator's stream: {line}");
+
+        // Strangers connect and say nothing, as many times as the listener holds and more:
+        // past its places, they are closed at once.
+        let mut silent = (0..64).map(|_| std::net::TcpStream::connect(outside)).collect::<Result<Vec<_>, _>>()?;
+        let mut last = silent.pop().context("no connection")?;
+        ensure!(closed_within(&mut last, std::time::Duration::from_secs(10))?, "a connection past the cap was held");
+        let (line, body) = get(local, "/overview")?;
+        ensure!(line.contains("200") && body.contains("\"module_list\""), "the operator was crowded out: {line}");
+
+        // Silent connections are closed after a while, and strangers are served again.
+        let within = roam_host::status::IDLE + std::time::Duration::from_secs(30);
+        ensure!(closed_within(&mut silent[0], within)?, "a silent connection was held past {within:?}");
+        let (line, _) = get(outside, "/overview")?;
+        ensure!(line.contains("200"), "a stranger after the silent ones: {line}");
+        // The open streams, which hear from the host, were kept.
+        for mut stream in streams {
+            ensure!(!closed_within(&mut stream, std::time::Duration::from_millis(1))?, "a live stream was closed");
+        }
+        Ok(())
+    })
+    .await??;
     running.shutdown().await;
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::protocol::wire::{
 };
 use crate::protocol::{ErrorKind, RemoteError, Request, Response};
 use crate::refusal::{admit_error, internal, refused};
-use crate::state::now_secs;
+use crate::state::{StateError, now_secs};
 
 impl Agents {
     /// Launches an agent with this host as its home. Returns its id once it is persisted.
@@ -201,30 +201,16 @@ impl Agents {
                 }
             }
         }
+        let homed: std::collections::HashSet<&str> = homed.iter().map(|h| h.id.as_str()).collect();
         for row in store::latest(&self.state, only).map_err(internal)? {
-            if homed.iter().any(|h| h.id == row.id) {
+            if homed.contains(row.id.as_str()) {
                 continue;
             }
             if !viewer.sees(row.owner.as_ref()) {
                 others += 1;
                 continue;
             }
-            out.push(AgentInfo {
-                id: row.id,
-                label: row.label,
-                state: row.state.shown().into(),
-                location: self.name.clone(),
-                hops: row.hop,
-                result: Vec::new(),
-                detail: row.detail,
-                route: Vec::new(),
-                home: false,
-                heard_at: row.updated,
-                recall_ordered: None,
-                owner: row.owner,
-                launched_at: 0,
-                ended_at: None,
-            });
+            out.push(self.visitor_info(row));
         }
         if let Some(id) = only
             && out.is_empty()
@@ -235,6 +221,37 @@ impl Agents {
             return Err(RemoteError::new(ErrorKind::NotFound, format!("this host knows no agent {id}")));
         }
         Ok(out)
+    }
+
+    /// Up to `n` agents for an operator's overview: the latest launched from here, newest
+    /// first, then the latest updated of those that are (or were) only visiting.
+    pub(crate) fn recent(&self, n: u32) -> Result<Vec<AgentInfo>, StateError> {
+        let mut out: Vec<AgentInfo> = store::recent_homed(&self.state, n)?.iter().map(homed_info).collect();
+        let room = n.saturating_sub(u32::try_from(out.len()).unwrap_or(n));
+        if room > 0 {
+            out.extend(store::recent_visitors(&self.state, room)?.into_iter().map(|row| self.visitor_info(row)));
+        }
+        Ok(out)
+    }
+
+    /// What is known of an agent this host is not home to, from its latest row here.
+    fn visitor_info(&self, row: store::Listing) -> AgentInfo {
+        AgentInfo {
+            id: row.id,
+            label: row.label,
+            state: row.state.shown().into(),
+            location: self.name.clone(),
+            hops: row.hop,
+            result: Vec::new(),
+            detail: row.detail,
+            route: Vec::new(),
+            home: false,
+            heard_at: row.updated,
+            recall_ordered: None,
+            owner: row.owner,
+            launched_at: 0,
+            ended_at: None,
+        }
     }
 }
 

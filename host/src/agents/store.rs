@@ -465,19 +465,36 @@ pub(crate) fn latest(state: &State, only: Option<&str>) -> Result<Vec<Listing>, 
              WHERE hop = (SELECT max(hop) FROM agents b WHERE b.id = a.id) AND ?1 IS NULL
              ORDER BY id"
         })?;
-        let rows = stmt.query_map([only], |r| {
-            let record: Result<AgentRecord, _> = from_cbor(&r.get::<_, Vec<u8>>(3)?, "the agent record");
-            Ok(Listing {
-                id: r.get(0)?,
-                hop: r.get(1)?,
-                state: r.get(2)?,
-                owner: record.as_ref().ok().and_then(|rec| rec.owner),
-                label: record.map(|rec| rec.label).unwrap_or_default(),
-                detail: r.get(4)?,
-                updated: r.get(5)?,
-            })
-        })?;
+        let rows = stmt.query_map([only], listing)?;
         rows.collect()
+    })
+}
+
+/// The latest rows of the `n` agents last updated here that this host is not home to, newest
+/// first.
+pub(crate) fn recent_visitors(state: &State, n: u32) -> Result<Vec<Listing>, StateError> {
+    state.transaction(|tx| {
+        let mut stmt = tx.prepare_cached(
+            "SELECT id, hop, state, record, detail, updated FROM agents a
+             WHERE hop = (SELECT max(hop) FROM agents b WHERE b.id = a.id)
+               AND NOT EXISTS (SELECT 1 FROM homed h WHERE h.id = a.id)
+             ORDER BY updated DESC, id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([n], listing)?;
+        rows.collect()
+    })
+}
+
+fn listing(r: &rusqlite::Row<'_>) -> rusqlite::Result<Listing> {
+    let record: Result<AgentRecord, _> = from_cbor(&r.get::<_, Vec<u8>>(3)?, "the agent record");
+    Ok(Listing {
+        id: r.get(0)?,
+        hop: r.get(1)?,
+        state: r.get(2)?,
+        owner: record.as_ref().ok().and_then(|rec| rec.owner),
+        label: record.map(|rec| rec.label).unwrap_or_default(),
+        detail: r.get(4)?,
+        updated: r.get(5)?,
     })
 }
 
@@ -549,6 +566,17 @@ pub(crate) fn all_homed(state: &State) -> Result<Vec<Homed>, StateError> {
     state.transaction(|tx| {
         let mut stmt = tx.prepare_cached(&format!("SELECT {HOMED_COLUMNS} FROM homed ORDER BY launched, rowid"))?;
         let rows = stmt.query_map([], homed)?;
+        rows.collect()
+    })
+}
+
+/// The `n` agents last launched from here, newest first.
+pub(crate) fn recent_homed(state: &State, n: u32) -> Result<Vec<Homed>, StateError> {
+    state.transaction(|tx| {
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT {HOMED_COLUMNS} FROM homed ORDER BY launched DESC, rowid DESC LIMIT ?1"
+        ))?;
+        let rows = stmt.query_map([n], homed)?;
         rows.collect()
     })
 }
