@@ -21,3 +21,4 @@ mod storage;
 mod tidy;
 mod tracing;
 mod transport;
+mod wasi;

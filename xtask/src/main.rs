@@ -48,6 +48,8 @@ commands:
 
 /// The wasm32 target the example modules are built for.
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// The target of the example built with Rust's `std` on WASI preview 1.
+const WASI_TARGET: &str = "wasm32-wasip1";
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
@@ -228,13 +230,19 @@ fn agents() -> Result<()> {
 /// Builds the example query modules, without announcing a step.
 fn build_agents() -> Result<()> {
     let dir = repo_root().join("agents");
-    ensure_wasm_target(&dir)?;
+    ensure_wasm_target(&dir, WASM_TARGET)?;
     let mut build = cargo();
     build.current_dir(&dir).args(["build", "--release"]);
     // agents/ is its own workspace with its own target and flags (agents/.cargo/config.toml):
     // RUSTFLAGS would replace the wasm32 rustflags, a target directory would move the modules
     // where the tests do not look.
-    run(own_build(&mut build))
+    run(own_build(&mut build))?;
+    // The example of Rust with `std` on WASI, into agents/target/wasm32-wasip1/release/.
+    ensure_wasm_target(&dir, WASI_TARGET)?;
+    let mut build = cargo();
+    build.current_dir(&dir).args(["build", "--release", "--target", WASI_TARGET, "-p", "wasi-hello"]);
+    run(own_build(&mut build))?;
+    Ok(())
 }
 
 /// Keeps settings meant for the host build out of a build of another workspace (agents/,
@@ -256,7 +264,7 @@ fn own_build(cmd: &mut Command) -> &mut Command {
 
 /// Installs the wasm32 target with rustup if it is missing. Without rustup (a toolchain from a
 /// distribution, say) there is nothing to install with; the build then says what is missing.
-fn ensure_wasm_target(agents_dir: &Path) -> Result<()> {
+fn ensure_wasm_target(agents_dir: &Path, target: &str) -> Result<()> {
     // Run in agents/ so that any toolchain override there applies, as it will to the build.
     let listed = Command::new("rustup")
         .current_dir(agents_dir)
@@ -267,14 +275,14 @@ fn ensure_wasm_target(agents_dir: &Path) -> Result<()> {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
         Ok(out) => bail!("`rustup target list --installed` failed ({})", out.status),
         Err(e) => {
-            println!("rustup is not available ({e}); assuming the {WASM_TARGET} target is installed");
+            println!("rustup is not available ({e}); assuming the {target} target is installed");
             return Ok(());
         }
     };
-    if installed.lines().any(|l| l.trim() == WASM_TARGET) {
+    if installed.lines().any(|l| l.trim() == target) {
         return Ok(());
     }
-    run(Command::new("rustup").current_dir(agents_dir).args(["target", "add", WASM_TARGET]))
+    run(Command::new("rustup").current_dir(agents_dir).args(["target", "add", target]))
 }
 
 /// The browser the status page's test drives, and its WebDriver.

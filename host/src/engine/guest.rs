@@ -7,6 +7,7 @@
 //! `finish`, a result over the limit) or the deadline passes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use roam_abi::{ErrorCode, FINISH_ERR, FINISH_OK, LogLevel, MEMORY_EXPORT, Value, names};
@@ -89,8 +90,10 @@ pub struct Guest {
     refused_capability: Option<String>,
     /// `name@version`, for log lines.
     label: Arc<str>,
-    /// Diagnostic bytes left for this call.
-    log_budget: usize,
+    /// Where the module's diagnostics go, within this call's budget.
+    diagnostics: Diagnostics,
+    /// WASI preview 1, made at the module's first WASI call (most modules make none).
+    wasi: Option<wasmtime_wasi::p1::WasiP1Ctx>,
     /// Bytes this call may still append to log resources.
     append_budget: usize,
     append_limit: usize,
@@ -126,8 +129,9 @@ impl Guest {
             deadline,
             denied: None,
             refused_capability: None,
+            diagnostics: Diagnostics::new(label.clone()),
             label,
-            log_budget: LOG_BUDGET,
+            wasi: None,
             append_budget: limits.log_bytes,
             append_limit: limits.log_bytes,
         }
@@ -165,6 +169,54 @@ impl Guest {
 
     fn may_use(&self, capability: &str) -> bool {
         self.capabilities.iter().any(|p| Policy::pattern_allows(p, capability))
+    }
+
+    /// The call's WASI context (see [`super::wasi`]).
+    pub(super) fn wasi(&mut self) -> &mut wasmtime_wasi::p1::WasiP1Ctx {
+        let diagnostics = &self.diagnostics;
+        self.wasi.get_or_insert_with(|| super::wasi::context(diagnostics))
+    }
+}
+
+/// Where one call's diagnostics go: the host's log, at most [`LOG_BUDGET`] bytes per call,
+/// shared by the `log` import and WASI's stdout and stderr.
+#[derive(Clone, Debug)]
+pub struct Diagnostics {
+    label: Arc<str>,
+    left: Arc<AtomicUsize>,
+}
+
+impl Diagnostics {
+    fn new(label: Arc<str>) -> Self {
+        Self { label, left: Arc::new(AtomicUsize::new(LOG_BUDGET)) }
+    }
+
+    /// How much of a line of `len` bytes is logged: none past the budget, and never more
+    /// than a log line holds.
+    pub fn room(&self, len: usize) -> usize {
+        len.min(self.left.load(Ordering::Relaxed)).min(MAX_LOG_LINE)
+    }
+
+    /// Logs a line of the module's (cut to [`Self::room`]), charging at least
+    /// [`LOG_LINE_COST`] so that a storm of tiny lines is capped too.
+    pub fn line(&self, level: LogLevel, bytes: &[u8]) {
+        let Some(bytes) = bytes.get(..self.room(bytes.len())).filter(|b| !b.is_empty()) else { return };
+        let left = self.left.load(Ordering::Relaxed).saturating_sub(bytes.len().max(LOG_LINE_COST));
+        self.left.store(left, Ordering::Relaxed);
+        let text = String::from_utf8_lossy(bytes);
+        let module = &*self.label;
+        match level {
+            LogLevel::Error => tracing::error!(module, "{text}"),
+            LogLevel::Warn => tracing::warn!(module, "{text}"),
+            LogLevel::Info => tracing::info!(module, "{text}"),
+            LogLevel::Debug => tracing::debug!(module, "{text}"),
+        }
+        if left == 0 {
+            tracing::warn!(
+                module,
+                "the module used its diagnostic log budget of {LOG_BUDGET} bytes; the rest of this call's log is dropped"
+            );
+        }
     }
 }
 
@@ -266,25 +318,13 @@ mod io {
             Ok(())
         })?;
         linker.func_wrap(m, names::log, |mut c: Ctx<'_>, level: u32, ptr: u32, len: u32| {
-            let budget = c.data().log_budget;
-            let take = (len as usize).min(budget).min(MAX_LOG_LINE) as u32;
+            // Only what will be logged is read out of the module's memory.
+            let take = c.data().diagnostics.room(len as usize) as u32;
             if take == 0 {
                 return Ok(());
             }
             let bytes = read(&mut c, "log", ptr, take)?;
-            let g = c.data_mut();
-            g.log_budget = budget.saturating_sub((take as usize).max(LOG_LINE_COST));
-            let text = String::from_utf8_lossy(&bytes);
-            let module = &*g.label;
-            match LogLevel::from_u32(level) {
-                LogLevel::Error => tracing::error!(module, "{text}"),
-                LogLevel::Warn => tracing::warn!(module, "{text}"),
-                LogLevel::Info => tracing::info!(module, "{text}"),
-                LogLevel::Debug => tracing::debug!(module, "{text}"),
-            }
-            if g.log_budget == 0 {
-                tracing::warn!(module, "the module used its diagnostic log budget of {LOG_BUDGET} bytes; the rest of this call's log is dropped");
-            }
+            c.data().diagnostics.line(LogLevel::from_u32(level), &bytes);
             Ok(())
         })?;
         linker.func_wrap(m, names::last_error_len, |c: Ctx<'_>| c.data().last_error.len() as u32)?;

@@ -7,6 +7,7 @@
 //! is compiled once per host. Only a [`VerifiedModule`] can be compiled.
 
 pub mod guest;
+mod wasi;
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -138,6 +139,8 @@ pub enum RunError {
 /// A module compiled and linked, ready to instantiate cheaply.
 pub struct Prepared {
     pre: InstancePre<Guest>,
+    /// Whether it imports WASI (see [`Engine::call`]).
+    wasi: bool,
     /// How long the last call ran, in microseconds. Past [`LONG_CALL`], the next call starts
     /// demoted, so a module that runs long again and again never takes the first part of each
     /// run from others (the way a multilevel feedback queue treats jobs that use up their
@@ -332,6 +335,7 @@ impl Engine {
 
         let mut linker = Linker::new(&engine);
         guest::register(&mut linker).map_err(|e| anyhow::anyhow!("cannot link host functions: {e}"))?;
+        wasi::register(&mut linker).map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -371,8 +375,8 @@ impl Engine {
             return Ok(p.clone());
         }
         let compiled = self.compile(key, bytes)?;
-        let pre = self.linker.instantiate_pre(&compiled).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let prepared = Arc::new(Prepared { pre, last_call_us: AtomicU64::new(0) });
+        let pre = self.linker.instantiate_pre(&compiled).map_err(|e| LoadError::Link(link_error(&e)))?;
+        let prepared = Arc::new(Prepared { pre, wasi: wasi::imported_by(&compiled), last_call_us: AtomicU64::new(0) });
         lock(&self.prepared).insert(key.to_owned(), prepared.clone());
         Ok(prepared)
     }
@@ -427,8 +431,13 @@ impl Engine {
     /// limits. Hosts (remote evaluation) and clients (code on demand) both run modules here.
     pub fn run(&self, module: &Runnable, input: Vec<u8>, resources: Arc<Resources>) -> Result<Vec<u8>, RunError> {
         let guest = self.guest(module, input, resources);
-        let (output, ()) =
-            self.call(&module.prepared, guest, roam_abi::QUERY_EXPORT, |_, _| Ok(()), |_, _, _| Ok(()))?;
+        let (output, ()) = self.call(
+            &module.prepared,
+            guest,
+            roam_abi::QUERY_EXPORT,
+            |store, instance| self.initialize(store, instance),
+            |_, _, _| Ok(()),
+        )?;
         Ok(output)
     }
 
@@ -463,16 +472,18 @@ impl Engine {
         input: Vec<u8>,
         resources: Arc<Resources>,
         from: Option<&Snapshot>,
-        leaving: impl FnOnce(&[u8]) -> bool,
+        leaving: impl FnOnce(&[u8]) -> bool + Send,
     ) -> Result<(Vec<u8>, Snapshot), RunError> {
         let guest = self.guest(&agent.runnable, input, resources);
         self.call(
             &agent.runnable.prepared,
             guest,
             entry,
+            // A reactor is initialized when the agent starts; on arrival its memory already
+            // holds what that did.
             |store, instance| match from {
                 Some(s) => restore(store, instance, s, agent),
-                None => Ok(()),
+                None => self.initialize(store, instance),
             },
             |store, instance, output| {
                 if leaving(output)
@@ -498,9 +509,38 @@ impl Engine {
         )
     }
 
-    /// Instantiates, runs `before` (a restore), calls `entry`, takes its result, and runs
-    /// `after` (a capture) on the live instance: all within the call's limits.
-    fn call<T>(
+    /// Calls a reactor's `_initialize` (its libc's and language's constructors), if it
+    /// exports one.
+    fn initialize(&self, store: &mut Store<Guest>, instance: &Instance) -> Result<(), RunError> {
+        match instance.get_typed_func::<(), ()>(&mut *store, wasi::INITIALIZE) {
+            Ok(init) => init.call(&mut *store, ()).map_err(|e| self.classify(e, store.data())),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Instantiates, runs `before` (an initialization or a restore), calls `entry`, takes its
+    /// result, and runs `after` (a capture) on the live instance: all within the call's limits.
+    fn call<T: Send>(
+        &self,
+        prepared: &Prepared,
+        guest: Guest,
+        entry: &str,
+        before: impl FnOnce(&mut Store<Guest>, &Instance) -> Result<(), RunError> + Send,
+        after: impl FnOnce(&mut Store<Guest>, &Instance, &[u8]) -> wasmtime::Result<T> + Send,
+    ) -> Result<(Vec<u8>, T), RunError> {
+        // wasmtime-wasi's synchronous functions each block on a future, which a thread of a
+        // Tokio runtime must not do: a WASI module called from async code runs on a thread
+        // of its own.
+        if prepared.wasi && tokio::runtime::Handle::try_current().is_ok() {
+            return std::thread::scope(|scope| {
+                let call = scope.spawn(|| self.call_here(prepared, guest, entry, before, after));
+                call.join().unwrap_or_else(|_| Err(RunError::Instantiate("the module's thread failed".into())))
+            });
+        }
+        self.call_here(prepared, guest, entry, before, after)
+    }
+
+    fn call_here<T>(
         &self,
         prepared: &Prepared,
         guest: Guest,
@@ -542,9 +582,9 @@ impl Engine {
             }
         })?;
         before(&mut store, &instance)?;
-        let func = instance.get_typed_func::<(), ()>(&mut store, entry).map_err(|_| {
-            RunError::Instantiate(format!("the module does not export `{entry}: func()`; build it with the roam SDK"))
-        })?;
+        let func = instance
+            .get_typed_func::<(), ()>(&mut store, entry)
+            .map_err(|_| RunError::Instantiate(missing_entry(prepared.pre.module(), entry)))?;
         if let Err(e) = func.call(&mut store, ()) {
             return Err(self.classify(e, store.data()));
         }
@@ -572,6 +612,40 @@ impl Engine {
             Some(trap) => RunError::Trap { reason: trap.to_string(), message: guest.module_error() },
             None => RunError::Trap { reason: format!("{e:#}"), message: guest.module_error() },
         }
+    }
+}
+
+/// Why a module lacks `entry`, in terms of the ABI rather than of one SDK.
+fn missing_entry(module: &Module, entry: &str) -> String {
+    let what = match entry {
+        roam_abi::QUERY_EXPORT => "a query's or code module's entry point",
+        roam_abi::AGENT_MANIFEST => "an agent's manifest",
+        _ => "an agent's entry point",
+    };
+    let mut message =
+        format!("the module does not export `{entry}` ({what}), a function with no parameters and no results");
+    if module.get_export("_start").is_some() {
+        message.push_str(
+            "; it exports `_start`, so it was built as a command: build it as a reactor (clang \
+             -mexec-model=reactor, Rust crate-type cdylib, zig build-exe -fno-entry)",
+        );
+    }
+    message.push_str("; see sdk/ABI.md");
+    message
+}
+
+/// Why a module cannot be linked: an import the host does not offer is named as such.
+fn link_error(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    if text.contains("unknown import") {
+        format!(
+            "{text}: a module may import only the functions of `{}` and of `{}` (WASI preview 1) \
+             that sdk/ABI.md lists",
+            roam_abi::IMPORT_MODULE,
+            wasi::MODULE
+        )
+    } else {
+        text
     }
 }
 

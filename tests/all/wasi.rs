@@ -1,0 +1,84 @@
+//! Modules built against a libc (WASI preview 1): their output lands in the host's log, their
+//! clock and random numbers work, and what would leave the sandbox fails inside the module.
+
+use anyhow::{Context, Result, bail, ensure};
+use roam_host::client::{Client, cbor_to_json, json_to_cbor};
+use roam_host::protocol::{ModuleRef, Request, Response};
+use roam_keys::Kind;
+
+use crate::agents::Net;
+
+/// An example built for `wasm32-wasip1` by `cargo xtask agents`.
+fn wasip1_module(name: &str) -> Result<Vec<u8>> {
+    let path = roam_tests::repo_root().join("agents/target/wasm32-wasip1/release").join(format!("{name}.wasm"));
+    std::fs::read(&path).with_context(|| {
+        format!("{} is missing; run `cargo xtask agents`, which builds the wasm32-wasip1 example", path.display())
+    })
+}
+
+/// Evaluates `module` (signed as a query) on `host` with `input`; its result as JSON.
+async fn eval(host: &str, module: Vec<u8>, input: serde_json::Value) -> Result<serde_json::Value> {
+    let mut client = Client::connect(host).await?;
+    match client.request(&Request::Eval { module: ModuleRef::Bytes(module), input: json_to_cbor(&input) }).await? {
+        Response::Result(bytes) => cbor_to_json(&bytes).map_err(anyhow::Error::msg),
+        other => bail!("the evaluation failed: {other:?}"),
+    }
+}
+
+/// Waits until the host's log holds `line`.
+fn logged(host: &roam_tests::HostProcess, line: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !host.stderr().contains(line) {
+        ensure!(std::time::Instant::now() < deadline, "the host never logged {line:?}:\n{}", host.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_with_std_on_wasip1_prints_to_the_host_log_and_reads_no_file() -> Result<()> {
+    let net = Net::new(&["data"])?;
+    let host = net.process("data", &[])?;
+    let wasm = wasip1_module("wasi_hello")?;
+    let module = roam_tests::sign_with(&net.alice, &wasm, Kind::Query, "wasi-hello", "1.0.0", &[], (0, 3600))?;
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let answer = eval(&host.addr.to_string(), module, serde_json::json!({ "name": "ada" })).await?;
+
+    ensure!(answer["greeting"] == "hello, ada", "{answer}");
+    ensure!(answer["words"] == 2, "{answer}");
+    // The host's clock, not zero.
+    let now = answer["now"].as_u64().context("no time")?;
+    ensure!(now + 5 >= before && now <= before + 600, "the module's clock says {now}, the test's {before}");
+    // No file is reachable: the module got an error it could report, not a trap.
+    let file = answer["file"].as_str().context("no file answer")?;
+    ensure!(file.starts_with("error:"), "the module read a file: {file}");
+    // stdout as info, stderr as a warning, each line once, named by the module.
+    let host = tokio::task::spawn_blocking(move || {
+        logged(&host, "hello, ada from wasm32-wasip1")?;
+        logged(&host, "a line on stderr")?;
+        anyhow::Ok(host)
+    })
+    .await??;
+    let log = host.stderr();
+    let line = log.lines().find(|l| l.contains("hello, ada from")).context("no line")?;
+    ensure!(line.contains("INFO") && line.contains("wasi-hello@1.0.0"), "{line}");
+    let line = log.lines().find(|l| l.contains("a line on stderr")).context("no line")?;
+    ensure!(line.contains("WARN"), "{line}");
+    ensure!(log.matches("hello, ada from").count() == 1, "{log}");
+    Ok(())
+}
+
+/// Code on demand runs a WASI module in the client, called from async code as an application
+/// would: wasmtime-wasi's synchronous calls must not block a Tokio thread.
+#[tokio::test(flavor = "current_thread")]
+async fn a_wasi_code_module_runs_on_demand_called_from_async_code() -> Result<()> {
+    let net = Net::new(&["client"])?;
+    let wasm = wasip1_module("wasi_hello")?;
+    let module = roam_tests::sign_with(&net.alice, &wasm, Kind::Code, "wasi-hello", "1.0.0", &[], (0, 3600))?;
+    let trust = roam_keys::TrustStore::load(&net.path("trust"))?;
+    let cod = roam_host::local::CodeOnDemand::builder(trust).cache_dir(net.path("cache")).build()?;
+    let loaded = cod.load(module)?;
+    let answer: serde_json::Value = cod.call(&loaded, &serde_json::json!({ "name": "grace" }))?;
+    ensure!(answer["greeting"] == "hello, grace" && answer["words"] == 2, "{answer}");
+    Ok(())
+}
