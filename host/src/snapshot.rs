@@ -28,7 +28,7 @@ pub enum SnapshotError {
     ImportedGlobal,
     /// The module can change its tables, which snapshots do not carry.
     #[error(
-        "agent modules may not change their tables at run time (the module uses {0}); build the agent with the roam SDK"
+        "agent modules may not change their tables at run time (the module uses {0}), since snapshots do not carry tables; see sdk/ABI.md"
     )]
     MutableTable(&'static str),
     /// The snapshot does not fit the module or the host's limits.

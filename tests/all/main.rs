@@ -2,6 +2,7 @@
 //! `cargo xtask test`, which first builds the `roam` binary and the example query modules that
 //! the process-level tests (`cli`) use.
 
+mod abi_doc;
 mod access;
 mod admission;
 mod agents;

@@ -82,3 +82,43 @@ async fn a_wasi_code_module_runs_on_demand_called_from_async_code() -> Result<()
     ensure!(answer["greeting"] == "hello, grace" && answer["words"] == 2, "{answer}");
     Ok(())
 }
+
+/// What a module built for another ABI hears: the rule it broke, in the ABI's own terms, and
+/// where the ABI is described; not advice about one language's SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_of_the_wrong_shape_is_told_which_rule_of_the_abi_it_breaks() -> Result<()> {
+    let net = Net::new(&["client"])?;
+    let trust = roam_keys::TrustStore::load(&net.path("trust"))?;
+    let cod = roam_host::local::CodeOnDemand::builder(trust).cache_dir(net.path("cache")).build()?;
+    let sign = |wat: &str| -> Result<Vec<u8>> {
+        roam_tests::sign_with(&net.alice, &wat::parse_str(wat)?, Kind::Code, "shape", "1.0.0", &[], (0, 3600))
+    };
+    let cases = [
+        (
+            r#"(module (memory (export "memory") 1) (func $f) (start $f) (func (export "roam_query")))"#,
+            &["start function", "_initialize", "sdk/ABI.md"][..],
+        ),
+        (
+            r#"(module (import "env" "now" (func)) (memory (export "memory") 1) (func (export "roam_query")))"#,
+            &["env", "wasi_snapshot_preview1", "sdk/ABI.md"][..],
+        ),
+        (
+            r#"(module (memory (export "memory") 1) (func (export "_start")))"#,
+            &["roam_query", "_start", "reactor", "sdk/ABI.md"][..],
+        ),
+    ];
+    for (wat, said) in cases {
+        let error = match cod.load(sign(wat)?) {
+            Err(e) => e.to_string(),
+            Ok(module) => match cod.call_raw(&module, vec![0xa0]) {
+                Err(e) => e.to_string(),
+                Ok(_) => bail!("{wat} ran"),
+            },
+        };
+        for words in said {
+            ensure!(error.contains(words), "{wat}: the error does not say {words:?}: {error}");
+        }
+        ensure!(!error.contains("roam SDK"), "{error}");
+    }
+    Ok(())
+}

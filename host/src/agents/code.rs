@@ -38,7 +38,13 @@ impl Agents {
             .engine
             .run_agent(&runnable, roam_abi::AGENT_MANIFEST, Vec::new(), Arc::default(), None, |_| false)
             .map_err(run_error)?;
-        let manifest = from_cbor(&out, "the agent's manifest").map_err(refused)?;
+        let manifest: roam_abi::Manifest = from_cbor(&out, "the agent's manifest").map_err(refused)?;
+        // Each resource is bound by its name: a name declared twice would be bound twice, the
+        // second binding silently replacing the first.
+        let mut names = std::collections::BTreeSet::new();
+        if let Some(twice) = manifest.resources.iter().find(|r| !names.insert(r.name.as_str())) {
+            return Err(refused(format!("the agent's manifest declares resource {:?} twice", twice.name)));
+        }
         let code = Arc::new(AgentCode { runnable, manifest });
         lock(&self.agent_code).insert(hash, code.clone());
         Ok(code)

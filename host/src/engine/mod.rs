@@ -382,6 +382,7 @@ impl Engine {
     }
 
     fn compile(&self, key: &str, bytes: &[u8]) -> Result<Module, LoadError> {
+        refuse_start_function(bytes)?;
         let Some(dir) = &self.code_dir else {
             self.metrics.module_load("compile");
             return Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")));
@@ -613,6 +614,30 @@ impl Engine {
             None => RunError::Trap { reason: format!("{e:#}"), message: guest.module_error() },
         }
     }
+}
+
+/// Refuses a module with a start function: it would run at every instantiation, before every
+/// entry and before an agent's memory is restored, so setup it does would happen again on every
+/// call and every host. A reactor's `_initialize` is the way to run code once, at start.
+fn refuse_start_function(bytes: &[u8]) -> Result<(), LoadError> {
+    use wasmtime::wasmparser::{Parser, Payload};
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(Payload::StartSection { .. }) => {
+                return Err(LoadError::Link(
+                    "the module has a start function, which would run again before every call; export \
+                     `_initialize` instead to run code once when the module starts (see sdk/ABI.md)"
+                        .into(),
+                ));
+            }
+            // Nothing after the code section can be a start section.
+            Ok(Payload::CodeSectionStart { .. }) => return Ok(()),
+            Ok(_) => {}
+            // Compiling reports it better.
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
 }
 
 /// Why a module lacks `entry`, in terms of the ABI rather than of one SDK.

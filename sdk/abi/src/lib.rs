@@ -12,6 +12,9 @@
 //! All pointers and lengths are offsets and sizes in the guest's exported `memory`. Buffers are
 //! always owned by the guest: the host writes only into memory the guest handed it, so the guest
 //! needs no exported allocator.
+//!
+//! `sdk/ABI.md` describes the same interface for any language: every import's contract, the
+//! exports of each kind of module, every CBOR encoding byte by byte, and the limits.
 #![deny(missing_docs)]
 
 use serde::{Deserialize, Serialize};
@@ -57,19 +60,23 @@ interface! {
     /// Copies the input to `ptr`, which must have room for `input_len()` bytes (traps if not).
     fn input_read(ptr: u32);
     /// Sets the evaluation's outcome. `status` 0: `ptr..ptr+len` is the CBOR result; status 1:
-    /// it is a UTF-8 error message from the module. Traps when called twice, when the range is
-    /// out of bounds, or when `len` is over the host's result limit.
+    /// it is a UTF-8 error message from the module. Traps when a result (status 0) was already
+    /// set (an error message may be replaced), when the range is out of bounds, or when `len` is
+    /// over the host's result limit.
     fn finish(status: u32, ptr: u32, len: u32);
     /// Writes a UTF-8 message to the host's diagnostic log at `level` (see [`LogLevel`]).
     /// Needs no capability; messages are truncated and rate-limited by the host.
     fn log(level: u32, ptr: u32, len: u32);
     /// Opens the resource named by the UTF-8 string at `ptr..ptr+len`. Returns a handle (>= 0),
-    /// or a negative [`ErrorCode`]: `NotFound` (the host offers no such resource) or `Denied`
-    /// (the module's signed capabilities do not include it).
+    /// or a negative [`ErrorCode`]: `NotFound` (the host offers no such resource), `Denied`
+    /// (the module's signed capabilities do not include it), `Unavailable` (an agent's resource
+    /// that could not be bound on this host) or `InvalidArgument` (the name is not UTF-8).
     fn resource_open(ptr: u32, len: u32) -> i64;
     /// Runs a read-only SQL statement on the table behind `handle`, with parameters given as a
     /// CBOR array of [`Value`]s at `params_ptr..params_ptr+params_len`. Returns a cursor (>= 0)
-    /// or a negative [`ErrorCode`] (`WrongType`, `InvalidArgument`, `Sql`, `Denied`).
+    /// or a negative [`ErrorCode`]: `NotFound` (no such handle), `WrongType` (not a table),
+    /// `InvalidArgument` (SQL not UTF-8, parameters not a CBOR array of values), `TooLarge` (16
+    /// cursors open already) or `Sql` (the statement failed or is not read-only).
     fn table_query(handle: u32, sql_ptr: u32, sql_len: u32, params_ptr: u32, params_len: u32) -> i64;
     /// Stages the next batch of rows of `cursor` and returns its length in bytes (> 0), 0 when
     /// the cursor is exhausted, or a negative [`ErrorCode`]. A batch is a CBOR array of rows,
@@ -80,7 +87,9 @@ interface! {
     /// Releases a cursor. Closing an unknown cursor does nothing.
     fn cursor_close(cursor: u32);
     /// Appends the UTF-8 line at `ptr..ptr+len` to the log resource behind `handle`. Returns 0
-    /// or a negative [`ErrorCode`] (`WrongType`, `TooLarge`).
+    /// or a negative [`ErrorCode`]: `NotFound` (no such handle), `WrongType` (not a log),
+    /// `TooLarge` (a line over 4096 bytes), `InvalidArgument` (not UTF-8) or `Unavailable` (the
+    /// log cannot be written). Appending more than the host's volume per call traps.
     fn log_append(handle: u32, ptr: u32, len: u32) -> i64;
     /// Length of the message that explains the last failed call (0 if none).
     fn last_error_len() -> u32;
@@ -99,7 +108,9 @@ pub const AGENT_START: &str = "roam_agent_start";
 /// The entry called on each host the agent arrives at, after its memory is restored; its input
 /// is a CBOR [`Arrival`].
 pub const AGENT_ARRIVE: &str = "roam_agent_arrive";
-/// An optional entry called just before the agent leaves a host (no input, no result needed).
+/// An optional entry called just before the agent leaves a host, in the same instance as the
+/// entry that decided to leave (so `input_read` gives that entry's input); what it reports is
+/// ignored.
 pub const AGENT_DEPART: &str = "roam_agent_depart";
 /// An optional entry called once, on the agent's home host, when its home recalled it: its
 /// memory is restored as it left the last host it ran on, it takes no input, and what it hands
@@ -260,7 +271,8 @@ pub struct Bound {
 pub struct Arrival {
     /// The host's name.
     pub host: String,
-    /// The host's address, as the agent was sent to it.
+    /// The address this host listens on (as its operator configured it, which may differ from
+    /// the one the agent was sent to).
     pub address: String,
     /// How many hops the agent has made (1 on the first host after home).
     pub hop: u32,
