@@ -963,3 +963,24 @@ async fn a_forwarded_call_is_answered_while_every_module_thread_is_busy() -> Res
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// An agent that declares one resource twice (which the Rust SDK cannot build) is refused with
+/// its reason when its code is loaded, before it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_declaring_a_resource_twice_is_refused() -> Result<()> {
+    let net = Net::new(&["home"])?;
+    let (_, home) = net.start(&net.config("home", "trust")?).await?;
+    let wat = r#"(module
+  (import "roam" "finish" (func $finish (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "\a1\69\72\65\73\6f\75\72\63\65\73\82\a3\64\6e\61\6d\65\65\73\74\6f\63\6b\64\6b\69\6e\64\65\74\61\62\6c\65\67\62\69\6e\64\69\6e\67\64\74\79\70\65\a3\64\6e\61\6d\65\65\73\74\6f\63\6b\64\6b\69\6e\64\65\74\61\62\6c\65\67\62\69\6e\64\69\6e\67\64\74\79\70\65")
+  (func (export "roam_agent_manifest") (call $finish (i32.const 0) (i32.const 0) (i32.const 84)))
+  (func (export "roam_agent_start")))"#;
+    let module =
+        roam_tests::sign_with(&net.alice, &wat::parse_str(wat)?, Kind::Agent, "twice", "1.0.0", &[], (0, 3600))?;
+    let refused = launch(&home.addr().to_string(), module, serde_json::json!({})).await;
+    let said = format!("{refused:?}");
+    ensure!(said.contains("declares resource") && said.contains("stock") && said.contains("twice"), "{said}");
+    home.shutdown().await;
+    Ok(())
+}
