@@ -3,8 +3,8 @@
 //!
 //! Core concepts:
 //! - [`sample`]: the deterministic sample `sales` dataset (shared with `cargo xtask demo`).
-//! - [`roam_bin`] / [`agent_wasm`]: where the binary and the example query modules are built;
-//!   `cargo xtask test` builds both before running the tests.
+//! - [`roam_bin`] / [`agent_wasm`] / [`zig_wasm`] / [`c_wasm`]: where the binary and the example
+//!   modules (Rust, Zig, C) are built; `cargo xtask test` builds them before running the tests.
 //! - [`roam`] / [`roam_ok`] / [`roam_err`]: run one `roam` command and check how it ended.
 //! - [`args!`]: a command line mixing strings and paths.
 //! - [`Fixture`]: a temporary directory with keys (`alice` trusted, `bob` trusted without
@@ -75,16 +75,40 @@ pub fn roam_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// An example query module built by `cargo xtask agents`, e.g. `agent_wasm("sales_by_region")`.
+/// An example module in Rust (`agents/NAME/`, for wasm32-unknown-unknown) built by
+/// `cargo xtask agents`, e.g. `agent_wasm("sales_by_region")`.
 ///
 /// # Errors
 /// If the module has not been built, with what to run to build it.
 pub fn agent_wasm(name: &str) -> Result<PathBuf> {
-    let path = repo_root().join("agents/target/wasm32-unknown-unknown/release").join(format!("{name}.wasm"));
+    built("wasm32-unknown-unknown/release", name)
+}
+
+/// An example module in Zig (`agents/zig/NAME.zig`), e.g. `zig_wasm("region_totals")`.
+///
+/// # Errors
+/// As [`agent_wasm`].
+pub fn zig_wasm(name: &str) -> Result<PathBuf> {
+    built("zig", name)
+}
+
+/// An example module in C (`agents/c/NAME.c`, against `sdk/c/roam.h`), e.g.
+/// `c_wasm("sales_by_region")`.
+///
+/// # Errors
+/// As [`agent_wasm`].
+pub fn c_wasm(name: &str) -> Result<PathBuf> {
+    built("c", name)
+}
+
+/// An example module of any language: `agents/target/DIR/NAME.wasm`.
+fn built(dir: &str, name: &str) -> Result<PathBuf> {
+    let path = repo_root().join("agents/target").join(dir).join(format!("{name}.wasm"));
     if !path.is_file() {
         bail!(
-            "the example module {name}.wasm is missing at {}; run `cargo xtask agents` (or \
-             `cargo xtask test`, which runs it) to build the example modules",
+            "the example module {name}.wasm is missing at {}; run `cargo xtask agents` (or `cargo xtask \
+             test`, which runs it), which builds the examples of every language and installs the \
+             compilers they need",
             path.display()
         );
     }

@@ -122,3 +122,43 @@ async fn a_module_of_the_wrong_shape_is_told_which_rule_of_the_abi_it_breaks() -
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_with_wasi_libc_uses_printf_and_malloc_and_its_output_lands_in_the_host_log() -> Result<()> {
+    let net = Net::new(&["data"])?;
+    let host = net.process("data", &[])?;
+    let wasm = std::fs::read(roam_tests::c_wasm("hello_wasi")?)?;
+    let module = roam_tests::sign_with(&net.alice, &wasm, Kind::Query, "hello-wasi", "1.0.0", &[], (0, 3600))?;
+    let answer = eval(&host.addr.to_string(), module, serde_json::json!({ "name": "ada" })).await?;
+    ensure!(answer == serde_json::json!({ "greeting": "hello, ada", "letters": 3 }), "{answer}");
+    let host = tokio::task::spawn_blocking(move || {
+        logged(&host, "hello_wasi: hello, ada (10 bytes)")?;
+        anyhow::Ok(host)
+    })
+    .await??;
+    ensure!(host.stderr().contains("hello-wasi@1.0.0"), "{}", host.stderr());
+    Ok(())
+}
+
+/// A wasi-libc agent: its constructor (run by the reactor's `_initialize`) runs once, at launch;
+/// on every arrival its memory, libc's heap included, is restored instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_agents_constructor_runs_once_and_its_libc_heap_travels() -> Result<()> {
+    let net = Net::new(&["home", "a", "b"])?;
+    let (_, home) = net.start(&net.config("home", "trust")?).await?;
+    let (_, a) = net.start(&net.config("a", "trust")?).await?;
+    let (_, b) = net.start(&net.config("b", "trust")?).await?;
+    let wasm = std::fs::read(roam_tests::c_wasm("journey_wasi")?)?;
+    let module = roam_tests::sign_with(&net.alice, &wasm, Kind::Agent, "journey-wasi", "1.0.0", &[], (0, 3600))?;
+    let route = [a.addr(), b.addr(), a.addr()].map(|h| h.to_string());
+    let home_addr = home.addr().to_string();
+    let id = crate::agents::launch(&home_addr, module, serde_json::json!({ "hosts": route })).await?;
+    let info = crate::agents::ended(&home_addr, &id, std::time::Duration::from_secs(60)).await?;
+    ensure!(info.state == "finished", "{info:?}");
+    let result = crate::agents::result_json(&info)?;
+    ensure!(result == serde_json::json!({ "constructed": 1, "arrivals": 3, "seen": "a,b,a" }), "{result}");
+    for running in [a, b, home] {
+        running.shutdown().await;
+    }
+    Ok(())
+}

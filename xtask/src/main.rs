@@ -13,8 +13,10 @@
 //! so the sample data generator is shared with the tests by path, not as a crate.
 
 mod demo;
+mod guests;
 #[path = "../../tests/sample.rs"]
 mod sample;
+mod zig;
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -242,6 +244,9 @@ fn build_agents() -> Result<()> {
     let mut build = cargo();
     build.current_dir(&dir).args(["build", "--release", "--target", WASI_TARGET, "-p", "wasi-hello"]);
     run(own_build(&mut build))?;
+    // The Zig modules (agents/zig/), with the Zig toolchain that xtask/src/zig.rs pins.
+    zig::build_zig()?;
+    guests::build_c()?;
     Ok(())
 }
 
