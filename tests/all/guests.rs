@@ -186,3 +186,27 @@ async fn a_recalled_c_agent_hands_over_what_it_carried() -> Result<()> {
     }
     Ok(())
 }
+
+/// The README's C and Zig queries are the files `cargo xtask agents` builds, word for word, and
+/// they count what the table holds.
+#[test]
+fn the_readmes_c_and_zig_queries_are_the_built_examples_and_count_the_rows() -> Result<()> {
+    let readme = std::fs::read_to_string(roam_tests::repo_root().join("README.md"))?;
+    for source in ["agents/c/row_count.c", "agents/zig/row_count.zig"] {
+        let text = std::fs::read_to_string(roam_tests::repo_root().join(source))?;
+        ensure!(readme.contains(&text), "README.md does not show {source} as it is");
+    }
+    let fx = Fixture::new()?;
+    let csv = fx.path().join("sales.csv");
+    sample::write_csv(&csv, &sample::generate(2_500, 7))?;
+    let mut table = OsString::from("sales=");
+    table.push(&csv);
+    let host = fx.host(args!["--table", table])?;
+    let addr = host.addr.to_string();
+    for (wasm, name) in [(c_wasm("row_count")?, "row-count-c"), (roam_tests::zig_wasm("row_count")?, "row-count-zig")] {
+        let module = signed_query(&fx, wasm, name)?;
+        let count = roam_ok(args!["eval", module, "--host", addr])?;
+        ensure!(count.trim() == "2500", "{name} counted {count}");
+    }
+    host.stop()
+}

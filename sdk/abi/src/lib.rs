@@ -218,9 +218,10 @@ pub struct Manifest {
 /// What an agent does after an entry point returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Next {
-    /// Move to the host at `host` (an address); if it cannot be reached, try `alternates` in order.
+    /// Move to the host at `host` (an address, or the name of a peer of the host the agent is
+    /// on); if it cannot be reached, try `alternates` in order.
     Go {
-        /// The destination's address.
+        /// The destination: an address, or a peer's name.
         host: String,
         /// Where to go instead, in order, if the destination is unreachable.
         alternates: Vec<String>,
