@@ -46,6 +46,8 @@ async fn rust_with_std_on_wasip1_prints_to_the_host_log_and_reads_no_file() -> R
 
     ensure!(answer["greeting"] == "hello, ada", "{answer}");
     ensure!(answer["words"] == 2, "{answer}");
+    // Nothing of the host's process: no arguments, no environment.
+    ensure!(answer["args"] == 0 && answer["env"] == 0, "{answer}");
     // The host's clock, not zero.
     let now = answer["now"].as_u64().context("no time")?;
     ensure!(now + 5 >= before && now <= before + 600, "the module's clock says {now}, the test's {before}");

@@ -1,6 +1,6 @@
 //! A query that uses Rust's `std` the way ordinary code does, built for `wasm32-wasip1`
 //! (`cargo xtask agents` builds it so): `println!` and `eprintln!` land in the host's log, the
-//! clock and the random keys of a `HashMap` work, and reading a file fails with an error the
+//! clock and the random keys of a `HashMap` work, arguments and environment are empty, and reading a file fails with an error the
 //! module handles, since a module reaches nothing outside its sandbox.
 
 use std::collections::HashMap;
@@ -22,6 +22,9 @@ struct Output {
     words: usize,
     /// What reading a file gave: an error, as a string.
     file: String,
+    /// How many arguments and environment variables the module sees.
+    args: usize,
+    env: usize,
 }
 
 fn hello(input: Input) -> roam_sdk::Result<Output> {
@@ -38,7 +41,7 @@ fn hello(input: Input) -> roam_sdk::Result<Output> {
         Ok(bytes) => format!("read {} bytes", bytes.len()),
         Err(e) => format!("error: {e}"),
     };
-    Ok(Output { greeting, now, words, file })
+    Ok(Output { greeting, now, words, file, args: std::env::args().count(), env: std::env::vars().count() })
 }
 
 roam_sdk::query!(hello);
