@@ -196,20 +196,20 @@ fn a_flipped_byte_anywhere_in_a_signed_module_fails_verification() -> Result<()>
     Ok(())
 }
 
-/// What `sales-by-region` answers.
+/// What `sales-by-region` answers (and its C twin, agents/c/sales_by_region.c).
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ByRegion {
-    regions: Vec<RegionTotal>,
+pub struct ByRegion {
+    pub regions: Vec<RegionTotal>,
 }
 
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RegionTotal {
-    region: String,
-    orders: u64,
-    total_cents: i64,
-    mean_cents: f64,
+pub struct RegionTotal {
+    pub region: String,
+    pub orders: u64,
+    pub total_cents: i64,
+    pub mean_cents: f64,
 }
 
 /// What `sales-median` answers.
@@ -229,7 +229,7 @@ struct ProductMedian {
 
 /// `sales-by-region`, computed here: the same filter, grouping and formula, so the floats are
 /// bit-identical (and serde_json's `float_roundtrip` feature parses the host's floats exactly).
-fn by_region_natively(sales: &[Sale], min_quantity: i64, from_day: i64, to_day: i64) -> ByRegion {
+pub fn by_region_natively(sales: &[Sale], min_quantity: i64, from_day: i64, to_day: i64) -> ByRegion {
     let mut totals = BTreeMap::<&str, (u64, i64)>::new();
     for s in sales.iter().filter(|s| s.quantity >= min_quantity && (from_day..=to_day).contains(&s.day)) {
         let (orders, total) = totals.entry(&s.region).or_default();

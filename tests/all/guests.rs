@@ -4,7 +4,6 @@
 //! the agent's statics and heap against the Rust hop-counter over the same route, and through a
 //! recall.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,51 +11,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use roam_host::client::Client;
 use roam_keys::Kind;
-use roam_tests::sample::{self, Sale};
+use roam_tests::sample;
 use roam_tests::{Fixture, agent_wasm, args, c_wasm, roam_err, roam_ok};
-use serde::Deserialize;
 
 use crate::agents::{Net, check_hop_counter, ended, launch, parked, result_json, with_route};
-
-/// What sales_by_region.c answers, and agents/sales-by-region too: the same shape on purpose.
-#[derive(Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ByRegion {
-    regions: Vec<Region>,
-}
-
-#[derive(Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Region {
-    region: String,
-    orders: u64,
-    total_cents: i64,
-    mean_cents: f64,
-}
-
-/// The answer computed here, with the same filter, grouping and formula, so that the means are
-/// bit-identical.
-fn by_region_natively(sales: &[Sale], min_quantity: i64, from_day: i64, to_day: i64) -> ByRegion {
-    let mut totals = BTreeMap::<&str, (u64, i64)>::new();
-    for s in sales.iter().filter(|s| s.quantity >= min_quantity && (from_day..=to_day).contains(&s.day)) {
-        let (orders, total) = totals.entry(&s.region).or_default();
-        *orders += 1;
-        *total += s.amount_cents;
-    }
-    let regions = totals
-        .into_iter()
-        .map(|(region, (orders, total_cents))| Region {
-            region: region.to_owned(),
-            orders,
-            total_cents,
-            mean_cents: total_cents as f64 / orders as f64,
-        })
-        .collect();
-    ByRegion { regions }
-}
+use crate::cli::{ByRegion, by_region_natively};
 
 /// Signs `wasm` as alice's query asking for the sales table, and writes it to the fixture.
-fn signed_query(fx: &Fixture, wasm: PathBuf, name: &str) -> Result<PathBuf> {
+pub fn signed_query(fx: &Fixture, wasm: PathBuf, name: &str) -> Result<PathBuf> {
     let signed = fx.sign(&std::fs::read(&wasm)?, "alice", Kind::Query, name, "1.0.0", &["table:sales"])?;
     fx.write(&format!("{name}.signed.wasm"), signed)
 }

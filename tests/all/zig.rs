@@ -4,7 +4,6 @@
 //! survives its hops and a recall, checked like the Rust hop-counter.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -15,6 +14,7 @@ use roam_tests::{Fixture, agent_wasm, args, roam_err, roam_ok, zig_wasm};
 use serde::Deserialize;
 
 use crate::agents::{Net, check_hop_counter, ended, launch, parked, result_json, with_route};
+use crate::guests::signed_query;
 
 /// What region_totals.zig answers.
 #[derive(Debug, PartialEq, Deserialize)]
@@ -70,12 +70,6 @@ fn totals_natively(sales: &[Sale], min_quantity: i64, from_day: i64, to_day: i64
         })
         .collect();
     Totals { regions }
-}
-
-/// Signs `wasm` as alice's query asking for the sales table, and writes it to the fixture.
-fn signed_query(fx: &Fixture, wasm: PathBuf, name: &str) -> Result<PathBuf> {
-    let signed = fx.sign(&std::fs::read(&wasm)?, "alice", Kind::Query, name, "1.0.0", &["table:sales"])?;
-    fx.write(&format!("{name}.signed.wasm"), signed)
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(stdout: &str) -> Result<T> {
