@@ -3,8 +3,8 @@
 //!
 //! Core concepts:
 //! - [`sample`]: the deterministic sample `sales` dataset (shared with `cargo xtask demo`).
-//! - [`roam_bin`] / [`agent_wasm`] / [`zig_wasm`] / [`c_wasm`]: where the binary and the example
-//!   modules (Rust, Zig, C) are built; `cargo xtask test` builds them before running the tests.
+//! - [`roam_bin`] / [`agent_wasm`] / [`wasip1_wasm`] / [`zig_wasm`] / [`c_wasm`]: where the
+//!   binary and the example modules (Rust, Rust on WASI, Zig, C) are built; `cargo xtask test` builds them before running the tests.
 //! - [`roam`] / [`roam_ok`] / [`roam_err`]: run one `roam` command and check how it ended.
 //! - [`args!`]: a command line mixing strings and paths.
 //! - [`Fixture`]: a temporary directory with keys (`alice` trusted, `bob` trusted without
@@ -99,6 +99,14 @@ pub fn zig_wasm(name: &str) -> Result<PathBuf> {
 /// As [`agent_wasm`].
 pub fn c_wasm(name: &str) -> Result<PathBuf> {
     built("c", name)
+}
+
+/// The example module in Rust with `std` for WASI (`agents/NAME/`, for wasm32-wasip1).
+///
+/// # Errors
+/// As [`agent_wasm`].
+pub fn wasip1_wasm(name: &str) -> Result<PathBuf> {
+    built("wasm32-wasip1/release", name)
 }
 
 /// An example module of any language: `agents/target/DIR/NAME.wasm`.

@@ -143,6 +143,12 @@ impl Net {
         let wasm = std::fs::read(agent_wasm(file)?)?;
         roam_tests::sign_with(&self.alice, &wasm, Kind::Agent, name, "1.0.0", caps, (0, 3600))
     }
+
+    /// The module at `path` (an example of any language), signed by alice as `kind` named
+    /// `name`, asking for no capability.
+    pub fn sign_file(&self, path: &Path, kind: Kind, name: &str) -> Result<Vec<u8>> {
+        roam_tests::sign_with(&self.alice, &std::fs::read(path)?, kind, name, "1.0.0", &[], (0, 3600))
+    }
 }
 
 pub async fn launch(home: &str, module: Vec<u8>, input: serde_json::Value) -> Result<String> {

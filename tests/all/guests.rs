@@ -76,8 +76,7 @@ fn a_c_query_totals_the_sales_by_region_as_the_rust_example_and_a_native_computa
 
 /// Signs the C hop counter as alice's agent, with no capabilities (it opens nothing).
 fn c_hop_counter(net: &Net) -> Result<Vec<u8>> {
-    let wasm = std::fs::read(c_wasm("hop_counter")?)?;
-    roam_tests::sign_with(&net.alice, &wasm, Kind::Agent, "hop-counter-c", "1.0.0", &[], (0, 3600))
+    net.sign_file(&c_wasm("hop_counter")?, Kind::Agent, "hop-counter-c")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,8 +107,7 @@ async fn a_c_agent_keeps_its_statics_and_heap_across_hosts_as_the_rust_agent_doe
     assert_eq!(visits[1..], names[..]);
 
     // The Rust agent over the same route brings home the same report, but for `departures`.
-    let rust = std::fs::read(agent_wasm("hop_counter")?)?;
-    let rust = roam_tests::sign_with(&net.alice, &rust, Kind::Agent, "hop-counter", "1.0.0", &[], (0, 3600))?;
+    let rust = net.sign_agent("hop_counter", "hop-counter", &[])?;
     let id = launch(&home_addr, rust, serde_json::json!({ "hosts": route })).await?;
     let info = ended(&home_addr, &id, Duration::from_secs(60)).await?;
     assert_eq!(info.state, "finished", "{info:?}");

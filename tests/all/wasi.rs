@@ -8,12 +8,9 @@ use roam_keys::Kind;
 
 use crate::agents::Net;
 
-/// An example built for `wasm32-wasip1` by `cargo xtask agents`.
-fn wasip1_module(name: &str) -> Result<Vec<u8>> {
-    let path = roam_tests::repo_root().join("agents/target/wasm32-wasip1/release").join(format!("{name}.wasm"));
-    std::fs::read(&path).with_context(|| {
-        format!("{} is missing; run `cargo xtask agents`, which builds the wasm32-wasip1 example", path.display())
-    })
+/// The example built for `wasm32-wasip1` by `cargo xtask agents`.
+fn wasi_hello() -> Result<std::path::PathBuf> {
+    roam_tests::wasip1_wasm("wasi_hello")
 }
 
 /// Evaluates `module` (signed as a query) on `host` with `input`; its result as JSON.
@@ -39,8 +36,7 @@ fn logged(host: &roam_tests::HostProcess, line: &str) -> Result<()> {
 async fn rust_with_std_on_wasip1_prints_to_the_host_log_and_reads_no_file() -> Result<()> {
     let net = Net::new(&["data"])?;
     let host = net.process("data", &[])?;
-    let wasm = wasip1_module("wasi_hello")?;
-    let module = roam_tests::sign_with(&net.alice, &wasm, Kind::Query, "wasi-hello", "1.0.0", &[], (0, 3600))?;
+    let module = net.sign_file(&wasi_hello()?, Kind::Query, "wasi-hello")?;
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let answer = eval(&host.addr.to_string(), module, serde_json::json!({ "name": "ada" })).await?;
 
@@ -75,8 +71,7 @@ async fn rust_with_std_on_wasip1_prints_to_the_host_log_and_reads_no_file() -> R
 #[tokio::test(flavor = "current_thread")]
 async fn a_wasi_code_module_runs_on_demand_called_from_async_code() -> Result<()> {
     let net = Net::new(&["client"])?;
-    let wasm = wasip1_module("wasi_hello")?;
-    let module = roam_tests::sign_with(&net.alice, &wasm, Kind::Code, "wasi-hello", "1.0.0", &[], (0, 3600))?;
+    let module = net.sign_file(&wasi_hello()?, Kind::Code, "wasi-hello")?;
     let trust = roam_keys::TrustStore::load(&net.path("trust"))?;
     let cod = roam_host::local::CodeOnDemand::builder(trust).cache_dir(net.path("cache")).build()?;
     let loaded = cod.load(module)?;
@@ -129,8 +124,7 @@ async fn a_module_of_the_wrong_shape_is_told_which_rule_of_the_abi_it_breaks() -
 async fn c_with_wasi_libc_uses_printf_and_malloc_and_its_output_lands_in_the_host_log() -> Result<()> {
     let net = Net::new(&["data"])?;
     let host = net.process("data", &[])?;
-    let wasm = std::fs::read(roam_tests::c_wasm("hello_wasi")?)?;
-    let module = roam_tests::sign_with(&net.alice, &wasm, Kind::Query, "hello-wasi", "1.0.0", &[], (0, 3600))?;
+    let module = net.sign_file(&roam_tests::c_wasm("hello_wasi")?, Kind::Query, "hello-wasi")?;
     let answer = eval(&host.addr.to_string(), module, serde_json::json!({ "name": "ada" })).await?;
     ensure!(answer == serde_json::json!({ "greeting": "hello, ada", "letters": 3 }), "{answer}");
     let host = tokio::task::spawn_blocking(move || {
@@ -150,8 +144,7 @@ async fn a_wasi_agents_constructor_runs_once_and_its_libc_heap_travels() -> Resu
     let (_, home) = net.start(&net.config("home", "trust")?).await?;
     let (_, a) = net.start(&net.config("a", "trust")?).await?;
     let (_, b) = net.start(&net.config("b", "trust")?).await?;
-    let wasm = std::fs::read(roam_tests::c_wasm("journey_wasi")?)?;
-    let module = roam_tests::sign_with(&net.alice, &wasm, Kind::Agent, "journey-wasi", "1.0.0", &[], (0, 3600))?;
+    let module = net.sign_file(&roam_tests::c_wasm("journey_wasi")?, Kind::Agent, "journey-wasi")?;
     let route = [a.addr(), b.addr(), a.addr()].map(|h| h.to_string());
     let home_addr = home.addr().to_string();
     let id = crate::agents::launch(&home_addr, module, serde_json::json!({ "hosts": route })).await?;

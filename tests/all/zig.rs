@@ -123,8 +123,7 @@ fn a_zig_query_totals_the_sales_as_a_native_computation_and_the_rust_example_do(
 
 /// Signs the Zig hop counter as alice's agent, with no capabilities (it opens nothing).
 fn zig_hop_counter(net: &Net) -> Result<Vec<u8>> {
-    let wasm = std::fs::read(zig_wasm("hop_counter")?)?;
-    roam_tests::sign_with(&net.alice, &wasm, Kind::Agent, "zig-hop-counter", "1.0.0", &[], (0, 3600))
+    net.sign_file(&zig_wasm("hop_counter")?, Kind::Agent, "zig-hop-counter")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

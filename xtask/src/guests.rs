@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-use super::{repo_root, run, step, succeeds};
+use super::{apt_install, repo_root, run, step, succeeds};
 
 /// The Debian packages that hold the toolchain: clang; lld (wasm-ld); wasi-libc (the libc and
 /// its headers for `--target=wasm32-wasi`); the wasm32 compiler-rt builtins (`__multi3` and the
@@ -141,20 +141,11 @@ fn toolchain() -> Result<Toolchain> {
         Ok(found) => return Ok(found),
         Err(missing) => missing,
     };
-    if !succeeds(Command::new("apt-get").arg("--version")) {
-        bail!(
-            "the C guests (agents/c) need {}; install clang, wasm-ld (LLVM's lld), wasi-libc and \
-             compiler-rt's builtins for wasm32 (Debian and Ubuntu: {})",
-            missing.join(", "),
-            PACKAGES.join(" ")
-        );
-    }
-    step(&format!("Installing {} for the C guests (Debian's {})", missing.join(", "), PACKAGES.join(", ")));
-    run(Command::new("apt-get").arg("update").arg("-q"))?;
-    run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(PACKAGES))?;
+    apt_install(
+        &format!("the C guests (agents/c), which lack {}", missing.join(", ")),
+        &PACKAGES,
+        "install clang, wasm-ld (LLVM's lld), wasi-libc and compiler-rt's builtins for wasm32",
+    )?;
     Toolchain::find().map_err(|missing| {
         anyhow::anyhow!("after installing {}, the C guests still lack {}", PACKAGES.join(", "), missing.join(", "))
     })

@@ -299,23 +299,25 @@ fn ensure_browser() -> Result<()> {
     if BROWSER.iter().all(|p| Path::new(p).is_file()) {
         return Ok(());
     }
+    apt_install(
+        "the status page's test (Chromium and ChromeDriver)",
+        &["chromium", "chromium-driver"],
+        &format!("install Chromium and ChromeDriver at {} and {}", BROWSER[0], BROWSER[1]),
+    )
+}
+
+/// Installs Debian `packages` that `what` needs, with apt-get; where there is no apt-get,
+/// fails saying `otherwise`, what to do instead.
+fn apt_install(what: &str, packages: &[&str], otherwise: &str) -> Result<()> {
     if !succeeds(Command::new("apt-get").arg("--version")) {
-        bail!(
-            "the status page's test needs {} and {}; install Chromium and ChromeDriver there",
-            BROWSER[0],
-            BROWSER[1]
-        );
+        bail!("{what} needs what this machine lacks, and there is no apt-get to install it: {otherwise}");
     }
-    step("Installing Chromium and ChromeDriver (Debian's chromium, chromium-driver) for the status page's test");
+    step(&format!("Installing Debian's {} for {what}", packages.join(", ")));
     run(Command::new("apt-get").arg("update").arg("-q"))?;
-    run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
-        "install",
-        "-y",
-        "-q",
-        "--no-install-recommends",
-        "chromium",
-        "chromium-driver",
-    ]))
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages))
 }
 
 /// `cargo xtask test [ARGS]`: the modules, the `roam` binary, then every test.

@@ -14,7 +14,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::{repo_root, run, step};
+use super::{apt_install, repo_root, run, step, succeeds};
 
 /// The Zig release the modules are written for. Zig's language and standard library still
 /// change from one release to the next (containers, I/O, reflection), so it is pinned.
@@ -97,18 +97,13 @@ fn ensure_zig(toolchain: &Path) -> Result<()> {
     {
         return Ok(());
     }
-    let pip = Command::new("python3").args(["-m", "pip", "--version"]).output();
-    match pip {
-        Err(e) => bail!(
-            "building the Zig modules needs python3 with pip, to install Zig {ZIG_VERSION} from PyPI, and python3 \
-             cannot be run ({e}); on Debian or Ubuntu: apt-get install python3 python3-pip"
-        ),
-        Ok(out) if !out.status.success() => bail!(
-            "building the Zig modules needs pip, to install Zig {ZIG_VERSION} from PyPI, and `python3 -m pip` \
-             does not run ({}); on Debian or Ubuntu: apt-get install python3-pip",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Ok(_) => {}
+    // A fresh Debian has python3 but not pip.
+    if !succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
+        apt_install(
+            &format!("installing Zig {ZIG_VERSION} from PyPI"),
+            &["python3", "python3-pip"],
+            "install python3 with pip",
+        )?;
     }
     step(&format!("Installing Zig {ZIG_VERSION} (PyPI package ziglang) into {}", toolchain.display()));
     run(Command::new("python3")

@@ -141,6 +141,8 @@ pub struct Prepared {
     pre: InstancePre<Guest>,
     /// Whether it imports WASI (see [`Engine::call`]).
     wasi: bool,
+    /// Whether it exports `_initialize` (see [`Engine::initialize`]).
+    reactor: bool,
     /// How long the last call ran, in microseconds. Past [`LONG_CALL`], the next call starts
     /// demoted, so a module that runs long again and again never takes the first part of each
     /// run from others (the way a multilevel feedback queue treats jobs that use up their
@@ -376,7 +378,12 @@ impl Engine {
         }
         let compiled = self.compile(key, bytes)?;
         let pre = self.linker.instantiate_pre(&compiled).map_err(|e| LoadError::Link(link_error(&e)))?;
-        let prepared = Arc::new(Prepared { pre, wasi: wasi::imported_by(&compiled), last_call_us: AtomicU64::new(0) });
+        let prepared = Arc::new(Prepared {
+            pre,
+            wasi: wasi::imported_by(&compiled),
+            reactor: compiled.get_export(wasi::INITIALIZE).is_some(),
+            last_call_us: AtomicU64::new(0),
+        });
         lock(&self.prepared).insert(key.to_owned(), prepared.clone());
         Ok(prepared)
     }
@@ -436,7 +443,7 @@ impl Engine {
             &module.prepared,
             guest,
             roam_abi::QUERY_EXPORT,
-            |store, instance| self.initialize(store, instance),
+            |store, instance| self.initialize(&module.prepared, store, instance),
             |_, _, _| Ok(()),
         )?;
         Ok(output)
@@ -484,7 +491,7 @@ impl Engine {
             // holds what that did.
             |store, instance| match from {
                 Some(s) => restore(store, instance, s, agent),
-                None => self.initialize(store, instance),
+                None => self.initialize(&agent.runnable.prepared, store, instance),
             },
             |store, instance, output| {
                 if leaving(output)
@@ -511,12 +518,18 @@ impl Engine {
     }
 
     /// Calls a reactor's `_initialize` (its libc's and language's constructors), if it
-    /// exports one.
-    fn initialize(&self, store: &mut Store<Guest>, instance: &Instance) -> Result<(), RunError> {
-        match instance.get_typed_func::<(), ()>(&mut *store, wasi::INITIALIZE) {
-            Ok(init) => init.call(&mut *store, ()).map_err(|e| self.classify(e, store.data())),
-            Err(_) => Ok(()),
+    /// exports one; most modules do not, and pay no lookup for it.
+    fn initialize(&self, prepared: &Prepared, store: &mut Store<Guest>, instance: &Instance) -> Result<(), RunError> {
+        if !prepared.reactor {
+            return Ok(());
         }
+        let init = instance.get_typed_func::<(), ()>(&mut *store, wasi::INITIALIZE).map_err(|_| {
+            RunError::Instantiate(format!(
+                "the module exports `{}`, which must be a function with no parameters and no results",
+                wasi::INITIALIZE
+            ))
+        })?;
+        init.call(&mut *store, ()).map_err(|e| self.classify(e, store.data()))
     }
 
     /// Instantiates, runs `before` (an initialization or a restore), calls `entry`, takes its
