@@ -27,6 +27,13 @@
 //! source = "sales.csv"        # .csv, or a SQLite file holding a table of this name
 //!
 //! [[resources]]
+//! name = "lineitem"
+//! type = "table"
+//! engine = "columnar"         # DataFusion; the default for a .parquet source
+//! source = "lineitem.csv"     # .csv (converted into Parquet once) or .parquet
+//! columns = { l_discount = "decimal(15,2)", l_shipdate = "date" }
+//!
+//! [[resources]]
 //! name = "audit"
 //! type = "log"
 //! ```
@@ -323,10 +330,32 @@ pub struct ResourceConfig {
     /// For a table: a CSV or SQLite file.
     #[serde(default)]
     pub source: Option<PathBuf>,
-    /// For a CSV table: the types of some of its columns (`integer`, `real`, `text`), which
-    /// win over inference.
+    /// For a CSV table: the types of some of its columns (`integer`, `real`, `text`; for a
+    /// columnar table also `decimal(P,S)`, `date`, `timestamp`), which win over inference.
     #[serde(default)]
     pub columns: std::collections::BTreeMap<String, ColumnType>,
+    /// For a table: `sqlite`, or `columnar` (Apache DataFusion: exact decimals, dates, analytic
+    /// speed). Default: `columnar` for a Parquet file, `sqlite` otherwise.
+    #[serde(default)]
+    pub engine: Option<TableEngine>,
+}
+
+/// Which engine answers a table's statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableEngine {
+    /// SQLite: a CSV file imported into a SQLite file, or a SQLite file.
+    Sqlite,
+    /// The columnar engine: a CSV file converted into Parquet, or a Parquet file.
+    Columnar,
+}
+
+impl ResourceConfig {
+    /// The engine of a table: as configured, else by its source's kind.
+    pub fn engine(&self) -> TableEngine {
+        let parquet = self.source.as_ref().and_then(|s| s.extension()).is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+        self.engine.unwrap_or(if parquet { TableEngine::Columnar } else { TableEngine::Sqlite })
+    }
 }
 
 impl HostConfig {
@@ -388,6 +417,7 @@ impl HostConfig {
             attachment: Attachment::Fastened,
             source: Some(path.into()),
             columns: Default::default(),
+            engine: None,
         });
         Ok(())
     }
@@ -400,6 +430,7 @@ impl HostConfig {
             attachment: Attachment::Fixed,
             source: None,
             columns: Default::default(),
+            engine: None,
         });
     }
 

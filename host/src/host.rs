@@ -17,7 +17,7 @@ use crate::admission::{Admission, Rollback};
 use crate::agents::peers::Peers;
 use crate::agents::{Agents, Parts, Viewer};
 use crate::cache::{Bounded, MODULES_KEPT};
-use crate::config::{ConnectionLimits, HostConfig};
+use crate::config::{ConnectionLimits, HostConfig, TableEngine};
 use crate::engine::{Engine, Runnable};
 use crate::protocol::{ErrorKind, ModuleInfo, ModuleRef, RemoteError, Request, Response};
 use crate::refusal::{admit_error, internal, load_error, run_error, verify_error};
@@ -159,9 +159,19 @@ impl Host {
         let mut resources = Resources::default();
         for r in &config.resources {
             match (r.kind, &r.source) {
-                (ResourceType::Table, Some(source)) => {
-                    resources.add_table_with(&r.name, r.attachment, source, &config.data_dir, &r.columns)?;
-                }
+                (ResourceType::Table, Some(source)) => match r.engine() {
+                    TableEngine::Sqlite => {
+                        resources.add_table_with(&r.name, r.attachment, source, &config.data_dir, &r.columns)?;
+                    }
+                    TableEngine::Columnar => resources.add_columnar_table(
+                        &r.name,
+                        r.attachment,
+                        source,
+                        &config.data_dir,
+                        &r.columns,
+                        config.limits.engine().memory_bytes,
+                    )?,
+                },
                 _ => resources.add_log(&r.name, r.attachment, state.clone()),
             }
         }

@@ -25,6 +25,7 @@ pub mod access;
 pub mod admission;
 pub mod agents;
 mod cache;
+mod columnar;
 pub mod client;
 pub mod config;
 pub mod engine;

@@ -22,7 +22,7 @@ use crate::state::State;
 use crate::sync::lock;
 
 /// A batch stops growing past this many encoded bytes, so one batch never needs much memory.
-const BATCH_TARGET_BYTES: usize = 256 << 10;
+pub(crate) const BATCH_TARGET_BYTES: usize = 256 << 10;
 /// Largest single value (text or blob) a statement may produce.
 const MAX_VALUE_BYTES: i32 = 8 << 20;
 /// Longest line a module may append to a log.
@@ -97,6 +97,8 @@ pub struct Resource {
 #[derive(Debug)]
 enum Backend {
     Table(Arc<TablePool>),
+    /// A table of the columnar engine (see [`crate::columnar`]).
+    Columnar(Arc<crate::columnar::Table>),
     Log(Arc<State>),
     /// A global reference: every call goes to the host that owns the resource.
     Remote(Arc<dyn Forward>),
@@ -131,6 +133,7 @@ impl Resource {
     pub fn query(&self, sql: &str, params: Vec<Value>, deadline: Instant) -> Result<Cursor, ResourceError> {
         match &self.backend {
             Backend::Table(pool) => pool.clone().query(sql.to_owned(), params, deadline),
+            Backend::Columnar(table) => table.query(sql.to_owned(), params, deadline),
             Backend::Remote(f) => Ok(Cursor::from_batches(f.query(sql, params, deadline)?, deadline)),
             Backend::Log(_) => Err(ResourceError::Sql(format!("{} is a log, not a table", self.name))),
         }
@@ -143,15 +146,24 @@ impl Resource {
                 state.append_log(&self.name, module, line).map_err(|e| ResourceError::Sql(e.to_string()))
             }
             Backend::Remote(f) => f.append(line),
-            Backend::Table(_) => Err(ResourceError::Sql(format!("{} is a table, not a log", self.name))),
+            Backend::Table(_) | Backend::Columnar(_) => {
+                Err(ResourceError::Sql(format!("{} is a table, not a log", self.name)))
+            }
         }
     }
 
     /// The whole content of a table, if it holds at most `max_bytes` (roughly): what travels
     /// when an agent copies or moves it.
     pub fn copy(&self, max_bytes: usize) -> Result<TableCopy, ResourceError> {
-        let Backend::Table(pool) = &self.backend else {
-            return Err(ResourceError::Sql(format!("{} is not a local table", self.name)));
+        let pool = match &self.backend {
+            Backend::Table(pool) => pool,
+            Backend::Columnar(_) => {
+                return Err(ResourceError::Sql(format!(
+                    "{} is a columnar table, which is not copied: refer to it (bind it by identifier)",
+                    self.name
+                )));
+            }
+            _ => return Err(ResourceError::Sql(format!("{} is not a local table", self.name))),
         };
         let conn = pool.checkout().map_err(ResourceError::Sql)?;
         let sql = format!("SELECT * FROM \"{}\"", pool.table.replace('"', "\"\""));
@@ -245,6 +257,25 @@ impl Resources {
         };
         let pool = TablePool::open(db, name).map_err(load_err)?;
         self.insert(name, ResourceType::Table, attachment, Backend::Table(Arc::new(pool)));
+        Ok(())
+    }
+
+    /// Adds a table of the columnar engine, from a CSV file (converted into Parquet under
+    /// `data_dir` when the CSV is newer than that copy) or a Parquet file; a statement may use
+    /// at most `memory_bytes` of engine memory. A CSV file's column types are inferred unless
+    /// declared in `columns`.
+    pub fn add_columnar_table(
+        &mut self,
+        name: &str,
+        attachment: Attachment,
+        source: &Path,
+        data_dir: &Path,
+        columns: &BTreeMap<String, ColumnType>,
+        memory_bytes: usize,
+    ) -> Result<(), ResourceError> {
+        let table = crate::columnar::Table::open(name, source, data_dir, columns, memory_bytes)
+            .map_err(|reason| ResourceError::Load { name: name.to_owned(), path: source.to_owned(), reason })?;
+        self.insert(name, ResourceType::Table, attachment, Backend::Columnar(Arc::new(table)));
         Ok(())
     }
 
@@ -356,17 +387,12 @@ impl TablePool {
                 lock(&pool.idle).push(conn);
             })
             .map_err(|e| ResourceError::Sql(format!("cannot start the query: {e}")))?;
-        let mut cursor = Cursor { rx, pending: None, staged: None, done: false, cancel, deadline };
-        // The first message says whether the statement was accepted.
-        match cursor.recv()? {
-            Some(batch) => cursor.pending = Some(batch),
-            None => cursor.done = true,
-        }
-        Ok(cursor)
+        Cursor::started(rx, cancel, deadline)
     }
 }
 
-enum Msg {
+/// What a query's producer sends its cursor.
+pub(crate) enum Msg {
     Batch(Vec<u8>),
     End,
     Error(String),
@@ -428,20 +454,20 @@ fn produce(conn: &Connection, sql: &str, params: &[Value], tx: &SyncSender<Msg>)
 }
 
 /// A batch of rows being encoded as CBOR.
-struct Batch {
-    bytes: Vec<u8>,
-    rows: usize,
+pub(crate) struct Batch {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) rows: usize,
 }
 
 impl Batch {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // 0x9f: an array of indefinite length, closed by `finish`.
         let mut bytes = Vec::with_capacity(16 << 10);
         bytes.push(0x9f);
         Self { bytes, rows: 0 }
     }
 
-    fn row(&mut self, columns: usize) {
+    pub(crate) fn row(&mut self, columns: usize) {
         self.rows += 1;
         head(&mut self.bytes, 4, columns as u64);
     }
@@ -468,9 +494,30 @@ impl Batch {
         }
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    pub(crate) fn finish(mut self) -> Vec<u8> {
         self.bytes.push(0xff);
         self.bytes
+    }
+
+    /// A cell holding `v`.
+    pub(crate) fn value(&mut self, v: &Value) {
+        match v {
+            Value::Null => self.cell(ValueRef::Null),
+            Value::Integer(i) => self.cell(ValueRef::Integer(*i)),
+            Value::Real(f) => self.cell(ValueRef::Real(*f)),
+            Value::Text(t) => self.text(t),
+            Value::Blob(b) => self.bytes(b),
+        }
+    }
+
+    /// A text cell.
+    pub(crate) fn text(&mut self, t: &str) {
+        self.cell(ValueRef::Text(t.as_bytes()));
+    }
+
+    /// A blob cell.
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
+        self.cell(ValueRef::Blob(b));
     }
 }
 
@@ -549,6 +596,17 @@ impl std::fmt::Debug for Msg {
 }
 
 impl Cursor {
+    /// A cursor over what a producer sends on `rx`, once its first message came: an error
+    /// there (bad SQL, a refused statement) is the query's, and fails it at once.
+    pub(crate) fn started(rx: Receiver<Msg>, cancel: Arc<AtomicBool>, deadline: Instant) -> Result<Self, ResourceError> {
+        let mut cursor = Self { rx, pending: None, staged: None, done: false, cancel, deadline };
+        match cursor.recv()? {
+            Some(batch) => cursor.pending = Some(batch),
+            None => cursor.done = true,
+        }
+        Ok(cursor)
+    }
+
     /// A cursor over batches that are already here (rows a remote owner sent back).
     pub fn from_batches(batches: Vec<Vec<u8>>, deadline: Instant) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(batches.len() + 1);
@@ -643,6 +701,12 @@ fn import_csv_if_stale(
     let headers: Vec<String> = reader.headers().map_err(|e| e.to_string())?.iter().map(str::to_owned).collect();
     if headers.is_empty() {
         return Err("the CSV file has no header row".into());
+    }
+    if let Some((column, t)) = declared.iter().find(|(_, t)| !matches!(t, ColumnType::Integer | ColumnType::Real | ColumnType::Text)) {
+        return Err(format!(
+            "column {column:?} is declared {t:?}, which only a columnar table holds (engine = \"columnar\"); a \
+             SQLite table's columns are integer, real or text"
+        ));
     }
     if let Some(unknown) = declared.keys().find(|c| !headers.contains(c)) {
         return Err(format!("the configuration declares column {unknown:?}, which the CSV file does not have"));
@@ -816,10 +880,10 @@ fn write_copy(copy: &TableCopy, path: &Path, table: &str) -> Result<(), String> 
     std::fs::rename(&tmp, path).map_err(|e| e.to_string())
 }
 
-/// The type of a CSV table's column, declared in host.toml (`integer`, `real`, `text`) or
-/// inferred.
+/// The type of a CSV table's column, declared in host.toml (`integer`, `real`, `text`; for a
+/// columnar table also `decimal(P,S)`, `date`, `timestamp`) or inferred.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum ColumnType {
     /// 64-bit integers.
     Integer,
@@ -827,14 +891,54 @@ pub enum ColumnType {
     Real,
     /// Anything, as written.
     Text,
+    /// Exact decimals of `precision` digits, `scale` of them after the point (columnar only).
+    Decimal {
+        /// Digits in all, 1 to 38.
+        precision: u8,
+        /// Digits after the point, at most `precision`.
+        scale: i8,
+    },
+    /// A calendar date, `YYYY-MM-DD` (columnar only).
+    Date,
+    /// A date and time, `YYYY-MM-DD HH:MM:SS[.ffffff]`, without a time zone (columnar only).
+    Timestamp,
+}
+
+impl TryFrom<String> for ColumnType {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let t = text.trim().to_ascii_lowercase();
+        let decimal = || {
+            let inner = t.strip_prefix("decimal(")?.strip_suffix(')')?;
+            let (p, s) = inner.split_once(',')?;
+            let (precision, scale): (u8, i8) = (p.trim().parse().ok()?, s.trim().parse().ok()?);
+            ((1..=38).contains(&precision) && (0..=precision as i8).contains(&scale))
+                .then_some(Self::Decimal { precision, scale })
+        };
+        match t.as_str() {
+            "integer" => Ok(Self::Integer),
+            "real" => Ok(Self::Real),
+            "text" => Ok(Self::Text),
+            "date" => Ok(Self::Date),
+            "timestamp" => Ok(Self::Timestamp),
+            _ => decimal().ok_or_else(|| {
+                format!(
+                    "unknown column type {text:?}: expected integer, real, text, decimal(P,S) (P from 1 to 38, S \
+                     from 0 to P), date or timestamp"
+                )
+            }),
+        }
+    }
 }
 
 impl ColumnType {
     fn sql(self) -> &'static str {
         match self {
             Self::Integer => "INTEGER",
-            Self::Real => "REAL",
-            Self::Text => "TEXT",
+            // SQLite has no exact decimals and no dates: an import refuses them first.
+            Self::Real | Self::Decimal { .. } => "REAL",
+            Self::Text | Self::Date | Self::Timestamp => "TEXT",
         }
     }
 
@@ -845,8 +949,8 @@ impl ColumnType {
         }
         match self {
             Self::Integer => field.parse().map_or(S::Null, S::Integer),
-            Self::Real => field.parse().map_or(S::Null, S::Real),
-            Self::Text => S::Text(field.to_owned()),
+            Self::Real | Self::Decimal { .. } => field.parse().map_or(S::Null, S::Real),
+            Self::Text | Self::Date | Self::Timestamp => S::Text(field.to_owned()),
         }
     }
 }

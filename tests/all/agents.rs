@@ -232,6 +232,7 @@ pub fn survey_home(net: &Net) -> Result<HostConfig> {
         attachment: Attachment::Unattached,
         source: Some(net.path("config.csv")),
         columns: Default::default(),
+        engine: None,
     });
     home.add_log("reports");
     Ok(home)

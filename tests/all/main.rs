@@ -10,6 +10,7 @@ mod agents_cli;
 mod attacks;
 mod cli;
 mod code_on_demand;
+mod columnar;
 mod connections;
 mod crash;
 mod guests;

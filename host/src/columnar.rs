@@ -1,0 +1,449 @@
+//! Columnar tables: CSV and Parquet files queried by Apache DataFusion, a vectorized engine
+//! on Arrow's columnar buffers, for analytic work next to the data.
+//!
+//! - A CSV source is converted once into Parquet under the data directory (again when the CSV
+//!   is newer, or its declared columns change), so a restart only reads the Parquet footer; a
+//!   Parquet source is queried where it is.
+//! - Column types are declared in the configuration (`integer`, `real`, `decimal(P,S)`, `date`,
+//!   `timestamp`, `text`) or inferred, and logged at load. Decimal literals in SQL are exact
+//!   decimals (`0.06 + 0.01` is `0.07`), as they are in the SQL standard.
+//! - Each statement runs in a session holding this one table and nothing else, read-only (no
+//!   DDL, DML or `SET`), without recursive CTEs, with its own memory pool of the call's memory
+//!   limit, and stops at the call's deadline or when the module closes its cursor: dropping the
+//!   stream cancels the engine's work.
+//! - Rows reach the module as the same CBOR batches a SQLite table sends; decimals, dates and
+//!   timestamps arrive as text (exact), other types as themselves.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use datafusion::arrow::array::{
+    Array, AsArray, BinaryArray, BooleanArray, Float64Array, Int64Array, LargeBinaryArray, RecordBatch,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, TimeUnit, UInt64Type};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::common::ScalarValue;
+use datafusion::config::{ParquetOptions, TableParquetOptions};
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::execution::context::{SQLOptions, SessionContext};
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig};
+use futures_util::StreamExt;
+use roam_abi::Value;
+
+use crate::resources::{BATCH_TARGET_BYTES, Batch, ColumnType, Cursor, Msg, ResourceError};
+
+/// One columnar table: a session template holding it, and the limits its statements run under.
+pub(crate) struct Table {
+    name: String,
+    ctx: SessionContext,
+    /// Engine memory one statement may use (the call's memory limit).
+    memory_bytes: usize,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// The engine's own threads, shared by every columnar table of the process: DataFusion runs
+/// on Tokio, and its work must neither run on nor block the host's network runtime.
+fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .thread_name("roam-columnar")
+                .enable_time()
+                .build()
+                .map_err(|e| format!("cannot start the columnar engine's threads: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Runs `work` to completion on the engine's runtime, from any thread: one of another Tokio
+/// runtime may not block on a future, so it hands the wait to a thread of its own.
+fn block_on<T: Send>(work: impl std::future::Future<Output = T> + Send) -> Result<T, String> {
+    let rt = runtime()?;
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(|| rt.block_on(work)).join())
+            .map_err(|_| "the columnar engine's thread failed".to_owned())
+    } else {
+        Ok(rt.block_on(work))
+    }
+}
+
+/// Settings every statement runs with.
+fn config() -> SessionConfig {
+    let mut config = SessionConfig::new().with_information_schema(false);
+    let options = config.options_mut();
+    // `0.06 + 0.01` must be the decimal 0.07, not the double just below it.
+    options.sql_parser.parse_float_as_decimal = true;
+    // A recursive CTE can grow without bound; the deadline would stop it, but refusing it says why.
+    options.execution.enable_recursive_ctes = false;
+    config
+}
+
+impl Table {
+    /// Opens the table `name` from `source` (CSV or Parquet), converting a CSV file into
+    /// Parquet under `data_dir/tables` when needed.
+    pub(crate) fn open(
+        name: &str,
+        source: &Path,
+        data_dir: &Path,
+        declared: &BTreeMap<String, ColumnType>,
+        memory_bytes: usize,
+    ) -> Result<Self, String> {
+        let ctx = SessionContext::new_with_config(config());
+        let parquet = match extension(source).as_str() {
+            "parquet" => {
+                if !declared.is_empty() {
+                    return Err("a Parquet file carries its own column types: declare none".into());
+                }
+                source.to_owned()
+            }
+            "csv" => {
+                let parquet = data_dir.join("tables").join(format!("{name}.parquet"));
+                convert_if_stale(&ctx, name, source, &parquet, declared)?;
+                parquet
+            }
+            other => return Err(format!("a columnar table's source is .csv or .parquet, not .{other}")),
+        };
+        let path = parquet.to_str().ok_or("the table's path is not UTF-8")?.to_owned();
+        block_on(ctx.register_parquet(name, &path, ParquetReadOptions::default()))?.map_err(|e| e.to_string())?;
+        Ok(Self { name: name.to_owned(), ctx, memory_bytes })
+    }
+
+    /// Starts a read-only statement; rows arrive in the cursor's batches.
+    pub(crate) fn query(
+        self: &Arc<Self>,
+        sql: String,
+        params: Vec<Value>,
+        deadline: Instant,
+    ) -> Result<Cursor, ResourceError> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let (table, stop) = (self.clone(), cancel.clone());
+        std::thread::Builder::new()
+            .name("roam-columnar-query".into())
+            .spawn(move || {
+                let ran = runtime().map(|rt| rt.block_on(table.produce(&sql, params, deadline, &stop, &tx)));
+                if let Err(e) | Ok(Err(e)) = ran {
+                    let _ = tx.send(Msg::Error(e));
+                }
+            })
+            .map_err(|e| ResourceError::Sql(format!("cannot start the query: {e}")))?;
+        Cursor::started(rx, cancel, deadline)
+    }
+
+    /// A session for one statement: the table, and a memory pool of its own.
+    fn session(&self) -> Result<SessionContext, String> {
+        // No spilling to disk: a statement's memory is the call's, and the host's disk is not.
+        let no_disk = DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.memory_bytes, 1.0)
+            .with_disk_manager_builder(no_disk)
+            .build_arc()
+            .map_err(|e| e.to_string())?;
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state()).with_runtime_env(runtime).build();
+        Ok(SessionContext::new_with_state(state))
+    }
+
+    /// Plans and runs `sql`, sending CBOR batches until the end, an error, the deadline or a
+    /// closed cursor.
+    async fn produce(
+        &self,
+        sql: &str,
+        params: Vec<Value>,
+        deadline: Instant,
+        stop: &AtomicBool,
+        tx: &SyncSender<Msg>,
+    ) -> Result<(), String> {
+        let ctx = self.session()?;
+        let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let sql = dollar_placeholders(sql);
+        let planned = tokio::time::timeout_at(deadline.into(), async {
+            let frame = ctx.sql_with_options(&sql, read_only).await?;
+            let frame = if params.is_empty() { frame } else { frame.with_param_values(scalars(params))? };
+            frame.execute_stream().await
+        });
+        let mut stream = match planned.await {
+            Err(_) => return Err(INTERRUPTED.into()),
+            Ok(planned) => planned.map_err(|e| self.explain(&e))?,
+        };
+        let mut batch = Batch::new();
+        loop {
+            let next = match tokio::time::timeout_at(deadline.into(), stream.next()).await {
+                Err(_) => return Err(INTERRUPTED.into()),
+                Ok(None) => break,
+                Ok(Some(next)) => next.map_err(|e| self.explain(&e))?,
+            };
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            for full in encode(&next, &mut batch)? {
+                if tx.send(Msg::Batch(full)).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if batch.rows > 0 && tx.send(Msg::Batch(batch.finish())).is_err() {
+            return Ok(());
+        }
+        let _ = tx.send(Msg::End);
+        Ok(())
+    }
+
+    /// The engine's error, in terms of the host's limits where one was reached.
+    fn explain(&self, e: &datafusion::error::DataFusionError) -> String {
+        let text = e.to_string();
+        if text.contains("Resources exhausted") {
+            format!(
+                "{}: the statement needs more than the {} KiB of engine memory a call may use (limits.memory_mib)",
+                self.name,
+                self.memory_bytes >> 10
+            )
+        } else if text.contains("Recursive CTE") || text.contains("recursive") && text.contains("not enabled") {
+            "recursive queries are not allowed on columnar tables".into()
+        } else {
+            text
+        }
+    }
+}
+
+/// `sql` with SQLite's parameters (`?1`, or `?` for the next one) written as the engine's
+/// (`$1`), so that a module written for a SQLite table runs on a columnar one unchanged. Only
+/// placeholder tokens change: a `?` inside a string stays. SQL that does not tokenize is left
+/// for the engine to reject.
+fn dollar_placeholders(sql: &str) -> String {
+    use datafusion::sql::sqlparser::dialect::SQLiteDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&SQLiteDialect {}, sql).tokenize() else { return sql.to_owned() };
+    if !tokens.iter().any(|t| matches!(t, Token::Placeholder(p) if p.starts_with('?'))) {
+        return sql.to_owned();
+    }
+    let mut next = 0;
+    tokens
+        .into_iter()
+        .map(|t| match t {
+            Token::Placeholder(p) if p.starts_with('?') => {
+                next = match p[1..].parse::<usize>() {
+                    Ok(n) => n,
+                    Err(_) => next + 1,
+                };
+                format!("${next}")
+            }
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// What the cursor reports as the deadline.
+const INTERRUPTED: &str = "interrupted";
+
+/// A module's parameters as the engine's (`$1`, `$2`, ...).
+fn scalars(params: Vec<Value>) -> Vec<ScalarValue> {
+    params
+        .into_iter()
+        .map(|p| match p {
+            Value::Null => ScalarValue::Null,
+            Value::Integer(i) => ScalarValue::Int64(Some(i)),
+            Value::Real(f) => ScalarValue::Float64(Some(f)),
+            Value::Text(t) => ScalarValue::Utf8(Some(t)),
+            Value::Blob(b) => ScalarValue::Binary(Some(b)),
+        })
+        .collect()
+}
+
+/// Appends `rows` to `batch`; returns the batches that filled up on the way.
+fn encode(rows: &RecordBatch, batch: &mut Batch) -> Result<Vec<Vec<u8>>, String> {
+    let columns: Vec<Column<'_>> = rows.columns().iter().map(|c| Column::of(c.as_ref())).collect::<Result<_, _>>()?;
+    let mut full = Vec::new();
+    for row in 0..rows.num_rows() {
+        batch.row(columns.len());
+        for column in &columns {
+            column.write(row, batch);
+        }
+        if batch.rows >= roam_abi::BATCH_MAX_ROWS || batch.bytes.len() >= BATCH_TARGET_BYTES {
+            full.push(std::mem::replace(batch, Batch::new()).finish());
+        }
+    }
+    Ok(full)
+}
+
+/// A column of a record batch, read as the row API's values. Integers of every width are cast
+/// to 64 bits and floats to doubles once per record batch, not per value.
+enum Column<'a> {
+    Int(Int64Array),
+    Float(Float64Array),
+    Bool(&'a BooleanArray),
+    Text(&'a dyn Array),
+    Bytes(&'a dyn Array),
+    /// Decimals, dates, timestamps and anything else: as text, exactly as the engine writes it.
+    Shown(&'a dyn Array, ArrayFormatter<'a>),
+}
+
+impl<'a> Column<'a> {
+    fn of(array: &'a dyn Array) -> Result<Self, String> {
+        let cast = |to: &DataType| cast(array, to).map_err(|e| e.to_string());
+        Ok(match array.data_type() {
+            t if t.is_integer() => Self::Int(cast(&DataType::Int64)?.as_primitive::<Int64Type>().clone()),
+            DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+                Self::Float(cast(&DataType::Float64)?.as_primitive::<Float64Type>().clone())
+            }
+            DataType::Boolean => Self::Bool(array.as_boolean()),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Self::Text(array),
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Self::Bytes(array),
+            _ => Self::Shown(array, ArrayFormatter::try_new(array, &FormatOptions::default()).map_err(|e| e.to_string())?),
+        })
+    }
+
+    fn write(&self, row: usize, batch: &mut Batch) {
+        let null = match self {
+            Self::Int(a) => a.is_null(row),
+            Self::Float(a) => a.is_null(row),
+            Self::Bool(a) => a.is_null(row),
+            Self::Text(a) | Self::Bytes(a) | Self::Shown(a, _) => a.is_null(row),
+        };
+        if null {
+            return batch.value(&Value::Null);
+        }
+        match self {
+            Self::Int(a) => batch.value(&Value::Integer(a.value(row))),
+            Self::Float(a) => batch.value(&Value::Real(a.value(row))),
+            Self::Bool(a) => batch.value(&Value::Integer(a.value(row).into())),
+            Self::Text(a) => batch.text(text_at(*a, row)),
+            Self::Bytes(a) => batch.bytes(bytes_at(*a, row)),
+            Self::Shown(_, shown) => batch.text(&shown.value(row).to_string()),
+        }
+    }
+}
+
+fn text_at(array: &dyn Array, row: usize) -> &str {
+    match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().value(row),
+        DataType::LargeUtf8 => array.as_string::<i64>().value(row),
+        _ => array.as_string_view().value(row),
+    }
+}
+
+fn bytes_at(array: &dyn Array, row: usize) -> &[u8] {
+    match array.data_type() {
+        DataType::Binary => array.as_any().downcast_ref::<BinaryArray>().map_or(&[], |a| a.value(row)),
+        DataType::LargeBinary => array.as_any().downcast_ref::<LargeBinaryArray>().map_or(&[], |a| a.value(row)),
+        _ => array.as_binary_view().value(row),
+    }
+}
+
+fn extension(path: &Path) -> String {
+    path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default()
+}
+
+/// The Arrow type of a declared column.
+fn arrow_type(t: ColumnType) -> DataType {
+    match t {
+        ColumnType::Integer => DataType::Int64,
+        ColumnType::Real => DataType::Float64,
+        ColumnType::Text => DataType::Utf8,
+        ColumnType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
+        ColumnType::Date => DataType::Date32,
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+    }
+}
+
+/// Converts `csv` into `parquet` unless a conversion at least as new as the CSV, made with the
+/// same declared columns, exists. Written to a temporary file and renamed into place, so a
+/// crash never leaves half a table.
+fn convert_if_stale(
+    ctx: &SessionContext,
+    name: &str,
+    csv: &Path,
+    parquet: &Path,
+    declared: &BTreeMap<String, ColumnType>,
+) -> Result<(), String> {
+    let csv_time = std::fs::metadata(csv).and_then(|m| m.modified()).map_err(|e| e.to_string())?;
+    let declared_file = parquet.with_extension("columns");
+    let declaration = format!("{declared:?}");
+    if let Ok(made) = std::fs::metadata(parquet).and_then(|m| m.modified())
+        && made >= csv_time
+        && std::fs::read_to_string(&declared_file).unwrap_or_default() == declaration
+    {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let csv_path = csv.to_str().ok_or("the CSV file's path is not UTF-8")?;
+    let dir = parquet.parent().ok_or("no directory for the table")?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let tmp = parquet.with_extension("loading");
+    let tmp_path = tmp.to_str().ok_or("the data directory's path is not UTF-8")?.to_owned();
+    let _ = std::fs::remove_file(&tmp);
+    let (rows, schema) = block_on(async {
+        // Inferred from the whole file, so that a late decimal does not make a column integer,
+        // then the declared types laid over it.
+        let inferred = ctx
+            .read_csv(csv_path, CsvReadOptions::new().has_header(true).schema_infer_max_records(usize::MAX))
+            .await?
+            .schema()
+            .as_arrow()
+            .clone();
+        if let Some(unknown) = declared.keys().find(|c| inferred.field_with_name(c).is_err()) {
+            return Err(datafusion::error::DataFusionError::Plan(format!(
+                "the configuration declares column {unknown:?}, which the CSV file does not have"
+            )));
+        }
+        let fields: Vec<Field> = inferred
+            .fields()
+            .iter()
+            .map(|f| match declared.get(f.name()) {
+                Some(t) => Field::new(f.name(), arrow_type(*t), true),
+                None => f.as_ref().clone(),
+            })
+            .collect();
+        let schema = Schema::new(fields);
+        let frame = ctx.read_csv(csv_path, CsvReadOptions::new().has_header(true).schema(&schema)).await?;
+        let mut options = TableParquetOptions::default();
+        // Uncompressed: the file is read far more often than it is written, and decoding is
+        // the engine's work at every query.
+        options.global = ParquetOptions { compression: Some("uncompressed".into()), ..options.global };
+        let written =
+            frame.write_parquet(&tmp_path, DataFrameWriteOptions::new().with_single_file_output(true), Some(options)).await?;
+        let rows: u64 = written
+            .iter()
+            .filter_map(|b| b.column(0).as_primitive_opt::<UInt64Type>())
+            .map(|c| c.value(0))
+            .sum();
+        Ok((rows, schema))
+    })?
+    .map_err(|e| format!("{e}"))?;
+    let described: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let how = if declared.contains_key(f.name()) { "declared" } else { "inferred" };
+            format!("{} {} ({how})", f.name(), f.data_type())
+        })
+        .collect();
+    tracing::info!(
+        "table {name}: {rows} rows from {} in {:.1} s; columns {}",
+        csv.display(),
+        started.elapsed().as_secs_f64(),
+        described.join(", ")
+    );
+    match std::fs::remove_file(&declared_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
+        _ => {}
+    }
+    std::fs::rename(&tmp, parquet).map_err(|e| e.to_string())?;
+    let declared_tmp: PathBuf = declared_file.with_extension("columns-new");
+    std::fs::write(&declared_tmp, declaration).map_err(|e| e.to_string())?;
+    std::fs::rename(&declared_tmp, &declared_file).map_err(|e| e.to_string())
+}

@@ -1,0 +1,187 @@
+//! Columnar tables (DataFusion): exact decimals, date and interval literals, read-only
+//! statements, the call's deadline and memory, and a restart that does not convert again.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+use roam_abi::Value;
+use roam_host::resources::{Attachment, ColumnType, ResourceError, Resources};
+
+/// Every row of `sql` on the table `t` of `resources`.
+fn rows(resources: &Resources, sql: &str, params: Vec<Value>, within: Duration) -> Result<Vec<Vec<Value>>, ResourceError> {
+    let table = resources.get("t").ok_or_else(|| ResourceError::Sql("no table t".into()))?;
+    let mut cursor = table.query(sql, params, Instant::now() + within)?;
+    let mut out = Vec::new();
+    while cursor.next_batch()?.is_some() {
+        let batch = cursor.take_staged().unwrap_or_default();
+        let decoded: Vec<Vec<Value>> =
+            ciborium::from_reader(batch.as_slice()).map_err(|e| ResourceError::Sql(e.to_string()))?;
+        out.extend(decoded);
+    }
+    Ok(out)
+}
+
+/// An order-lines table: `n` rows with discounts 0.00 to 0.10, and ship dates through 1993-1995.
+fn lines(dir: &Path, n: usize) -> Result<std::path::PathBuf> {
+    let mut csv = String::from("id,quantity,discount,price,shipdate,flag\n");
+    for i in 0..n {
+        let day = 1 + i % 28;
+        let month = 1 + (i / 28) % 12;
+        let year = 1993 + (i / 336) % 3;
+        csv.push_str(&format!(
+            "{i},{},0.{:02},{}.{:02},{year}-{month:02}-{day:02},{}\n",
+            1 + i % 50,
+            i % 11,
+            900 + i % 100,
+            i % 100,
+            ["A", "N", "R"][i % 3]
+        ));
+    }
+    let path = dir.join("lines.csv");
+    std::fs::write(&path, csv)?;
+    Ok(path)
+}
+
+fn declared() -> Result<BTreeMap<String, ColumnType>> {
+    Ok(BTreeMap::from([
+        ("discount".to_owned(), ColumnType::try_from("decimal(15,2)".to_owned()).map_err(anyhow::Error::msg)?),
+        ("price".to_owned(), ColumnType::try_from("decimal(15,2)".to_owned()).map_err(anyhow::Error::msg)?),
+        ("shipdate".to_owned(), ColumnType::Date),
+    ]))
+}
+
+fn open(dir: &Path, csv: &Path, memory: usize) -> Result<Resources> {
+    let mut resources = Resources::default();
+    resources.add_columnar_table("t", Attachment::Fastened, csv, dir, &declared()?, memory)?;
+    Ok(resources)
+}
+
+#[test]
+fn decimals_are_exact_and_date_and_interval_literals_work() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = lines(dir.path(), 3_000)?;
+    let t = open(dir.path(), &csv, 256 << 20)?;
+    let within = Duration::from_secs(30);
+    // 0.05, 0.06 and 0.07: three of every eleven rows. With doubles, 0.06 + 0.01 is just below
+    // 0.07, and the rows at 0.07 would be lost without a word.
+    let expected = (0..3_000).filter(|i| (5..=7).contains(&(i % 11))).count() as i64;
+    let got = rows(&t, "SELECT count(*) FROM t WHERE discount BETWEEN 0.06 - 0.01 AND 0.06 + 0.01", vec![], within)?;
+    ensure!(got == vec![vec![Value::Integer(expected)]], "{got:?}, expected {expected}");
+    // A sum of decimals is a decimal, shown exactly.
+    let cents: i64 = (0..3_000).map(|i| (900 + i % 100) * 100 + i % 100).sum();
+    let got = rows(&t, "SELECT sum(price) FROM t", vec![], within)?;
+    let want = format!("{}.{:02}", cents / 100, cents % 100);
+    ensure!(got == vec![vec![Value::Text(want.clone())]], "{got:?}, expected {want}");
+    // The analyst's dialect: date and interval literals.
+    let expected = (0..3_000).filter(|i| 1993 + (i / 336) % 3 == 1994).count() as i64;
+    let got = rows(
+        &t,
+        "SELECT count(*) FROM t WHERE shipdate >= date '1994-01-01' AND shipdate < date '1994-01-01' + interval '1' year",
+        vec![],
+        within,
+    )?;
+    ensure!(got == vec![vec![Value::Integer(expected)]], "{got:?}, expected {expected}");
+    // Parameters as SQLite's `?1` and as `$1`, so that existing modules keep working.
+    for sql in ["SELECT count(*) FROM t WHERE quantity >= ?1 AND flag = ?2", "SELECT count(*) FROM t WHERE quantity >= $1 AND flag = $2"] {
+        let got = rows(&t, sql, vec![Value::Integer(40), Value::Text("A".into())], within)?;
+        let expected = (0..3_000).filter(|i| 1 + i % 50 >= 40 && i % 3 == 0).count() as i64;
+        ensure!(got == vec![vec![Value::Integer(expected)]], "{sql}: {got:?}, expected {expected}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_columnar_table_is_read_only_and_holds_only_itself() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = lines(dir.path(), 100)?;
+    let t = open(dir.path(), &csv, 256 << 20)?;
+    let secret = dir.path().join("secret.csv");
+    std::fs::write(&secret, "a\n1\n")?;
+    for sql in [
+        "CREATE TABLE x AS SELECT * FROM t".to_owned(),
+        "INSERT INTO t SELECT * FROM t".to_owned(),
+        "SET datafusion.execution.batch_size = 1".to_owned(),
+        format!("COPY t TO '{}'", dir.path().join("out.csv").display()),
+        format!("CREATE EXTERNAL TABLE s STORED AS CSV LOCATION '{}'", secret.display()),
+        format!("SELECT * FROM '{}'", secret.display()),
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r".to_owned(),
+    ] {
+        match rows(&t, &sql, vec![], Duration::from_secs(30)) {
+            Err(ResourceError::Sql(why)) => ensure!(!why.is_empty(), "{sql}"),
+            other => bail!("{sql} was not refused: {other:?}"),
+        }
+    }
+    ensure!(!dir.path().join("out.csv").exists());
+    Ok(())
+}
+
+#[test]
+fn a_statement_stops_at_the_deadline_and_at_the_memory_limit() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = lines(dir.path(), 20_000)?;
+    // A cross join of 20,000 rows with itself, twice: far longer than the call may take.
+    let t = open(dir.path(), &csv, 256 << 20)?;
+    let started = Instant::now();
+    let huge = "SELECT count(*) FROM t a, t b, t c WHERE a.price + b.price > c.price";
+    match rows(&t, huge, vec![], Duration::from_millis(500)) {
+        Err(ResourceError::Deadline) => {}
+        other => bail!("the cross join ended otherwise: {other:?}"),
+    }
+    ensure!(started.elapsed() < Duration::from_secs(20), "stopped only after {:?}", started.elapsed());
+    // A sort of every row within 64 KiB of engine memory.
+    let small = open(dir.path(), &csv, 64 << 10)?;
+    let sort = "SELECT id, flag, shipdate FROM t ORDER BY flag, shipdate DESC, id";
+    match rows(&small, sort, vec![], Duration::from_secs(30)) {
+        Err(ResourceError::Sql(why)) => ensure!(why.contains("limits.memory_mib"), "{why}"),
+        other => bail!("the sort was not stopped: {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn a_restart_reads_the_converted_table_without_converting_again() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = lines(dir.path(), 1_000)?;
+    drop(open(dir.path(), &csv, 256 << 20)?);
+    let parquet = dir.path().join("tables/t.parquet");
+    let made = std::fs::metadata(&parquet)?.modified()?;
+    let t = open(dir.path(), &csv, 256 << 20)?;
+    ensure!(std::fs::metadata(&parquet)?.modified()? == made, "the table was converted again");
+    let got = rows(&t, "SELECT count(*) FROM t", vec![], Duration::from_secs(30))?;
+    ensure!(got == vec![vec![Value::Integer(1_000)]], "{got:?}");
+    Ok(())
+}
+
+#[test]
+fn the_readmes_analytic_query_runs_on_a_columnar_table_as_written() -> Result<()> {
+    let readme = std::fs::read_to_string(roam_tests::repo_root().join("README.md"))?;
+    let start = readme.find("```sql\n").ok_or_else(|| anyhow::anyhow!("README has no sql block"))? + 7;
+    let sql = &readme[start..start + readme[start..].find("```").unwrap_or(0)];
+    let dir = tempfile::tempdir()?;
+    let mut csv = String::from("l_returnflag,l_quantity,l_discount,l_shipdate\n");
+    for i in 0..2_000 {
+        let year = 1993 + (i / 3) % 3;
+        csv.push_str(&format!("{},{}.00,0.{:02},{year}-03-{:02}\n", ["A", "N", "R"][i % 3], 1 + i % 50, i % 11, 1 + i % 28));
+    }
+    std::fs::write(dir.path().join("lineitem.csv"), csv)?;
+    let columns = BTreeMap::from([
+        ("l_quantity".to_owned(), ColumnType::try_from("decimal(15,2)".to_owned()).map_err(anyhow::Error::msg)?),
+        ("l_discount".to_owned(), ColumnType::try_from("decimal(15,2)".to_owned()).map_err(anyhow::Error::msg)?),
+        ("l_shipdate".to_owned(), ColumnType::Date),
+    ]);
+    let mut resources = Resources::default();
+    let csv = dir.path().join("lineitem.csv");
+    resources.add_columnar_table("lineitem", Attachment::Fastened, &csv, dir.path(), &columns, 256 << 20)?;
+    let table = resources.get("lineitem").ok_or_else(|| anyhow::anyhow!("no table"))?;
+    let mut cursor = table.query(sql, vec![], Instant::now() + Duration::from_secs(30))?;
+    let mut groups = 0;
+    while cursor.next_batch()?.is_some() {
+        let batch: Vec<Vec<Value>> = ciborium::from_reader(cursor.take_staged().unwrap_or_default().as_slice())?;
+        groups += batch.len();
+    }
+    // 1994's rows with discounts 0.05 to 0.07, in each of the three flags.
+    ensure!(groups == 3, "{groups} groups");
+    Ok(())
+}
