@@ -35,7 +35,7 @@ pub const START_DEADLINE: Duration = Duration::from_secs(30);
 pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The capabilities the fixture's policy grants `alice`.
-pub const ALICE_CAPABILITIES: [&str; 2] = ["table:sales", "log:*"];
+pub const ALICE_CAPABILITIES: [&str; 3] = ["table:sales", "table:lineitem", "log:*"];
 
 /// The repository root (the workspace that holds `tests/`).
 pub fn repo_root() -> PathBuf {

@@ -353,7 +353,8 @@ pub enum TableEngine {
 impl ResourceConfig {
     /// The engine of a table: as configured, else by its source's kind.
     pub fn engine(&self) -> TableEngine {
-        let parquet = self.source.as_ref().and_then(|s| s.extension()).is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+        let parquet =
+            self.source.as_ref().and_then(|s| s.extension()).is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
         self.engine.unwrap_or(if parquet { TableEngine::Columnar } else { TableEngine::Sqlite })
     }
 }

@@ -25,8 +25,12 @@ pub mod access;
 pub mod admission;
 pub mod agents;
 mod cache;
-mod columnar;
 pub mod client;
+#[cfg(feature = "columnar")]
+mod columnar;
+#[cfg(not(feature = "columnar"))]
+#[path = "columnar_off.rs"]
+mod columnar;
 pub mod config;
 pub mod engine;
 mod fault;

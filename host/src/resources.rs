@@ -80,6 +80,18 @@ pub enum ResourceError {
     /// The statement ran past the call's deadline.
     #[error("the query ran past the deadline")]
     Deadline,
+    /// The resource cannot do what was asked of it (column batches from a SQLite table).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// How a cursor's batches lay out their rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// A CBOR array of rows, each an array of values (`table_query`).
+    Rows,
+    /// Column batches (`table_query_columns`, `roam_abi::columns`).
+    Columns,
 }
 
 /// One resource a host offers.
@@ -133,9 +145,26 @@ impl Resource {
     pub fn query(&self, sql: &str, params: Vec<Value>, deadline: Instant) -> Result<Cursor, ResourceError> {
         match &self.backend {
             Backend::Table(pool) => pool.clone().query(sql.to_owned(), params, deadline),
-            Backend::Columnar(table) => table.query(sql.to_owned(), params, deadline),
+            Backend::Columnar(table) => table.query(sql.to_owned(), params, deadline, Layout::Rows),
             Backend::Remote(f) => Ok(Cursor::from_batches(f.query(sql, params, deadline)?, deadline)),
             Backend::Log(_) => Err(ResourceError::Sql(format!("{} is a log, not a table", self.name))),
+        }
+    }
+
+    /// Starts a read-only query whose batches are column batches: only a local table of the
+    /// columnar engine has its rows in columns already.
+    pub fn query_columns(&self, sql: &str, params: Vec<Value>, deadline: Instant) -> Result<Cursor, ResourceError> {
+        match &self.backend {
+            Backend::Columnar(table) => table.query(sql.to_owned(), params, deadline, Layout::Columns),
+            Backend::Table(_) => Err(ResourceError::Unsupported(format!(
+                "{} is a SQLite table, which gives rows, not columns: read it with table_query, or give it engine = \"columnar\" in the host's configuration",
+                self.name
+            ))),
+            Backend::Remote(_) => Err(ResourceError::Unsupported(format!(
+                "{} is another host's table, which sends rows, not columns: read it with table_query",
+                self.name
+            ))),
+            Backend::Log(_) => Err(ResourceError::Unsupported(format!("{} is a log, not a table", self.name))),
         }
     }
 
@@ -598,7 +627,11 @@ impl std::fmt::Debug for Msg {
 impl Cursor {
     /// A cursor over what a producer sends on `rx`, once its first message came: an error
     /// there (bad SQL, a refused statement) is the query's, and fails it at once.
-    pub(crate) fn started(rx: Receiver<Msg>, cancel: Arc<AtomicBool>, deadline: Instant) -> Result<Self, ResourceError> {
+    pub(crate) fn started(
+        rx: Receiver<Msg>,
+        cancel: Arc<AtomicBool>,
+        deadline: Instant,
+    ) -> Result<Self, ResourceError> {
         let mut cursor = Self { rx, pending: None, staged: None, done: false, cancel, deadline };
         match cursor.recv()? {
             Some(batch) => cursor.pending = Some(batch),
@@ -702,7 +735,9 @@ fn import_csv_if_stale(
     if headers.is_empty() {
         return Err("the CSV file has no header row".into());
     }
-    if let Some((column, t)) = declared.iter().find(|(_, t)| !matches!(t, ColumnType::Integer | ColumnType::Real | ColumnType::Text)) {
+    if let Some((column, t)) =
+        declared.iter().find(|(_, t)| !matches!(t, ColumnType::Integer | ColumnType::Real | ColumnType::Text))
+    {
         return Err(format!(
             "column {column:?} is declared {t:?}, which only a columnar table holds (engine = \"columnar\"); a \
              SQLite table's columns are integer, real or text"

@@ -85,6 +85,7 @@ compile_error!("roam-sdk builds for wasm32-unknown-unknown only: build guest cod
 
 mod agent;
 mod cbor;
+mod columns;
 mod entry;
 mod error;
 pub mod log;
@@ -97,6 +98,7 @@ mod sys;
 mod sys;
 
 pub use agent::{Agent, Itinerary, Next, Partial};
+pub use columns::{Blobs, Column, ColumnBatch, ColumnBatches, Strings, Values};
 pub use entry::input;
 pub use error::{Error, Result};
 pub use resources::{Log, Rows, Table};

@@ -107,6 +107,30 @@ pub(crate) fn table_query(handle: u32, sql: &str, params: &[u8]) -> Result<u32> 
     })
 }
 
+/// Runs `sql` with `params` on the table `handle`, returning a cursor of column batches.
+pub(crate) fn table_query_columns(handle: u32, sql: &str, params: &[u8]) -> Result<u32> {
+    // SAFETY: the host only reads `sql` and `params`, each valid for its length.
+    check(unsafe {
+        raw::table_query_columns(handle, addr(sql.as_ptr()), len(sql.as_bytes()), addr(params.as_ptr()), len(params))
+    })
+}
+
+/// Reads the next batch of `cursor` into `words` (whose alignment the column layout needs);
+/// returns its length in bytes, or `None` when the cursor is exhausted.
+pub(crate) fn cursor_next_aligned(cursor: u32, words: &mut Vec<u128>) -> Result<Option<usize>> {
+    // SAFETY: takes no pointer; an unknown cursor is an error code, not a trap.
+    let len = check(unsafe { raw::cursor_next(cursor) })? as usize;
+    if len == 0 {
+        return Ok(None);
+    }
+    words.clear();
+    words.resize(len.div_ceil(16), 0);
+    // SAFETY: a batch is staged, and `words` is at least `len` bytes of memory we own and
+    // nothing else borrows, the room `cursor_read` needs.
+    unsafe { raw::cursor_read(cursor, addr(words.as_mut_ptr().cast::<u8>())) };
+    Ok(Some(len))
+}
+
 /// Replaces `batch` with the next batch of rows of `cursor`; returns false, leaving `batch`
 /// empty, when the cursor is exhausted.
 pub(crate) fn cursor_next(cursor: u32, batch: &mut Vec<u8>) -> Result<bool> {

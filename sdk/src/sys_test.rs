@@ -28,6 +28,12 @@ pub(crate) fn table_query(_handle: u32, _sql: &str, _params: &[u8]) -> Result<u3
 pub(crate) fn cursor_next(_cursor: u32, _batch: &mut Vec<u8>) -> Result<bool> {
     absent()
 }
+pub(crate) fn table_query_columns(_handle: u32, _sql: &str, _params: &[u8]) -> Result<u32> {
+    absent()
+}
+pub(crate) fn cursor_next_aligned(_cursor: u32, _words: &mut Vec<u128>) -> Result<Option<usize>> {
+    absent()
+}
 pub(crate) fn cursor_close(_cursor: u32) {}
 pub(crate) fn log_append(_handle: u32, _line: &str) -> Result<()> {
     absent()

@@ -10,7 +10,12 @@ use roam_abi::Value;
 use roam_host::resources::{Attachment, ColumnType, ResourceError, Resources};
 
 /// Every row of `sql` on the table `t` of `resources`.
-fn rows(resources: &Resources, sql: &str, params: Vec<Value>, within: Duration) -> Result<Vec<Vec<Value>>, ResourceError> {
+fn rows(
+    resources: &Resources,
+    sql: &str,
+    params: Vec<Value>,
+    within: Duration,
+) -> Result<Vec<Vec<Value>>, ResourceError> {
     let table = resources.get("t").ok_or_else(|| ResourceError::Sql("no table t".into()))?;
     let mut cursor = table.query(sql, params, Instant::now() + within)?;
     let mut out = Vec::new();
@@ -84,7 +89,10 @@ fn decimals_are_exact_and_date_and_interval_literals_work() -> Result<()> {
     )?;
     ensure!(got == vec![vec![Value::Integer(expected)]], "{got:?}, expected {expected}");
     // Parameters as SQLite's `?1` and as `$1`, so that existing modules keep working.
-    for sql in ["SELECT count(*) FROM t WHERE quantity >= ?1 AND flag = ?2", "SELECT count(*) FROM t WHERE quantity >= $1 AND flag = $2"] {
+    for sql in [
+        "SELECT count(*) FROM t WHERE quantity >= ?1 AND flag = ?2",
+        "SELECT count(*) FROM t WHERE quantity >= $1 AND flag = $2",
+    ] {
         let got = rows(&t, sql, vec![Value::Integer(40), Value::Text("A".into())], within)?;
         let expected = (0..3_000).filter(|i| 1 + i % 50 >= 40 && i % 3 == 0).count() as i64;
         ensure!(got == vec![vec![Value::Integer(expected)]], "{sql}: {got:?}, expected {expected}");
@@ -163,7 +171,13 @@ fn the_readmes_analytic_query_runs_on_a_columnar_table_as_written() -> Result<()
     let mut csv = String::from("l_returnflag,l_quantity,l_discount,l_shipdate\n");
     for i in 0..2_000 {
         let year = 1993 + (i / 3) % 3;
-        csv.push_str(&format!("{},{}.00,0.{:02},{year}-03-{:02}\n", ["A", "N", "R"][i % 3], 1 + i % 50, i % 11, 1 + i % 28));
+        csv.push_str(&format!(
+            "{},{}.00,0.{:02},{year}-03-{:02}\n",
+            ["A", "N", "R"][i % 3],
+            1 + i % 50,
+            i % 11,
+            1 + i % 28
+        ));
     }
     std::fs::write(dir.path().join("lineitem.csv"), csv)?;
     let columns = BTreeMap::from([
@@ -184,4 +198,112 @@ fn the_readmes_analytic_query_runs_on_a_columnar_table_as_written() -> Result<()
     // 1994's rows with discounts 0.05 to 0.07, in each of the three flags.
     ensure!(groups == 3, "{groups} groups");
     Ok(())
+}
+
+/// `n` order lines in TPC-H's `lineitem` columns: quantities 1 to 50, prices with cents,
+/// discounts 0.00 to 0.10, taxes 0.00 to 0.08, four flag and status pairs, ship dates 1992-1998.
+pub fn lineitem_csv(n: usize) -> String {
+    let mut csv =
+        String::from("l_orderkey,l_quantity,l_extendedprice,l_discount,l_tax,l_returnflag,l_linestatus,l_shipdate\n");
+    for i in 0..n {
+        let (flag, status) = [("A", "F"), ("N", "F"), ("N", "O"), ("R", "F")][i % 4];
+        csv.push_str(&format!(
+            "{},{},{}.{:02},0.{:02},0.{:02},{flag},{status},{}-{:02}-{:02}\n",
+            i / 4,
+            1 + i * 7 % 50,
+            900 + i * 13 % 100_000,
+            i % 100,
+            i % 11,
+            i % 9,
+            1992 + i / 5 % 7,
+            1 + i % 12,
+            1 + i % 28
+        ));
+    }
+    csv
+}
+
+/// What `revenue` answers for [`lineitem_csv`], computed here in cents and hundredths.
+fn revenue_natively(n: usize) -> String {
+    let mut sum: i128 = 0;
+    for i in 0..n {
+        let (quantity, discount, year) = (1 + i * 7 % 50, i % 11, 1992 + i / 5 % 7);
+        if year == 1994 && (5..=7).contains(&discount) && quantity < 24 {
+            sum += ((900 + i * 13 % 100_000) * 100 + i % 100) as i128 * discount as i128;
+        }
+    }
+    format!("{}.{:04}", sum / 10_000, sum % 10_000)
+}
+
+/// A host whose `lineitem` table holds `rows` lines, in the columnar engine.
+fn lineitem_host(fx: &roam_tests::Fixture, rows: usize) -> Result<roam_tests::HostProcess> {
+    let csv = fx.write("lineitem.csv", lineitem_csv(rows))?;
+    let config = fx.write(
+        "host.toml",
+        format!(
+            "trust = {:?}\n\n[[resources]]\nname = \"lineitem\"\ntype = \"table\"\nengine = \"columnar\"\nsource = {:?}\n\
+             columns = {{ l_extendedprice = \"decimal(15,2)\", l_discount = \"decimal(15,2)\", l_tax = \
+             \"decimal(15,2)\", l_shipdate = \"date\" }}\n",
+            fx.trust_dir().display().to_string(),
+            csv.display().to_string()
+        ),
+    )?;
+    fx.host(roam_tests::args!["--config", config])
+}
+
+/// The rows of a `lineitem-report`.
+fn report(module: &Path, addr: &str, report: &str, via: &str) -> Result<Vec<Vec<serde_json::Value>>> {
+    let input = format!(r#"{{"report": "{report}", "via": "{via}"}}"#);
+    let out = roam_tests::roam_ok(roam_tests::args!["eval", module, "--host", addr, "--input", input])?;
+    let parsed: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(serde_json::from_value(parsed["rows"].clone())?)
+}
+
+/// Whether two report cells agree: the same text or integer, or numbers within a millionth (the
+/// engine shows the average of a decimal with four more digits than the column: 6 here).
+fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    let number = |v: &serde_json::Value| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok()));
+    a == b || matches!((number(a), number(b)), (Some(x), Some(y)) if (x - y).abs() <= 1e-6)
+}
+
+#[test]
+fn a_module_aggregating_column_batches_gets_the_engines_own_answers() -> Result<()> {
+    let fx = roam_tests::Fixture::new()?;
+    // Several column batches (at most 8,192 rows each) reach the module.
+    const ROWS: usize = 30_000;
+    let host = lineitem_host(&fx, ROWS)?;
+    let addr = host.addr.to_string();
+    let wasm = std::fs::read(roam_tests::agent_wasm("lineitem_report")?)?;
+    let signed = fx.sign(&wasm, "alice", roam_keys::Kind::Query, "lineitem-report", "1.0.0", &["table:lineitem"])?;
+    let module = fx.write("lineitem_report.signed.wasm", signed)?;
+
+    // The filtered sum: an exact decimal, the same through the engine's SQL and in the module.
+    let want = revenue_natively(ROWS);
+    for via in ["sql", "columns"] {
+        let got = report(&module, &addr, "revenue", via)?;
+        ensure!(got == vec![vec![serde_json::Value::String(want.clone())]], "{via}: {got:?}, expected {want}");
+    }
+    // The grouped aggregate: the same groups, sums to the last digit, averages to a millionth.
+    let (sql, columns) = (report(&module, &addr, "summary", "sql")?, report(&module, &addr, "summary", "columns")?);
+    ensure!(sql.len() == 4 && columns.len() == 4, "{sql:?}\n{columns:?}");
+    for (a, b) in sql.iter().zip(&columns) {
+        ensure!(a.len() == 10 && a.iter().zip(b).all(|(x, y)| same(x, y)), "sql {a:?}\ncolumns {b:?}");
+        ensure!(a[2..6].iter().zip(&b[2..6]).all(|(x, y)| x == y), "sums differ: {a:?} {b:?}");
+    }
+    // Every value of the four scanned columns reached the module.
+    let scanned = report(&module, &addr, "scan", "columns")?;
+    ensure!(scanned == vec![vec![serde_json::json!(4 * ROWS)]], "{scanned:?}");
+    ensure!(report(&module, &addr, "scan", "sql")? == scanned);
+
+    // A SQLite table has no columns to give: the module is told so, and how to fix it.
+    let csv = fx.path().join("lineitem.csv");
+    let sqlite = fx.host(roam_tests::args!["--name", "rows", "--table", format!("lineitem={}", csv.display())])?;
+    let input = r#"{"report": "revenue", "via": "columns"}"#;
+    let stderr =
+        roam_tests::roam_err(roam_tests::args!["eval", module, "--host", sqlite.addr.to_string(), "--input", input])?;
+    ensure!(stderr.contains("wrong resource type") && stderr.contains("engine = \"columnar\""), "{stderr}");
+    // Its rows still come through the row API.
+    ensure!(!report(&module, &sqlite.addr.to_string(), "scan", "sql")?.is_empty());
+    sqlite.stop()?;
+    host.stop()
 }

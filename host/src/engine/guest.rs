@@ -15,7 +15,7 @@ use roam_keys::Policy;
 use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 
 use super::{Limits, RunError};
-use crate::resources::{Cursor, MAX_LOG_LINE, Resource, ResourceError, ResourceType, Resources};
+use crate::resources::{Cursor, Layout, MAX_LOG_LINE, Resource, ResourceError, ResourceType, Resources};
 
 /// Most bytes a module may write to the host's diagnostic log per call; the rest is dropped.
 const LOG_BUDGET: usize = 64 << 10;
@@ -377,48 +377,14 @@ mod data {
             m,
             names::table_query,
             |mut c: Ctx<'_>, handle: u32, sql_ptr: u32, sql_len: u32, p_ptr: u32, p_len: u32| {
-                let sql = match read_str(&mut c, "table_query", sql_ptr, sql_len)? {
-                    Ok(s) => s,
-                    Err(code) => return Ok(code),
-                };
-                let raw = read(&mut c, "table_query", p_ptr, p_len)?;
-                let g = c.data_mut();
-                let params: Vec<Value> = if raw.is_empty() {
-                    Vec::new()
-                } else {
-                    match ciborium::from_reader(raw.as_slice()) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            let why = roam_keys::cbor_error(&e);
-                            return Ok(g.fail(ErrorCode::InvalidArgument, format!("parameters: {why}")));
-                        }
-                    }
-                };
-                let Some(resource) = g.handles.get(handle as usize).cloned() else {
-                    return Ok(g.fail(ErrorCode::NotFound, format!("no open resource with handle {handle}")));
-                };
-                if resource.kind != ResourceType::Table {
-                    return Ok(g.fail(ErrorCode::WrongType, format!("{} is not a table", resource.name)));
-                }
-                if g.cursors.iter().flatten().count() >= MAX_CURSORS {
-                    return Ok(g.fail(
-                        ErrorCode::TooLarge,
-                        format!("at most {MAX_CURSORS} cursors may be open at once; close one"),
-                    ));
-                }
-                match resource.query(&sql, params, g.deadline) {
-                    // A closed cursor's slot is reused, so the table never outgrows MAX_CURSORS.
-                    Ok(cursor) => {
-                        let free = g.cursors.iter().position(Option::is_none).unwrap_or(g.cursors.len());
-                        if free == g.cursors.len() {
-                            g.cursors.push(None);
-                        }
-                        g.cursors[free] = Some(cursor);
-                        Ok(free as i64)
-                    }
-                    Err(ResourceError::Deadline) => Err(HostTrap::Deadline.into()),
-                    Err(e) => Ok(g.fail(ErrorCode::Sql, format!("{}: {e}", resource.name))),
-                }
+                open_cursor(&mut c, Layout::Rows, handle, (sql_ptr, sql_len), (p_ptr, p_len))
+            },
+        )?;
+        linker.func_wrap(
+            m,
+            names::table_query_columns,
+            |mut c: Ctx<'_>, handle: u32, sql_ptr: u32, sql_len: u32, p_ptr: u32, p_len: u32| {
+                open_cursor(&mut c, Layout::Columns, handle, (sql_ptr, sql_len), (p_ptr, p_len))
             },
         )?;
         linker.func_wrap(m, names::cursor_next, |mut c: Ctx<'_>, cursor: u32| {
@@ -474,5 +440,66 @@ mod data {
             }
         })?;
         Ok(())
+    }
+
+    /// `table_query` and `table_query_columns`: runs the statement at `sql` with the CBOR
+    /// parameters at `params` on the table behind `handle`, and returns the cursor's slot.
+    fn open_cursor(
+        c: &mut Ctx<'_>,
+        layout: Layout,
+        handle: u32,
+        sql: (u32, u32),
+        params: (u32, u32),
+    ) -> wasmtime::Result<i64> {
+        let what = match layout {
+            Layout::Rows => "table_query",
+            Layout::Columns => "table_query_columns",
+        };
+        let sql = match read_str(c, what, sql.0, sql.1)? {
+            Ok(s) => s,
+            Err(code) => return Ok(code),
+        };
+        let raw = read(c, what, params.0, params.1)?;
+        let g = c.data_mut();
+        let params: Vec<Value> = if raw.is_empty() {
+            Vec::new()
+        } else {
+            match ciborium::from_reader(raw.as_slice()) {
+                Ok(p) => p,
+                Err(e) => {
+                    let why = roam_keys::cbor_error(&e);
+                    return Ok(g.fail(ErrorCode::InvalidArgument, format!("parameters: {why}")));
+                }
+            }
+        };
+        let Some(resource) = g.handles.get(handle as usize).cloned() else {
+            return Ok(g.fail(ErrorCode::NotFound, format!("no open resource with handle {handle}")));
+        };
+        if resource.kind != ResourceType::Table {
+            return Ok(g.fail(ErrorCode::WrongType, format!("{} is not a table", resource.name)));
+        }
+        if g.cursors.iter().flatten().count() >= MAX_CURSORS {
+            return Ok(
+                g.fail(ErrorCode::TooLarge, format!("at most {MAX_CURSORS} cursors may be open at once; close one"))
+            );
+        }
+        let opened = match layout {
+            Layout::Rows => resource.query(&sql, params, g.deadline),
+            Layout::Columns => resource.query_columns(&sql, params, g.deadline),
+        };
+        match opened {
+            // A closed cursor's slot is reused, so the table never outgrows MAX_CURSORS.
+            Ok(cursor) => {
+                let free = g.cursors.iter().position(Option::is_none).unwrap_or(g.cursors.len());
+                if free == g.cursors.len() {
+                    g.cursors.push(None);
+                }
+                g.cursors[free] = Some(cursor);
+                Ok(free as i64)
+            }
+            Err(ResourceError::Deadline) => Err(HostTrap::Deadline.into()),
+            Err(e @ ResourceError::Unsupported(_)) => Ok(g.fail(ErrorCode::WrongType, e.to_string())),
+            Err(e) => Ok(g.fail(ErrorCode::Sql, format!("{}: {e}", resource.name))),
+        }
     }
 }

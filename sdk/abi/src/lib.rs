@@ -82,7 +82,12 @@ interface! {
     /// the cursor is exhausted, or a negative [`ErrorCode`]. A batch is a CBOR array of rows,
     /// each row a CBOR array of [`Value`]s.
     fn cursor_next(cursor: u32) -> i64;
+    /// Like `table_query`, but the cursor's batches are column batches (see [`columns`]), not
+    /// rows. Only a table of the columnar engine gives them: another table fails with `WrongType`.
+    fn table_query_columns(handle: u32, sql_ptr: u32, sql_len: u32, params_ptr: u32, params_len: u32) -> i64;
     /// Copies the batch staged by the last `cursor_next` to `ptr` (traps if none is staged).
+    /// For column batches `ptr` should be a multiple of [`columns::ALIGN`], so that every
+    /// column is aligned for its type.
     fn cursor_read(cursor: u32, ptr: u32);
     /// Releases a cursor. Closing an unknown cursor does nothing.
     fn cursor_close(cursor: u32);
@@ -130,6 +135,73 @@ pub const FINISH_ERR: u32 = 1;
 
 /// The most rows the host puts in one batch.
 pub const BATCH_MAX_ROWS: usize = 1024;
+
+/// The layout of a column batch, what `cursor_next` stages for a cursor opened with
+/// `table_query_columns`: each column of up to [`columns::MAX_ROWS`] rows as one contiguous,
+/// aligned run of values, so a module reads them as slices without decoding anything.
+///
+/// All numbers are little-endian; every offset counts from the batch's first byte, and every
+/// region starts at a multiple of [`ALIGN`](columns::ALIGN) (the gaps are zero).
+///
+/// - Header, [`HEADER_BYTES`](columns::HEADER_BYTES): `u32` rows, `u32` columns, `u32` the
+///   batch's length in bytes, `u32` zero.
+/// - Then one descriptor of [`DESCRIPTOR_BYTES`](columns::DESCRIPTOR_BYTES) per column: `u8`
+///   [`Kind`](columns::Kind), `u8` decimal precision, `i8` decimal scale, `u8` zero, then `u32`
+///   pairs of offset and length in bytes: values, data, validity, name.
+/// - Values: `rows` fixed-width values of the kind, or for text and blobs `rows + 1` `u32`
+///   offsets into data (value `i` is `data[offsets[i]..offsets[i + 1]]`; the first offset is 0).
+/// - Validity: empty (length 0) when no value is null, else one bit per row, least significant
+///   bit first, 1 for a value and 0 for null. The values of a null row are unspecified.
+/// - Name: the column's name in UTF-8.
+pub mod columns {
+    /// Every region of a batch starts at a multiple of this, counted from the batch's start.
+    pub const ALIGN: usize = 16;
+    /// Bytes of a batch's header.
+    pub const HEADER_BYTES: usize = 16;
+    /// Bytes of one column's descriptor.
+    pub const DESCRIPTOR_BYTES: usize = 36;
+    /// The most rows the host puts in one column batch.
+    pub const MAX_ROWS: usize = 8192;
+
+    /// What a column holds, and how wide each value is.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[repr(u8)]
+    pub enum Kind {
+        /// `i64`; integers of every width, and booleans as 0 or 1.
+        Integer = 1,
+        /// `f64`.
+        Real = 2,
+        /// `i32`: days since 1970-01-01.
+        Date = 3,
+        /// `i128`: the value times 10 to the power of the descriptor's scale.
+        Decimal = 4,
+        /// `i64`: microseconds since 1970-01-01 00:00:00, without a time zone.
+        Timestamp = 5,
+        /// UTF-8 text: offsets in values, bytes in data. Types with no kind of their own
+        /// (intervals, wider decimals) come as text too, written as the engine shows them.
+        Text = 6,
+        /// Bytes: offsets in values, bytes in data.
+        Blob = 7,
+    }
+
+    impl Kind {
+        /// The kind with this code, if any.
+        pub fn from_code(code: u8) -> Option<Self> {
+            [Self::Integer, Self::Real, Self::Date, Self::Decimal, Self::Timestamp, Self::Text, Self::Blob]
+                .into_iter()
+                .find(|k| *k as u8 == code)
+        }
+
+        /// Bytes of one value in the values region (an offset, for text and blobs).
+        pub fn width(self) -> usize {
+            match self {
+                Self::Integer | Self::Real | Self::Timestamp => 8,
+                Self::Date | Self::Text | Self::Blob => 4,
+                Self::Decimal => 16,
+            }
+        }
+    }
+}
 
 /// Why a host call failed; host functions return it negated (`-(code as i64)`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -11,8 +11,8 @@
 //!   DDL, DML or `SET`), without recursive CTEs, with its own memory pool of the call's memory
 //!   limit, and stops at the call's deadline or when the module closes its cursor: dropping the
 //!   stream cancels the engine's work.
-//! - Rows reach the module as the same CBOR batches a SQLite table sends; decimals, dates and
-//!   timestamps arrive as text (exact), other types as themselves.
+//! - Rows reach the module as the same CBOR batches a SQLite table sends (decimals, dates and
+//!   timestamps as exact text), or as column batches ([`columns`]) when it asks for them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,7 +38,9 @@ use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig};
 use futures_util::StreamExt;
 use roam_abi::Value;
 
-use crate::resources::{BATCH_TARGET_BYTES, Batch, ColumnType, Cursor, Msg, ResourceError};
+use crate::resources::{BATCH_TARGET_BYTES, Batch, ColumnType, Cursor, Layout, Msg, ResourceError};
+
+mod columns;
 
 /// One columnar table: a session template holding it, and the limits its statements run under.
 pub(crate) struct Table {
@@ -123,12 +125,13 @@ impl Table {
         Ok(Self { name: name.to_owned(), ctx, memory_bytes })
     }
 
-    /// Starts a read-only statement; rows arrive in the cursor's batches.
+    /// Starts a read-only statement; rows arrive in the cursor's batches, laid out as `layout`.
     pub(crate) fn query(
         self: &Arc<Self>,
         sql: String,
         params: Vec<Value>,
         deadline: Instant,
+        layout: Layout,
     ) -> Result<Cursor, ResourceError> {
         let cancel = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
@@ -136,7 +139,7 @@ impl Table {
         std::thread::Builder::new()
             .name("roam-columnar-query".into())
             .spawn(move || {
-                let ran = runtime().map(|rt| rt.block_on(table.produce(&sql, params, deadline, &stop, &tx)));
+                let ran = runtime().map(|rt| rt.block_on(table.produce(&sql, params, deadline, layout, &stop, &tx)));
                 if let Err(e) | Ok(Err(e)) = ran {
                     let _ = tx.send(Msg::Error(e));
                 }
@@ -165,6 +168,7 @@ impl Table {
         sql: &str,
         params: Vec<Value>,
         deadline: Instant,
+        layout: Layout,
         stop: &AtomicBool,
         tx: &SyncSender<Msg>,
     ) -> Result<(), String> {
@@ -190,7 +194,11 @@ impl Table {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            for full in encode(&next, &mut batch)? {
+            let full = match layout {
+                Layout::Rows => encode(&next, &mut batch)?,
+                Layout::Columns => columns::encode(&next)?,
+            };
+            for full in full {
                 if tx.send(Msg::Batch(full)).is_err() {
                     return Ok(());
                 }
@@ -303,7 +311,10 @@ impl<'a> Column<'a> {
             DataType::Boolean => Self::Bool(array.as_boolean()),
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Self::Text(array),
             DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Self::Bytes(array),
-            _ => Self::Shown(array, ArrayFormatter::try_new(array, &FormatOptions::default()).map_err(|e| e.to_string())?),
+            _ => Self::Shown(
+                array,
+                ArrayFormatter::try_new(array, &FormatOptions::default()).map_err(|e| e.to_string())?,
+            ),
         })
     }
 
@@ -414,13 +425,11 @@ fn convert_if_stale(
         // Uncompressed: the file is read far more often than it is written, and decoding is
         // the engine's work at every query.
         options.global = ParquetOptions { compression: Some("uncompressed".into()), ..options.global };
-        let written =
-            frame.write_parquet(&tmp_path, DataFrameWriteOptions::new().with_single_file_output(true), Some(options)).await?;
-        let rows: u64 = written
-            .iter()
-            .filter_map(|b| b.column(0).as_primitive_opt::<UInt64Type>())
-            .map(|c| c.value(0))
-            .sum();
+        let written = frame
+            .write_parquet(&tmp_path, DataFrameWriteOptions::new().with_single_file_output(true), Some(options))
+            .await?;
+        let rows: u64 =
+            written.iter().filter_map(|b| b.column(0).as_primitive_opt::<UInt64Type>()).map(|c| c.value(0)).sum();
         Ok((rows, schema))
     })?
     .map_err(|e| format!("{e}"))?;

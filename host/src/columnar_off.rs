@@ -1,0 +1,37 @@
+//! The columnar engine's place in a host built without it (`--no-default-features`, as the
+//! fuzz targets are): a columnar table cannot be opened, so none is ever queried.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use roam_abi::Value;
+
+use crate::resources::{ColumnType, Cursor, Layout, ResourceError};
+
+/// No value of this type exists: [`Table::open`] always fails.
+#[derive(Debug)]
+pub(crate) enum Table {}
+
+impl Table {
+    pub(crate) fn open(
+        _name: &str,
+        _source: &Path,
+        _data_dir: &Path,
+        _declared: &BTreeMap<String, ColumnType>,
+        _memory_bytes: usize,
+    ) -> Result<Self, String> {
+        Err("this roam was built without the columnar engine (cargo feature `columnar`): rebuild with it, or use engine = \"sqlite\"".into())
+    }
+
+    pub(crate) fn query(
+        self: &Arc<Self>,
+        _sql: String,
+        _params: Vec<Value>,
+        _deadline: Instant,
+        _layout: Layout,
+    ) -> Result<Cursor, ResourceError> {
+        match **self {}
+    }
+}
