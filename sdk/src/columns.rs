@@ -3,9 +3,9 @@
 
 use core::fmt;
 
-use roam_abi::columns::{DESCRIPTOR_BYTES, HEADER_BYTES, Kind};
 #[cfg(doc)]
 use roam_abi::columns::ALIGN;
+use roam_abi::columns::{DESCRIPTOR_BYTES, HEADER_BYTES, Kind};
 
 use crate::{Error, Result, sys};
 

@@ -52,10 +52,9 @@ const SUMMARY_WHERE: &str = "l_shipdate <= date '1998-12-01' - interval '90' day
 fn lineitem_report(input: Input) -> roam_sdk::Result<Output> {
     let table = Table::open("lineitem")?;
     let rows = match (input.report, input.via) {
-        (Report::Revenue, Via::Sql) => sql(
-            &table,
-            &format!("SELECT sum(l_extendedprice * l_discount) FROM lineitem WHERE {REVENUE_WHERE}"),
-        )?,
+        (Report::Revenue, Via::Sql) => {
+            sql(&table, &format!("SELECT sum(l_extendedprice * l_discount) FROM lineitem WHERE {REVENUE_WHERE}"))?
+        }
         (Report::Summary, Via::Sql) => sql(
             &table,
             &format!(
