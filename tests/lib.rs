@@ -12,6 +12,7 @@
 //! - [`HostProcess`]: a `roam host` process on `127.0.0.1:0`, killed when dropped.
 
 pub mod hostile;
+pub mod lineitem;
 pub mod sample;
 
 use std::cell::Cell;

@@ -32,13 +32,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
+#[path = "../../tests/lineitem.rs"]
+mod lineitem;
 #[path = "../../tests/sample.rs"]
 mod sample;
 
 use common::{QUICK, Stats, bytes, sign, time};
 
 /// The groups of figures, in the order they run; `--only GROUP` measures one.
-const GROUPS: [&str; 11] = [
+const GROUPS: [&str; 12] = [
     "instantiate",
     "aggregate",
     "round-trip",
@@ -50,6 +52,7 @@ const GROUPS: [&str; 11] = [
     "code-on-demand",
     "throughput",
     "parked",
+    "analytics",
 ];
 
 /// Concurrent clients in the throughput figure.
@@ -74,6 +77,8 @@ struct Scale {
     /// How long each client count of the throughput figure runs.
     load: Duration,
     parked: usize,
+    /// Order lines of the analytics group.
+    order_lines: usize,
 }
 
 const FULL: Scale = Scale {
@@ -90,6 +95,7 @@ const FULL: Scale = Scale {
     // Not the 100,000 of the goal: launching is the slow part (each launch verifies the module
     // and runs the agent's start), so 100,000 would take most of the run's ten minutes alone.
     parked: 10_000,
+    order_lines: 6_000_000,
 };
 const SMOKE: Scale = Scale {
     rows: 20_000,
@@ -103,6 +109,7 @@ const SMOKE: Scale = Scale {
     module_bytes: 128 << 10,
     load: Duration::from_millis(150),
     parked: 50,
+    order_lines: 20_000,
 };
 
 /// One row of the table.
@@ -231,6 +238,7 @@ async fn main() -> Result<()> {
             "code-on-demand" => code_on_demand(&setup).await?,
             "throughput" => throughput(&setup).await?,
             "parked" => parked(&setup).await?,
+            "analytics" => analytics(&setup).await?,
             other => bail!("no group {other}"),
         };
         rows.extend(new);
@@ -1215,6 +1223,196 @@ async fn parked(s: &Setup) -> Result<Vec<Row>> {
                 time(pings.q(0.99))
             ),
             "report",
+        ),
+    ])
+}
+
+/// SQLite's dialect of the example's reports (no date or interval literals; dates are text).
+const REVENUE_SQLITE: &str = "SELECT sum(l_extendedprice * l_discount) FROM lineitem \
+     WHERE l_shipdate >= '1994-01-01' AND l_shipdate < '1995-01-01' AND l_discount BETWEEN 0.05 AND 0.07 \
+     AND l_quantity < 24";
+const SUMMARY_SQLITE: &str = "SELECT l_returnflag, l_linestatus, sum(l_quantity), sum(l_extendedprice), \
+     sum(l_extendedprice * (1 - l_discount)), sum(l_extendedprice * (1 - l_discount) * (1 + l_tax)), \
+     avg(l_quantity), avg(l_extendedprice), avg(l_discount), count(*) \
+     FROM lineitem WHERE l_shipdate <= '1998-09-02' GROUP BY l_returnflag, l_linestatus \
+     ORDER BY l_returnflag, l_linestatus";
+
+/// What DuckDB measured (host/benches/analytics_duckdb.py).
+#[derive(Deserialize)]
+struct DuckDb {
+    load_s: f64,
+    revenue: DuckDbReport,
+    summary: DuckDbReport,
+}
+
+#[derive(Deserialize)]
+struct DuckDbReport {
+    median_s: f64,
+    rows: Vec<Vec<serde_json::Value>>,
+}
+
+/// Whether two answers agree cell by cell: equal, or numbers within `tolerance` of each other
+/// relatively (exact decimals are compared as numbers too: DuckDB's averages are doubles).
+fn agree(a: &[Vec<serde_json::Value>], b: &[Vec<serde_json::Value>], tolerance: f64) -> bool {
+    let number = |v: &serde_json::Value| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse::<f64>().ok()));
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| {
+        x.len() == y.len() && x.iter().zip(y).all(|(p, q)| {
+            p == q
+                || matches!((number(p), number(q)), (Some(p), Some(q)) if (p - q).abs() <= tolerance * p.abs().max(1.0))
+        })
+    })
+}
+
+/// An analytic workload (order lines as in TPC-H; a filtered sum and a grouped aggregate, the
+/// example module lineitem-report) in roam's columnar engine, through `roam eval`'s round trip
+/// with the module cached, both as the engine's SQL and as column batches aggregated in Wasm;
+/// against DuckDB in-process (Python) and SQLite in-process on the same data, in this run.
+async fn analytics(s: &Setup) -> Result<Vec<Row>> {
+    let n = s.scale.order_lines;
+    let csv = s.dir.path().join("lineitem.csv");
+    lineitem::write_csv(&csv, n)?;
+
+    // DuckDB first, while this process holds nothing big.
+    let duckdb_path = std::env::var_os("ROAM_BENCH_DUCKDB").context(
+        "ROAM_BENCH_DUCKDB is not set: run the benchmark through `cargo xtask bench`, which installs DuckDB",
+    )?;
+    let out = Command::new("python3")
+        .env("PYTHONPATH", duckdb_path)
+        .arg(repo().join("host/benches/analytics_duckdb.py"))
+        .arg(&csv)
+        .arg(s.scale.samples.to_string())
+        .output()
+        .context("cannot run python3")?;
+    ensure!(out.status.success(), "DuckDB's run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let duck: DuckDb = serde_json::from_slice(&out.stdout).context("DuckDB's run printed unexpected JSON")?;
+
+    // The columnar table, converted from the CSV: the import that DuckDB's load compares with.
+    let data_dir = s.dir.path().join("analytics");
+    let decimal = |p| roam_host::resources::ColumnType::Decimal { precision: p, scale: 2 };
+    let columns = BTreeMap::from([
+        ("l_extendedprice".to_owned(), decimal(15)),
+        ("l_discount".to_owned(), decimal(15)),
+        ("l_tax".to_owned(), decimal(15)),
+        ("l_shipdate".to_owned(), roam_host::resources::ColumnType::Date),
+    ]);
+    let started = Instant::now();
+    let mut converted = Resources::default();
+    converted.add_columnar_table("lineitem", Attachment::Fastened, &csv, &data_dir, &columns, 256 << 20)?;
+    let import = started.elapsed().as_secs_f64();
+    drop(converted);
+
+    // A host holding it (the conversion above is reused), and a client evaluating the module.
+    let mut cfg = HostConfig::new(s.trust_dir.clone(), data_dir);
+    cfg.limits.time_ms = 120_000;
+    cfg.resources.push(roam_host::config::ResourceConfig {
+        name: "lineitem".into(),
+        kind: roam_host::resources::ResourceType::Table,
+        attachment: Attachment::Fastened,
+        source: Some(csv.clone()),
+        columns,
+        engine: Some(roam_host::config::TableEngine::Columnar),
+    });
+    let running = RunningHost::start(Host::open(&cfg)?, "127.0.0.1:0".parse()?).await?;
+    let mut client = Client::connect(&running.addr().to_string()).await?;
+    let module = sign(&s.key, &built("lineitem_report")?, Kind::Query, "lineitem-report", &["table:lineitem"])?;
+    let mut report = async |report: &str, via: &str| -> Result<(Stats, Vec<Vec<serde_json::Value>>)> {
+        let input = json_to_cbor(&serde_json::json!({"report": report, "via": via}));
+        let mut times = Vec::new();
+        let mut rows = Vec::new();
+        // One call first, which also hands the host the module: the samples are cached calls.
+        for i in 0..=s.scale.samples {
+            let t = Instant::now();
+            let out = client.eval(&module, input.clone()).await?;
+            if i > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+            let out = roam_host::client::cbor_to_json(&out).map_err(anyhow::Error::msg)?;
+            rows = serde_json::from_value(out["rows"].clone())?;
+        }
+        Ok((Stats::new(times), rows))
+    };
+    let (revenue_sql, revenue) = report("revenue", "sql").await?;
+    let (revenue_columns, revenue_in_wasm) = report("revenue", "columns").await?;
+    let (summary_sql, summary) = report("summary", "sql").await?;
+    let (summary_columns, summary_in_wasm) = report("summary", "columns").await?;
+    let (scan, scanned) = report("scan", "columns").await?;
+    running.shutdown().await;
+    ensure!(scanned == vec![vec![serde_json::json!(4 * n)]], "the scan read {scanned:?} values, not {}", 4 * n);
+    // Exact sums: the same digits in the engine, in Wasm and in DuckDB; averages to a millionth
+    // (the engine shows a decimal's average to 6 places).
+    ensure!(
+        revenue == revenue_in_wasm && revenue == duck.revenue.rows,
+        "revenue: {revenue:?} {revenue_in_wasm:?} {:?}",
+        duck.revenue.rows
+    );
+    ensure!(
+        agree(&summary, &summary_in_wasm, 1e-6) && agree(&summary, &duck.summary.rows, 1e-6),
+        "summary: {summary:?}\n{summary_in_wasm:?}\n{:?}",
+        duck.summary.rows
+    );
+
+    // SQLite in-process on the same lines, imported by roam's SQLite path (decimals as REAL).
+    let started = Instant::now();
+    let mut sqlite = Resources::default();
+    sqlite.add_table("lineitem", Attachment::Fastened, &csv, &s.dir.path().join("analytics-sqlite"))?;
+    let sqlite_import = started.elapsed().as_secs_f64();
+    drop(sqlite);
+    let conn = rusqlite::Connection::open_with_flags(
+        s.dir.path().join("analytics-sqlite/tables/lineitem.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let in_sqlite = |sql: &str| -> Result<(Stats, Vec<Vec<serde_json::Value>>)> {
+        let mut answer = Vec::new();
+        let stats = sample(s.scale.samples, || {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let columns = stmt.column_count();
+            let rows = stmt.query_map([], |r| {
+                (0..columns)
+                    .map(|i| {
+                        Ok(match r.get_ref(i)? {
+                            rusqlite::types::ValueRef::Integer(v) => serde_json::json!(v),
+                            rusqlite::types::ValueRef::Real(v) => serde_json::json!(v),
+                            rusqlite::types::ValueRef::Text(t) => serde_json::json!(String::from_utf8_lossy(t)),
+                            _ => serde_json::Value::Null,
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })?;
+            answer = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(())
+        })?;
+        Ok((stats, answer))
+    };
+    let (revenue_sqlite, answer) = in_sqlite(REVENUE_SQLITE)?;
+    ensure!(agree(&revenue, &answer, 1e-9), "SQLite's revenue: {answer:?}, the engine's {revenue:?}");
+    let (summary_sqlite, answer) = in_sqlite(SUMMARY_SQLITE)?;
+    ensure!(agree(&summary, &answer, 1e-6), "SQLite's summary: {answer:?}, the engine's {summary:?}");
+
+    let duck_time = |median_s: f64| Stats::new(vec![median_s]);
+    let (duck_revenue, duck_summary) = (duck_time(duck.revenue.median_s), duck_time(duck.summary.median_s));
+    let values_per_s = (4 * n) as f64 / scan.median();
+    let lines = if n >= 1_000_000 { format!("{} M", n / 1_000_000) } else { format!("{n}") };
+    Ok(vec![
+        Row::new(
+            format!("CSV import of {lines} order lines into the columnar engine (Parquet)"),
+            format!("{import:.2} s"),
+            format!("DuckDB {:.2} s, SQLite {sqlite_import:.2} s", duck.load_s),
+            "report",
+        ),
+        Row::new("  … vs DuckDB's read_csv", format!("{:.2}×", import / duck.load_s), "one load each".into(), "≤ 2×"),
+        row(format!("filtered sum over {lines} lines, engine SQL, `roam eval`"), &revenue_sql, "report"),
+        ratio("  … vs DuckDB in-process", &revenue_sql, &duck_revenue, "≤ 3×"),
+        ratio("  … SQLite in-process vs it", &revenue_sqlite, &revenue_sql, "report"),
+        ratio("  … columns aggregated in Wasm vs engine SQL", &revenue_columns, &revenue_sql, "≤ 1.5×"),
+        row(format!("grouped aggregate over {lines} lines, engine SQL, `roam eval`"), &summary_sql, "report"),
+        ratio("  … vs DuckDB in-process", &summary_sql, &duck_summary, "≤ 3×"),
+        ratio("  … SQLite in-process vs it", &summary_sqlite, &summary_sql, "report"),
+        ratio("  … columns aggregated in Wasm vs engine SQL", &summary_columns, &summary_sql, "≤ 1.5×"),
+        Row::new(
+            "values into Wasm, four whole columns as column batches",
+            format!("{:.0} M/s", values_per_s / 1e6),
+            format!("{} values in {}", 4 * n, time(scan.median())),
+            "≥ 200 M/s",
         ),
     ])
 }

@@ -200,44 +200,20 @@ fn the_readmes_analytic_query_runs_on_a_columnar_table_as_written() -> Result<()
     Ok(())
 }
 
-/// `n` order lines in TPC-H's `lineitem` columns: quantities 1 to 50, prices with cents,
-/// discounts 0.00 to 0.10, taxes 0.00 to 0.08, four flag and status pairs, ship dates 1992-1998.
-pub fn lineitem_csv(n: usize) -> String {
-    let mut csv =
-        String::from("l_orderkey,l_quantity,l_extendedprice,l_discount,l_tax,l_returnflag,l_linestatus,l_shipdate\n");
-    for i in 0..n {
-        let (flag, status) = [("A", "F"), ("N", "F"), ("N", "O"), ("R", "F")][i % 4];
-        csv.push_str(&format!(
-            "{},{},{}.{:02},0.{:02},0.{:02},{flag},{status},{}-{:02}-{:02}\n",
-            i / 4,
-            1 + i * 7 % 50,
-            900 + i * 13 % 100_000,
-            i % 100,
-            i % 11,
-            i % 9,
-            1992 + i / 5 % 7,
-            1 + i % 12,
-            1 + i % 28
-        ));
-    }
-    csv
-}
-
-/// What `revenue` answers for [`lineitem_csv`], computed here in cents and hundredths.
+/// What `revenue` answers for the sample order lines, computed here in cents and hundredths.
 fn revenue_natively(n: usize) -> String {
-    let mut sum: i128 = 0;
-    for i in 0..n {
-        let (quantity, discount, year) = (1 + i * 7 % 50, i % 11, 1992 + i / 5 % 7);
-        if year == 1994 && (5..=7).contains(&discount) && quantity < 24 {
-            sum += ((900 + i * 13 % 100_000) * 100 + i % 100) as i128 * discount as i128;
-        }
-    }
+    let sum: i128 = (0..n)
+        .map(roam_tests::lineitem::line)
+        .filter(|l| l.year == 1994 && (5..=7).contains(&l.discount) && l.quantity < 24)
+        .map(|l| l.price_cents as i128 * l.discount as i128)
+        .sum();
     format!("{}.{:04}", sum / 10_000, sum % 10_000)
 }
 
 /// A host whose `lineitem` table holds `rows` lines, in the columnar engine.
 fn lineitem_host(fx: &roam_tests::Fixture, rows: usize) -> Result<roam_tests::HostProcess> {
-    let csv = fx.write("lineitem.csv", lineitem_csv(rows))?;
+    let csv = fx.path().join("lineitem.csv");
+    roam_tests::lineitem::write_csv(&csv, rows)?;
     let config = fx.write(
         "host.toml",
         format!(

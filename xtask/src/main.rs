@@ -190,8 +190,13 @@ fn measure(smoke: bool, args: &[OsString]) -> Result<()> {
     // any other group is one of figures.rs; without `--only`, both run.
     let only = args.iter().skip_while(|a| *a != "--only").nth(1).map(|g| g.to_string_lossy().into_owned());
     if only.as_deref() != Some("hostile") {
+        // The analytics group compares with DuckDB in the same run.
+        let mut figures = cargo();
+        if only.as_deref().is_none_or(|o| o == "analytics") {
+            figures.env("ROAM_BENCH_DUCKDB", ensure_duckdb()?);
+        }
         step("Measuring (host/benches/figures.rs)");
-        run(cargo().args(["bench", "--profile", profile, "--workspace", "--bench", "figures", "--"]).args(args))?;
+        run(figures.args(["bench", "--profile", profile, "--workspace", "--bench", "figures", "--"]).args(args))?;
     }
     if only.is_none() || only.as_deref() == Some("hostile") {
         step("Measuring other clients' latency while hostile modules run (host/benches/hostile.rs)");
@@ -318,6 +323,40 @@ fn apt_install(what: &str, packages: &[&str], otherwise: &str) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(packages))
+}
+
+/// Installs the PyPI package `spec` (`what`) into `dir` with pip, which a fresh Debian lacks
+/// until python3-pip is installed. `--target` rather than `--user`: Debian's Python refuses
+/// user installs (PEP 668), and the build tree is where the rest of the toolchain lives.
+fn pip_install(what: &str, dir: &Path, spec: &str) -> Result<()> {
+    if !succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
+        apt_install(&format!("installing {what}"), &["python3", "python3-pip"], "install python3 with pip")?;
+    }
+    step(&format!("Installing {what} from PyPI into {}", dir.display()));
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--upgrade", "--target"])
+        .arg(dir)
+        .arg(spec))
+}
+
+/// The DuckDB the analytics figures compare with (PyPI `duckdb`, run in-process by Python).
+const DUCKDB_VERSION: &str = "2.0.1";
+
+/// Installs DuckDB `DUCKDB_VERSION` into target/duckdb unless it is there; returns that directory.
+fn ensure_duckdb() -> Result<PathBuf> {
+    let dir = repo_root().join("target/duckdb");
+    let probe = Command::new("python3")
+        .env("PYTHONPATH", &dir)
+        .args(["-c", "import duckdb; print(duckdb.__version__)"])
+        .output();
+    if let Ok(out) = &probe
+        && out.status.success()
+        && String::from_utf8_lossy(&out.stdout).trim() == DUCKDB_VERSION
+    {
+        return Ok(dir);
+    }
+    pip_install(&format!("DuckDB {DUCKDB_VERSION}"), &dir, &format!("duckdb=={DUCKDB_VERSION}"))?;
+    Ok(dir)
 }
 
 /// `cargo xtask test [ARGS]`: the modules, the `roam` binary, then every test.

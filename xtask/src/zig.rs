@@ -14,7 +14,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::{apt_install, repo_root, run, step, succeeds};
+use super::{pip_install, repo_root, run, step};
 
 /// The Zig release the modules are written for. Zig's language and standard library still
 /// change from one release to the next (containers, I/O, reflection), so it is pinned.
@@ -97,19 +97,7 @@ fn ensure_zig(toolchain: &Path) -> Result<()> {
     {
         return Ok(());
     }
-    // A fresh Debian has python3 but not pip.
-    if !succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
-        apt_install(
-            &format!("installing Zig {ZIG_VERSION} from PyPI"),
-            &["python3", "python3-pip"],
-            "install python3 with pip",
-        )?;
-    }
-    step(&format!("Installing Zig {ZIG_VERSION} (PyPI package ziglang) into {}", toolchain.display()));
-    run(Command::new("python3")
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--upgrade", "--target"])
-        .arg(toolchain)
-        .arg(format!("ziglang=={ZIG_VERSION}")))?;
+    pip_install(&format!("Zig {ZIG_VERSION} (PyPI package ziglang)"), toolchain, &format!("ziglang=={ZIG_VERSION}"))?;
     let out = zig(toolchain).arg("version").output().context("cannot run `python3 -m ziglang version`")?;
     let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if got != ZIG_VERSION {
