@@ -1255,12 +1255,13 @@ struct DuckDbReport {
 /// relatively (exact decimals are compared as numbers too: DuckDB's averages are doubles).
 fn agree(a: &[Vec<serde_json::Value>], b: &[Vec<serde_json::Value>], tolerance: f64) -> bool {
     let number = |v: &serde_json::Value| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse::<f64>().ok()));
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| {
-        x.len() == y.len() && x.iter().zip(y).all(|(p, q)| {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| {
             p == q
                 || matches!((number(p), number(q)), (Some(p), Some(q)) if (p - q).abs() <= tolerance * p.abs().max(1.0))
         })
-    })
+        })
 }
 
 /// An analytic workload (order lines as in TPC-H; a filtered sum and a grouped aggregate, the

@@ -26,11 +26,6 @@ pub mod admission;
 pub mod agents;
 mod cache;
 pub mod client;
-#[cfg(feature = "columnar")]
-mod columnar;
-#[cfg(not(feature = "columnar"))]
-#[path = "columnar_off.rs"]
-mod columnar;
 pub mod config;
 pub mod engine;
 mod fault;

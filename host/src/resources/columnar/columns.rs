@@ -260,4 +260,20 @@ mod tests {
         assert_eq!(sizes, [MAX_ROWS, MAX_ROWS, 5]);
         Ok(())
     }
+
+    #[test]
+    fn an_integer_column_with_a_null_is_the_abi_documents_example() -> Result<(), Box<dyn std::error::Error>> {
+        // sdk/ABI.md, section 3.11, byte for byte.
+        let rows = RecordBatch::try_from_iter([("n", Arc::new(Int32Array::from(vec![Some(7), None])) as ArrayRef)])?;
+        let mut want = vec![0u8; 97];
+        for (at, word) in [(0, 2u32), (4, 1), (8, 97), (20, 0x40), (24, 16), (36, 0x50), (40, 1), (44, 0x60), (48, 1)] {
+            want[at..at + 4].copy_from_slice(&word.to_le_bytes());
+        }
+        want[16] = Kind::Integer as u8;
+        want[0x40] = 7;
+        want[0x50] = 0b01;
+        want[0x60] = b'n';
+        assert_eq!(encode(&rows)?, [want]);
+        Ok(())
+    }
 }

@@ -21,6 +21,12 @@ use serde::{Deserialize, Serialize};
 use crate::state::State;
 use crate::sync::lock;
 
+#[cfg(feature = "columnar")]
+mod columnar;
+#[cfg(not(feature = "columnar"))]
+#[path = "columnar_off.rs"]
+mod columnar;
+
 /// A batch stops growing past this many encoded bytes, so one batch never needs much memory.
 pub(crate) const BATCH_TARGET_BYTES: usize = 256 << 10;
 /// Largest single value (text or blob) a statement may produce.
@@ -109,8 +115,8 @@ pub struct Resource {
 #[derive(Debug)]
 enum Backend {
     Table(Arc<TablePool>),
-    /// A table of the columnar engine (see [`crate::columnar`]).
-    Columnar(Arc<crate::columnar::Table>),
+    /// A table of the columnar engine (see [`columnar`]).
+    Columnar(Arc<columnar::Table>),
     Log(Arc<State>),
     /// A global reference: every call goes to the host that owns the resource.
     Remote(Arc<dyn Forward>),
@@ -302,7 +308,7 @@ impl Resources {
         columns: &BTreeMap<String, ColumnType>,
         memory_bytes: usize,
     ) -> Result<(), ResourceError> {
-        let table = crate::columnar::Table::open(name, source, data_dir, columns, memory_bytes)
+        let table = columnar::Table::open(name, source, data_dir, columns, memory_bytes)
             .map_err(|reason| ResourceError::Load { name: name.to_owned(), path: source.to_owned(), reason })?;
         self.insert(name, ResourceType::Table, attachment, Backend::Columnar(Arc::new(table)));
         Ok(())
@@ -526,27 +532,6 @@ impl Batch {
     pub(crate) fn finish(mut self) -> Vec<u8> {
         self.bytes.push(0xff);
         self.bytes
-    }
-
-    /// A cell holding `v`.
-    pub(crate) fn value(&mut self, v: &Value) {
-        match v {
-            Value::Null => self.cell(ValueRef::Null),
-            Value::Integer(i) => self.cell(ValueRef::Integer(*i)),
-            Value::Real(f) => self.cell(ValueRef::Real(*f)),
-            Value::Text(t) => self.text(t),
-            Value::Blob(b) => self.bytes(b),
-        }
-    }
-
-    /// A text cell.
-    pub(crate) fn text(&mut self, t: &str) {
-        self.cell(ValueRef::Text(t.as_bytes()));
-    }
-
-    /// A blob cell.
-    pub(crate) fn bytes(&mut self, b: &[u8]) {
-        self.cell(ValueRef::Blob(b));
     }
 }
 

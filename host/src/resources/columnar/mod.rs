@@ -37,8 +37,9 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig};
 use futures_util::StreamExt;
 use roam_abi::Value;
+use rusqlite::types::ValueRef;
 
-use crate::resources::{BATCH_TARGET_BYTES, Batch, ColumnType, Cursor, Layout, Msg, ResourceError};
+use super::{BATCH_TARGET_BYTES, Batch, ColumnType, Cursor, Layout, Msg, ResourceError};
 
 mod columns;
 
@@ -270,6 +271,30 @@ fn scalars(params: Vec<Value>) -> Vec<ScalarValue> {
             Value::Blob(b) => ScalarValue::Binary(Some(b)),
         })
         .collect()
+}
+
+/// The row API's cells, from the engine's values.
+impl Batch {
+    /// A cell holding `v`.
+    fn value(&mut self, v: &Value) {
+        match v {
+            Value::Null => self.cell(ValueRef::Null),
+            Value::Integer(i) => self.cell(ValueRef::Integer(*i)),
+            Value::Real(f) => self.cell(ValueRef::Real(*f)),
+            Value::Text(t) => self.text(t),
+            Value::Blob(b) => self.bytes(b),
+        }
+    }
+
+    /// A text cell.
+    fn text(&mut self, t: &str) {
+        self.cell(ValueRef::Text(t.as_bytes()));
+    }
+
+    /// A blob cell.
+    fn bytes(&mut self, b: &[u8]) {
+        self.cell(ValueRef::Blob(b));
+    }
 }
 
 /// Appends `rows` to `batch`; returns the batches that filled up on the way.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use roam_abi::Value;
 
-use crate::resources::{ColumnType, Cursor, Layout, ResourceError};
+use super::{ColumnType, Cursor, Layout, ResourceError};
 
 /// No value of this type exists: [`Table::open`] always fails.
 #[derive(Debug)]
