@@ -283,3 +283,25 @@ fn a_module_aggregating_column_batches_gets_the_engines_own_answers() -> Result<
     sqlite.stop()?;
     host.stop()
 }
+
+#[test]
+fn a_value_past_the_rows_types_are_inferred_from_widens_its_column() -> Result<()> {
+    // Integers for 150,000 rows, then a decimal, then text: types inferred from the first rows
+    // would not hold them, and the table is converted again with types that do.
+    let dir = tempfile::tempdir()?;
+    let mut csv = String::from("id,amount,note\n");
+    for i in 0..150_000 {
+        csv.push_str(&format!("{i},{},{}\n", i % 7, i % 5));
+    }
+    csv.push_str("150000,2.5,late\n");
+    let path = dir.path().join("late.csv");
+    std::fs::write(&path, csv)?;
+    let mut resources = Resources::default();
+    resources.add_columnar_table("t", Attachment::Fastened, &path, dir.path(), &BTreeMap::new(), 256 << 20)?;
+    let got = rows(&resources, "SELECT amount, note FROM t WHERE id = 150000", vec![], Duration::from_secs(30))?;
+    ensure!(got == vec![vec![Value::Real(2.5), Value::Text("late".into())]], "{got:?}");
+    let got = rows(&resources, "SELECT count(*), sum(amount) FROM t", vec![], Duration::from_secs(30))?;
+    let sum = (0..150_000).map(|i| (i % 7) as f64).sum::<f64>() + 2.5;
+    ensure!(got == vec![vec![Value::Integer(150_001), Value::Real(sum)]], "{got:?}");
+    Ok(())
+}

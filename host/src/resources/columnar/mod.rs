@@ -422,42 +422,16 @@ fn convert_if_stale(
     let tmp = parquet.with_extension("loading");
     let tmp_path = tmp.to_str().ok_or("the data directory's path is not UTF-8")?.to_owned();
     let _ = std::fs::remove_file(&tmp);
-    let (rows, schema) = block_on(async {
-        // Inferred from the whole file, so that a late decimal does not make a column integer,
-        // then the declared types laid over it.
-        let inferred = ctx
-            .read_csv(csv_path, CsvReadOptions::new().has_header(true).schema_infer_max_records(usize::MAX))
-            .await?
-            .schema()
-            .as_arrow()
-            .clone();
-        if let Some(unknown) = declared.keys().find(|c| inferred.field_with_name(c).is_err()) {
-            return Err(datafusion::error::DataFusionError::Plan(format!(
-                "the configuration declares column {unknown:?}, which the CSV file does not have"
-            )));
+    // Types inferred from the first rows, as most CSV readers do; a value further down that
+    // does not fit them (a late decimal in an integer column) fails that conversion, and the
+    // file is converted again with types inferred from every row.
+    let sampled = block_on(write_parquet(ctx, csv_path, &tmp_path, declared, INFER_FROM_ROWS))?;
+    let (rows, schema) = match sampled {
+        Ok(done) => done,
+        Err(_) => {
+            block_on(write_parquet(ctx, csv_path, &tmp_path, declared, usize::MAX))?.map_err(|e| format!("{e}"))?
         }
-        let fields: Vec<Field> = inferred
-            .fields()
-            .iter()
-            .map(|f| match declared.get(f.name()) {
-                Some(t) => Field::new(f.name(), arrow_type(*t), true),
-                None => f.as_ref().clone(),
-            })
-            .collect();
-        let schema = Schema::new(fields);
-        let frame = ctx.read_csv(csv_path, CsvReadOptions::new().has_header(true).schema(&schema)).await?;
-        let mut options = TableParquetOptions::default();
-        // Uncompressed: the file is read far more often than it is written, and decoding is
-        // the engine's work at every query.
-        options.global = ParquetOptions { compression: Some("uncompressed".into()), ..options.global };
-        let written = frame
-            .write_parquet(&tmp_path, DataFrameWriteOptions::new().with_single_file_output(true), Some(options))
-            .await?;
-        let rows: u64 =
-            written.iter().filter_map(|b| b.column(0).as_primitive_opt::<UInt64Type>()).map(|c| c.value(0)).sum();
-        Ok((rows, schema))
-    })?
-    .map_err(|e| format!("{e}"))?;
+    };
     let described: Vec<String> = schema
         .fields()
         .iter()
@@ -480,4 +454,47 @@ fn convert_if_stale(
     let declared_tmp: PathBuf = declared_file.with_extension("columns-new");
     std::fs::write(&declared_tmp, declaration).map_err(|e| e.to_string())?;
     std::fs::rename(&declared_tmp, &declared_file).map_err(|e| e.to_string())
+}
+
+/// Rows the column types of a CSV file are first inferred from.
+const INFER_FROM_ROWS: usize = 100_000;
+
+/// Writes `csv` as the Parquet file `tmp`, with types inferred from its first `infer` rows and
+/// the declared ones laid over them; returns the rows written and the schema.
+async fn write_parquet(
+    ctx: &SessionContext,
+    csv: &str,
+    tmp: &str,
+    declared: &BTreeMap<String, ColumnType>,
+    infer: usize,
+) -> datafusion::error::Result<(u64, Schema)> {
+    let inferred = ctx
+        .read_csv(csv, CsvReadOptions::new().has_header(true).schema_infer_max_records(infer))
+        .await?
+        .schema()
+        .as_arrow()
+        .clone();
+    if let Some(unknown) = declared.keys().find(|c| inferred.field_with_name(c).is_err()) {
+        return Err(datafusion::error::DataFusionError::Plan(format!(
+            "the configuration declares column {unknown:?}, which the CSV file does not have"
+        )));
+    }
+    let fields: Vec<Field> = inferred
+        .fields()
+        .iter()
+        .map(|f| match declared.get(f.name()) {
+            Some(t) => Field::new(f.name(), arrow_type(*t), true),
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    let schema = Schema::new(fields);
+    let frame = ctx.read_csv(csv, CsvReadOptions::new().has_header(true).schema(&schema)).await?;
+    let mut options = TableParquetOptions::default();
+    // Uncompressed: the file is read far more often than it is written, and decoding is the
+    // engine's work at every query.
+    options.global = ParquetOptions { compression: Some("uncompressed".into()), ..options.global };
+    let written =
+        frame.write_parquet(tmp, DataFrameWriteOptions::new().with_single_file_output(true), Some(options)).await?;
+    let rows = written.iter().filter_map(|b| b.column(0).as_primitive_opt::<UInt64Type>()).map(|c| c.value(0)).sum();
+    Ok((rows, schema))
 }
