@@ -405,9 +405,15 @@ mod data {
                 .cursors
                 .get_mut(cursor as usize)
                 .and_then(Option::as_mut)
-                .and_then(Cursor::take_staged)
+                .and_then(Cursor::take_staged_batch)
                 .ok_or(HostTrap::NothingStaged)?;
-            write(&mut c, "cursor_read", ptr, &batch)
+            // Written straight into the module's memory: a column batch's values go from the
+            // engine's arrays to the module in one copy.
+            let mem = memory(&mut c)?;
+            let start = ptr as usize;
+            let end = start.checked_add(batch.len()).ok_or(HostTrap::OutOfBounds("cursor_read"))?;
+            batch.write_into(mem.data_mut(&mut c).get_mut(start..end).ok_or(HostTrap::OutOfBounds("cursor_read"))?);
+            Ok(())
         })?;
         linker.func_wrap(m, names::cursor_close, |mut c: Ctx<'_>, cursor: u32| {
             if let Some(slot) = c.data_mut().cursors.get_mut(cursor as usize) {

@@ -428,7 +428,7 @@ impl TablePool {
 
 /// What a query's producer sends its cursor.
 pub(crate) enum Msg {
-    Batch(Vec<u8>),
+    Batch(Staged),
     End,
     Error(String),
 }
@@ -472,7 +472,7 @@ fn produce(conn: &Connection, sql: &str, params: &[Value], tx: &SyncSender<Msg>)
                     }
                 }
                 if batch.rows >= BATCH_MAX_ROWS || batch.bytes.len() >= BATCH_TARGET_BYTES {
-                    if tx.send(Msg::Batch(batch.finish())).is_err() {
+                    if tx.send(Msg::Batch(Staged::Bytes(batch.finish()))).is_err() {
                         return;
                     }
                     batch = Batch::new();
@@ -482,7 +482,7 @@ fn produce(conn: &Connection, sql: &str, params: &[Value], tx: &SyncSender<Msg>)
             Err(e) => return fail(e),
         }
     }
-    if batch.rows > 0 && tx.send(Msg::Batch(batch.finish())).is_err() {
+    if batch.rows > 0 && tx.send(Msg::Batch(Staged::Bytes(batch.finish()))).is_err() {
         return;
     }
     let _ = tx.send(Msg::End);
@@ -585,14 +585,54 @@ fn from_sql(v: ValueRef<'_>) -> Value {
     }
 }
 
+/// A batch on its way to a module: encoded bytes, or a column batch whose layout is planned
+/// but whose values are still the engine's arrays, copied only into the module's memory.
+#[derive(Debug)]
+pub(crate) enum Staged {
+    /// Bytes as they go to the module (CBOR rows).
+    Bytes(Vec<u8>),
+    /// A column batch (`roam_abi::columns`).
+    Columns(columnar::Pending),
+}
+
+impl Staged {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Bytes(b) => b.len(),
+            Self::Columns(c) => c.len(),
+        }
+    }
+
+    /// Writes it into `out`, which is exactly [`len`](Self::len) bytes.
+    pub fn write_into(&self, out: &mut [u8]) {
+        match self {
+            Self::Bytes(b) => out.copy_from_slice(b),
+            Self::Columns(c) => c.write_into(out),
+        }
+    }
+
+    /// Its bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Self::Bytes(b) => b,
+            columns => {
+                let mut out = vec![0; columns.len()];
+                columns.write_into(&mut out);
+                out
+            }
+        }
+    }
+}
+
 /// An open query: batches of rows arriving from the producer thread.
 #[derive(Debug)]
 pub struct Cursor {
     rx: Receiver<Msg>,
     /// A batch received but not yet handed to the module.
-    pending: Option<Vec<u8>>,
+    pending: Option<Staged>,
     /// The batch handed out by the last `next_batch`, waiting to be copied into the module.
-    staged: Option<Vec<u8>>,
+    staged: Option<Staged>,
     done: bool,
     /// Tells the producer to stop when the module closes the cursor early.
     cancel: Arc<AtomicBool>,
@@ -629,7 +669,7 @@ impl Cursor {
     pub fn from_batches(batches: Vec<Vec<u8>>, deadline: Instant) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(batches.len() + 1);
         for b in batches {
-            let _ = tx.send(Msg::Batch(b));
+            let _ = tx.send(Msg::Batch(Staged::Bytes(b)));
         }
         let _ = tx.send(Msg::End);
         Self { rx, pending: None, staged: None, done: false, cancel: Arc::new(AtomicBool::new(false)), deadline }
@@ -649,7 +689,7 @@ impl Cursor {
         Ok(out)
     }
 
-    fn recv(&mut self) -> Result<Option<Vec<u8>>, ResourceError> {
+    fn recv(&mut self) -> Result<Option<Staged>, ResourceError> {
         let wait = self.deadline.saturating_duration_since(Instant::now());
         match self.rx.recv_timeout(wait) {
             Ok(Msg::Batch(b)) => Ok(Some(b)),
@@ -682,8 +722,13 @@ impl Cursor {
         }
     }
 
-    /// Takes the staged batch.
+    /// Takes the staged batch, as bytes.
     pub fn take_staged(&mut self) -> Option<Vec<u8>> {
+        self.staged.take().map(Staged::into_bytes)
+    }
+
+    /// Takes the staged batch as it is, to be written where it goes.
+    pub(crate) fn take_staged_batch(&mut self) -> Option<Staged> {
         self.staged.take()
     }
 }

@@ -2,6 +2,8 @@
 //! `roam_abi::columns`, described in sdk/ABI.md). Fixed-width values and the bytes of text are
 //! copied as whole buffers; only text offsets are rewritten, to start at 0.
 
+use std::sync::Arc;
+
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::cast;
@@ -19,10 +21,11 @@ const _: () = assert!(cfg!(target_endian = "little"), "column batches copy nativ
 /// A batch past this many bytes is split (unless it is one row): the module has to hold it.
 const TARGET_BYTES: usize = 4 << 20;
 
-/// `rows` as column batches of at most [`MAX_ROWS`] rows and about [`TARGET_BYTES`] each.
-pub(super) fn encode(rows: &RecordBatch) -> Result<Vec<Vec<u8>>, String> {
+/// `rows` as column batches of at most [`MAX_ROWS`] rows and about [`TARGET_BYTES`] each,
+/// planned but not yet written: the module's memory is where they are written, once.
+pub(crate) fn plan(rows: &RecordBatch) -> Result<Vec<Pending>, String> {
     let columns: Vec<(Kind, ArrayRef)> = rows.columns().iter().map(normalize).collect::<Result<_, _>>()?;
-    let names: Vec<&str> = rows.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+    let names: Arc<[String]> = rows.schema_ref().fields().iter().map(|f| f.name().clone()).collect();
     let mut out = Vec::new();
     for start in (0..rows.num_rows()).step_by(MAX_ROWS) {
         split(&columns, &names, start, MAX_ROWS.min(rows.num_rows() - start), &mut out);
@@ -32,13 +35,104 @@ pub(super) fn encode(rows: &RecordBatch) -> Result<Vec<Vec<u8>>, String> {
 
 /// Rows `start..start + len` as one batch, or as two halves (and so on) while over
 /// [`TARGET_BYTES`].
-fn split(columns: &[(Kind, ArrayRef)], names: &[&str], start: usize, len: usize, out: &mut Vec<Vec<u8>>) {
+fn split(columns: &[(Kind, ArrayRef)], names: &Arc<[String]>, start: usize, len: usize, out: &mut Vec<Pending>) {
     let piece: Vec<(Kind, ArrayRef)> = columns.iter().map(|(k, a)| (*k, a.slice(start, len))).collect();
     if len > 1 && estimate(&piece) > TARGET_BYTES {
         split(columns, names, start, len / 2, out);
         split(columns, names, start + len / 2, len - len / 2, out);
     } else {
-        out.push(write(&piece, names, len));
+        out.push(Pending::new(piece, names.clone(), len));
+    }
+}
+
+/// A column batch whose regions are placed: its length is known, and its bytes are written
+/// straight from the engine's arrays by [`Pending::write_into`].
+pub(crate) struct Pending {
+    columns: Vec<(Kind, ArrayRef)>,
+    names: Arc<[String]>,
+    rows: usize,
+    /// Each column's values, data, validity and name: (offset, length).
+    regions: Vec<[(usize, usize); 4]>,
+    len: usize,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("rows", &self.rows).field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+impl Pending {
+    fn new(columns: Vec<(Kind, ArrayRef)>, names: Arc<[String]>, rows: usize) -> Self {
+        let mut at = HEADER_BYTES + DESCRIPTOR_BYTES * columns.len();
+        let mut place = |len: usize| match len {
+            0 => (0, 0),
+            len => {
+                let offset = at.next_multiple_of(ALIGN);
+                at = offset + len;
+                (offset, len)
+            }
+        };
+        let regions = columns
+            .iter()
+            .zip(names.iter())
+            .map(|((kind, a), name)| {
+                let values = match kind {
+                    Kind::Text | Kind::Blob => (rows + 1) * 4,
+                    fixed => rows * fixed.width(),
+                };
+                let nulls = a.logical_nulls().is_some_and(|n| n.null_count() > 0);
+                [
+                    place(values),
+                    place(data(*kind, a.as_ref()).len()),
+                    place(if nulls { rows.div_ceil(8) } else { 0 }),
+                    place(name.len()),
+                ]
+            })
+            .collect();
+        Self { columns, names, rows, regions, len: at }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Writes the batch into `out`, exactly [`len`](Self::len) bytes, gaps included (as
+    /// zeros: `out` may hold anything).
+    pub(crate) fn write_into(&self, out: &mut [u8]) {
+        let head = HEADER_BYTES + DESCRIPTOR_BYTES * self.columns.len();
+        out[..head].fill(0);
+        put(out, 0, self.rows);
+        put(out, 4, self.columns.len());
+        put(out, 8, self.len);
+        let mut written = head;
+        for (i, (((kind, array), name), regions)) in
+            self.columns.iter().zip(self.names.iter()).zip(&self.regions).enumerate()
+        {
+            let (precision, scale) = match array.data_type() {
+                DataType::Decimal128(p, s) => (*p, *s),
+                _ => (0, 0),
+            };
+            let d = HEADER_BYTES + DESCRIPTOR_BYTES * i;
+            out[d..d + 4].copy_from_slice(&[*kind as u8, precision, scale as u8, 0]);
+            for (j, (offset, len)) in regions.iter().enumerate() {
+                put(out, d + 4 + 8 * j, *offset);
+                put(out, d + 8 + 8 * j, *len);
+                if *len == 0 {
+                    continue;
+                }
+                out[written..*offset].fill(0);
+                let region = &mut out[*offset..offset + len];
+                match j {
+                    0 => values(*kind, array.as_ref(), region),
+                    1 => region.copy_from_slice(data(*kind, array.as_ref())),
+                    2 => validity(array.logical_nulls().as_ref(), region),
+                    _ => region.copy_from_slice(name.as_bytes()),
+                }
+                written = offset + len;
+            }
+        }
+        out[written..].fill(0);
     }
 }
 
@@ -65,7 +159,7 @@ fn normalize(array: &ArrayRef) -> Result<(Kind, ArrayRef), String> {
                     text.append_value(shown.value(row).to_string());
                 }
             }
-            Ok((Kind::Text, std::sync::Arc::new(text.finish())))
+            Ok((Kind::Text, Arc::new(text.finish())))
         }
     }
 }
@@ -85,88 +179,58 @@ fn estimate(columns: &[(Kind, ArrayRef)]) -> usize {
         .sum()
 }
 
-/// One batch: header, descriptors, then each column's regions.
-fn write(columns: &[(Kind, ArrayRef)], names: &[&str], rows: usize) -> Vec<u8> {
-    let mut out = vec![0u8; HEADER_BYTES + DESCRIPTOR_BYTES * columns.len()];
-    for (i, ((kind, array), name)) in columns.iter().zip(names).enumerate() {
-        let (precision, scale) = match array.data_type() {
-            DataType::Decimal128(p, s) => (*p, *s),
-            _ => (0, 0),
-        };
-        let values = region(&mut out, |out| values(*kind, array.as_ref(), out));
-        let data = region(&mut out, |out| data(*kind, array.as_ref(), out));
-        let validity = region(&mut out, |out| validity(array.logical_nulls().as_ref(), rows, out));
-        let name = region(&mut out, |out| out.extend_from_slice(name.as_bytes()));
-        let d = HEADER_BYTES + DESCRIPTOR_BYTES * i;
-        out[d..d + 4].copy_from_slice(&[*kind as u8, precision, scale as u8, 0]);
-        for (j, (offset, len)) in [values, data, validity, name].into_iter().enumerate() {
-            put(&mut out, d + 4 + 8 * j, offset);
-            put(&mut out, d + 8 + 8 * j, len);
-        }
-    }
-    let total = out.len();
-    put(&mut out, 0, rows);
-    put(&mut out, 4, columns.len());
-    put(&mut out, 8, total);
-    out
-}
-
-/// Appends what `fill` writes at the next aligned offset; returns its offset and length (an
-/// empty region's offset is 0).
-fn region(out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) -> (usize, usize) {
-    out.resize(out.len().next_multiple_of(ALIGN), 0);
-    let start = out.len();
-    fill(out);
-    match out.len() - start {
-        0 => (0, 0),
-        len => (start, len),
-    }
-}
-
 fn put(out: &mut [u8], at: usize, n: usize) {
     // A batch is far below 4 GiB (MAX_ROWS rows of at most TARGET_BYTES, or one row of a
     // value the engine could hold), so the cast is exact.
     out[at..at + 4].copy_from_slice(&(n as u32).to_le_bytes());
 }
 
-fn values(kind: Kind, a: &dyn Array, out: &mut Vec<u8>) {
+/// Writes the values region: fixed-width values as they are, offsets rebased.
+fn values(kind: Kind, a: &dyn Array, out: &mut [u8]) {
     match kind {
-        Kind::Integer => out.extend_from_slice(a.as_primitive::<Int64Type>().values().to_byte_slice()),
-        Kind::Real => out.extend_from_slice(a.as_primitive::<Float64Type>().values().to_byte_slice()),
-        Kind::Date => out.extend_from_slice(a.as_primitive::<Date32Type>().values().to_byte_slice()),
-        Kind::Decimal => out.extend_from_slice(a.as_primitive::<Decimal128Type>().values().to_byte_slice()),
-        Kind::Timestamp => out.extend_from_slice(a.as_primitive::<TimestampMicrosecondType>().values().to_byte_slice()),
+        Kind::Integer => out.copy_from_slice(a.as_primitive::<Int64Type>().values().to_byte_slice()),
+        Kind::Real => out.copy_from_slice(a.as_primitive::<Float64Type>().values().to_byte_slice()),
+        Kind::Date => out.copy_from_slice(a.as_primitive::<Date32Type>().values().to_byte_slice()),
+        Kind::Decimal => out.copy_from_slice(a.as_primitive::<Decimal128Type>().values().to_byte_slice()),
+        Kind::Timestamp => out.copy_from_slice(a.as_primitive::<TimestampMicrosecondType>().values().to_byte_slice()),
         Kind::Text => offsets(a.as_string::<i32>().value_offsets(), out),
         Kind::Blob => offsets(a.as_binary::<i32>().value_offsets(), out),
     }
 }
 
-/// Offsets rebased to start at 0 (a sliced array's do not).
-fn offsets(offsets: &[i32], out: &mut Vec<u8>) {
-    let first = offsets.first().copied().unwrap_or(0);
-    out.reserve(offsets.len() * 4);
-    for o in offsets {
-        out.extend_from_slice(&((o - first).as_usize() as u32).to_le_bytes());
+/// Offsets rebased to start at 0 (a sliced array's do not). Arrow's offsets never decrease
+/// from a first one of at least 0, so as `u32` they are the same bytes.
+fn offsets(offsets: &[i32], out: &mut [u8]) {
+    match offsets.first().copied().unwrap_or(0) {
+        0 => out.copy_from_slice(offsets.to_byte_slice()),
+        first => {
+            for (o, slot) in offsets.iter().zip(out.chunks_exact_mut(4)) {
+                slot.copy_from_slice(&((o - first).as_usize() as u32).to_le_bytes());
+            }
+        }
     }
 }
 
-fn data(kind: Kind, a: &dyn Array, out: &mut Vec<u8>) {
+/// The bytes of a text or blob column's values, one after the other (none for other kinds).
+fn data(kind: Kind, a: &dyn Array) -> &[u8] {
     let (offsets, bytes) = match kind {
         Kind::Text => (a.as_string::<i32>().value_offsets(), a.as_string::<i32>().value_data()),
         Kind::Blob => (a.as_binary::<i32>().value_offsets(), a.as_binary::<i32>().value_data()),
-        _ => return,
+        _ => return &[],
     };
-    if let (Some(first), Some(last)) = (offsets.first(), offsets.last()) {
-        out.extend_from_slice(&bytes[first.as_usize()..last.as_usize()]);
+    match (offsets.first(), offsets.last()) {
+        (Some(first), Some(last)) => &bytes[first.as_usize()..last.as_usize()],
+        _ => &[],
     }
 }
 
-/// One bit per row, 1 for a value; nothing when every row has one.
-fn validity(nulls: Option<&NullBuffer>, rows: usize, out: &mut Vec<u8>) {
-    let Some(nulls) = nulls.filter(|n| n.null_count() > 0) else { return };
-    // `sliced` moves a bitmap that starts mid-byte to bit 0.
-    let bits = nulls.inner().sliced();
-    out.extend_from_slice(&bits.as_slice()[..rows.div_ceil(8)]);
+/// One bit per row, 1 for a value (the region exists only when some row is null).
+fn validity(nulls: Option<&NullBuffer>, out: &mut [u8]) {
+    if let Some(nulls) = nulls {
+        // `sliced` moves a bitmap that starts mid-byte to bit 0.
+        let bits = nulls.inner().sliced();
+        out.copy_from_slice(&bits.as_slice()[..out.len()]);
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +244,18 @@ mod tests {
     use datafusion::arrow::datatypes::IntervalDayTime;
 
     use super::*;
+
+    /// `rows`' column batches, written out.
+    fn encode(rows: &RecordBatch) -> Result<Vec<Vec<u8>>, String> {
+        Ok(plan(rows)?
+            .iter()
+            .map(|p| {
+                let mut out = vec![0xee; p.len()];
+                p.write_into(&mut out);
+                out
+            })
+            .collect())
+    }
 
     fn u32_at(b: &[u8], at: usize) -> usize {
         u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize

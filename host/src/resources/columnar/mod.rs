@@ -39,14 +39,20 @@ use futures_util::StreamExt;
 use roam_abi::Value;
 use rusqlite::types::ValueRef;
 
-use super::{BATCH_TARGET_BYTES, Batch, ColumnType, Cursor, Layout, Msg, ResourceError};
+use super::{BATCH_TARGET_BYTES, Batch, ColumnType, Cursor, Layout, Msg, ResourceError, Staged};
 
 mod columns;
+pub(crate) use columns::Pending;
 
 /// One columnar table: a session template holding it, and the limits its statements run under.
 pub(crate) struct Table {
     name: String,
+    /// A session holding the table, for statements whose rows go out as rows.
     ctx: SessionContext,
+    /// The same for column batches, whose text is read as offsets and bytes (the layout a
+    /// module gets) instead of views, which would have to be rewritten value by value; views
+    /// are faster for the engine's own grouping and sorting.
+    ctx_columns: SessionContext,
     /// Engine memory one statement may use (the call's memory limit).
     memory_bytes: usize,
 }
@@ -123,7 +129,12 @@ impl Table {
         };
         let path = parquet.to_str().ok_or("the table's path is not UTF-8")?.to_owned();
         block_on(ctx.register_parquet(name, &path, ParquetReadOptions::default()))?.map_err(|e| e.to_string())?;
-        Ok(Self { name: name.to_owned(), ctx, memory_bytes })
+        let mut offsets = config();
+        offsets.options_mut().execution.parquet.schema_force_view_types = false;
+        let ctx_columns = SessionContext::new_with_config(offsets);
+        block_on(ctx_columns.register_parquet(name, &path, ParquetReadOptions::default()))?
+            .map_err(|e| e.to_string())?;
+        Ok(Self { name: name.to_owned(), ctx, ctx_columns, memory_bytes })
     }
 
     /// Starts a read-only statement; rows arrive in the cursor's batches, laid out as `layout`.
@@ -150,7 +161,11 @@ impl Table {
     }
 
     /// A session for one statement: the table, and a memory pool of its own.
-    fn session(&self) -> Result<SessionContext, String> {
+    fn session(&self, layout: Layout) -> Result<SessionContext, String> {
+        let template = match layout {
+            Layout::Rows => &self.ctx,
+            Layout::Columns => &self.ctx_columns,
+        };
         // No spilling to disk: a statement's memory is the call's, and the host's disk is not.
         let no_disk = DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled);
         let runtime = RuntimeEnvBuilder::new()
@@ -158,7 +173,7 @@ impl Table {
             .with_disk_manager_builder(no_disk)
             .build_arc()
             .map_err(|e| e.to_string())?;
-        let state = SessionStateBuilder::new_from_existing(self.ctx.state()).with_runtime_env(runtime).build();
+        let state = SessionStateBuilder::new_from_existing(template.state()).with_runtime_env(runtime).build();
         Ok(SessionContext::new_with_state(state))
     }
 
@@ -173,7 +188,7 @@ impl Table {
         stop: &AtomicBool,
         tx: &SyncSender<Msg>,
     ) -> Result<(), String> {
-        let ctx = self.session()?;
+        let ctx = self.session(layout)?;
         let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let sql = dollar_placeholders(sql);
         let planned = tokio::time::timeout_at(deadline.into(), async {
@@ -195,9 +210,9 @@ impl Table {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let full = match layout {
-                Layout::Rows => encode(&next, &mut batch)?,
-                Layout::Columns => columns::encode(&next)?,
+            let full: Vec<Staged> = match layout {
+                Layout::Rows => encode(&next, &mut batch)?.into_iter().map(Staged::Bytes).collect(),
+                Layout::Columns => columns::plan(&next)?.into_iter().map(Staged::Columns).collect(),
             };
             for full in full {
                 if tx.send(Msg::Batch(full)).is_err() {
@@ -205,7 +220,7 @@ impl Table {
                 }
             }
         }
-        if batch.rows > 0 && tx.send(Msg::Batch(batch.finish())).is_err() {
+        if batch.rows > 0 && tx.send(Msg::Batch(Staged::Bytes(batch.finish()))).is_err() {
             return Ok(());
         }
         let _ = tx.send(Msg::End);
