@@ -82,7 +82,8 @@ impl ColumnBatch {
     }
 
     fn u32_at(&self, at: usize) -> usize {
-        self.bytes().get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        let word = at.checked_add(4).and_then(|end| self.bytes().get(at..end));
+        word.map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     }
 
     /// Rows in the batch (at most 8192).
@@ -101,13 +102,15 @@ impl ColumnBatch {
         if index >= self.columns() {
             return Err(Error::msg(format!("no column {index}: the batch has {}", self.columns())));
         }
-        let d = HEADER_BYTES + DESCRIPTOR_BYTES * index;
-        let head = self.bytes().get(d..d + 4).ok_or_else(|| malformed("descriptor"))?;
+        // The descriptor exists once its last byte does (checked: `index` comes from the batch).
+        let d = DESCRIPTOR_BYTES.checked_mul(index).map_or(usize::MAX, |d| d.saturating_add(HEADER_BYTES));
+        let head = self.bytes().get(d..d.saturating_add(DESCRIPTOR_BYTES)).ok_or_else(|| malformed("descriptor"))?;
         let kind = Kind::from_code(head[0]).ok_or_else(|| malformed("kind"))?;
         let (precision, scale) = (head[1], head[2] as i8);
         let region = |j: usize| -> Result<&[u8]> {
             let (offset, len) = (self.u32_at(d + 4 + 8 * j), self.u32_at(d + 8 + 8 * j));
-            self.bytes().get(offset..offset + len).ok_or_else(|| malformed("region"))
+            // Checked: in a malformed batch the end could pass 4 GiB, which wraps on wasm32.
+            offset.checked_add(len).and_then(|end| self.bytes().get(offset..end)).ok_or_else(|| malformed("region"))
         };
         let (values, data, validity, name) = (region(0)?, region(1)?, region(2)?, region(3)?);
         let rows = self.rows();
@@ -117,7 +120,7 @@ impl ColumnBatch {
             return Err(malformed("validity"));
         }
         let offsets = || -> Result<&[u32]> {
-            let offsets: &[u32] = slice(values, rows + 1)?;
+            let offsets: &[u32] = slice(values, rows.saturating_add(1))?;
             if offsets.windows(2).any(|w| w[0] > w[1]) || offsets.last().is_some_and(|l| *l as usize > data.len()) {
                 return Err(malformed("offsets"));
             }
