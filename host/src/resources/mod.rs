@@ -591,7 +591,8 @@ fn from_sql(v: ValueRef<'_>) -> Value {
 pub(crate) enum Staged {
     /// Bytes as they go to the module (CBOR rows).
     Bytes(Vec<u8>),
-    /// A column batch (`roam_abi::columns`).
+    /// A column batch (`roam_abi::columns`); none without the columnar engine.
+    #[cfg_attr(not(feature = "columnar"), allow(dead_code))]
     Columns(columnar::Pending),
 }
 
