@@ -750,14 +750,8 @@ fn import_csv_if_stale(
     table: &str,
     declared: &BTreeMap<String, ColumnType>,
 ) -> Result<(), String> {
-    let csv_time = std::fs::metadata(csv_path).and_then(|m| m.modified()).map_err(|e| e.to_string())?;
-    // The declared columns the import was made with: another declaration means another import.
-    let declared_file = db.with_extension("columns");
-    let declaration = format!("{declared:?}");
-    if let Ok(db_time) = std::fs::metadata(db).and_then(|m| m.modified())
-        && db_time >= csv_time
-        && std::fs::read_to_string(&declared_file).unwrap_or_default() == declaration
-    {
+    let made = Made::new(db, declared);
+    if made.is_current(csv_path)? {
         return Ok(());
     }
     let read = || csv::Reader::from_path(csv_path).map_err(|e| e.to_string());
@@ -823,16 +817,43 @@ fn import_csv_if_stale(
     }
     tx.commit().map_err(|e| e.to_string())?;
     drop(conn);
-    // The old declaration goes before the new table comes, and the new one after: a crash in
-    // between leaves no declaration, so the next start imports again.
-    match std::fs::remove_file(&declared_file) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
-        _ => {}
+    made.replace_with(&tmp)
+}
+
+/// A table made from a CSV file (a SQLite import, or the columnar engine's Parquet copy), and
+/// the columns declared when it was made, kept beside it in `NAME.columns`: a table older than
+/// its CSV file, or made with other declarations, is made again.
+pub(crate) struct Made<'a> {
+    table: &'a Path,
+    stamp: PathBuf,
+    declaration: String,
+}
+
+impl<'a> Made<'a> {
+    pub(crate) fn new(table: &'a Path, declared: &BTreeMap<String, ColumnType>) -> Self {
+        Self { table, stamp: table.with_extension("columns"), declaration: format!("{declared:?}") }
     }
-    std::fs::rename(&tmp, db).map_err(|e| e.to_string())?;
-    let declared_tmp = declared_file.with_extension("columns-new");
-    std::fs::write(&declared_tmp, declaration).map_err(|e| e.to_string())?;
-    std::fs::rename(&declared_tmp, &declared_file).map_err(|e| e.to_string())
+
+    /// Whether the table is at least as new as `csv` and was made with these declarations.
+    pub(crate) fn is_current(&self, csv: &Path) -> Result<bool, String> {
+        let csv_time = std::fs::metadata(csv).and_then(|m| m.modified()).map_err(|e| e.to_string())?;
+        Ok(std::fs::metadata(self.table).and_then(|m| m.modified()).is_ok_and(|made| made >= csv_time)
+            && std::fs::read_to_string(&self.stamp).unwrap_or_default() == self.declaration)
+    }
+
+    /// Puts the table written at `tmp` in its place. The old declaration goes before the new
+    /// table comes, and the new one after: a crash in between leaves no declaration, so the
+    /// next start makes the table again.
+    pub(crate) fn replace_with(self, tmp: &Path) -> Result<(), String> {
+        match std::fs::remove_file(&self.stamp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
+            _ => {}
+        }
+        std::fs::rename(tmp, self.table).map_err(|e| e.to_string())?;
+        let stamp_tmp = self.stamp.with_extension("columns-new");
+        std::fs::write(&stamp_tmp, self.declaration).map_err(|e| e.to_string())?;
+        std::fs::rename(&stamp_tmp, &self.stamp).map_err(|e| e.to_string())
+    }
 }
 
 /// What an import has seen of one column's values.

@@ -15,7 +15,7 @@
 //!   timestamps as exact text), or as column batches ([`columns`]) when it asks for them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, OnceLock};
@@ -39,7 +39,7 @@ use futures_util::StreamExt;
 use roam_abi::Value;
 use rusqlite::types::ValueRef;
 
-use super::{BATCH_TARGET_BYTES, Batch, ColumnType, Cursor, Layout, Msg, ResourceError, Staged};
+use super::{BATCH_TARGET_BYTES, Batch, ColumnType, Cursor, Layout, Made, Msg, ResourceError, Staged};
 
 mod columns;
 pub(crate) use columns::Pending;
@@ -421,13 +421,8 @@ fn convert_if_stale(
     parquet: &Path,
     declared: &BTreeMap<String, ColumnType>,
 ) -> Result<(), String> {
-    let csv_time = std::fs::metadata(csv).and_then(|m| m.modified()).map_err(|e| e.to_string())?;
-    let declared_file = parquet.with_extension("columns");
-    let declaration = format!("{declared:?}");
-    if let Ok(made) = std::fs::metadata(parquet).and_then(|m| m.modified())
-        && made >= csv_time
-        && std::fs::read_to_string(&declared_file).unwrap_or_default() == declaration
-    {
+    let made = Made::new(parquet, declared);
+    if made.is_current(csv)? {
         return Ok(());
     }
     let started = Instant::now();
@@ -461,14 +456,7 @@ fn convert_if_stale(
         started.elapsed().as_secs_f64(),
         described.join(", ")
     );
-    match std::fs::remove_file(&declared_file) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
-        _ => {}
-    }
-    std::fs::rename(&tmp, parquet).map_err(|e| e.to_string())?;
-    let declared_tmp: PathBuf = declared_file.with_extension("columns-new");
-    std::fs::write(&declared_tmp, declaration).map_err(|e| e.to_string())?;
-    std::fs::rename(&declared_tmp, &declared_file).map_err(|e| e.to_string())
+    made.replace_with(&tmp)
 }
 
 /// Rows the column types of a CSV file are first inferred from.
