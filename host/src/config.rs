@@ -19,6 +19,7 @@
 //! idle_s = 60                 # a connection silent between requests is closed after this
 //! inflight_mib = 256          # large frames being read or written, host-wide
 //! frame_timeout_ms = 30000    # a frame must arrive whole within this of its first byte
+//! table_memory_mib = 1024     # columnar tables held in memory, together; 0: read from disk
 //!
 //! [[resources]]
 //! name = "sales"
@@ -174,6 +175,10 @@ pub struct LimitsConfig {
     pub agent_lifetime_s: u64,
     /// Largest table an agent carries by copy or move, KiB.
     pub copy_kib: usize,
+    /// Memory the columnar tables may take, together, to be held in memory, MiB: a table that
+    /// fits is read into memory in the background after the host starts, and its statements
+    /// skip reading and decoding its Parquet file. 0 keeps every table on disk.
+    pub table_memory_mib: usize,
     /// Agents one caller (a client key, or all anonymous callers together) may launch an hour.
     pub launches_per_hour: u32,
     /// Modules one caller may publish an hour.
@@ -206,6 +211,7 @@ impl Default for LimitsConfig {
             agent_snapshot_mib: 16,
             agent_lifetime_s: 24 * 3600,
             copy_kib: 1024,
+            table_memory_mib: 1024,
             agent_retention_s: 7 * 24 * 3600,
             launches_per_hour: 1000,
             publishes_per_hour: 100,
@@ -277,6 +283,9 @@ impl LimitsConfig {
         }
         if self.time_ms == 0 || self.time_ms > MAX_TIME_MS {
             return bad("limits.time_ms must be between 1 and 86400000 (a day)");
+        }
+        if self.table_memory_mib > 1 << 30 {
+            return bad("limits.table_memory_mib must be at most 1073741824 (a pebibyte)");
         }
         if self.stack_kib < 64 {
             return bad("limits.stack_kib must be at least 64");

@@ -157,6 +157,7 @@ impl Host {
         let state = Arc::new(State::open(&config.data_dir)?);
         state.set_durable(config.durable)?;
         let mut resources = Resources::default();
+        resources.hold_tables_in_memory(config.limits.table_memory_mib << 20);
         for r in &config.resources {
             match (r.kind, &r.source) {
                 (ResourceType::Table, Some(source)) => match r.engine() {
@@ -258,6 +259,11 @@ impl Host {
     /// How this host shares its connections and the memory of frames in flight.
     pub fn connection_limits(&self) -> ConnectionLimits {
         self.inner.connections
+    }
+
+    /// The resources the host offers its modules.
+    pub fn resources(&self) -> &Resources {
+        &self.inner.resources
     }
 
     /// The host's state database.

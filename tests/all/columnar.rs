@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use roam_abi::Value;
-use roam_host::resources::{Attachment, ColumnType, ResourceError, Resources};
+use roam_host::resources::{Attachment, ColumnType, ResourceError, Resources, Storage};
 
 /// Every row of `sql` on the table `t` of `resources`.
 fn rows(
@@ -58,9 +58,30 @@ fn declared() -> Result<BTreeMap<String, ColumnType>> {
 }
 
 fn open(dir: &Path, csv: &Path, memory: usize) -> Result<Resources> {
+    Ok(holding(dir, csv, memory, 0)?.0)
+}
+
+/// The table `t` of `csv`, with `budget` bytes to hold it in memory, once it is read from where
+/// it will be read from.
+fn holding(dir: &Path, csv: &Path, memory: usize, budget: usize) -> Result<(Resources, Storage)> {
     let mut resources = Resources::default();
+    resources.hold_tables_in_memory(budget);
     resources.add_columnar_table("t", Attachment::Fastened, csv, dir, &declared()?, memory)?;
-    Ok(resources)
+    let storage = settled(&resources, "t")?;
+    Ok((resources, storage))
+}
+
+/// Where the table `name` is read from, once it is no longer being read into memory.
+fn settled(resources: &Resources, name: &str) -> Result<Storage> {
+    let table = resources.get(name).context("no such table")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match table.storage() {
+            Some(Storage::Loading) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Some(storage) => return Ok(storage),
+            None => bail!("{name} is not a columnar table"),
+        }
+    }
 }
 
 #[test]
@@ -107,16 +128,21 @@ fn a_columnar_table_is_read_only_and_holds_only_itself() -> Result<()> {
     let t = open(dir.path(), &csv, 256 << 20)?;
     let secret = dir.path().join("secret.csv");
     std::fs::write(&secret, "a\n1\n")?;
-    for sql in [
-        "CREATE TABLE x AS SELECT * FROM t".to_owned(),
-        "INSERT INTO t SELECT * FROM t".to_owned(),
-        "SET datafusion.execution.batch_size = 1".to_owned(),
-        format!("COPY t TO '{}'", dir.path().join("out.csv").display()),
-        format!("CREATE EXTERNAL TABLE s STORED AS CSV LOCATION '{}'", secret.display()),
-        format!("SELECT * FROM '{}'", secret.display()),
-        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r".to_owned(),
-    ] {
-        match rows(&t, &sql, vec![], Duration::from_secs(30)) {
+    let (held, storage) = holding(dir.path(), &csv, 256 << 20, 64 << 20)?;
+    ensure!(matches!(storage, Storage::Memory(_)), "{storage:?}");
+    for (t, sql) in [&t, &held].into_iter().flat_map(|t| {
+        [
+            "CREATE TABLE x AS SELECT * FROM t".to_owned(),
+            "INSERT INTO t SELECT * FROM t".to_owned(),
+            "SET datafusion.execution.batch_size = 1".to_owned(),
+            format!("COPY t TO '{}'", dir.path().join("out.csv").display()),
+            format!("CREATE EXTERNAL TABLE s STORED AS CSV LOCATION '{}'", secret.display()),
+            format!("SELECT * FROM '{}'", secret.display()),
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r".to_owned(),
+        ]
+        .map(|sql| (t, sql))
+    }) {
+        match rows(t, &sql, vec![], Duration::from_secs(30)) {
             Err(ResourceError::Sql(why)) => ensure!(!why.is_empty(), "{sql}"),
             other => bail!("{sql} was not refused: {other:?}"),
         }
@@ -127,24 +153,85 @@ fn a_columnar_table_is_read_only_and_holds_only_itself() -> Result<()> {
 
 #[test]
 fn a_statement_stops_at_the_deadline_and_at_the_memory_limit() -> Result<()> {
+    stops_at_the_deadline_and_at_the_memory_limit(0)
+}
+
+#[test]
+fn a_statement_on_a_table_held_in_memory_stops_at_the_deadline_and_at_the_memory_limit() -> Result<()> {
+    stops_at_the_deadline_and_at_the_memory_limit(64 << 20)
+}
+
+/// The limits of a call, on a table with `budget` bytes to be held in memory. The sort runs
+/// right after the cross join was stopped: had the join's work gone on after its deadline (on a
+/// table in memory it never yields), it would hold the engine's threads and the sort would
+/// wait for minutes.
+fn stops_at_the_deadline_and_at_the_memory_limit(budget: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let csv = lines(dir.path(), 20_000)?;
     // A cross join of 20,000 rows with itself, twice: far longer than the call may take.
-    let t = open(dir.path(), &csv, 256 << 20)?;
+    let (t, storage) = holding(dir.path(), &csv, 256 << 20, budget)?;
     let started = Instant::now();
     let huge = "SELECT count(*) FROM t a, t b, t c WHERE a.price + b.price > c.price";
     match rows(&t, huge, vec![], Duration::from_millis(500)) {
         Err(ResourceError::Deadline) => {}
-        other => bail!("the cross join ended otherwise: {other:?}"),
+        other => bail!("the cross join ended otherwise ({storage:?}): {other:?}"),
     }
     ensure!(started.elapsed() < Duration::from_secs(20), "stopped only after {:?}", started.elapsed());
+    drop(t);
     // A sort of every row within 64 KiB of engine memory.
-    let small = open(dir.path(), &csv, 64 << 10)?;
+    let (small, storage) = holding(dir.path(), &csv, 64 << 10, budget)?;
     let sort = "SELECT id, flag, shipdate FROM t ORDER BY flag, shipdate DESC, id";
     match rows(&small, sort, vec![], Duration::from_secs(30)) {
         Err(ResourceError::Sql(why)) => ensure!(why.contains("limits.memory_mib"), "{why}"),
-        other => bail!("the sort was not stopped: {other:?}"),
+        other => bail!("the sort was not stopped ({storage:?}): {other:?}"),
     }
+    Ok(())
+}
+
+#[test]
+fn a_table_held_in_memory_answers_as_its_file_does_and_no_longer_reads_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = lines(dir.path(), 20_000)?;
+    let sql = "SELECT flag, sum(price * discount), avg(quantity), min(shipdate), count(*) FROM t \
+               WHERE shipdate >= date '1994-01-01' AND discount BETWEEN 0.06 - 0.01 AND 0.06 + 0.01 \
+               AND quantity < ?1 GROUP BY flag ORDER BY flag";
+    let within = Duration::from_secs(30);
+    let (on_disk, storage) = holding(dir.path(), &csv, 256 << 20, 0)?;
+    ensure!(matches!(storage, Storage::Disk(_)), "{storage:?}");
+    let expected = rows(&on_disk, sql, vec![Value::Integer(24)], within)?;
+    ensure!(expected.len() == 3, "{expected:?}");
+    drop(on_disk);
+
+    let (held, storage) = holding(dir.path(), &csv, 256 << 20, 64 << 20)?;
+    let Storage::Memory(bytes) = storage else { bail!("not held in memory: {storage:?}") };
+    ensure!(bytes > 20_000 * 8 && bytes <= 64 << 20, "{bytes} bytes");
+    // From now on the copy answers: the file is not read again.
+    std::fs::remove_file(dir.path().join("tables/t.parquet"))?;
+    let got = rows(&held, sql, vec![Value::Integer(24)], within)?;
+    ensure!(got == expected, "{got:?} from memory, {expected:?} from the file");
+    Ok(())
+}
+
+#[test]
+fn tables_share_the_memory_budget_and_one_that_does_not_fit_is_read_from_disk() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = lines(dir.path(), 20_000)?;
+    let (_, storage) = holding(dir.path(), &csv, 256 << 20, 64 << 20)?;
+    let Storage::Memory(one) = storage else { bail!("not held in memory: {storage:?}") };
+    // Room for one table and a half: the first is held, the second not.
+    let mut two = Resources::default();
+    two.hold_tables_in_memory(one + one / 2);
+    for name in ["t", "u"] {
+        two.add_columnar_table(name, Attachment::Fastened, &csv, dir.path(), &declared()?, 256 << 20)?;
+        settled(&two, name)?;
+    }
+    ensure!(settled(&two, "t")? == Storage::Memory(one), "{:?}", settled(&two, "t")?);
+    match settled(&two, "u")? {
+        Storage::Disk(why) => ensure!(why.contains("limits.table_memory_mib"), "{why}"),
+        other => bail!("the second table is {other:?}"),
+    }
+    let got = rows(&two, "SELECT count(*) FROM t", vec![], Duration::from_secs(30))?;
+    ensure!(got == vec![vec![Value::Integer(20_000)]], "{got:?}");
     Ok(())
 }
 

@@ -24,6 +24,20 @@ impl Pending {
     }
 }
 
+/// The budget for tables in memory, which none uses without the engine.
+#[derive(Debug, Default)]
+pub(crate) struct Resident;
+
+impl Resident {
+    pub(crate) fn new(_bytes: usize) -> Self {
+        Self
+    }
+}
+
+/// Where a columnar table is read from: no such table exists without the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Storage {}
+
 /// No value of this type exists: [`Table::open`] always fails.
 #[derive(Debug)]
 pub(crate) enum Table {}
@@ -37,6 +51,14 @@ impl Table {
         _memory_bytes: usize,
     ) -> Result<Self, String> {
         Err("this roam was built without the columnar engine (cargo feature `columnar`): rebuild with it, or use engine = \"sqlite\"".into())
+    }
+
+    pub(crate) fn hold_in_memory(self: &Arc<Self>, _budget: &Arc<Resident>) {
+        match **self {}
+    }
+
+    pub(crate) fn storage(&self) -> Storage {
+        match *self {}
     }
 
     pub(crate) fn query(

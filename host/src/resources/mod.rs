@@ -26,6 +26,7 @@ mod columnar;
 #[cfg(not(feature = "columnar"))]
 #[path = "columnar_off.rs"]
 mod columnar;
+pub use columnar::Storage;
 
 /// A batch stops growing past this many encoded bytes, so one batch never needs much memory.
 pub(crate) const BATCH_TARGET_BYTES: usize = 256 << 10;
@@ -174,6 +175,15 @@ impl Resource {
         }
     }
 
+    /// Where a columnar table's statements read it from: a copy held in memory
+    /// (`limits.table_memory_mib`) or its Parquet file. `None` for other resources.
+    pub fn storage(&self) -> Option<Storage> {
+        match &self.backend {
+            Backend::Columnar(table) => Some(table.storage()),
+            _ => None,
+        }
+    }
+
     /// Appends a line to a log resource.
     pub fn append(&self, module: &str, line: &str) -> Result<(), ResourceError> {
         match &self.backend {
@@ -232,6 +242,8 @@ pub struct Resources {
     by_name: BTreeMap<String, Arc<Resource>>,
     /// Resources an agent declared that could not be bound here, with why.
     unbound: BTreeMap<String, String>,
+    /// What columnar tables added from now on may hold in memory, together.
+    resident: Arc<columnar::Resident>,
 }
 
 impl Resources {
@@ -295,6 +307,12 @@ impl Resources {
         Ok(())
     }
 
+    /// Lets the columnar tables added from now on hold copies in memory, `bytes` of them
+    /// together (none by default): a table that fits is read into memory in the background.
+    pub fn hold_tables_in_memory(&mut self, bytes: usize) {
+        self.resident = Arc::new(columnar::Resident::new(bytes));
+    }
+
     /// Adds a table of the columnar engine, from a CSV file (converted into Parquet under
     /// `data_dir` when the CSV is newer than that copy) or a Parquet file; a statement may use
     /// at most `memory_bytes` of engine memory. A CSV file's column types are inferred unless
@@ -310,7 +328,9 @@ impl Resources {
     ) -> Result<(), ResourceError> {
         let table = columnar::Table::open(name, source, data_dir, columns, memory_bytes)
             .map_err(|reason| ResourceError::Load { name: name.to_owned(), path: source.to_owned(), reason })?;
-        self.insert(name, ResourceType::Table, attachment, Backend::Columnar(Arc::new(table)));
+        let table = Arc::new(table);
+        table.hold_in_memory(&self.resident);
+        self.insert(name, ResourceType::Table, attachment, Backend::Columnar(table));
         Ok(())
     }
 

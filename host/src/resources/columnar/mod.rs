@@ -7,6 +7,10 @@
 //! - Column types are declared in the configuration (`integer`, `real`, `decimal(P,S)`, `date`,
 //!   `timestamp`, `text`) or inferred, and logged at load. Decimal literals in SQL are exact
 //!   decimals (`0.06 + 0.01` is `0.07`), as they are in the SQL standard.
+//! - A table that fits in the host's budget for tables in memory (`limits.table_memory_mib`)
+//!   is read once into Arrow batches in the background after it opens; from then on its
+//!   statements start from a session holding that copy, and skip reading and decoding Parquet.
+//!   Until then, or when it does not fit, they read the Parquet file.
 //! - Each statement runs in a session holding this one table and nothing else, read-only (no
 //!   DDL, DML or `SET`), without recursive CTEs, with its own memory pool of the call's memory
 //!   limit, and stops at the call's deadline or when the module closes its cursor: dropping the
@@ -16,9 +20,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Instant;
 
 use datafusion::arrow::array::{
@@ -30,6 +34,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::ScalarValue;
 use datafusion::config::{ParquetOptions, TableParquetOptions};
 use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SQLOptions, SessionContext};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -42,19 +47,48 @@ use rusqlite::types::ValueRef;
 use super::{BATCH_TARGET_BYTES, Batch, ColumnType, Cursor, Layout, Made, Msg, ResourceError, Staged};
 
 mod columns;
+mod conjunction;
+mod stop;
 pub(crate) use columns::Pending;
 
-/// One columnar table: a session template holding it, and the limits its statements run under.
+/// One columnar table: the sessions its statements start from, and the limits they run under.
 pub(crate) struct Table {
     name: String,
-    /// A session holding the table, for statements whose rows go out as rows.
-    ctx: SessionContext,
-    /// The same for column batches, whose text is read as offsets and bytes (the layout a
-    /// module gets) instead of views, which would have to be rewritten value by value; views
-    /// are faster for the engine's own grouping and sorting.
-    ctx_columns: SessionContext,
+    /// Where statements read the table from, and the sessions they start from: replaced whole
+    /// (never changed in place) when the table comes into memory, so that a statement plans
+    /// and runs against one source from start to end.
+    current: RwLock<Current>,
     /// Engine memory one statement may use (the call's memory limit).
     memory_bytes: usize,
+}
+
+#[derive(Clone)]
+struct Current {
+    templates: Arc<Templates>,
+    storage: Storage,
+}
+
+/// Where a columnar table's statements read it from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// Its Parquet file, while a copy is read into memory.
+    Loading,
+    /// A copy in memory of this many bytes.
+    Memory(usize),
+    /// Its Parquet file, for the reason given.
+    Disk(String),
+}
+
+/// Sessions holding the table, which statements copy.
+struct Templates {
+    /// For statements whose rows go out as rows.
+    rows: SessionContext,
+    /// For column batches. Read from Parquet, text comes as offsets and bytes (the layout a
+    /// module gets) instead of views, which would have to be rewritten value by value; views
+    /// are faster for the engine's own grouping and sorting, hence two sessions.
+    columns: SessionContext,
+    /// The share of the host's budget for tables in memory that this table's copy holds.
+    _held: Option<Held>,
 }
 
 impl std::fmt::Debug for Table {
@@ -91,6 +125,16 @@ fn block_on<T: Send>(work: impl std::future::Future<Output = T> + Send) -> Resul
     }
 }
 
+/// A session with `config`, planning as every statement's does.
+fn context(config: SessionConfig) -> SessionContext {
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(conjunction::FlattenFilters))
+        .build();
+    SessionContext::new_with_state(state)
+}
+
 /// Settings every statement runs with.
 fn config() -> SessionConfig {
     let mut config = SessionConfig::new().with_information_schema(false);
@@ -112,7 +156,7 @@ impl Table {
         declared: &BTreeMap<String, ColumnType>,
         memory_bytes: usize,
     ) -> Result<Self, String> {
-        let ctx = SessionContext::new_with_config(config());
+        let ctx = context(config());
         let parquet = match extension(source).as_str() {
             "parquet" => {
                 if !declared.is_empty() {
@@ -131,10 +175,64 @@ impl Table {
         block_on(ctx.register_parquet(name, &path, ParquetReadOptions::default()))?.map_err(|e| e.to_string())?;
         let mut offsets = config();
         offsets.options_mut().execution.parquet.schema_force_view_types = false;
-        let ctx_columns = SessionContext::new_with_config(offsets);
-        block_on(ctx_columns.register_parquet(name, &path, ParquetReadOptions::default()))?
-            .map_err(|e| e.to_string())?;
-        Ok(Self { name: name.to_owned(), ctx, ctx_columns, memory_bytes })
+        let columns = context(offsets);
+        block_on(columns.register_parquet(name, &path, ParquetReadOptions::default()))?.map_err(|e| e.to_string())?;
+        let templates = Arc::new(Templates { rows: ctx, columns, _held: None });
+        let current = RwLock::new(Current { templates, storage: Storage::Disk("no memory was offered".into()) });
+        Ok(Self { name: name.to_owned(), current, memory_bytes })
+    }
+
+    /// Reads the table into memory in the background if it fits in what is left of `budget`;
+    /// statements read the Parquet file until then, and for good if it does not fit.
+    pub(crate) fn hold_in_memory(self: &Arc<Self>, budget: &Arc<Resident>) {
+        if budget.left.load(Ordering::Relaxed) == 0 {
+            return self.set_storage(Storage::Disk("limits.table_memory_mib leaves no room".into()));
+        }
+        self.set_storage(Storage::Loading);
+        // Weak: a table dropped while it loads (its host closed) stops the load, and gives the
+        // budget back.
+        let (table, budget) = (Arc::downgrade(self), budget.clone());
+        let spawned = std::thread::Builder::new().name("roam-columnar-load".into()).spawn(move || {
+            let started = Instant::now();
+            let loaded = runtime().and_then(|rt| rt.block_on(load(&table, &budget)));
+            let Some(table) = table.upgrade() else { return };
+            let storage = match loaded {
+                Ok(Some(bytes)) => {
+                    tracing::info!(
+                        "table {}: held in memory ({} MiB), read in {:.1} s",
+                        table.name,
+                        bytes >> 20,
+                        started.elapsed().as_secs_f64()
+                    );
+                    return;
+                }
+                Ok(None) => format!(
+                    "it needs more than the {} MiB left of limits.table_memory_mib",
+                    budget.left.load(Ordering::Relaxed) >> 20
+                ),
+                Err(e) => e,
+            };
+            tracing::info!("table {}: not held in memory: {storage}; statements read its Parquet file", table.name);
+            table.set_storage(Storage::Disk(storage));
+        });
+        if let Err(e) = spawned {
+            self.set_storage(Storage::Disk(format!("cannot start a thread: {e}")));
+        }
+    }
+
+    /// Where statements read the table from.
+    pub(crate) fn storage(&self) -> Storage {
+        self.current().map_or_else(Storage::Disk, |c| c.storage)
+    }
+
+    fn current(&self) -> Result<Current, String> {
+        self.current.read().map(|c| c.clone()).map_err(|_| "the table's state is poisoned".to_owned())
+    }
+
+    fn set_storage(&self, storage: Storage) {
+        if let Ok(mut current) = self.current.write() {
+            current.storage = storage;
+        }
     }
 
     /// Starts a read-only statement; rows arrive in the cursor's batches, laid out as `layout`.
@@ -147,11 +245,11 @@ impl Table {
     ) -> Result<Cursor, ResourceError> {
         let cancel = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
-        let (table, stop) = (self.clone(), cancel.clone());
+        let (table, stop) = (self.clone(), Arc::new(stop::Stop { deadline, closed: cancel.clone() }));
         std::thread::Builder::new()
             .name("roam-columnar-query".into())
             .spawn(move || {
-                let ran = runtime().map(|rt| rt.block_on(table.produce(&sql, params, deadline, layout, &stop, &tx)));
+                let ran = runtime().map(|rt| rt.block_on(table.produce(&sql, params, layout, &stop, &tx)));
                 if let Err(e) | Ok(Err(e)) = ran {
                     let _ = tx.send(Msg::Error(e));
                 }
@@ -162,9 +260,10 @@ impl Table {
 
     /// A session for one statement: the table, and a memory pool of its own.
     fn session(&self, layout: Layout) -> Result<SessionContext, String> {
+        let templates = self.current()?.templates;
         let template = match layout {
-            Layout::Rows => &self.ctx,
-            Layout::Columns => &self.ctx_columns,
+            Layout::Rows => &templates.rows,
+            Layout::Columns => &templates.columns,
         };
         // No spilling to disk: a statement's memory is the call's, and the host's disk is not.
         let no_disk = DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled);
@@ -183,31 +282,41 @@ impl Table {
         &self,
         sql: &str,
         params: Vec<Value>,
-        deadline: Instant,
         layout: Layout,
-        stop: &AtomicBool,
+        stop: &Arc<stop::Stop>,
         tx: &SyncSender<Msg>,
     ) -> Result<(), String> {
+        let deadline = stop.deadline;
         let ctx = self.session(layout)?;
         let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let sql = dollar_placeholders(sql);
         let planned = tokio::time::timeout_at(deadline.into(), async {
             let frame = ctx.sql_with_options(&sql, read_only).await?;
             let frame = if params.is_empty() { frame } else { frame.with_param_values(scalars(params))? };
-            frame.execute_stream().await
+            let plan = stop::stoppable(frame.create_physical_plan().await?, stop)?;
+            datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())
         });
+        // An error once the statement is over is the stop's own (see `stop`): the deadline's, or
+        // none for a closed cursor.
+        let failed = |e: &datafusion::error::DataFusionError| match stop.over() {
+            Some(stop::Over::Closed) => Ok(()),
+            Some(stop::Over::Deadline) => Err(INTERRUPTED.to_owned()),
+            None => Err(self.explain(e)),
+        };
         let mut stream = match planned.await {
             Err(_) => return Err(INTERRUPTED.into()),
-            Ok(planned) => planned.map_err(|e| self.explain(&e))?,
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return failed(&e),
         };
         let mut batch = Batch::new();
         loop {
             let next = match tokio::time::timeout_at(deadline.into(), stream.next()).await {
                 Err(_) => return Err(INTERRUPTED.into()),
                 Ok(None) => break,
-                Ok(Some(next)) => next.map_err(|e| self.explain(&e))?,
+                Ok(Some(Ok(next))) => next,
+                Ok(Some(Err(e))) => return failed(&e),
             };
-            if stop.load(Ordering::Relaxed) {
+            if stop.over() == Some(stop::Over::Closed) {
                 return Ok(());
             }
             let full: Vec<Staged> = match layout {
@@ -242,6 +351,111 @@ impl Table {
             text
         }
     }
+}
+
+/// The host's budget for columnar tables held in memory, shared by all of them.
+#[derive(Debug, Default)]
+pub(crate) struct Resident {
+    left: AtomicUsize,
+}
+
+impl Resident {
+    /// A budget of `bytes`; 0 holds no table in memory.
+    pub(crate) fn new(bytes: usize) -> Self {
+        Self { left: AtomicUsize::new(bytes) }
+    }
+}
+
+/// Bytes taken from a [`Resident`] budget, given back when dropped.
+struct Held {
+    budget: Arc<Resident>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Takes `bytes` more of the budget, if that much is left.
+    fn grow(&mut self, bytes: usize) -> bool {
+        let took = self.budget.left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| l.checked_sub(bytes)).is_ok();
+        if took {
+            self.bytes += bytes;
+        }
+        took
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.left.fetch_add(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Reads `table` from its Parquet file into Arrow batches, spread over as many partitions as
+/// the engine runs statements on, and gives its statements sessions holding that copy. Stops
+/// (`None`) when the copy outgrows the budget, and gives back what it took.
+async fn load(table: &Weak<Table>, budget: &Arc<Resident>) -> Result<Option<usize>, String> {
+    let Some(source) = table.upgrade() else { return Ok(None) };
+    let name = source.name.clone();
+    let frame = source.current()?.templates.columns.table(name.as_str()).await.map_err(|e| e.to_string())?;
+    drop(source);
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let mut stream = frame.execute_stream().await.map_err(|e| e.to_string())?;
+    let partitions = config().target_partitions().max(1);
+    let mut parts = vec![Vec::new(); partitions];
+    let mut held = Held { budget: budget.clone(), bytes: 0 };
+    let mut next = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| e.to_string())?;
+        if !held.grow(batch.get_array_memory_size()) {
+            return Ok(None);
+        }
+        parts[next % partitions].push(batch);
+        next += 1;
+    }
+    // Statements whose rows go out as rows read text as views, as they do from Parquet (see
+    // `Templates`): the views point into the same bytes, so only they take more memory.
+    let viewed = |t: &DataType| match t {
+        DataType::Utf8 | DataType::LargeUtf8 => Some(DataType::Utf8View),
+        DataType::Binary | DataType::LargeBinary => Some(DataType::BinaryView),
+        _ => None,
+    };
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(viewed(f.data_type()).unwrap_or(f.data_type().clone())))
+        .collect();
+    let view_schema = Arc::new(Schema::new(fields));
+    let mut view_parts = Vec::with_capacity(partitions);
+    for part in &parts {
+        let mut batches = Vec::with_capacity(part.len());
+        for batch in part {
+            let mut columns = Vec::with_capacity(batch.num_columns());
+            for column in batch.columns() {
+                columns.push(match viewed(column.data_type()) {
+                    Some(view) => {
+                        if !held.grow(column.len() * size_of::<u128>()) {
+                            return Ok(None);
+                        }
+                        cast(column, &view).map_err(|e| e.to_string())?
+                    }
+                    None => column.clone(),
+                });
+            }
+            batches.push(RecordBatch::try_new(view_schema.clone(), columns).map_err(|e| e.to_string())?);
+        }
+        view_parts.push(batches);
+    }
+    let session = |schema: Arc<Schema>, parts: Vec<Vec<RecordBatch>>| -> Result<SessionContext, String> {
+        let ctx = context(config());
+        let copy = MemTable::try_new(schema, parts).map_err(|e| e.to_string())?;
+        ctx.register_table(name.as_str(), Arc::new(copy)).map_err(|e| e.to_string())?;
+        Ok(ctx)
+    };
+    let (rows, columns, bytes) = (session(view_schema, view_parts)?, session(schema, parts)?, held.bytes);
+    let Some(table) = table.upgrade() else { return Ok(None) };
+    let templates = Arc::new(Templates { rows, columns, _held: Some(held) });
+    *table.current.write().map_err(|_| "the table's state is poisoned".to_owned())? =
+        Current { templates, storage: Storage::Memory(bytes) };
+    Ok(Some(bytes))
 }
 
 /// `sql` with SQLite's parameters (`?1`, or `?` for the next one) written as the engine's
@@ -500,4 +714,24 @@ async fn write_parquet(
         frame.write_parquet(tmp, DataFrameWriteOptions::new().with_single_file_output(true), Some(options)).await?;
     let rows = written.iter().filter_map(|b| b.column(0).as_primitive_opt::<UInt64Type>()).map(|c| c.value(0)).sum();
     Ok((rows, schema))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_held_is_taken_from_the_budget_and_given_back() {
+        let budget = Arc::new(Resident::new(100));
+        let mut a = Held { budget: budget.clone(), bytes: 0 };
+        let mut b = Held { budget: budget.clone(), bytes: 0 };
+        assert!(a.grow(60));
+        assert!(!b.grow(60), "the budget was taken twice");
+        assert!(b.grow(40));
+        assert_eq!(budget.left.load(Ordering::Acquire), 0);
+        drop(a);
+        assert_eq!(budget.left.load(Ordering::Acquire), 60);
+        drop(b);
+        assert_eq!(budget.left.load(Ordering::Acquire), 100);
+    }
 }
