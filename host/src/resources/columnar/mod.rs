@@ -13,8 +13,10 @@
 //!   Until then, or when it does not fit, they read the Parquet file.
 //! - Each statement runs in a session holding this one table and nothing else, read-only (no
 //!   DDL, DML or `SET`), without recursive CTEs, with its own memory pool of the call's memory
-//!   limit, and stops at the call's deadline or when the module closes its cursor: dropping the
-//!   stream cancels the engine's work.
+//!   limit, and stops at the call's deadline or when the module closes its cursor: its stream
+//!   is dropped, and every operator's input ends at its next batch ([`stop`]).
+//! - A filter of several conditions evaluates them one by one over whole batches
+//!   ([`conjunction`]).
 //! - Rows reach the module as the same CBOR batches a SQLite table sends (decimals, dates and
 //!   timestamps as exact text), or as column batches ([`columns`]) when it asks for them.
 
