@@ -368,6 +368,9 @@ impl Resident {
     }
 }
 
+/// A table in memory: its schema, and its batches in partitions.
+type InMemory = (Arc<Schema>, Vec<Vec<RecordBatch>>);
+
 /// Bytes taken from a [`Resident`] budget, given back when dropped.
 struct Held {
     budget: Arc<Resident>,
@@ -413,8 +416,25 @@ async fn load(table: &Weak<Table>, budget: &Arc<Resident>) -> Result<Option<usiz
         parts[next % partitions].push(batch);
         next += 1;
     }
-    // Statements whose rows go out as rows read text as views, as they do from Parquet (see
-    // `Templates`): the views point into the same bytes, so only they take more memory.
+    let Some(views) = as_views(&schema, &parts, &mut held)? else { return Ok(None) };
+    let session = |(schema, parts): InMemory| -> Result<SessionContext, String> {
+        let ctx = context(config());
+        let copy = MemTable::try_new(schema, parts).map_err(|e| e.to_string())?;
+        ctx.register_table(name.as_str(), Arc::new(copy)).map_err(|e| e.to_string())?;
+        Ok(ctx)
+    };
+    let (rows, columns, bytes) = (session(views)?, session((schema, parts))?, held.bytes);
+    let Some(table) = table.upgrade() else { return Ok(None) };
+    let templates = Arc::new(Templates { rows, columns, _held: Some(held) });
+    *table.current.write().map_err(|_| "the table's state is poisoned".to_owned())? =
+        Current { templates, storage: Storage::Memory(bytes) };
+    Ok(Some(bytes))
+}
+
+/// `parts` with text and bytes as views, for statements whose rows go out as rows (as they read
+/// Parquet, see `Templates`); `None` when the views do not fit in `held`'s budget. The views
+/// point into the same bytes, so only they take more memory.
+fn as_views(schema: &Schema, parts: &[Vec<RecordBatch>], held: &mut Held) -> Result<Option<InMemory>, String> {
     let viewed = |t: &DataType| match t {
         DataType::Utf8 | DataType::LargeUtf8 => Some(DataType::Utf8View),
         DataType::Binary | DataType::LargeBinary => Some(DataType::BinaryView),
@@ -426,38 +446,26 @@ async fn load(table: &Weak<Table>, budget: &Arc<Resident>) -> Result<Option<usiz
         .map(|f| f.as_ref().clone().with_data_type(viewed(f.data_type()).unwrap_or(f.data_type().clone())))
         .collect();
     let view_schema = Arc::new(Schema::new(fields));
-    let mut view_parts = Vec::with_capacity(partitions);
-    for part in &parts {
+    let mut view_parts = Vec::with_capacity(parts.len());
+    for part in parts {
         let mut batches = Vec::with_capacity(part.len());
         for batch in part {
             let mut columns = Vec::with_capacity(batch.num_columns());
             for column in batch.columns() {
-                columns.push(match viewed(column.data_type()) {
-                    Some(view) => {
-                        if !held.grow(column.len() * size_of::<u128>()) {
-                            return Ok(None);
-                        }
-                        cast(column, &view).map_err(|e| e.to_string())?
-                    }
-                    None => column.clone(),
-                });
+                let Some(view) = viewed(column.data_type()) else {
+                    columns.push(column.clone());
+                    continue;
+                };
+                if !held.grow(column.len() * size_of::<u128>()) {
+                    return Ok(None);
+                }
+                columns.push(cast(column, &view).map_err(|e| e.to_string())?);
             }
             batches.push(RecordBatch::try_new(view_schema.clone(), columns).map_err(|e| e.to_string())?);
         }
         view_parts.push(batches);
     }
-    let session = |schema: Arc<Schema>, parts: Vec<Vec<RecordBatch>>| -> Result<SessionContext, String> {
-        let ctx = context(config());
-        let copy = MemTable::try_new(schema, parts).map_err(|e| e.to_string())?;
-        ctx.register_table(name.as_str(), Arc::new(copy)).map_err(|e| e.to_string())?;
-        Ok(ctx)
-    };
-    let (rows, columns, bytes) = (session(view_schema, view_parts)?, session(schema, parts)?, held.bytes);
-    let Some(table) = table.upgrade() else { return Ok(None) };
-    let templates = Arc::new(Templates { rows, columns, _held: Some(held) });
-    *table.current.write().map_err(|_| "the table's state is poisoned".to_owned())? =
-        Current { templates, storage: Storage::Memory(bytes) };
-    Ok(Some(bytes))
+    Ok(Some((view_schema, view_parts)))
 }
 
 /// `sql` with SQLite's parameters (`?1`, or `?` for the next one) written as the engine's
